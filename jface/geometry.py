@@ -1,0 +1,261 @@
+"""Rigid geometry and cameras shared by 3DMM-STN and DECA.
+
+Every function is pure jnp, accepts any leading batch dimensions, and keeps the floating dtype
+of its input (float32 in, float32 out; float64 in, float64 out). Frames are named in each
+docstring; BUILD_NOTES.md keeps the table of frames.
+
+Conventions (x' = R x, column vectors; points are row-major ``(..., N, 3)`` so a rotation is
+applied as ``points @ R^T``):
+
+* 3DMM-STN (spec 3dmm_stn.md §0, §2.3-§2.8): axis-angle r -> R, rotate, orthographic
+  projection (drop z), scale s = 0.99**logs, translate by t in the y-up 224-pixel frame.
+* DECA (spec deca.md §1.4, §3): ``batch_rodrigues`` with 1e-8 added to every component,
+  scaled orthographic camera s * (X + t) with z scaled but not translated, then a y/z flip.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+__all__ = [
+    "axis_angle_to_matrix",
+    "matrix_to_axis_angle",
+    "euler_to_matrix",
+    "matrix_to_euler",
+    "deca_euler_to_axis_angle",
+    "rotate_points",
+    "orthographic_projection",
+    "stn_scale",
+    "scale_points",
+    "translate_points",
+    "orthographic_camera",
+    "flip_yz",
+    "cross_product_matrix",
+]
+
+# Below this squared angle the Taylor branch is used. With terms up to theta**4 the truncation
+# error is below theta**6 / 5040 < 2e-16 here, so both branches agree to float64 precision.
+_SMALL_ANGLE_SQ = 1e-6
+
+
+def _float(x):
+    """Cast to a floating array, keeping float64 input as float64 and ints as float32."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def cross_product_matrix(v):
+    """``(..., 3) -> (..., 3, 3)`` skew matrix [v]x with [v]x w = v x w."""
+    v = _float(v)
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    zero = jnp.zeros_like(x)
+    rows = [
+        jnp.stack([zero, -z, y], axis=-1),
+        jnp.stack([z, zero, -x], axis=-1),
+        jnp.stack([-y, x, zero], axis=-1),
+    ]
+    return jnp.stack(rows, axis=-2)
+
+
+def axis_angle_to_matrix(r, *, deca: bool = False):
+    """Rodrigues' formula: axis-angle ``(..., 3)`` (radians, angle = |r|) -> ``(..., 3, 3)``.
+
+    R = I + sin(t)/t [r]x + (1 - cos(t))/t^2 [r]x^2, a right-handed rotation, x' = R x.
+
+    ``deca=False`` (3DMM-STN ``vl_nnr2R``, spec 3dmm_stn.md §2.3): exactly I at r = 0 with
+    gradients equal to the so(3) generators there; a Taylor branch for tiny angles keeps values
+    and gradients accurate down to |r| ~ 1e-9 and the closed form is exact up to and past pi.
+
+    ``deca=True`` reproduces DECA's ``batch_rodrigues`` (spec deca.md §1.4) operation by
+    operation in float32: angle = |r + 1e-8|, k = r / angle, R = I + sin K + (1 - cos) K K.
+    """
+    r = _float(r)
+    if deca:
+        return _batch_rodrigues_deca(r)
+    theta_sq = jnp.sum(r * r, axis=-1)
+    small = theta_sq < _SMALL_ANGLE_SQ
+    # Safe divisor: the closed-form branch never sees theta = 0, so its gradient stays finite.
+    theta_sq_safe = jnp.where(small, jnp.ones_like(theta_sq), theta_sq)
+    theta = jnp.sqrt(theta_sq_safe)
+    a_closed = jnp.sin(theta) / theta
+    b_closed = (1.0 - jnp.cos(theta)) / theta_sq_safe
+    a_taylor = 1.0 - theta_sq / 6.0 + theta_sq * theta_sq / 120.0
+    b_taylor = 0.5 - theta_sq / 24.0 + theta_sq * theta_sq / 720.0
+    a = jnp.where(small, a_taylor, a_closed)[..., None, None]
+    b = jnp.where(small, b_taylor, b_closed)[..., None, None]
+    k = cross_product_matrix(r)
+    eye = jnp.eye(3, dtype=r.dtype)
+    return eye + a * k + b * (k @ k)
+
+
+def _batch_rodrigues_deca(r):
+    # Operation order of DECA's lbs.batch_rodrigues (spec deca.md §1.4).
+    angle = jnp.sqrt(jnp.sum(jnp.square(r + 1e-8), axis=-1, keepdims=True))
+    rot_dir = r / angle
+    cos = jnp.cos(angle)[..., None]
+    sin = jnp.sin(angle)[..., None]
+    k = cross_product_matrix(rot_dir)
+    kk = jnp.einsum("...ij,...jk->...ik", k, k)
+    eye = jnp.eye(3, dtype=r.dtype)
+    return eye + sin * k + (1 - cos) * kk
+
+
+def matrix_to_axis_angle(rotation):
+    """``(..., 3, 3) -> (..., 3)`` axis-angle, the inverse of :func:`axis_angle_to_matrix`.
+
+    Uses the log map with a safe branch at the identity; angles near pi use the symmetric part.
+    """
+    rotation = _float(rotation)
+    trace = rotation[..., 0, 0] + rotation[..., 1, 1] + rotation[..., 2, 2]
+    cos = jnp.clip((trace - 1.0) / 2.0, -1.0, 1.0)
+    vee = jnp.stack(
+        [
+            rotation[..., 2, 1] - rotation[..., 1, 2],
+            rotation[..., 0, 2] - rotation[..., 2, 0],
+            rotation[..., 1, 0] - rotation[..., 0, 1],
+        ],
+        axis=-1,
+    )
+    sin = 0.5 * jnp.linalg.norm(vee, axis=-1)
+    angle = jnp.arctan2(sin, cos)
+    small = sin < 1e-6
+    near_pi = small & (cos < 0)
+    scale = jnp.where(small, 0.5 + angle**2 / 12.0, angle / (2.0 * jnp.where(small, 1.0, sin)))
+    generic = vee * scale[..., None]
+    # Near pi: R ~ 2 k k^T - I, take the column with the largest diagonal entry.
+    sym = (rotation + jnp.swapaxes(rotation, -1, -2)) / 2.0 + jnp.eye(3, dtype=rotation.dtype)
+    col = jnp.argmax(jnp.diagonal(sym, axis1=-2, axis2=-1), axis=-1)
+    axis = jnp.take_along_axis(sym, col[..., None, None], axis=-1)[..., 0]
+    axis = axis / jnp.maximum(jnp.linalg.norm(axis, axis=-1, keepdims=True), 1e-12)
+    axis = jnp.where(jnp.sum(axis * vee, axis=-1, keepdims=True) < 0, -axis, axis)
+    return jnp.where(near_pi[..., None], axis * angle[..., None], generic)
+
+
+def _rot_x(a):
+    c, s = jnp.cos(a), jnp.sin(a)
+    one, zero = jnp.ones_like(a), jnp.zeros_like(a)
+    return jnp.stack(
+        [jnp.stack([one, zero, zero], -1), jnp.stack([zero, c, -s], -1), jnp.stack([zero, s, c], -1)], -2
+    )
+
+
+def _rot_y(a):
+    c, s = jnp.cos(a), jnp.sin(a)
+    one, zero = jnp.ones_like(a), jnp.zeros_like(a)
+    return jnp.stack(
+        [jnp.stack([c, zero, s], -1), jnp.stack([zero, one, zero], -1), jnp.stack([-s, zero, c], -1)], -2
+    )
+
+
+def _rot_z(a):
+    c, s = jnp.cos(a), jnp.sin(a)
+    one, zero = jnp.ones_like(a), jnp.zeros_like(a)
+    return jnp.stack(
+        [jnp.stack([c, -s, zero], -1), jnp.stack([s, c, zero], -1), jnp.stack([zero, zero, one], -1)], -2
+    )
+
+
+def euler_to_matrix(angles):
+    """Euler angles ``(..., 3)`` = (x, y, z) radians -> ``(..., 3, 3)``, R = Rz(z) Ry(y) Rx(x).
+
+    This is the convention whose y angle DECA reads back for the dynamic contour
+    (``rot_mat_to_euler``: atan2(-R[2,0], sqrt(R[0,0]^2 + R[1,0]^2)), spec deca.md §1.5), so
+    ``matrix_to_euler(euler_to_matrix(a))[..., 1] == a[..., 1]`` for |y| < pi/2. The y angle is
+    the head's yaw: positive yaw turns the face (+z) towards +x.
+    """
+    a = _float(angles)
+    return _rot_z(a[..., 2]) @ _rot_y(a[..., 1]) @ _rot_x(a[..., 0])
+
+
+def matrix_to_euler(rotation):
+    """``(..., 3, 3) -> (..., 3)`` (x, y, z) angles of R = Rz Ry Rx; the inverse of euler_to_matrix.
+
+    The y component is exactly DECA's ``rot_mat_to_euler`` (spec deca.md §1.5, step 3).
+    """
+    rotation = _float(rotation)
+    sy = jnp.sqrt(rotation[..., 0, 0] ** 2 + rotation[..., 1, 0] ** 2)
+    y = jnp.arctan2(-rotation[..., 2, 0], sy)
+    x = jnp.arctan2(rotation[..., 2, 1], rotation[..., 2, 2])
+    z = jnp.arctan2(rotation[..., 1, 0], rotation[..., 0, 0])
+    return jnp.stack([x, y, z], axis=-1)
+
+
+def deca_euler_to_axis_angle(angles):
+    """DECA's ``batch_euler2axis`` (Euler -> quaternion -> axis-angle), ``(..., 3) -> (..., 3)``.
+
+    DECA's ``euler_to_quaternion`` composes R = Rx(x) Ry(y) Rz(z) (note: a different order from
+    :func:`euler_to_matrix`); it is used for ``jaw_type='euler'`` and the teaser's yaw sweep.
+    The quaternion -> axis-angle step follows kornia 0.4's ``quaternion_to_angle_axis``.
+    """
+    a = _float(angles) / 2.0
+    cx, cy, cz = jnp.cos(a[..., 0]), jnp.cos(a[..., 1]), jnp.cos(a[..., 2])
+    sx, sy, sz = jnp.sin(a[..., 0]), jnp.sin(a[..., 1]), jnp.sin(a[..., 2])
+    qw = cx * cy * cz - sx * sy * sz
+    qx = cx * sy * sz + cy * cz * sx
+    qy = cx * cz * sy - sx * cy * sz
+    qz = cx * cy * sz + sx * cz * sy
+    sin_sq = qx * qx + qy * qy + qz * qz
+    positive = sin_sq > 0.0
+    sin_theta = jnp.sqrt(jnp.where(positive, sin_sq, 1.0))
+    two_theta = 2.0 * jnp.where(
+        qw < 0.0, jnp.arctan2(-sin_theta, -qw), jnp.arctan2(sin_theta, qw)
+    )
+    k = jnp.where(positive, two_theta / sin_theta, 2.0)
+    return jnp.stack([qx * k, qy * k, qz * k], axis=-1)
+
+
+def rotate_points(points, rotation):
+    """Active rotation of row-major points: ``(..., N, 3), (..., 3, 3) -> (..., N, 3)``, x' = R x."""
+    points = _float(points)
+    return jnp.einsum("...ij,...nj->...ni", rotation.astype(points.dtype), points)
+
+
+def orthographic_projection(points):
+    """Orthographic projection along z (3DMM-STN §2.5): ``(..., N, 3) -> (..., N, 2)`` = (x, y)."""
+    return _float(points)[..., :2]
+
+
+def stn_scale(logs):
+    """3DMM-STN's scale law s = 0.99**logs (spec 3dmm_stn.md §2.6; not exp(logs)).
+
+    s = 1 at logs = 0; a larger logs gives a smaller face; ds/dlogs = s ln 0.99.
+    """
+    logs = _float(logs)
+    return jnp.exp(logs * math.log(0.99)).astype(logs.dtype)
+
+
+def scale_points(points, scale):
+    """``(..., N, D), (...) -> (..., N, D)``: multiply each item's points by its scalar scale."""
+    points = _float(points)
+    return points * jnp.asarray(scale, points.dtype)[..., None, None]
+
+
+def translate_points(points, translation):
+    """``(..., N, D), (..., D) -> (..., N, D)``: add the item's translation to every point."""
+    points = _float(points)
+    return points + jnp.asarray(translation, points.dtype)[..., None, :]
+
+
+def orthographic_camera(points, cam):
+    """DECA's scaled orthographic camera ``batch_orth_proj`` (spec deca.md §3), before the flip.
+
+    ``points (..., N, 3)`` in FLAME world coordinates (metres, y up, +z towards the camera),
+    ``cam (..., 3)`` = (s, t_x, t_y). Returns ``(..., N, 3)`` = s * (x + t_x, y + t_y, z):
+    translate first, then scale; z is scaled but not translated.
+    """
+    points = _float(points)
+    cam = jnp.asarray(cam, points.dtype)
+    s = cam[..., 0][..., None, None]
+    xy = points[..., :2] + cam[..., None, 1:3]
+    return s * jnp.concatenate([xy, points[..., 2:3]], axis=-1)
+
+
+def flip_yz(points):
+    """DECA's flip into its NDC (spec deca.md §3): (x, y, z) -> (x, -y, -z); y then points down."""
+    points = _float(points)
+    sign = jnp.asarray([1.0, -1.0, -1.0], points.dtype)
+    return points * sign

@@ -1,0 +1,35 @@
+"""Shared test configuration.
+
+float64 is enabled for the whole suite so that reference tests can run in double precision;
+library code never relies on default dtypes (float32 in -> float32 out is tested explicitly).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("JFACE_SHARED", REPO.parent / "shared"))
+REALDATA = SHARED / "realdata"
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """``../shared/realdata`` (real-layout files; never copied into the project)."""
+    if not REALDATA.is_dir():
+        pytest.skip("../shared/realdata is absent")
+    return REALDATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Point the default-model cache at a per-session folder unless the caller set one."""
+    if "JFACE_CACHE" not in os.environ:
+        cache = tmp_path_factory.getbasetemp().parent / "jface-cache"
+        monkeypatch.setenv("JFACE_CACHE", str(cache))
