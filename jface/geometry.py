@@ -33,6 +33,7 @@ __all__ = [
     "orthographic_camera",
     "flip_yz",
     "cross_product_matrix",
+    "vertex_normals",
 ]
 
 # Below this squared angle the Taylor branch is used. With terms up to theta**4 the truncation
@@ -259,3 +260,24 @@ def flip_yz(points):
     points = _float(points)
     sign = jnp.asarray([1.0, -1.0, -1.0], points.dtype)
     return points * sign
+
+
+def vertex_normals(vertices, faces):
+    """DECA's ``util.vertex_normals`` (spec deca.md §5.4): area-weighted unit vertex normals.
+
+    ``vertices (..., V, 3)``, ``faces (F, 3)`` int -> ``(..., V, 3)``. Each face's unnormalised
+    normal (v1 - v0) x (v2 - v0) is added to its three vertices; the sum is divided by
+    max(|n|, 1e-6). Vertices used by no face get 0. Counter-clockwise faces seen from outside give
+    outward normals.
+    """
+    vertices = _float(vertices)
+    faces = jnp.asarray(faces, jnp.int32)
+    v0 = vertices[..., faces[:, 0], :]
+    v1 = vertices[..., faces[:, 1], :]
+    v2 = vertices[..., faces[:, 2], :]
+    face_normals = jnp.cross(v1 - v0, v2 - v0)
+    normals = jnp.zeros_like(vertices)
+    for corner in range(3):
+        normals = normals.at[..., faces[:, corner], :].add(face_normals)
+    norm = jnp.linalg.norm(normals, axis=-1, keepdims=True)
+    return normals / jnp.maximum(norm, 1e-6)
