@@ -73,6 +73,8 @@ def axis_angle_to_matrix(r, *, deca: bool = False):
 
     ``deca=True`` reproduces DECA's ``batch_rodrigues`` (spec deca.md §1.4) operation by
     operation in float32: angle = |r + 1e-8|, k = r / angle, R = I + sin K + (1 - cos) K K.
+    Results equal torch's to within a few float32 ulp (sin/cos and the norm's reduction order
+    are library-specific; see BUILD_NOTES.md).
     """
     r = _float(r)
     if deca:
@@ -95,12 +97,18 @@ def axis_angle_to_matrix(r, *, deca: bool = False):
 
 def _batch_rodrigues_deca(r):
     # Operation order of DECA's lbs.batch_rodrigues (spec deca.md §1.4).
-    angle = jnp.sqrt(jnp.sum(jnp.square(r + 1e-8), axis=-1, keepdims=True))
+    # torch.norm(r + 1e-8); the sum is spelled out left to right, the order torch's CPU
+    # kernel agrees with most often (float32 results then match to <= 4 ulp, sin/cos differ by
+    # 1 ulp between libms, so exact bit equality across frameworks is not attainable).
+    shifted = r + 1e-8
+    x, y, z = shifted[..., 0:1], shifted[..., 1:2], shifted[..., 2:3]
+    angle = jnp.sqrt((x * x + y * y) + z * z)
     rot_dir = r / angle
     cos = jnp.cos(angle)[..., None]
     sin = jnp.sin(angle)[..., None]
     k = cross_product_matrix(rot_dir)
-    kk = jnp.einsum("...ij,...jk->...ik", k, k)
+    # K @ K with the three products summed left to right (a 3x3 bmm), not a dot primitive.
+    kk = (k[..., :, 0:1] * k[..., 0:1, :] + k[..., :, 1:2] * k[..., 1:2, :]) + k[..., :, 2:3] * k[..., 2:3, :]
     eye = jnp.eye(3, dtype=r.dtype)
     return eye + sin * k + (1 - cos) * kk
 
