@@ -1,0 +1,295 @@
+"""Command line for model files: ``python -m jface.models COMMAND ...``.
+
+Commands:
+  info FILE                     what the file is, its fields, shapes and dtypes
+  convert FILE -o model.npz     an original file (FLAME pkl / pkl-named npz, BFM 2009 .mat) ->
+                                the project's own npz format
+  prepare-stn --bfm .. --expression .. --uv .. --map .. -o stn_model.npz
+                                the original prepareExpressionBFM + resampleModel
+
+Adding a command: one entry in :data:`COMMANDS`, ``name: (help, "module:function")``, where
+``function(parser)`` adds its arguments to the ``argparse`` sub-parser and returns
+``run(args) -> int``. Only the chosen command's module is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = {
+    "info": ("describe a model file (type, fields, shapes)", "jface.models.__main__:info_command"),
+    "convert": ("convert an original model file to the jface npz format",
+                "jface.models.__main__:convert_command"),
+    "prepare-stn": ("build the 3DMM-STN model from BFM 2009 + 3DDFA expression files",
+                    "jface.models.__main__:prepare_stn_command"),
+    # "regenerate": ("...", "jface.models.<module>:regenerate_command"),
+    # "show": ("...", "jface.models.<module>:show_command"),
+}
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser(argv=None):
+    """The argparse parser; only the command named in ``argv`` is configured (lazy import)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jface.models", description="Inspect, convert and prepare face model files."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
+    runners = {}
+    for name, (help_text, target) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            runners[name] = _resolve(target)(p)
+    return parser, runners
+
+
+def main(argv=None) -> int:
+    from jface.models.errors import ModelFileError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, runners = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(runners[args.command](args) or 0)
+    except ModelFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------------------------
+# info
+
+
+def _describe(value) -> str:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {tuple(value.shape)}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return repr(value)[:60]
+
+
+def identify(path) -> tuple[str, dict]:
+    """(kind, {field: description}) for a model file, read with the safe loaders."""
+    import numpy as np
+
+    from jface.models import io as mio
+    from jface.models.errors import ModelFileError
+
+    path = Path(path)
+    data_head = mio.read_file_bytes(path)[:600]
+    suffix = path.suffix.lower()
+    if data_head.startswith(b"PK"):
+        from jface.models import format as fmt
+
+        with np.load(path, allow_pickle=False) as z:
+            files = list(z.files)
+        if fmt.META_KEY in files:
+            meta = fmt.read_metadata(path)
+            fields = {k: f"{v['dtype']} {tuple(v['shape'])}" for k, v in meta["arrays"].items()}
+            fields["(static)"] = str(meta.get("static"))
+            fields["(sources)"] = ", ".join(s["name"] for s in meta.get("sources", [])) or "-"
+            return f"jface model file v{meta['version']}: {meta['model_type']} ({meta['units']})", fields
+        arrays = mio._npz_arrays(path)
+        fields = {k: _describe(v) for k, v in arrays.items()}
+        if "v_template" in arrays and "shapedirs" in arrays:
+            return "FLAME arrays with generic_model.pkl field names (npz)", fields
+        if "static_lmk_faces_idx" in arrays:
+            return "DECA landmark embedding (npz)", fields
+        return "npz archive", fields
+    if data_head.startswith(b"\x93NUMPY"):
+        header, _ = mio._read_npy_header(mio.read_file_bytes(path), path)
+        if header["descr"] == "|O":
+            emb = mio.load_landmark_embedding(path)
+            return "DECA landmark_embedding.npy (pickled dict, torch tensors rebuilt)", {
+                k: _describe(v) for k, v in emb.items()}
+        return "npy array", {"array": f"{header['descr']} {header['shape']}"}
+    if data_head.startswith(b"\x80"):
+        fields = mio.read_flame_fields(path)
+        kind = "FLAME generic_model.pkl" if "shapedirs" in fields else "pickle"
+        return kind + " (read safely)", {k: _describe(v) for k, v in fields.items()}
+    if suffix == ".mat" or data_head.startswith(b"MATLAB"):
+        raw = mio.load_mat(path)
+        names = {k for k in raw if not k.startswith("__")}
+        fields = {k: _describe(raw[k]) for k in sorted(names)}
+        if {"shapeMU", "shapePC", "shapeEV", "tl"} <= names:
+            bfm = mio.load_bfm2009(path)
+            kind = (f"BFM 2009 01_MorphableModel.mat: {bfm['mean'].shape[0]} vertices, "
+                    f"{bfm['shape_basis'].shape[2]} shape PCs, {bfm['faces'].shape[0]} faces, µm"
+                    + (", with texture" if "tex_mean" in bfm else ""))
+        elif "w_exp" in names:
+            e = mio.load_tddfa_expression(path)
+            kind = (f"3DDFA Model_Expression.mat: {e['w_exp'].shape[0]} vertices, "
+                    f"{e['w_exp'].shape[2]} expression PCs, µm")
+        elif "map_tddfa_to_basel" in names:
+            m = mio.load_map_tddfa_to_basel(path)
+            kind = f"map_tddfa_to_basel.mat: {m.shape[0]} 0-based BFM indices"
+        elif names == {"UV"}:
+            kind = f"BFM_UV.mat: {mio.load_bfm_uv(path).shape[0]} per-vertex UVs in [0, 1]"
+        elif {"Images", "Labels"} <= names:
+            kind = "3DMM-STN demodata.mat"
+        else:
+            kind = "MATLAB .mat file"
+        return kind, fields
+    if suffix == ".obj":
+        obj = mio.load_obj(path)
+        return "Wavefront OBJ", {k: _describe(v) for k, v in obj.items() if k != "source"}
+    if suffix == ".anl":
+        idx = mio.load_anl(path)
+        return f"3DMM-STN landmark file: {idx.shape[0]} indices (1-based in file)", {
+            "indices (0-based)": " ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")}
+    raise ModelFileError(path, "unrecognised file type (expected .mat, .pkl, .npy, .npz, .obj, .anl)")
+
+
+def info_command(parser):
+    parser.add_argument("file", help="a model or data file")
+
+    def run(args):
+        kind, fields = identify(args.file)
+        print(f"{args.file}: {kind}")
+        width = max((len(k) for k in fields), default=0)
+        for key, desc in fields.items():
+            print(f"  {key:<{width}}  {desc}")
+        return 0
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# convert
+
+
+def convert_file(path, output, *, landmark_embedding=None, n_shape=None):
+    """Convert a FLAME pkl / pkl-named npz or a BFM 2009 .mat to the jface npz format."""
+    from jface.models import format as fmt
+    from jface.models import io as mio
+    from jface.models.errors import ModelFileError
+
+    path = Path(path)
+    head = mio.read_file_bytes(path)[:128]
+    sources = [path]
+    if head.startswith(b"\x80") or head.startswith(b"PK"):
+        model = mio.load_flame(path, landmark_embedding, n_shape=n_shape)
+        if landmark_embedding is not None and not isinstance(landmark_embedding, dict):
+            sources.append(Path(landmark_embedding))
+    elif path.suffix.lower() == ".mat" or head.startswith(b"MATLAB"):
+        import jax.numpy as jnp
+
+        from jface.models.morphable import MorphableModel
+
+        bfm = mio.load_bfm2009(path)
+        n = bfm["mean"].shape[0]
+        kwargs = {}
+        if "tex_mean" in bfm:
+            # BFM colours are 0-255; MorphableModel albedo is in [0, 1] with N(0, 1) coefficients.
+            kwargs["albedo_mean"] = jnp.asarray(bfm["tex_mean"] / 255.0)
+            kwargs["albedo_basis"] = jnp.asarray(bfm["tex_basis"] * (bfm["tex_ev"] / 255.0))
+        model = MorphableModel(
+            mean=jnp.asarray(bfm["mean"]),
+            shape_basis=jnp.asarray(bfm["shape_basis"] * bfm["shape_ev"]),
+            expression_basis=jnp.zeros((n, 3, 0), dtype=bfm["mean"].dtype),
+            faces=jnp.asarray(bfm["faces"]),
+            units="um",
+            **kwargs,
+        )
+    else:
+        raise ModelFileError(path, "convert understands FLAME .pkl/.npz and BFM 2009 .mat files")
+    return fmt.save_model(model, output, sources=sources)
+
+
+def convert_command(parser):
+    parser.add_argument("file", help="generic_model.pkl, a FLAME npz, or 01_MorphableModel.mat")
+    parser.add_argument("-o", "--output", required=True, help="output .npz")
+    parser.add_argument("--landmark-embedding", help="DECA landmark_embedding.npy (FLAME only)")
+    parser.add_argument("--n-shape", type=int, default=None,
+                        help="identity columns of shapedirs (FLAME; default 300 of 400)")
+
+    def run(args):
+        t0 = time.perf_counter()
+        out = convert_file(args.file, args.output, landmark_embedding=args.landmark_embedding,
+                           n_shape=args.n_shape)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+        return 0
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare-stn
+
+
+def prepare_stn_command(parser):
+    parser.add_argument("--bfm", required=True, help="BFM 2009 01_MorphableModel.mat")
+    parser.add_argument("--expression", required=True, help="3DDFA Model_Expression.mat")
+    parser.add_argument("--uv", required=True, help="BFM_UV.mat")
+    parser.add_argument("--map", required=True, help="map_tddfa_to_basel.mat")
+    parser.add_argument("-o", "--output", required=True, help="output .npz (jface format)")
+    parser.add_argument("--res", type=int, default=112, help="UV grid size (default 112)")
+    parser.add_argument("--n-shape", type=int, default=5, help="identity components (default 5)")
+    parser.add_argument("--n-expression", type=int, default=5,
+                        help="expression components (default 5)")
+    parser.add_argument("--landmarks", action="append", default=[], metavar="NAME=FILE.anl",
+                        help="attach grid landmarks from a .anl file indexing the res x res grid, "
+                             "e.g. aflw21=Landmarks21_112.anl (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+    def run(args):
+        import jax.numpy as jnp
+
+        from jface.models import format as fmt
+        from jface.models import io as mio
+        from jface.models.prepare import prepare_stn_model
+
+        t0 = time.perf_counter()
+
+        def say(message):
+            if not args.quiet:
+                print(f"[{time.perf_counter() - t0:7.1f} s] {message}", flush=True)
+
+        landmark_files = {}
+        for item in args.landmarks:
+            name, sep, file = item.partition("=")
+            if not sep or not name or not file:
+                parser.error(f"--landmarks expects NAME=FILE.anl, got {item!r}")
+            landmark_files[name] = file
+        say(f"reading {args.bfm}")
+        bfm = mio.load_bfm2009(args.bfm)
+        say(f"reading {args.expression}")
+        expression = mio.load_tddfa_expression(args.expression)
+        say(f"reading {args.uv} and {args.map}")
+        uv = mio.load_bfm_uv(args.uv, n_vertices=bfm["mean"].shape[0])
+        index = mio.load_map_tddfa_to_basel(args.map, n_vertices=bfm["mean"].shape[0])
+        landmarks = {name: mio.load_anl(file) for name, file in landmark_files.items()}
+        for name, idx in landmarks.items():
+            if idx.max() >= args.res ** 2:
+                parser.error(f"--landmarks {name}: index {idx.max() + 1} (1-based) exceeds the "
+                             f"{args.res}x{args.res} grid; use the *_{args.res}.anl file")
+        model = prepare_stn_model(bfm, expression, uv, index, res=args.res, n_shape=args.n_shape,
+                                  n_expression=args.n_expression, progress=say)
+        if landmarks:
+            merged = dict(model.landmarks or {})
+            merged.update({k: jnp.asarray(v) for k, v in landmarks.items()})
+            model = model.replace(landmarks=merged)
+        sources = [args.bfm, args.expression, args.uv, args.map, *landmark_files.values()]
+        say(f"writing {args.output}")
+        out = fmt.save_model(model, args.output, sources=sources,
+                             extra={"prepared_with": {"res": args.res, "n_shape": args.n_shape,
+                                                      "n_expression": args.n_expression}})
+        say(f"done: {model.num_vertices} vertices, {model.num_shape}+{model.num_expression} "
+            f"components -> {out}")
+        return 0
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
