@@ -1,0 +1,55 @@
+"""3DMM-STN (Bas et al. 2017) as pure JAX functions (spec 3dmm_stn.md).
+
+Per-item layers (batch with ``jax.vmap``): :func:`split_theta`, :func:`project`,
+:func:`sampling_grid`, :func:`visibility`, :func:`flatten`; losses with the original reductions
+and their ``*_batch`` variants; the mirror augmentation; the Flax :class:`Localiser`; and the
+batched, jit-compiled :func:`forward`. Frames and conventions: see :mod:`jface.stn.layers` and
+notes/stn.md.
+"""
+
+from jface.stn.layers import (
+    flatten,
+    grid_faces,
+    grid_hw_of,
+    mask_texture,
+    morphable_shape,
+    project,
+    rotation_matrix,
+    sampling_grid,
+    select_points,
+    split_theta,
+    visibility,
+    visibility_normals,
+)
+from jface.stn.localiser import (
+    Localiser,
+    LocaliserConfig,
+    init_localiser,
+    load_vggface_mat,
+)
+from jface.stn.losses import (
+    AFLW21_MIRROR,
+    landmark_loss,
+    landmark_loss_batch,
+    mirror_batch,
+    mirror_image,
+    mirror_labels,
+    prior_loss,
+    prior_loss_batch,
+    siamese_loss,
+    siamese_loss_batch,
+    symmetry_loss,
+    symmetry_loss_batch,
+)
+from jface.stn.network import LOSS_WEIGHTS, apply_theta, forward, split_labels
+
+__all__ = [
+    "split_theta", "morphable_shape", "rotation_matrix", "project", "select_points",
+    "sampling_grid", "visibility", "visibility_normals", "mask_texture", "flatten", "grid_faces",
+    "grid_hw_of",
+    "landmark_loss", "prior_loss", "symmetry_loss", "siamese_loss",
+    "landmark_loss_batch", "prior_loss_batch", "symmetry_loss_batch", "siamese_loss_batch",
+    "AFLW21_MIRROR", "mirror_labels", "mirror_image", "mirror_batch",
+    "Localiser", "LocaliserConfig", "init_localiser", "load_vggface_mat",
+    "LOSS_WEIGHTS", "apply_theta", "forward", "split_labels",
+]

@@ -1,0 +1,233 @@
+"""The 3DMM-STN localiser: VGG-Face (VGG-16 topology) through relu7 plus the theta layer (spec §5).
+
+Topology (MatConvNet ``vgg-face.mat`` names): 5 blocks of 3x3 conv (pad 1) + ReLU with
+(2, 2, 3, 3, 3) convs of (64, 128, 256, 512, 512) channels, each block followed by a 2x2/2 max-pool;
+``fc6`` a 7x7 VALID conv on the 7x7x512 map (a dense layer) + ReLU; ``fc7`` 4096 -> 4096 + ReLU;
+``theta`` 4096 -> 6 + D. Input: raw 0-255 RGB ``(B, H, W, 3)``, no mean subtraction (spec §5).
+
+The theta layer is initialised as in ``dagnn_3dmmasstn_init.m``: weights randn * sqrt(2/4096) *
+1e-3 (``xavier`` x 0.001), biases 0 except t = (112, 112) (positions 4 and 5, 1-based), so at
+initialisation r ~ 0, t = image centre, logs ~ 0 (s ~ 1), alpha ~ 0.
+
+``LocaliserConfig.small()`` keeps the structure with fewer channels and a smaller input for CPU runs.
+``dtype=jnp.bfloat16`` computes the backbone in bf16 with float32 parameters; the theta layer always
+computes in float32 (t ~ 112 needs more than bf16's 8 bits).
+
+:func:`load_vggface_mat` converts MatConvNet weights (a user-supplied ``vgg-face.mat``) to params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+__all__ = [
+    "LocaliserConfig",
+    "Localiser",
+    "init_localiser",
+    "theta_bias_init",
+    "load_vggface_mat",
+    "vggface_layer_names",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocaliserConfig:
+    """Static configuration of the localiser (hashable; a field of the Flax module).
+
+    ``channels``/``convs_per_block``: the conv blocks; ``fc_dim``: width of fc6/fc7;
+    ``num_coeffs``: D (theta has 6 + D outputs); ``input_hw``: the input size (the fc6 kernel is
+    input_hw / 32); ``translation_init``: the t bias (the original's 112, 112);
+    ``theta_init_scale``: 1e-3 in the original.
+    """
+
+    channels: Sequence[int] = (64, 128, 256, 512, 512)
+    convs_per_block: Sequence[int] = (2, 2, 3, 3, 3)
+    fc_dim: int = 4096
+    num_coeffs: int = 10
+    input_hw: tuple = (224, 224)
+    translation_init: tuple = (112.0, 112.0)
+    theta_init_scale: float = 1e-3
+
+    @classmethod
+    def vgg_face(cls, num_coeffs: int = 10) -> "LocaliserConfig":
+        """The original: VGG-Face through relu7, 224x224 input, 16 outputs for D = 10."""
+        return cls(num_coeffs=num_coeffs)
+
+    @classmethod
+    def small(cls, num_coeffs: int = 10, input_hw=(64, 64), width: int = 4) -> "LocaliserConfig":
+        """Same structure (13 convs, 5 pools, fc6, fc7, theta) with few channels, for CPU runs."""
+        return cls(
+            channels=(width, 2 * width, 4 * width, 8 * width, 8 * width),
+            fc_dim=16 * width,
+            num_coeffs=num_coeffs,
+            input_hw=tuple(input_hw),
+            translation_init=(input_hw[1] / 2.0, input_hw[0] / 2.0),
+        )
+
+    @property
+    def num_outputs(self) -> int:
+        return 6 + self.num_coeffs
+
+    @property
+    def fc6_kernel(self) -> tuple:
+        return (self.input_hw[0] // 32, self.input_hw[1] // 32)
+
+
+def vggface_layer_names(config: LocaliserConfig) -> list:
+    """Parameterised layer names in order: conv1_1 ... conv5_3, fc6, fc7 (MatConvNet names)."""
+    names = []
+    for block, count in enumerate(config.convs_per_block, start=1):
+        names += [f"conv{block}_{i}" for i in range(1, count + 1)]
+    return names + ["fc6", "fc7"]
+
+
+def theta_bias_init(config: LocaliserConfig):
+    """Bias initialiser of the theta layer: zeros except t = ``config.translation_init``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        bias = jnp.zeros(shape, dtype)
+        return bias.at[3:5].set(jnp.asarray(config.translation_init, dtype))
+
+    return init
+
+
+def theta_kernel_init(config: LocaliserConfig):
+    """``xavier(1, 1, fc_dim, 6 + D) * 1e-3``: randn * sqrt(2 / fc_dim) * 1e-3."""
+
+    def init(key, shape, dtype=jnp.float32):
+        std = np.sqrt(2.0 / shape[0]) * config.theta_init_scale
+        return (jax.random.normal(key, shape, dtype) * std).astype(dtype)
+
+    return init
+
+
+class Localiser(nn.Module):
+    """VGG-Face localiser: ``images (B, H, W, 3)`` raw 0-255 -> ``theta (B, 6 + D)`` float32.
+
+    theta = [r (3), t (2), logs (1), alpha (D)] (spec §2.1). ``dtype`` is the backbone's compute
+    dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
+    """
+
+    config: LocaliserConfig = LocaliserConfig()
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, *, return_features: bool = False):
+        cfg = self.config
+        images = jnp.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != tuple(cfg.input_hw):
+            raise ValueError(
+                f"images: expected (B, {cfg.input_hw[0]}, {cfg.input_hw[1]}, 3) raw 0-255 RGB "
+                f"(LocaliserConfig.input_hw), got shape {images.shape}"
+            )
+        x = images.astype(self.dtype)
+        for block, (width, count) in enumerate(zip(cfg.channels, cfg.convs_per_block), start=1):
+            for i in range(1, count + 1):
+                x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                            param_dtype=jnp.float32, name=f"conv{block}_{i}")(x)
+                x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Conv(cfg.fc_dim, cfg.fc6_kernel, padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, name="fc6")(x)
+        x = nn.relu(x).reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(cfg.fc_dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc7")(x))
+        features = x
+        theta = nn.Dense(
+            cfg.num_outputs,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            kernel_init=theta_kernel_init(cfg),
+            bias_init=theta_bias_init(cfg),
+            name="theta",
+        )(x.astype(jnp.float32))
+        if return_features:
+            return theta, features
+        return theta
+
+
+def init_localiser(key, config: Optional[LocaliserConfig] = None, *, dtype=jnp.float32):
+    """``(Localiser, params)`` with the original's theta initialisation (spec §5).
+
+    The backbone gets Flax's default initialisers (replace them with :func:`load_vggface_mat`).
+    """
+    config = LocaliserConfig() if config is None else config
+    module = Localiser(config=config, dtype=dtype)
+    dummy = jnp.zeros((1,) + tuple(config.input_hw) + (3,), jnp.float32)
+    params = jax.jit(module.init)(key, dummy)["params"]
+    return module, params
+
+
+def _field(obj, name, path):
+    if isinstance(obj, dict):
+        if name in obj:
+            return obj[name]
+    elif hasattr(obj, name):
+        return getattr(obj, name)
+    raise ValueError(f"{path}: a MatConvNet layer struct has no field {name!r}")
+
+
+def _matlab_str(value):
+    if isinstance(value, np.ndarray):
+        value = value.squeeze()
+        if value.dtype.kind in "US":
+            return str(value.item()) if value.ndim == 0 else "".join(value.tolist())
+    return str(value)
+
+
+def load_vggface_mat(path, config: Optional[LocaliserConfig] = None, *, params=None, key=None):
+    """Convert MatConvNet ``vgg-face.mat`` (SimpleNN layout) weights into Localiser params.
+
+    The file holds ``layers`` (a cell of structs with ``name``, ``type`` and ``weights`` = {filters,
+    biases}), at the top level or inside a ``net`` struct. Conv filters are H x W x Cin x Cout, which
+    is Flax's HWIO (MatConvNet's conv is a cross-correlation, like Flax's); fc6 is a 7x7x512x4096
+    conv and stays one; fc7 (1x1x4096x4096) becomes a dense kernel. The theta layer is not in the
+    file: it comes from ``params`` if given, else the original initialisation (``key``, default
+    PRNGKey(0)). Layers after relu7 (fc8, prob) are ignored. Returns the params dict.
+    """
+    import scipy.io
+
+    config = LocaliserConfig() if config is None else config
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except (OSError, ValueError, NotImplementedError) as err:
+        raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({err})") from err
+    layers = mat.get("layers")
+    if layers is None and "net" in mat:
+        layers = getattr(mat["net"], "layers", None)
+    if layers is None:
+        raise ValueError(f"{path}: expected a MatConvNet SimpleNN net with a 'layers' cell")
+    layers = np.atleast_1d(layers)
+    by_name = {}
+    for i, layer in enumerate(layers):
+        name = _matlab_str(_field(layer, "name", f"{path}: layers{{{i + 1}}}"))
+        by_name[name] = layer
+    if params is None:
+        _, params = init_localiser(jax.random.PRNGKey(0) if key is None else key, config)
+    params = jax.tree_util.tree_map(lambda a: a, dict(params))
+    for name in vggface_layer_names(config):
+        if name not in by_name:
+            raise ValueError(f"{path}: layer {name!r} not found (have {sorted(by_name)})")
+        weights = np.atleast_1d(_field(by_name[name], "weights", f"{path}: layer {name}"))
+        if weights.shape[0] < 2:
+            raise ValueError(f"{path}: layer {name}: expected weights = {{filters, biases}}")
+        filters = np.asarray(weights[0], np.float32)
+        biases = np.asarray(weights[1], np.float32).reshape(-1)
+        expected = tuple(np.shape(params[name]["kernel"]))
+        # squeeze_me drops MATLAB's singleton dimensions (fc7 is 1x1x4096x4096): compare squeezed.
+        if np.squeeze(filters).shape != tuple(d for d in expected if d != 1) or biases.shape != (
+            expected[-1],
+        ):
+            raise ValueError(
+                f"{path}: layer {name}: filters {filters.shape} / biases {biases.shape} do not match "
+                f"the localiser config (expected {expected} / ({expected[-1]},))"
+            )
+        filters = filters.reshape(expected)
+        params[name] = {"kernel": jnp.asarray(filters), "bias": jnp.asarray(biases)}
+    return params
