@@ -12,6 +12,7 @@ from jface.models.resample import grid_faces, grid_uv, locate_points, resample_m
 from jface.models.tutte import (
     boundary_loop,
     mirror_map,
+    mirror_map_from_uv,
     plot_uv,
     tutte_embedding,
     uv_signed_areas,
@@ -182,6 +183,23 @@ def test_tutte_ear_corner_is_relieved():
     _assert_square_embedding(uv, faces)
 
 
+def test_tutte_asymmetric_geometry_with_given_mirror():
+    """Real scans are only nearly symmetric: an explicit mirror map still gives an exactly
+    symmetric, fold-free embedding (weights symmetrised, left-half boundary reflected)."""
+    verts, faces = face_disc(cols=13, rows=11)
+    mirror = mirror_map(verts)
+    noisy = verts + 0.01 * np.random.default_rng(0).normal(size=verts.shape)
+    with pytest.raises(ValueError, match="not mirror-symmetric"):
+        tutte_embedding(noisy, faces)
+    uv = tutte_embedding(noisy, faces, mirror=mirror)
+    _assert_square_embedding(uv, faces)
+    np.testing.assert_allclose(uv[mirror, 0], 1 - uv[:, 0], atol=1e-15)
+    assert np.all(uv[mirror == np.arange(len(verts)), 0] == 0.5)
+    np.testing.assert_array_equal(mirror_map_from_uv(uv), mirror)
+    with pytest.raises(ValueError, match="uv"):
+        mirror_map_from_uv(uv + [0.01, 0.0])
+
+
 def test_tutte_errors():
     verts, faces = face_disc(cols=9, rows=7)
     asym = verts.copy()
@@ -248,6 +266,13 @@ def test_bfm_uv_structure_and_our_embedding(realdata):
     assert got["boundary"] == 512 and got["on_edges"] and got["corners"] == 4
     assert got["line"] == 220 and got["folds"] == 0
     assert got["sides"][0] == got["sides"][1] and sum(got["sides"]) == 512 + 4
+    # the mirror pairing of our embedding is BFM_UV's (both are the geometric mirror here)
+    mirror = mirror_map_from_uv(bfm_uv)
+    assert np.sum(mirror == np.arange(len(mirror))) == 220
+    np.testing.assert_array_equal(mirror, mirror_map(synth_mean))
+    np.testing.assert_allclose(uv[mirror, 0], 1 - uv[:, 0], atol=1e-15)
+    # qualitative agreement with BFM_UV (the stand-in geometry is a lift of BFM_UV)
+    assert np.mean(np.abs(uv - bfm_uv)) < 0.05
 
 
 # ------------------------------------------------------------------------------------------------

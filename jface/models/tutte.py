@@ -43,7 +43,14 @@ from scipy.spatial import cKDTree
 
 from jface.models.prepare import _as_mesh, corner_cotangents
 
-__all__ = ["tutte_embedding", "boundary_loop", "mirror_map", "plot_uv", "uv_signed_areas"]
+__all__ = [
+    "tutte_embedding",
+    "boundary_loop",
+    "mirror_map",
+    "mirror_map_from_uv",
+    "plot_uv",
+    "uv_signed_areas",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +121,25 @@ def mirror_map(vertices, *, axis: int = 0, tol: float = 1e-6) -> np.ndarray:
             f"nearest vertex (allowed {tol * scale:.3g}); pass mirror= or symmetric=False"
         )
     _check_mirror(mirror, len(vertices))
+    return mirror.astype(np.int64)
+
+
+def mirror_map_from_uv(uv, *, tol: float = 1e-9) -> np.ndarray:
+    """Vertex mirror map from a symmetric UV layout: nearest neighbour of ``(1 - u, v)``.
+
+    For meshes whose geometry is only approximately symmetric (the real BFM mean), the exact
+    pairing of ``BFM_UV.mat`` gives the mirror map to pass to :func:`tutte_embedding`.
+    ``uv (N, 2)`` -> ``(N,)`` int64; ``ValueError`` if some vertex has no partner within ``tol``.
+    """
+    uv = np.asarray(uv, dtype=np.float64)
+    if uv.ndim != 2 or uv.shape[1] != 2:
+        raise ValueError(f"uv: expected (N, 2), got {uv.shape}")
+    dist, mirror = cKDTree(uv).query(np.c_[1.0 - uv[:, 0], uv[:, 1]])
+    if dist.max() > tol:
+        k = int(np.argmax(dist))
+        raise ValueError(f"uv: not mirror-symmetric about u = 0.5 within tol={tol:g} (vertex {k} "
+                         f"is {dist[k]:.3g} from its reflection's nearest vertex)")
+    _check_mirror(mirror, len(uv))
     return mirror.astype(np.int64)
 
 
