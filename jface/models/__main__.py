@@ -26,8 +26,9 @@ COMMANDS = {
                 "jface.models.__main__:convert_command"),
     "prepare-stn": ("build the 3DMM-STN model from BFM 2009 + 3DDFA expression files",
                     "jface.models.__main__:prepare_stn_command"),
-    # "regenerate": ("...", "jface.models.<module>:regenerate_command"),
-    # "show": ("...", "jface.models.<module>:show_command"),
+    "regenerate": ("rebuild the cached synthetic default models",
+                   "jface.models.defaults.cli:regenerate_command"),
+    "show": ("draw the synthetic default models as PNGs", "jface.models.defaults.cli:show_command"),
 }
 
 
@@ -98,7 +99,8 @@ def identify(path) -> tuple[str, dict]:
             fields = {k: f"{v['dtype']} {tuple(v['shape'])}" for k, v in meta["arrays"].items()}
             fields["(static)"] = str(meta.get("static"))
             fields["(sources)"] = ", ".join(s["name"] for s in meta.get("sources", [])) or "-"
-            return f"jface model file v{meta['version']}: {meta['model_type']} ({meta['units']})", fields
+            kind = f"jface model file v{meta['version']}: {meta['model_type']} ({meta['units']})"
+            return kind, fields
         arrays = mio._npz_arrays(path)
         fields = {k: _describe(v) for k, v in arrays.items()}
         if "v_template" in arrays and "shapedirs" in arrays:
@@ -147,7 +149,9 @@ def identify(path) -> tuple[str, dict]:
         idx = mio.load_anl(path)
         return f"3DMM-STN landmark file: {idx.shape[0]} indices (1-based in file)", {
             "indices (0-based)": " ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")}
-    raise ModelFileError(path, "unrecognised file type (expected .mat, .pkl, .npy, .npz, .obj, .anl)")
+    raise ModelFileError(
+        path, "unrecognised file type (expected .mat, .pkl, .npy, .npz, .obj, .anl)"
+    )
 
 
 def info_command(parser):

@@ -95,7 +95,9 @@ def save_model(model, path, *, sources: Iterable = (), licence: Optional[str] = 
     classes = _model_classes()
     model_type = next((name for name, cls in classes.items() if isinstance(model, cls)), None)
     if model_type is None:
-        raise TypeError(f"model: expected a MorphableModel or FlameModel, got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a MorphableModel or FlameModel, got {type(model).__name__}"
+        )
     spec = _SPEC[model_type]
     arrays: dict[str, np.ndarray] = {}
     for name in spec["required"] + spec["optional"]:
@@ -278,7 +280,8 @@ def _check(cond, path, field, message):
 
 
 def _check_faces(path, faces, n_vertices, field="faces"):
-    _check(faces.ndim == 2 and faces.shape[1] == 3, path, field, f"expected (F, 3), got {faces.shape}")
+    _check(faces.ndim == 2 and faces.shape[1] == 3, path, field,
+           f"expected (F, 3), got {faces.shape}")
     _check(faces.dtype.kind in "iu", path, field, f"expected integers, got {faces.dtype}")
     if faces.size:
         _check(faces.min() >= 0 and faces.max() < n_vertices, path, field,
@@ -289,7 +292,8 @@ def _build_morphable(path, arrays, static, jnp):
     from jface.models.morphable import MorphableModel
 
     mean = arrays["mean"]
-    _check(mean.ndim == 2 and mean.shape[1] == 3, path, "mean", f"expected (N, 3), got {mean.shape}")
+    _check(mean.ndim == 2 and mean.shape[1] == 3, path, "mean",
+           f"expected (N, 3), got {mean.shape}")
     n = mean.shape[0]
     for name in ("shape_basis", "expression_basis", "albedo_basis"):
         if name in arrays:

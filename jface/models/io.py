@@ -103,7 +103,8 @@ def _require(fields: Mapping, name: str, path, what: str = "") -> Any:
     if name not in fields:
         present = sorted(k for k in fields if not str(k).startswith("__"))
         raise ModelFileError(
-            path, f"missing field {name!r}{' (' + what + ')' if what else ''}; the file has {present}",
+            path,
+            f"missing field {name!r}{' (' + what + ')' if what else ''}; the file has {present}",
             field=name,
         )
     return fields[name]
@@ -351,7 +352,9 @@ def load_anl(path) -> np.ndarray:
                 path, f"line {lineno}: expected one 1-based vertex index, got {line[:40]!r}"
             ) from None
         if value < 1:
-            raise ModelFileError(path, f"line {lineno}: index {value} is not 1-based (must be >= 1)")
+            raise ModelFileError(
+                path, f"line {lineno}: index {value} is not 1-based (must be >= 1)"
+            )
         index.append(value - 1)
     if not index:
         raise ModelFileError(path, "no landmark indices (only comments/blank lines)")
@@ -378,7 +381,9 @@ def read_flame_fields(path) -> ModelArrays:
         raise ModelFileError(path, "not a binary pickle (FLAME's generic_model.pkl is protocol 2)")
     obj = safe_pickle.safe_loads(data, path)
     if not isinstance(obj, dict):
-        raise ModelFileError(path, f"expected a pickled dict of FLAME arrays, got {type(obj).__name__}")
+        raise ModelFileError(
+            path, f"expected a pickled dict of FLAME arrays, got {type(obj).__name__}"
+        )
     out = ModelArrays()
     for key, value in obj.items():
         key = key.decode("latin1") if isinstance(key, bytes) else str(key)
@@ -410,7 +415,8 @@ def _flame_from_fields(fields: Mapping, path, *, n_shape=None, landmark_embeddin
     shapedirs = _array(np.asarray(fields["shapedirs"]), path, "shapedirs", ndim=3)
     if shapedirs.shape[:2] != (n_v, 3):
         _shape_error(path, "shapedirs", f"({n_v}, 3, K)", shapedirs.shape)
-    kintree = _array(np.asarray(fields["kintree_table"]), path, "kintree_table", kinds="iuf", ndim=2)
+    kintree = _array(np.asarray(fields["kintree_table"]), path, "kintree_table", kinds="iuf",
+                     ndim=2)
     if kintree.shape[0] != 2 or kintree.shape[1] == 0:
         _shape_error(path, "kintree_table", "(2, J)", kintree.shape)
     n_j = kintree.shape[1]
@@ -546,7 +552,8 @@ def load_flame(path, landmark_embedding=None, *, n_shape=None, dtype=np.float32)
     if magic.startswith(b"\x80"):
         return load_flame_pkl(path, landmark_embedding, n_shape=n_shape, dtype=dtype)
     raise ModelFileError(
-        path, "neither a pickle (generic_model.pkl) nor an .npz; cannot tell what FLAME file this is"
+        path,
+        "neither a pickle (generic_model.pkl) nor an .npz; cannot tell what FLAME file this is",
     )
 
 

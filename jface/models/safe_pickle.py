@@ -2,8 +2,9 @@
 
 Two files of the original pipelines are pickles:
 
-* FLAME's ``generic_model.pkl`` (spec deca.md §2.2): a Python-2, protocol-2 pickle of a dict of numpy
-  arrays, where ``shapedirs`` is a chumpy ``Ch`` and ``J_regressor`` a ``scipy.sparse`` CSC matrix;
+* FLAME's ``generic_model.pkl`` (spec deca.md §2.2): a Python-2, protocol-2 pickle of a dict of
+  numpy arrays, where ``shapedirs`` is a chumpy ``Ch`` and ``J_regressor`` a ``scipy.sparse`` CSC
+  matrix;
 * DECA's ``landmark_embedding.npy`` (spec deca.md §2.3): an ``.npy`` holding a pickled dict whose
   ``dynamic_*`` entries are pickled torch tensors (each storage is itself a legacy ``torch.save``
   stream wrapped in ``torch.storage._load_from_bytes``).
@@ -15,9 +16,9 @@ import chumpy/torch/scipy or call ``os.system``/``eval``/``exec``. Anything else
 :class:`~jface.models.errors.UnsafePickleError` naming ``module.name`` before it is called.
 
 Arrays are rebuilt from their raw bytes with explicit checks: the declared shape must have at most
-``MAX_ELEMENTS`` elements and the byte payload must match ``prod(shape) * itemsize`` exactly, so a file
-that declares an absurd array fails with a clear :class:`~jface.models.errors.ModelFileError` instead
-of exhausting memory.
+``MAX_ELEMENTS`` elements and the byte payload must match ``prod(shape) * itemsize`` exactly, so a
+file that declares an absurd array fails with a clear :class:`~jface.models.errors.ModelFileError`
+instead of exhausting memory.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class SparseMatrix(metaclass=_Sealed):
         except (TypeError, ValueError):
             raise ModelFileError(path, f"sparse matrix shape {shape!r} is not two integers", field)
         if rows < 0 or cols < 0 or rows * cols > MAX_ELEMENTS:
-            raise ModelFileError(path, f"sparse matrix declares an absurd shape {(rows, cols)}", field)
+            raise ModelFileError(
+                path, f"sparse matrix declares an absurd shape {(rows, cols)}", field
+            )
         for name, arr in (("indptr", indptr), ("indices", indices), ("data", data)):
             if not isinstance(arr, np.ndarray) or arr.ndim != 1:
                 raise ModelFileError(path, f"sparse matrix {name} is not a 1-D array", field)
@@ -260,7 +263,9 @@ def _check_shape(shape, what):
         raise ValueError(f"{what}: {len(shape)} dimensions")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
-        raise _AbsurdSize(f"{what} declares shape {shape} = {count} elements (limit {MAX_ELEMENTS})")
+        raise _AbsurdSize(
+            f"{what} declares shape {shape} = {count} elements (limit {MAX_ELEMENTS})"
+        )
     return shape, count
 
 
@@ -370,7 +375,9 @@ class SafeUnpickler(pickle.Unpickler):
         stride, _ = _check_shape(stride, "torch tensor stride")
         offset = int(offset)
         if len(stride) != len(size) or offset < 0:
-            raise ValueError(f"torch tensor size {size} / stride {stride} / offset {offset} mismatch")
+            raise ValueError(
+                f"torch tensor size {size} / stride {stride} / offset {offset} mismatch"
+            )
         if count:
             last = offset + sum((s - 1) * st for s, st in zip(size, stride))
             if last >= flat.shape[0]:
@@ -440,7 +447,8 @@ class SafeUnpickler(pickle.Unpickler):
         raise UnsafePickleError(
             self.path,
             f"the pickle asks for {module}.{name}, which is not on the allow-list of safe "
-            "array/sparse/chumpy/torch-storage rebuilders; refusing to load it (nothing was executed)",
+            "array/sparse/chumpy/torch-storage rebuilders; refusing to load it "
+            "(nothing was executed)",
         )
 
     def persistent_load(self, pid):
@@ -523,7 +531,9 @@ def _load_torch_stream(data: bytes, *, path, depth) -> TorchStorage:
     for _ in range(3):
         header.append(_load_one(lambda fh: SafeUnpickler(fh, path=path, depth=depth), f))
     if header[0] != 0x1950A86A20F9469CFC6C or header[1] != 1001:
-        raise ValueError("torch storage bytes are not a legacy torch.save stream (bad magic number)")
+        raise ValueError(
+            "torch storage bytes are not a legacy torch.save stream (bad magic number)"
+        )
     if not isinstance(header[2], dict) or not header[2].get("little_endian", True):
         raise ValueError("big-endian torch streams are not supported")
     specs: dict[str, tuple] = {}
@@ -550,7 +560,7 @@ def _load_torch_stream(data: bytes, *, path, depth) -> TorchStorage:
 
 
 def _load_torch_zip(data: bytes, *, path, depth) -> TorchStorage:
-    """Zip-format ``torch.save`` holding one storage (``<root>/data.pkl`` + ``<root>/data/<key>``)."""
+    """Zip-format ``torch.save`` of one storage (``<root>/data.pkl`` + ``<root>/data/<key>``)."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl")]
