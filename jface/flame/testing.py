@@ -53,10 +53,20 @@ def flame_model_from_arrays(
     return FlameModel(**fields)
 
 
-def random_flame_model(seed=0, *, num_vertices=60, n_shape=6, n_expression=4, dtype=np.float64):
-    """A tiny random FLAME-like model: a noisy sphere, FLAME's 5-joint tree, random skinning,
-    a random landmark embedding (51 static, 79×17 dynamic, 68 full). Shapes follow FLAME."""
+def random_flame_model(
+    seed=0, *, num_vertices=60, n_shape=6, n_expression=4, dtype=np.float64, head=None, uv_size=32,
+    n_albedo=5,
+):
+    """A tiny random FLAME-like model: FLAME's 5-joint tree, random skinning, blendshapes and
+    landmark embedding (51 static, 79×17 dynamic, 68 full).
+
+    ``head=None``: a noisy sphere of ``num_vertices`` points (no UVs). ``head=(n_rings, n_lon)``:
+    :func:`jface.render.procedural_head` geometry with its UV layout, plus a random UV albedo model
+    (``uv_size``², ``n_albedo`` components) and a soft UV face/eye mask, for decode tests.
+    """
     rng = np.random.default_rng(seed)
+    if head is not None:
+        return _random_head_model(rng, head, n_shape, n_expression, dtype, uv_size, n_albedo)
     # Fibonacci sphere points and a fan of faces: enough for LBS, landmarks and normals tests.
     k = np.arange(num_vertices) + 0.5
     phi = np.arccos(1 - 2 * k / num_vertices)
@@ -98,4 +108,42 @@ def random_flame_model(seed=0, *, num_vertices=60, n_shape=6, n_expression=4, dt
         dynamic_lmk_bary_coords=bary(79, 17).astype(dtype),
         full_lmk_faces_idx=rng.integers(0, n_faces, 68).astype(np.int32),
         full_lmk_bary_coords=bary(68).astype(dtype),
+    )
+
+
+def _random_head_model(rng, head, n_shape, n_expression, dtype, uv_size, n_albedo):
+    from jface.render.mesh import procedural_head
+
+    mesh = procedural_head(int(head[0]), int(head[1]), num_vertices=0)
+    base = random_flame_model(
+        int(rng.integers(1 << 30)), num_vertices=8, n_shape=n_shape, n_expression=n_expression, dtype=dtype
+    )
+    verts = mesh["vertices"].astype(dtype)
+    num_vertices = verts.shape[0]
+    faces = mesh["faces"].astype(np.int32)
+    n_faces = faces.shape[0]
+    weights = rng.random((num_vertices, 5)) ** 3
+    weights[:, 0] += 1.0
+    weights /= weights.sum(1, keepdims=True)
+    j_regressor = rng.random((5, num_vertices))
+    j_regressor /= j_regressor.sum(1, keepdims=True)
+    t = (np.arange(uv_size) + 0.5) / uv_size
+    vv, uu = np.meshgrid(1.0 - t, t, indexing="ij")
+    mask = np.clip(1.5 - 6.0 * np.hypot(uu - 0.5, vv - 0.5), 0.0, 1.0)
+    lmk = lambda shape: rng.integers(0, n_faces, shape).astype(np.int32)  # noqa: E731
+    return base.replace(
+        v_template=verts,
+        shapedirs=(0.003 * rng.standard_normal((num_vertices, 3, n_shape + n_expression))).astype(dtype),
+        posedirs=(0.003 * rng.standard_normal((num_vertices, 3, 36))).astype(dtype),
+        j_regressor=j_regressor.astype(dtype),
+        lbs_weights=weights.astype(dtype),
+        faces=faces,
+        static_lmk_faces_idx=lmk(51),
+        dynamic_lmk_faces_idx=lmk((79, 17)),
+        full_lmk_faces_idx=lmk(68),
+        uv_coords=mesh["uv_coords"].astype(dtype),
+        uv_faces=mesh["uv_faces"].astype(np.int32),
+        albedo_mean=(0.5 + 0.1 * rng.standard_normal((uv_size, uv_size, 3))).astype(dtype),
+        albedo_basis=(0.05 * rng.standard_normal((uv_size, uv_size, 3, n_albedo))).astype(dtype),
+        uv_face_eye_mask=mask.astype(dtype),
     )

@@ -1,0 +1,442 @@
+"""DECA's coarse and detail losses with the original weights and reductions (spec deca.md §7).
+
+All functions are **batched** (leading batch axis B), channel-last images ``(B, H, W, C)``, and
+return a scalar. Landmarks are in DECA's NDC (x right, y down; GT pixels p map to p/224·2 − 1).
+Reductions follow the original (spec §10.13): regularisers and the symmetry loss are sums, the
+photometric and most others are means, the landmark loss is normalised by 2·Σw, ID-MRF is summed
+over the batch. The weights λ live in :data:`COARSE_WEIGHTS` / :data:`DETAIL_WEIGHTS`; the functions
+themselves are unweighted.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "COARSE_WEIGHTS",
+    "DETAIL_WEIGHTS",
+    "LANDMARK_WEIGHTS",
+    "landmark_weights",
+    "weighted_landmark_loss",
+    "landmark_loss",
+    "eye_distance",
+    "lip_distance",
+    "eye_closure_loss",
+    "lip_closure_loss",
+    "photometric_loss",
+    "identity_preprocess",
+    "identity_loss",
+    "identity_overlay",
+    "resize_bilinear",
+    "shape_regularizer",
+    "expression_regularizer",
+    "texture_regularizer",
+    "light_regularizer",
+    "mrf_loss",
+    "id_mrf_loss",
+    "binary_erosion",
+    "soft_symmetry_loss",
+    "shading_smoothness_loss",
+    "displacement_regularizer",
+    "crop_uv_face",
+    "detail_photometric_loss",
+    "swap_within_identity",
+]
+
+# Coarse stage (spec §7.3; config defaults, paper values).
+COARSE_WEIGHTS = {
+    "landmark": 1.0,
+    "eye_closure": 1.0,
+    "lip_closure": 0.5,
+    "photometric": 2.0,
+    "identity": 0.2,
+    "shape_reg": 1e-4,
+    "expression_reg": 1e-4,
+    "texture_reg": 1e-4,
+    "light_reg": 1.0,
+}
+# Detail stage (spec §7.5): ID-MRF weight = photo_D · mrf = 2.0 · 0.05.
+DETAIL_WEIGHTS = {
+    "photometric": 2.0,
+    "id_mrf": 2.0 * 0.05,
+    "displacement_reg": 0.005,
+    "shading_smoothness": 0.005,
+    "symmetry": 0.005,
+}
+
+
+def landmark_weights():
+    """``(68,)`` DECA's per-landmark weights (spec §7.3): jaw 5-6, 10-11 -> 2; nose 27-35 -> 1.5,
+    30, 31, 35 -> 3; mouth 48-67 -> 1.5, corners 48, 54 -> 3; others 1."""
+    w = np.ones(68)
+    w[5:7] = 2.0
+    w[10:12] = 2.0
+    w[27:36] = 1.5
+    w[[30, 31, 35]] = 3.0
+    w[48:68] = 1.5
+    w[[48, 54]] = 3.0
+    return w
+
+
+LANDMARK_WEIGHTS = landmark_weights()
+
+
+def _float(x):
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def _check_landmarks(pred, gt):
+    pred, gt = _float(pred), _float(gt)
+    if pred.ndim != 3 or pred.shape[-1] < 2:
+        raise ValueError(f"predicted: expected (B, L, 2) landmarks, got shape {pred.shape}")
+    if gt.ndim != 3 or gt.shape[:2] != pred.shape[:2] or gt.shape[-1] not in (2, 3):
+        raise ValueError(
+            f"landmarks_gt: expected (B, L, 2) or (B, L, 3) matching {pred.shape[:2]}, got {gt.shape}"
+        )
+    return pred, gt
+
+
+def landmark_loss(predicted, landmarks_gt, weights=None):
+    """DECA's ``batch_kp_2d_l1_loss`` (spec §7.3): Σ w_bi (|Δx| + |Δy|) / (2 Σ w_bi + 1e-8).
+
+    ``predicted (B, L, 2)``; ``landmarks_gt (B, L, 2|3)``; a third GT column (DECA's, always 1)
+    multiplies the weights; ``weights (L,)`` or None (ones).
+    """
+    pred, gt = _check_landmarks(predicted, landmarks_gt)
+    dtype = jnp.result_type(pred.dtype, gt.dtype)
+    vis = gt[..., 2] if gt.shape[-1] == 3 else jnp.ones(gt.shape[:2], dtype)
+    if weights is not None:
+        vis = vis * jnp.asarray(weights, dtype)
+    diff = jnp.sum(jnp.abs(gt[..., :2] - pred[..., :2]), axis=-1)
+    return jnp.sum(diff * vis) / (2.0 * jnp.sum(vis) + 1e-8)
+
+
+def weighted_landmark_loss(predicted, landmarks_gt):
+    """λ_lmk term with ``useWlmk=True``: :func:`landmark_loss` with :data:`LANDMARK_WEIGHTS`."""
+    return landmark_loss(predicted, landmarks_gt, LANDMARK_WEIGHTS)
+
+
+def _safe_norm(x):
+    # |x| with a finite (zero) gradient at x = 0 (closed eyes in both prediction and GT).
+    sq = jnp.sum(x * x, axis=-1)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def eye_distance(landmarks):
+    """``(B, 68, >=2) -> (B, 4)`` gaps |l_up − l_low| for pairs (37,41), (38,40), (43,47), (44,46)."""
+    lm = _float(landmarks)[..., :2]
+    return _safe_norm(lm[:, jnp.array([37, 38, 43, 44])] - lm[:, jnp.array([41, 40, 47, 46])])
+
+
+def lip_distance(landmarks):
+    """``(B, 68, >=2) -> (B, 3)`` gaps for the inner-lip pairs (61,67), (62,66), (63,65)."""
+    lm = _float(landmarks)[..., :2]
+    return _safe_norm(lm[:, jnp.array([61, 62, 63])] - lm[:, jnp.array([67, 66, 65])])
+
+
+def eye_closure_loss(predicted, landmarks_gt):
+    """mean_{b,pairs} |d_pred − d_gt| of the eye gaps (spec §7.3, λ_eye = 1)."""
+    pred, gt = _check_landmarks(predicted, landmarks_gt)
+    return jnp.mean(jnp.abs(eye_distance(pred) - eye_distance(gt)))
+
+
+def lip_closure_loss(predicted, landmarks_gt):
+    """mean_{b,pairs} |d_pred − d_gt| of the inner-lip gaps (spec §7.3, λ_lip = 0.5)."""
+    pred, gt = _check_landmarks(predicted, landmarks_gt)
+    return jnp.mean(jnp.abs(lip_distance(pred) - lip_distance(gt)))
+
+
+def photometric_loss(predicted, images, mask):
+    """mean over (B, H, W, 3) of M ⊙ |Î − I| (spec §7.3).
+
+    ``predicted`` Î = rendered image ⊙ mask_face_eye ⊙ alpha (the caller masks, as DECA does);
+    ``mask (B, H, W)`` or ``(B, H, W, 1)``: the skin segmentation, or mask_face_eye·alpha without it.
+    """
+    predicted, images = _float(predicted), _float(images)
+    if predicted.shape != images.shape or predicted.ndim != 4:
+        raise ValueError(f"predicted/images: expected equal (B, H, W, C) shapes, got {predicted.shape}, {images.shape}")
+    mask = _float(mask)
+    if mask.ndim == 3:
+        mask = mask[..., None]
+    return jnp.mean(mask * jnp.abs(predicted - images))
+
+
+# ----------------------------------------------------------------------------------------------
+# identity loss
+
+
+def _linear_weights(size_in, size_out):
+    # torch F.interpolate(mode='bilinear', align_corners=False): src = (dst + 0.5) s - 0.5,
+    # clamped below at 0; neighbours i0 = floor(src), i1 = min(i0 + 1, in - 1).
+    src = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    i1 = np.minimum(i0 + 1, size_in - 1)
+    frac = src - i0
+    return i0, i1, frac
+
+
+def resize_bilinear(images, out_hw):
+    """torch ``F.interpolate(..., mode='bilinear', align_corners=False)`` (no antialias).
+
+    ``images (..., H, W, C) -> (..., H', W', C)``.
+    """
+    images = _float(images)
+    h_in, w_in = images.shape[-3], images.shape[-2]
+    r0, r1, fr = _linear_weights(h_in, out_hw[0])
+    c0, c1, fc = _linear_weights(w_in, out_hw[1])
+    fr = jnp.asarray(fr, images.dtype)[:, None, None]
+    fc = jnp.asarray(fc, images.dtype)[:, None]
+    rows = images[..., r0, :, :] * (1 - fr) + images[..., r1, :, :] * fr
+    return rows[..., c0, :] * (1 - fc) + rows[..., c1, :] * fc
+
+
+VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
+
+
+def identity_preprocess(images):
+    """DECA's ``VGGFace2Loss`` preprocessing (spec §7.3): ``(B, 224, 224, 3)`` RGB in [0, 1] ->
+    ``(B, 224, 224, 3)`` BGR: ×255 − mean (B, G, R), crop 10 px per side, **×2 − 1 on the
+    mean-subtracted values** (the quirk), bilinear resize 204 -> 224 (align_corners=False)."""
+    images = _float(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1:3] != (224, 224):
+        raise ValueError(f"images: expected (B, 224, 224, 3) RGB, got shape {images.shape}")
+    x = images[..., ::-1] * 255.0 - jnp.asarray(VGGFACE2_MEAN_BGR, images.dtype)
+    x = x[:, 10:214, 10:214, :] * 2.0 - 1.0
+    return resize_bilinear(x, (224, 224))
+
+
+def _cosine_similarity(a, b, eps=1e-8):
+    # torch F.cosine_similarity(dim=-1): a·b / (max(|a|, eps) max(|b|, eps)).
+    na = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
+    nb = jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
+    return jnp.sum(a * b, axis=-1) / (na * nb)
+
+
+def identity_loss(identity_fn, rendered, images):
+    """L_id = mean_b (1 − cos(f(overlay), f(I))) (spec §7.3).
+
+    ``identity_fn``: ``(B, 224, 224, 3)`` preprocessed BGR (:func:`identity_preprocess`) ->
+    ``(B, D)`` features (the frozen VGGFace2 ResNet-50, e.g. ``lambda x:
+    VGGFace2ResNet50().apply(vars, x)``); gradients flow through it. ``rendered``: the overlay
+    (albedo ⊙ SH(normals, stop_grad(L)) ⊙ mask + I ⊙ (1 − mask)); ``images``: I.
+    """
+    gen = identity_fn(identity_preprocess(rendered))
+    tar = identity_fn(identity_preprocess(images))
+    gen = gen.reshape(gen.shape[0], -1)
+    tar = tar.reshape(tar.shape[0], -1)
+    return jnp.mean(1.0 - _cosine_similarity(gen, tar))
+
+
+def identity_overlay(albedo_images, shading_images, mask_face_eye, images):
+    """The identity loss's input: albedo ⊙ shading ⊙ M + I ⊙ (1 − M); ``M (B, H, W[, 1])``.
+
+    Pass stop_grad(albedo) and shading from stop_grad(light) as DECA does (spec §7.3)."""
+    mask = _float(mask_face_eye)
+    if mask.ndim == 3:
+        mask = mask[..., None]
+    return albedo_images * shading_images * mask + images * (1.0 - mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# regularisers
+
+
+def shape_regularizer(shape_codes):
+    """Σ β² / 2 over batch and components (a sum, spec §7.3; weight 1e-4)."""
+    return jnp.sum(jnp.square(_float(shape_codes))) / 2.0
+
+
+def expression_regularizer(expression_codes):
+    """Σ ψ² / 2 (a sum; weight 1e-4)."""
+    return jnp.sum(jnp.square(_float(expression_codes))) / 2.0
+
+
+def texture_regularizer(texture_codes):
+    """Σ α² / 2 (a sum; weight 1e-4, 0 in pretrain)."""
+    return jnp.sum(jnp.square(_float(texture_codes))) / 2.0
+
+
+def light_regularizer(light):
+    """Colour-neutral SH: mean over (b, k, c) of (L[b,k,c] − mean_c L[b,k,:])² (spec §7.3).
+
+    ``light (B, 9, 3)`` (or ``(B, 27)``)."""
+    light = _float(light)
+    if light.ndim == 2 and light.shape[-1] == 27:
+        light = light.reshape(light.shape[0], 9, 3)
+    if light.ndim != 3 or light.shape[-1] != 3:
+        raise ValueError(f"light: expected (B, 9, 3) or (B, 27), got shape {light.shape}")
+    return jnp.mean(jnp.square(jnp.mean(light, axis=-1, keepdims=True) - light))
+
+
+# ----------------------------------------------------------------------------------------------
+# ID-MRF (spec §7.5)
+
+
+def _mrf_item(gen, tar):
+    # gen, tar: (H, W, C) feature maps of one item.
+    mean_t = jnp.mean(tar, axis=-1, keepdims=True)  # per-pixel mean over channels
+    g = gen - mean_t
+    t = tar - mean_t
+    g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-30)
+    t = t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-30)
+    g = g.reshape(-1, g.shape[-1])  # i: generated positions
+    t = t.reshape(-1, t.shape[-1])  # j: target positions
+    cos = g @ t.T  # (I, J)
+    dist = (1.0 - cos) / 2.0
+    rel = dist / (jnp.min(dist, axis=1, keepdims=True) + 1e-5)
+    w = jnp.exp((1.0 - rel) / 0.5)
+    cs = w / jnp.sum(w, axis=1, keepdims=True)
+    return -jnp.log(jnp.mean(jnp.max(cs, axis=0)))
+
+
+def mrf_loss(gen_features, target_features):
+    """DECA's ``IDMRFLoss.mrf_loss`` for one layer, summed over the batch (spec §7.5 steps 1-7).
+
+    ``gen_features``, ``target_features``: ``(B, H, W, C)``. Per item: subtract the target's
+    per-pixel channel mean from both, L2-normalise along channels, d_ij = (1 − cos_ij)/2 between
+    generated position i and target position j, r_ij = d_ij / (min_j d_ij + 1e-5),
+    CS_ij = softmax_j((1 − r_ij)/0.5), loss = −log(mean_j max_i CS_ij).
+    """
+    gen, tar = _float(gen_features), _float(target_features)
+    if gen.ndim != 4 or gen.shape != tar.shape:
+        raise ValueError(f"gen/target features: expected equal (B, H, W, C) shapes, got {gen.shape}, {tar.shape}")
+    return jnp.sum(jax.vmap(_mrf_item)(gen, tar))
+
+
+# DECA's feat_style_layers {relu3_2: 1, relu4_2: 1} and feat_content_layers {relu4_2: 1}.
+ID_MRF_LAYERS = (("relu3_2", 1.0), ("relu4_2", 1.0), ("relu4_2", 1.0))
+
+
+def id_mrf_loss(features_fn, generated, target, *, normalize=True, layers=ID_MRF_LAYERS):
+    """DECA's ``IDMRFLoss``: Σ over layers (relu4_2 counted as style and content) of :func:`mrf_loss`.
+
+    ``features_fn``: ``(B, H, W, 3)`` -> ``{layer name: (B, h, w, C)}`` (e.g. the frozen
+    ``VGG19Features``); with ``normalize=True`` it receives ImageNet-normalised images
+    ((x − mean)/std), as DECA's ``VGG19FeatLayer`` does. ``generated``, ``target``: RGB in [0, 1].
+    """
+    generated, target = _float(generated), _float(target)
+    if normalize:
+        mean = jnp.asarray((0.485, 0.456, 0.406), generated.dtype)
+        std = jnp.asarray((0.229, 0.224, 0.225), generated.dtype)
+        generated = (generated - mean) / std
+        target = (target - mean) / std
+    gen_f = features_fn(generated)
+    tar_f = features_fn(target)
+    total = 0.0
+    for name, weight in layers:
+        total = total + weight * mrf_loss(gen_f[name], tar_f[name])
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# detail regularisers
+
+
+def binary_erosion(mask, size=5):
+    """scipy ``binary_erosion`` with a size×size square (spec §7.5), per batch item.
+
+    ``mask (B, H, W)`` or ``(B, H, W, 1)``: nonzero counts as True, pixels outside the image are
+    False (scipy's ``border_value=0``). Returns float of the same shape, no gradient.
+    """
+    mask = _float(mask)
+    binary = (jax.lax.stop_gradient(mask) != 0).astype(mask.dtype)
+    squeeze = binary.ndim == 3
+    if squeeze:
+        binary = binary[..., None]
+    lo = size // 2
+    hi = size - 1 - lo
+    # border_value = 0: pad with False, then a min-pool (as -max(-x)) over the window.
+    padded = jnp.pad(binary, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    eroded = -jax.lax.reduce_window(
+        -padded, -jnp.inf, jax.lax.max, (1, size, size, 1), (1, 1, 1, 1), "VALID"
+    )
+    return eroded[..., 0] if squeeze else eroded
+
+
+def soft_symmetry_loss(displacement, uv_vis_mask):
+    """Σ over all pixels (a sum) of (1 − erode₅ₓ₅(uv_vis)) ⊙ |D − stop_grad(flip_x(D))| (§7.5).
+
+    ``displacement (B, H, W[, 1])`` (the raw decoder output), ``uv_vis_mask`` the same shape.
+    """
+    disp = _float(displacement)
+    vis = _float(uv_vis_mask)
+    if vis.shape != disp.shape:
+        raise ValueError(f"uv_vis_mask: expected shape {disp.shape}, got {vis.shape}")
+    nonvis = 1.0 - binary_erosion(vis)
+    flipped = jax.lax.stop_gradient(jnp.flip(disp, axis=2))
+    return jnp.sum(nonvis * jnp.abs(disp - flipped))
+
+
+def shading_smoothness_loss(uv_shading):
+    """mean(dx²) + mean(dy²) with DECA's interior crops (spec §7.5); ``(B, H, W, C)``.
+
+    dx = s[:, 1:-1, 1:] − s[:, 1:-1, :-1], dy = s[:, 1:, 1:-1] − s[:, :-1, 1:-1].
+    """
+    s = _float(uv_shading)
+    dx = s[:, 1:-1, 1:] - s[:, 1:-1, :-1]
+    dy = s[:, 1:, 1:-1] - s[:, :-1, 1:-1]
+    return jnp.mean(dx * dx) + jnp.mean(dy * dy)
+
+
+def displacement_regularizer(displacement):
+    """mean |D| of the raw decoder output, no mask (spec §7.5, reg_z = 0.005)."""
+    return jnp.mean(jnp.abs(_float(displacement)))
+
+
+# DECA's "face" box [400, 1648] of 2048 UV pixels, scaled to 256: [50:206] (spec §7.5).
+UV_FACE_BOX = (50, 206)
+
+
+def crop_uv_face(uv_maps, size=256, box=UV_FACE_BOX):
+    """Crop ``(B, H, W, C)`` UV maps to rows/cols [50:206] and resize bilinearly to ``size``."""
+    uv_maps = _float(uv_maps)
+    lo, hi = box
+    return resize_bilinear(uv_maps[:, lo:hi, lo:hi, :], (size, size))
+
+
+def detail_photometric_loss(uv_texture, uv_texture_gt, uv_vis_mask):
+    """mean |uv_tex·vis − uv_gt·vis| (spec §7.5), on already cropped maps ``(B, H, W, C)``."""
+    vis = _float(uv_vis_mask)
+    if vis.ndim == 3:
+        vis = vis[..., None]
+    return jnp.mean(jnp.abs(_float(uv_texture) * vis - _float(uv_texture_gt) * vis))
+
+
+# ----------------------------------------------------------------------------------------------
+# consistency by swapping (spec §7.2)
+
+
+def swap_within_identity(codes, key, num_identities, k, *, swap="shape"):
+    """DECA's shape / detail consistency batch (spec §7.2).
+
+    ``codes``: dict of arrays with a leading axis B·K in identity-major order (codes and, if the
+    caller wants them duplicated too, images / landmarks / masks). A permutation is drawn inside
+    each identity (new_order = concat_i(perm(K) + i·K)); every entry is duplicated to 2·B·K, and
+    the second copy of ``codes[swap]`` is permuted: ``swap="shape"`` (coarse stage) or
+    ``"detail"`` (detail stage). ``num_identities`` and ``k`` are static.
+    Returns ``(new_codes, new_order (B·K,) int32)``.
+    """
+    if swap not in codes:
+        raise ValueError(f"swap: {swap!r} is not a key of codes (keys: {sorted(codes)})")
+    n = int(num_identities) * int(k)
+    for name, value in codes.items():
+        if jnp.shape(value)[0] != n:
+            raise ValueError(
+                f"codes[{name!r}]: expected leading axis num_identities·k = {n}, got shape {jnp.shape(value)}"
+            )
+    keys = jax.random.split(key, int(num_identities))
+    perms = jax.vmap(lambda kk: jax.random.permutation(kk, int(k)))(keys)
+    new_order = (perms + jnp.arange(int(num_identities))[:, None] * int(k)).reshape(-1).astype(jnp.int32)
+    out = {}
+    for name, value in codes.items():
+        value = jnp.asarray(value)
+        second = value[new_order] if name == swap else value
+        out[name] = jnp.concatenate([value, second], axis=0)
+    return out, new_order
