@@ -259,6 +259,10 @@ def test_load_model_errors(tmp_path):
         z.writestr(fmt.META_KEY + ".npy", b"garbage")
     with pytest.raises(ModelFileError):
         fmt.load_model(tmp_path / "meta.npz")
+    with pytest.raises(ModelFileError, match="is a directory"):
+        fmt.save_model(_tiny_morphable(), tmp_path)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        fmt.save_model(_tiny_morphable(), tmp_path / "no" / "such" / "m.npz")
     with pytest.raises(TypeError, match="MorphableModel or FlameModel"):
         fmt.save_model({"mean": 1}, tmp_path / "x.npz")
 

@@ -246,7 +246,8 @@ def test_absurd_array_shape(tmp_path):
                      + b"s.")
     with pytest.raises(ModelFileError, match="absurd array size") as info:
         mio.read_flame_fields(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and info.value.field == "shapedirs"
+    assert "[shapedirs]" in str(info.value)
 
 
 def test_array_payload_size_mismatch():
@@ -410,3 +411,22 @@ def test_fuzz_corrupted_landmark_embedding(realdata, tmp_path_factory, flips):
     except ModelFileError:
         return
     assert set(emb) == set(mio._EMBEDDING_KEYS)
+
+
+def test_zip_format_torch_storage():
+    """``_load_from_bytes`` given a zip-format ``torch.save`` stream (newer writers)."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TypedStorage deprecation
+        torch.save(torch.arange(6, dtype=torch.float32).storage(), buf)
+    stream = buf.getvalue()
+    assert stream[:2] == b"PK"
+    data = (b"\x80\x03ctorch._utils\n_rebuild_tensor_v2\n(ctorch.storage\n_load_from_bytes\nB"
+            + struct.pack("<I", len(stream)) + stream + b"\x85R"
+            + b"K\x01K\x02K\x02\x86K\x02K\x01\x86\x89ccollections\nOrderedDict\n)RtR.")
+    out = safe_pickle.safe_loads(data, "zip.pkl", allow_torch=True)
+    np.testing.assert_array_equal(out, [[1.0, 2.0], [3.0, 4.0]])
+    assert out.dtype == np.float32

@@ -154,6 +154,8 @@ def save_model(model, path, *, sources: Iterable = (), licence: Optional[str] = 
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ModelFileError(path, "is a directory; give a file name for the model")
+    if not folder.is_dir():
+        raise ModelFileError(path, f"cannot write: folder {str(folder)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -72,14 +72,23 @@ class _NdarrayToken(metaclass=_Sealed):
 
 
 class _PendingArray:
-    """Result of ``numpy.core.multiarray._reconstruct``; its ``__setstate__`` builds the array."""
+    """Result of ``numpy.core.multiarray._reconstruct``; keeps the ``__setstate__`` state.
+
+    The array is built (and its declared size checked) by :func:`materialize`, which knows the
+    dict key it sits under, so errors can name the field.
+    """
 
     def __init__(self, unpickler: "SafeUnpickler"):
         self._unpickler = unpickler
-        self.array = None
+        self.state = None
 
     def __setstate__(self, state):
-        self.array = self._unpickler.array_from_state(state)
+        self.state = state
+
+    def build(self) -> np.ndarray:
+        if self.state is None:
+            raise ValueError("an array placeholder was never given its state")
+        return self._unpickler.array_from_state(self.state)
 
 
 class ChumpyArray(metaclass=_Sealed):
@@ -127,9 +136,9 @@ class SparseMatrix(metaclass=_Sealed):
             raise ModelFileError(path, f"{self.format} matrix state lacks {names[0]!r}", field)
 
         shape = get("_shape", "shape")
-        indptr = materialize(get("indptr"))
-        indices = materialize(get("indices"))
-        data = materialize(get("data"))
+        indptr = materialize(get("indptr"), path)
+        indices = materialize(get("indices"), path)
+        data = materialize(get("data"), path)
         try:
             rows, cols = (int(s) for s in shape)
         except (TypeError, ValueError):
@@ -193,52 +202,63 @@ _TORCH_STORAGES = {
 # ---------------------------------------------------------------------------------------------
 
 
-def materialize(obj: Any) -> Any:
+def materialize(obj: Any, path="<pickle>") -> Any:
     """Replace the rebuild placeholders in a loaded structure by plain numpy arrays.
 
     ``Ch`` stand-ins and sparse stand-ins are kept (callers decide how to read them), but their
-    inner arrays are materialised too.
+    inner arrays are materialised too. A malformed array raises :class:`ModelFileError` naming
+    ``path`` and the field (dict key path, e.g. ``J_regressor.indices``).
     """
     seen: dict[int, Any] = {}
 
-    def walk(x):
+    def walk(x, where):
         key = id(x)
         if key in seen:
             return seen[key]
         if isinstance(x, _PendingArray):
-            if x.array is None:
-                raise ValueError("an array placeholder was never given its state")
-            out = walk(x.array)
+            try:
+                array = x.build()
+            except _AbsurdSize as exc:
+                raise ModelFileError(path, f"absurd array size: {exc}", where) from None
+            except (ValueError, TypeError) as exc:
+                raise ModelFileError(path, f"malformed pickled array: {exc}", where) from None
+            out = walk(array, where)
         elif isinstance(x, TorchStorage):
             out = x.array
         elif isinstance(x, dict):
             out = type(x)() if isinstance(x, OrderedDict) else {}
             seen[key] = out
             for k, v in x.items():
-                out[walk(k)] = walk(v)
+                name = str(k) if where is None else f"{where}.{k}"
+                out[walk(k, where)] = walk(v, name)
             return out
         elif isinstance(x, list):
             out = []
             seen[key] = out
-            out.extend(walk(v) for v in x)
+            out.extend(walk(v, f"{where or ''}[{i}]") for i, v in enumerate(x))
             return out
         elif isinstance(x, tuple):
-            out = tuple(walk(v) for v in x)
-        elif isinstance(x, (ChumpyArray, SparseMatrix)):
+            out = tuple(walk(v, f"{where or ''}[{i}]") for i, v in enumerate(x))
+        elif isinstance(x, ChumpyArray):
+            state = getattr(x, "state", None)
+            if isinstance(state, dict):  # Ch's array is reported under the Ch's own name
+                x.state = {k: walk(v, where) for k, v in state.items()}
+            out = x
+        elif isinstance(x, SparseMatrix):
             state = getattr(x, "state", None)
             if isinstance(state, dict):
-                x.state = {k: walk(v) for k, v in state.items()}
+                x.state = {k: walk(v, f"{where}.{k}") for k, v in state.items()}
             out = x
         elif isinstance(x, np.ndarray) and x.dtype == object:
             out = np.empty(x.shape, dtype=object)
             for index in np.ndindex(x.shape):
-                out[index] = walk(x[index])
+                out[index] = walk(x[index], where)
         else:
             out = x
         seen[key] = out
         return out
 
-    return walk(obj)
+    return walk(obj, None)
 
 
 def _as_bytes(data, what):
@@ -590,7 +610,7 @@ def safe_loads(data: bytes, path="<pickle>", *, allow_torch: bool = False) -> An
     try:
         obj = _load_one(lambda fh: SafeUnpickler(fh, allow_torch=allow_torch, path=path),
                         io.BytesIO(data))
-        return materialize(obj)
+        return materialize(obj, path)
     except ModelFileError:
         raise
     except _AbsurdSize as exc:
