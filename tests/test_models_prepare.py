@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.io as sio
@@ -274,3 +276,52 @@ def test_prepare_stn_model_real_layouts(realdata, monkeypatch):
     # expression basis = resampled d / 1000
     ref = resample_model(bfm["mean"], d, bfm["faces"], uv, 112)
     np.testing.assert_allclose(model.expression_basis, ref["basis"] / 1000, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# against an Octave run of the original algorithm (made-up data; fixture made with GNU Octave 7.3)
+# ------------------------------------------------------------------------------------------------
+
+OCTAVE_FIXTURE = Path(__file__).parent / "data" / "models_uv_octave_reference.npz"
+
+
+def test_prepare_matches_octave_transcription():
+    """``tests/data/models_uv_octave_reference.npz`` holds made-up inputs (a 72-vertex noisy
+    face_disc, its tutte_embedding UV, random PCs / expression displacements, 4 'missing' mouth
+    vertices) and the outputs of an Octave transcription of the original prepareExpressionBFM.m +
+    resampleModel.m + LaplaceBeltrami.m (generalised sizes; sparse-QR backslash on the stacked
+    system; tsearch for pointLocation) for res = 9 (odd: the 0.5 eps shift) and res = 8. The
+    script is stored in the fixture (``octave_script``)."""
+    z = np.load(OCTAVE_FIXTURE)
+    assert "tsearch" in str(z["octave_script"])
+    bfm = {"mean": z["mean_um"], "shape_basis": z["shape_basis"], "shape_ev": z["shape_ev"],
+           "faces": z["faces"]}
+    n = len(z["mean_um"])
+    np.testing.assert_allclose(laplace_beltrami(z["mean_um"], z["faces"]).toarray(), z["res9_L"],
+                               atol=1e-12)
+    d = extend_expression(z["mean_um"], z["faces"], z["w_exp"], z["map_tddfa_to_basel"])
+    ref_pc = z["res9_PC"].reshape(n, 3, -1)  # interleaved -> (N, 3, K)
+    np.testing.assert_allclose(d, ref_pc[:, :, 3:], rtol=0, atol=1e-9 * np.abs(ref_pc[:, :, 3:]).max())
+    for res in (9, 8):
+        model = prepare_stn_model(bfm, {"w_exp": z["w_exp"]}, z["uv"], z["map_tddfa_to_basel"],
+                                  res=res, n_shape=3, n_expression=2, dtype=np.float64)
+        ref_mean = z[f"res{res}_shapeMU"].reshape(res * res, 3)
+        ref_basis = z[f"res{res}_shapePC"].reshape(res * res, 3, -1)
+        np.testing.assert_allclose(model.mean, ref_mean, rtol=0, atol=1e-12 * np.abs(ref_mean).max())
+        np.testing.assert_allclose(model.shape_basis, ref_basis[:, :, :3], rtol=0,
+                                   atol=1e-12 * np.abs(ref_basis[:, :, :3]).max())
+        np.testing.assert_allclose(model.expression_basis, ref_basis[:, :, 3:], rtol=0,
+                                   atol=1e-9 * np.abs(ref_basis[:, :, 3:]).max())
+        np.testing.assert_array_equal(np.asarray(model.faces) + 1, z[f"res{res}_faces"])
+
+
+def test_private_reader_matches_io_loaders(realdata):
+    """The dicts prepare_stn_model is tested with are what jface.models.io's loaders return."""
+    io = pytest.importorskip("jface.models.io")
+    path = realdata / "synthetic_bfm" / "synth_01_MorphableModel.mat"
+    ours, theirs = _read_bfm(path), io.load_bfm2009(path)
+    for key in ("mean", "shape_basis", "shape_ev", "faces"):
+        np.testing.assert_array_equal(np.asarray(theirs[key]), ours[key])
+    path = realdata / "synthetic_bfm" / "synth_Model_Expression.mat"
+    np.testing.assert_array_equal(np.asarray(io.load_tddfa_expression(path)["w_exp"]),
+                                  _read_expression(path)["w_exp"])

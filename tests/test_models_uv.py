@@ -221,6 +221,10 @@ def test_tutte_errors():
         tutte_embedding(verts, faces, mirror=np.zeros(len(verts), dtype=int))
     with pytest.raises(ValueError, match="weights"):
         tutte_embedding(verts, faces, weights="harmonic")
+    flat = verts.copy()
+    flat[faces[0]] = flat[faces[0][0]]  # a zero-area triangle
+    with pytest.raises(ValueError, match="degenerate"):
+        tutte_embedding(flat, faces, symmetric=False, weights="mean_value")
 
 
 # ------------------------------------------------------------------------------------------------

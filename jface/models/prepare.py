@@ -183,7 +183,8 @@ def prepare_stn_model(
       res: grid size; the model has ``res**2`` vertices and ``2 (res-1)**2`` faces.
       n_shape, n_expression: identity / expression columns kept (the original: 5 + 5).
       progress: optional ``callable(str)`` receiving progress messages.
-      dtype: dtype of the returned arrays (computation is float64 throughout).
+      dtype: dtype of the returned (jax) arrays; computation is float64 throughout. float64
+        output needs ``jax_enable_x64`` (JAX otherwise stores float32).
 
     Returns:
       ``jface.models.MorphableModel`` in **mm**: ``mean (res², 3)``, ``shape_basis (res², 3,

@@ -432,6 +432,7 @@ def tutte_embedding(
     if not used.all():
         raise ValueError(f"faces: {int((~used).sum())} vertices are not used by any face (e.g. "
                          f"vertex {int(np.flatnonzero(~used)[0])}); remove them first")
+    corner_cotangents(vertices, faces)  # raises a clear error for zero-area faces
     loop = boundary_loop(faces, n)
     hv = vertices[:, [symmetry_axis, up_axis]]
 
