@@ -267,7 +267,7 @@ def test_load_model_errors(tmp_path):
         fmt.save_model({"mean": 1}, tmp_path / "x.npz")
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), min_size=1,
                       max_size=8),

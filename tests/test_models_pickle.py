@@ -373,7 +373,7 @@ def test_truncated_landmark_embedding(realdata, tmp_path):
 # fuzz: random corruption must give ModelFileError or a clean load, nothing else
 
 
-_FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
+_FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture,
                                         HealthCheck.too_slow])
 

@@ -6,18 +6,18 @@ int32 **0-based**. Anything wrong raises :class:`~jface.models.errors.ModelFileE
 file, the field and what was expected. Pickled files are read with
 :mod:`jface.models.safe_pickle` (no chumpy, no torch, nothing executed from the file).
 
-=========================  =====================================  =============  ==============
-file                       loader                                 units          index base in
-=========================  =====================================  =============  ==============
-BFM 2009 ``01_MorphableModel.mat``  :func:`load_bfm2009`          µm             ``tl`` 1-based
-3DDFA ``Model_Expression.mat``      :func:`load_tddfa_expression` µm             --
-``map_tddfa_to_basel.mat``          :func:`load_map_tddfa_to_basel` --           0-based
-``Landmarks*.anl``                  :func:`load_anl`              --             1-based
-``BFM_UV.mat``                      :func:`load_bfm_uv`           [0, 1]         --
-FLAME ``generic_model.pkl``         :func:`load_flame_pkl`        m              ``f`` 0-based
-DECA ``landmark_embedding.npy``     :func:`load_landmark_embedding` --           0-based faces
-``head_template.obj``               :func:`load_obj`              (m, +1.47 y)   1-based
-=========================  =====================================  =============  ==============
+Files, loaders, units and index bases (in the file):
+
+* BFM 2009 ``01_MorphableModel.mat`` -> :func:`load_bfm2009`: µm, ``tl`` 1-based.
+* 3DDFA ``Model_Expression.mat`` -> :func:`load_tddfa_expression`: µm, 3DDFA vertex order.
+* ``map_tddfa_to_basel.mat`` -> :func:`load_map_tddfa_to_basel`: 0-based BFM indices.
+* ``Landmarks*.anl`` -> :func:`load_anl`: 1-based vertex indices.
+* ``BFM_UV.mat`` -> :func:`load_bfm_uv`: UV in [0, 1].
+* FLAME ``generic_model.pkl`` -> :func:`load_flame_pkl` / :func:`load_flame`: metres, ``f`` 0-based.
+* DECA ``landmark_embedding.npy`` -> :func:`load_landmark_embedding`: 0-based FLAME face indices.
+* DECA ``head_template.obj`` -> :func:`load_obj`: 1-based ``f v/vt``.
+
+All loaders return 0-based int32 faces/indices.
 """
 
 from __future__ import annotations
