@@ -24,7 +24,8 @@ from test_models_uv import face_disc
 
 def _laplace_beltrami_reference(vertices, faces):
     """Literal float64 transcription of util/LaplaceBeltrami.m (spec §7.1): per-face gradient
-    matrices G_f (rows = hat-function gradients (N_f x e_opp) / (2 A_f)), L = sum 2 A_f G_f^T G_f."""
+    matrices G_f (rows = hat-function gradients (N_f x e_opp) / (2 A_f)),
+    L = sum 2 A_f G_f^T G_f."""
     n = len(vertices)
     lap = np.zeros((n, n))
     for f in faces:
@@ -97,7 +98,8 @@ def test_laplace_beltrami_errors():
 
 
 def _stacked_lstsq_reference(vertices, faces, e, mapping):
-    """The original's formula, dense: X = [L; S] \\ [L V0; S V0 + E], d = X - V0 (per coordinate)."""
+    """The original's formula, dense: X = [L; S] \\ [L V0; S V0 + E], d = X - V0 (per
+    coordinate)."""
     lap = _laplace_beltrami_reference(vertices, faces)
     sel = np.zeros((len(mapping), len(vertices)))
     sel[np.arange(len(mapping)), mapping] = 1
@@ -204,7 +206,8 @@ def test_prepare_stn_model_errors():
 
 
 def _read_bfm(path):
-    """Private reader producing exactly load_bfm2009's dict (interleaved -> reshape(N, 3), C order)."""
+    """Private reader producing exactly load_bfm2009's dict (interleaved -> reshape(N, 3),
+    C order)."""
     mm = sio.loadmat(path, variable_names=["shapeMU", "shapePC", "shapeEV", "tl"])
     n = mm["shapeMU"].size // 3
     return {
@@ -301,13 +304,15 @@ def test_prepare_matches_octave_transcription():
                                atol=1e-12)
     d = extend_expression(z["mean_um"], z["faces"], z["w_exp"], z["map_tddfa_to_basel"])
     ref_pc = z["res9_PC"].reshape(n, 3, -1)  # interleaved -> (N, 3, K)
-    np.testing.assert_allclose(d, ref_pc[:, :, 3:], rtol=0, atol=1e-9 * np.abs(ref_pc[:, :, 3:]).max())
+    np.testing.assert_allclose(d, ref_pc[:, :, 3:], rtol=0,
+                               atol=1e-9 * np.abs(ref_pc[:, :, 3:]).max())
     for res in (9, 8):
         model = prepare_stn_model(bfm, {"w_exp": z["w_exp"]}, z["uv"], z["map_tddfa_to_basel"],
                                   res=res, n_shape=3, n_expression=2, dtype=np.float64)
         ref_mean = z[f"res{res}_shapeMU"].reshape(res * res, 3)
         ref_basis = z[f"res{res}_shapePC"].reshape(res * res, 3, -1)
-        np.testing.assert_allclose(model.mean, ref_mean, rtol=0, atol=1e-12 * np.abs(ref_mean).max())
+        np.testing.assert_allclose(model.mean, ref_mean, rtol=0,
+                                   atol=1e-12 * np.abs(ref_mean).max())
         np.testing.assert_allclose(model.shape_basis, ref_basis[:, :, :3], rtol=0,
                                    atol=1e-12 * np.abs(ref_basis[:, :, :3]).max())
         np.testing.assert_allclose(model.expression_basis, ref_basis[:, :, 3:], rtol=0,

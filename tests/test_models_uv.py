@@ -311,7 +311,8 @@ def test_grid_layout_and_faces():
 def _planar_mesh(seed=0):
     rng = np.random.default_rng(seed)
     edge = np.linspace(0, 1, 7)[1:-1]
-    border = np.r_[[[0, 0], [1, 0], [1, 1], [0, 1]], np.c_[edge, 0 * edge], np.c_[edge, 0 * edge + 1],
+    border = np.r_[[[0, 0], [1, 0], [1, 1], [0, 1]],
+                   np.c_[edge, 0 * edge], np.c_[edge, 0 * edge + 1],
                    np.c_[0 * edge, edge], np.c_[0 * edge + 1, edge]]
     pts = np.r_[border, rng.uniform(0.02, 0.98, size=(80, 2))]
     return pts, Delaunay(pts).simplices
@@ -376,7 +377,8 @@ def test_resample_outside_points():
     expected = (np.clip(grid_uv(6), 0.1, 0.9) - 0.1) / 0.8
     np.testing.assert_allclose(out["mean"][:, :2], expected, atol=1e-12)
     nan = resample_model(mean, None, faces, uv, 6, outside="nan")
-    assert np.isnan(nan["mean"][nan["outside"]]).all() and np.isfinite(nan["mean"][~nan["outside"]]).all()
+    assert np.isnan(nan["mean"][nan["outside"]]).all()
+    assert np.isfinite(nan["mean"][~nan["outside"]]).all()
     with pytest.raises(ValueError, match="outside every UV triangle"):
         resample_model(mean, None, faces, uv, 6, outside="raise")
     with pytest.raises(ValueError, match="uv"):
