@@ -17,7 +17,8 @@ Files, loaders, units and index bases (in the file):
 * DECA ``landmark_embedding.npy`` -> :func:`load_landmark_embedding`: 0-based FLAME face indices.
 * DECA ``head_template.obj`` -> :func:`load_obj`: 1-based ``f v/vt``.
 
-All loaders return 0-based int32 faces/indices.
+All loaders return 0-based indices; faces and index maps are int32 (the landmark embedding keeps
+its stored int64, so it equals DECA's arrays exactly).
 """
 
 from __future__ import annotations
