@@ -1,0 +1,59 @@
+"""``python -m jface.weights convert KIND SRC -o DST`` (see :mod:`jface.weights`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jface.models.errors import ModelFileError
+
+KINDS = ("deca", "vggface2", "vgg19", "vggface-matconvnet")
+
+
+def _convert(kind: str, src: str, dst: str) -> str:
+    from jface.weights import convert as cv
+
+    if kind == "deca":
+        tree = cv.convert_deca(src)
+    elif kind == "vggface2":
+        tree = cv.convert_vggface2(src)
+    elif kind == "vgg19":
+        tree = cv.convert_vgg19(src)
+    elif kind == "vggface-matconvnet":
+        # Owned by jface.stn.localiser (3DMM-STN's localiser); dispatched only if it exists.
+        try:
+            localiser = importlib.import_module("jface.stn.localiser")
+        except ImportError:
+            localiser = None
+        fn = getattr(localiser, "convert_matconvnet", None)
+        if fn is None:
+            raise SystemExit("vggface-matconvnet: jface.stn.localiser.convert_matconvnet is not available in this version")
+        result = fn(src, dst)
+        return f"converted {src} -> {dst} ({kind})" if result is None else str(result)
+    else:  # argparse restricts choices; kept for callers of main()
+        raise SystemExit(f"unknown KIND {kind!r}; expected one of {KINDS}")
+    cv.save_variables(dst, tree, kind=kind, source=src)
+    leaves = cv._flatten(tree)
+    n = sum(v.size for v in leaves.values())
+    return f"converted {src} -> {dst} ({kind}: {len(leaves)} arrays, {n} values)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jface.weights", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="convert released weights to the project's .npz weight format")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("src", help="source file (deca_model.tar, resnet50_ft_weight.pkl, vgg19 .pth, vgg-face.mat)")
+    p.add_argument("-o", "--output", required=True, help="destination .npz")
+    args = parser.parse_args(argv)
+    try:
+        print(_convert(args.kind, args.src, args.output))
+    except ModelFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
