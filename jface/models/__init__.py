@@ -19,6 +19,7 @@ _LAZY = {
     "load_bfm_uv": "jface.models.io",
     "load_flame": "jface.models.io",
     "load_flame_pkl": "jface.models.io",
+    "read_flame_fields": "jface.models.io",
     "load_landmark_embedding": "jface.models.io",
     "load_obj": "jface.models.io",
     "ModelFileError": "jface.models.errors",
