@@ -109,7 +109,7 @@ def convert_state_dict(
     """
     expected = _flatten(dict(template))
     filled: dict = {}
-    unexpected, mismatched = [], []
+    unexpected, mismatched, seen = [], [], set()
     for key, value in state_dict.items():
         if not isinstance(key, str):
             unexpected.append(repr(key))
@@ -144,6 +144,7 @@ def convert_state_dict(
             elif array.ndim == 2:  # linear (out, in) -> (in, out)
                 array = array.T
         want = tuple(expected[target].shape)
+        seen.add(target)
         if array.shape != want:
             mismatched.append(f"{key}: {tuple(np.shape(value))} -> {array.shape}, expected {want} at {'/'.join(target)}")
             continue
@@ -151,7 +152,7 @@ def convert_state_dict(
             mismatched.append(f"{key}: dtype {array.dtype} is not floating point")
             continue
         filled[target] = np.array(array, dtype=np.float32, order="C", copy=True)  # never alias the source
-    missing = ["/".join(p) for p in expected if p not in filled]
+    missing = ["/".join(p) for p in expected if p not in seen]
     if unexpected or missing or mismatched:
         parts = []
         if unexpected:

@@ -180,7 +180,7 @@ def _materialize(obj, path, memo=None):
         view = np.lib.stride_tricks.as_strided(
             base[start:], shape=obj.size, strides=tuple(st * itemsize for st in obj.stride), writeable=False
         )
-        return np.ascontiguousarray(view).copy()
+        return np.array(view, order="C", copy=True)  # (np.ascontiguousarray would make 0-d 1-d)
     if isinstance(obj, dict):
         out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
         for k, v in obj.items():
