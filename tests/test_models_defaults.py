@@ -175,3 +175,296 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv("JFACE_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert defaults.cache_dir() == tmp_path / ".cache" / "jface"
+
+
+# ------------------------------------------------------------------------------------------------
+# default FLAME-structured head
+
+
+@pytest.fixture(scope="module")
+def flame():
+    return defaults.default_flame_model()
+
+
+@pytest.fixture(scope="module")
+def flame_folder(flame):
+    return defaults.flame_cache_dir()
+
+
+def _mirror_map(v):
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+    return dist, idx
+
+
+def _components(faces, n):
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    f = np.asarray(faces)
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    return connected_components(sp.coo_matrix((np.ones(len(rows)), (rows, cols)), (n, n)))
+
+
+def test_flame_structure(flame):
+    v = _np(flame.v_template)
+    n = v.shape[0]
+    assert flame.units == "m" and flame.n_shape == 300 and flame.n_expression == 100
+    assert flame.shapedirs.shape == (n, 3, 400) and flame.posedirs.shape == (n, 3, 36)
+    assert flame.j_regressor.shape == (5, n) and flame.lbs_weights.shape == (n, 5)
+    assert flame.parents == (-1, 0, 1, 1, 1)
+    assert np.allclose(_np(flame.j_regressor).sum(1), 1.0, atol=1e-5)
+    assert np.allclose(_np(flame.lbs_weights).sum(1), 1.0, atol=1e-5)
+    assert 0.13 < np.ptp(v[:, 0]) < 0.2 and 0.25 < np.ptp(v[:, 1]) < 0.36  # metres
+    # leading components meaningful (mm scale), the rest zero
+    sd = _np(flame.shapedirs)
+    norms = np.linalg.norm(sd, axis=(0, 1))
+    assert np.all(norms[:20] > 1e-3) and np.all(norms[30:300] == 0)
+    assert np.all(norms[300:310] > 1e-3) and np.all(norms[320:] == 0)
+    # three connected components: head, left eyeball, right eyeball
+    count, labels = _components(flame.faces, n)
+    assert count == 3
+    sizes = np.bincount(labels)
+    w = _np(flame.lbs_weights)
+    for comp in np.argsort(sizes)[:2]:  # the eyeballs: bound rigidly to one eye joint
+        joint = np.argmax(w[labels == comp].mean(0))
+        assert joint in (3, 4) and np.allclose(w[labels == comp, joint], 1.0)
+    # faces wound counter-clockwise from outside: normals point away from the head centre
+    f = _np(flame.faces)
+    head = f[labels[f[:, 0]] == np.argmax(sizes)]
+    tri = v[head]
+    nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    centre = np.array([0.0, 0.0, -0.01])
+    assert np.mean(np.sum(nrm * (tri.mean(1) - centre), 1) > 0) > 0.97
+
+
+def test_flame_symmetry(flame):
+    v = _np(flame.v_template).astype(np.float64)
+    dist, mirror = _mirror_map(v)
+    assert dist.max() < 1e-6
+    for k in range(5):  # leading identity components are symmetric or antisymmetric
+        b = _np(flame.shapedirs)[..., k].astype(np.float64)
+        fb = b[mirror] * np.array([-1.0, 1.0, 1.0])
+        scale = np.abs(b).max()
+        assert min(np.abs(fb - b).max(), np.abs(fb + b).max()) < 1e-3 * scale
+
+
+def _lmk(flame, vertices, yaw=0):
+    from jface.models.defaults.flame_default import lmk_points
+
+    static, contour = lmk_points(flame, vertices, yaw)
+    return np.concatenate([contour, static], 0)  # DECA's landmarks2d order
+
+
+def test_flame_landmarks_anatomy(flame):
+    v = _np(flame.v_template).astype(np.float64)
+    p = _lmk(flame, v)
+    x, y, z = p.T
+    assert x[36] < x[39] < 0 < x[42] < x[45]  # eye corners (image left = subject's right)
+    assert abs(y[36] - y[45]) < 1e-6 and y[36] > y[30] > y[48]  # eyes above nose above mouth
+    assert np.argmax(z) == 30  # nose tip is the most forward point
+    assert x[48] < 0 < x[54] and abs(x[48] + x[54]) < 1e-6
+    assert y[8] == y[:17].min()  # chin lowest on the contour
+    assert np.all(np.diff(x[17:22]) > 0) and np.all(np.diff(x[22:27]) > 0)
+    from jface.landmarks import IBUG68_MIRROR
+
+    flipped = p[IBUG68_MIRROR] * np.array([-1.0, 1.0, 1.0])
+    assert np.abs(flipped - p).max() < 1e-6  # the embedding is mirror-symmetric
+
+
+def test_flame_skinning_jaw_and_eyes(flame):
+    from jface.models.defaults.cli import lbs_numpy
+
+    v0, j0 = lbs_numpy(flame)
+    assert np.allclose(v0, _np(flame.v_template), atol=1e-7)
+    pose = np.zeros(15)
+    pose[6] = 0.3  # jaw opens (rotation about +x)
+    v, _ = lbs_numpy(flame, pose15=pose)
+    moved = np.linalg.norm(v - v0, axis=1) > 1e-4
+    lm = _lmk(flame, v0)
+    mouth_y = lm[48, 1]
+    assert moved.sum() > 50
+    # only the lower face: below the mouth line in the middle, below the nose tip towards the
+    # jaw joints (the mandible's ramus), nothing near the eyes
+    central = np.abs(v0[:, 0]) < 0.02
+    assert np.all(v0[moved & central, 1] < mouth_y + 0.004)
+    assert np.all(v0[moved, 1] < lm[30, 1] + 0.005)
+    assert np.all(v0[moved, 2] > -0.02)  # in front of the ears
+    chin = _lmk(flame, v)[8]
+    assert chin[1] < lm[8, 1] - 0.01  # the chin goes down by > 1 cm
+    # eyes: rotating eye joint 3 moves exactly its eyeball, rigidly about the joint
+    pose = np.zeros(15)
+    pose[10] = 0.4
+    v, _ = lbs_numpy(flame, pose15=pose)
+    w = _np(flame.lbs_weights)
+    moved = np.linalg.norm(v - v0, axis=1) > 1e-7
+    eye = w[:, 3] > 0.5
+    assert not np.any(moved & ~eye) and moved.sum() >= eye.sum() - 2  # 2 lie on the axis
+    d0 = np.linalg.norm(v0[eye] - j0[3], axis=1)
+    assert np.allclose(np.linalg.norm(v[eye] - j0[3], axis=1), d0, atol=1e-7)
+    assert j0[3, 0] > 0 > j0[4, 0]  # joint 3 = subject's left eye (+x)
+
+
+def test_flame_forward_matches_numpy_lbs(flame):
+    """The default head through jface.flame.forward (DECA's conventions) = the numpy LBS."""
+    flame_layer = pytest.importorskip("jface.flame")
+    from jface.models.defaults.cli import lbs_numpy
+
+    rng = np.random.default_rng(3)
+    shape, expr = rng.normal(size=10), rng.normal(size=8)
+    pose = np.concatenate([[0.05, 0.3, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.0], np.zeros(6)])
+    out = flame_layer.forward(flame, shape, expr, pose)
+    ref, _ = lbs_numpy(flame, shape, expr, pose)
+    assert np.abs(_np(out["vertices"]) - ref).max() < 2e-6
+    assert out["landmarks2d"].shape == (68, 3)
+
+
+def _vertex_normals(v, f):
+    n = np.zeros_like(v)
+    tri = v[f]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    for k in range(3):
+        np.add.at(n, f[:, k], fn)
+    return n / (np.linalg.norm(n, axis=1, keepdims=True) + 1e-12)
+
+
+def test_flame_contour_table_follows_yaw(flame):
+    from jface.landmarks import IBUG68_MIRROR
+    from jface.models.defaults.cli import _rodrigues
+
+    v = _np(flame.v_template).astype(np.float64)
+    f = _np(flame.faces)
+    normals = _vertex_normals(v, f)
+    fidx, bary = _np(flame.dynamic_lmk_faces_idx), _np(flame.dynamic_lmk_bary_coords)
+    assert fidx.shape == (79, 17) and bary.shape == (79, 17, 3)
+    assert np.allclose(bary.sum(-1), 1.0, atol=1e-6)
+
+    def row_points(row):
+        p = np.einsum("lk,lkc->lc", bary[row], v[f[fidx[row]]])
+        n = np.einsum("lk,lkc->lc", bary[row], normals[f[fidx[row]]])
+        return p, n
+
+    full = np.einsum("lk,lkc->lc", _np(flame.full_lmk_bary_coords), v[f[_np(flame.full_lmk_faces_idx)]])
+    p0, _ = row_points(0)
+    assert np.allclose(p0, full[:17], atol=1e-9)  # row 0 = frontal jaw line
+    prev = np.abs(p0[:, 0])
+    for yaw in range(1, 40):
+        rot = _rodrigues([0.0, np.deg2rad(yaw), 0.0])  # positive yaw: nose towards +x
+        p, n = row_points(yaw)
+        pr, nr = p @ rot.T, n @ rot.T
+        away = np.arange(9, 17)
+        assert np.all(nr[:, 2] > -0.15)  # contour points are visible (or on the silhouette)
+        # away side: on the silhouette or still the frontal jaw point; moving inwards with yaw
+        moved = np.any(np.abs(p[away] - p0[away]) > 1e-9, axis=1)
+        assert np.all(np.abs(nr[away][moved, 2]) < 0.3)
+        assert np.all(np.abs(p[away, 0]) <= prev[away] + 1e-9)
+        prev = np.abs(p[:, 0])
+        # the side turning towards the camera keeps the frontal jaw line
+        assert np.allclose(p[:9], p0[:9])
+        # negative yaw (row 39 - a) is the mirror image
+        pm, _ = row_points(39 + yaw)
+        assert np.abs(pm[IBUG68_MIRROR[:17]] * np.array([-1.0, 1.0, 1.0]) - p).max() < 1e-6
+    inward = np.abs(p0[9:16, 0]) - np.abs(row_points(39)[0][9:16, 0])
+    assert np.all(inward >= 0) and inward.mean() > 0.005  # > 5 mm towards the nose at 39 deg
+
+
+def test_flame_uv_layout(flame):
+    from jface.models.defaults.flame_default import rasterize_uv
+
+    uv, uvf = _np(flame.uv_coords).astype(np.float64), _np(flame.uv_faces)
+    assert uvf.shape == flame.faces.shape
+    assert uv.min() >= 0.0 and uv.max() <= 1.0
+    a, b, c = uv[uvf[:, 0]], uv[uvf[:, 1]], uv[uvf[:, 2]]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    assert np.all(area > 0)  # fold-free, one orientation
+    # bijective: no texel centre lies strictly inside two UV triangles
+    size = 256
+    hits = np.zeros((size, size), np.int64)
+    tri = uv[uvf]
+    px, py = tri[..., 0] * size - 0.5, (1.0 - tri[..., 1]) * size - 0.5
+    for k in range(len(tri)):
+        xs, ys = px[k], py[k]
+        c0, c1 = int(np.ceil(xs.min())), int(np.floor(xs.max()))
+        r0, r1 = int(np.ceil(ys.min())), int(np.floor(ys.max()))
+        if c1 < c0 or r1 < r0:
+            continue
+        cc, rr = np.meshgrid(np.arange(c0, c1 + 1), np.arange(r0, r1 + 1))
+        d = (xs[1] - xs[0]) * (ys[2] - ys[0]) - (xs[2] - xs[0]) * (ys[1] - ys[0])
+        l1 = ((cc - xs[0]) * (ys[2] - ys[0]) - (xs[2] - xs[0]) * (rr - ys[0])) / d
+        l2 = ((xs[1] - xs[0]) * (rr - ys[0]) - (cc - xs[0]) * (ys[1] - ys[0])) / d
+        ok = (l1 > 1e-9) & (l2 > 1e-9) & (1 - l1 - l2 > 1e-9)
+        np.add.at(hits, (rr[ok], cc[ok]), 1)
+    assert hits.max() == 1 and (hits > 0).mean() > 0.5
+    face, _ = rasterize_uv(uv, uvf, 64)
+    assert (face >= 0).mean() > 0.5
+
+
+def test_flame_albedo_and_mask(flame):
+    mean, basis = _np(flame.albedo_mean), _np(flame.albedo_basis)
+    assert mean.shape == (256, 256, 3) and basis.shape[:3] == (256, 256, 3)
+    assert basis.shape[3] >= 20
+    assert mean.min() >= 0.0 and mean.max() <= 1.0
+    sample = mean + np.einsum("hwck,k->hwc", basis, np.random.default_rng(1).normal(size=basis.shape[3]))
+    assert -0.15 < sample.min() and sample.max() < 1.15
+    # row 0 is v = 1 (top of the head: skin); the eyeball charts sit at the bottom (white sclera)
+    assert np.all(np.abs(mean[2, 128] - [0.80, 0.60, 0.49]) < 0.08)
+    assert (mean[200:250].min(-1) > 0.85).any()
+    mask = _np(flame.uv_face_eye_mask)
+    assert mask.shape == (256, 256) and mask.min() >= 0 and mask.max() <= 1
+    assert ((mask > 0.05) & (mask < 0.95)).any()  # soft edges
+    # the nose tip's texel is inside the face mask
+    from jface.models.defaults.flame_default import lmk_points
+
+    f = _np(flame.faces)
+    nose_face = _np(flame.static_lmk_faces_idx)[30 - 17]
+    uvp = _np(flame.uv_coords)[_np(flame.uv_faces)[nose_face]].mean(0)
+    assert mask[int((1 - uvp[1]) * 256), int(uvp[0] * 256)] > 0.9
+    del f, lmk_points
+
+
+def test_flame_files_load_through_real_loaders(flame_folder, flame):
+    from jface.models.io import load_flame, load_landmark_embedding, load_obj
+
+    folder = flame_folder
+    emb = load_landmark_embedding(folder / "landmark_embedding.npy")
+    expected = {"static_lmk_faces_idx": ((51,), np.int64), "static_lmk_bary_coords": ((51, 3), np.float64),
+                "dynamic_lmk_faces_idx": ((79, 17), np.int64),
+                "dynamic_lmk_bary_coords": ((79, 17, 3), np.float32),
+                "full_lmk_faces_idx": ((1, 68), np.int64), "full_lmk_bary_coords": ((1, 68, 3), np.float32)}
+    for key, (shape, dtype) in expected.items():
+        assert emb[key].shape == shape and emb[key].dtype == dtype, key
+    model = load_flame(folder / "generic_model.pkl", landmark_embedding=emb)
+    assert np.array_equal(_np(model.v_template), _np(flame.v_template))
+    obj = load_obj(folder / "head_template.obj")
+    assert obj["vertices"].shape == flame.v_template.shape
+    assert np.array_equal(obj["uv_faces"], _np(flame.uv_faces))
+    with np.load(folder / "FLAME_albedo_from_BFM.npz") as z:
+        assert z["MU"].shape == (512 * 512 * 3,) and z["PC"].shape[0] == 512 * 512 * 3
+        # BGR, row 0 = v = 1: DECA's nearest 512 -> 256 and BGR -> RGB give the model's albedo
+        mu = z["MU"].reshape(512, 512, 3)[::2, ::2, ::-1]
+    assert np.array_equal(mu, _np(flame.albedo_mean))
+    import pickle
+
+    raw = (folder / "generic_model.pkl").read_bytes()
+    assert raw[:2] == b"\x80\x02"  # protocol 2, like FLAME's Python-2 pickle
+    del pickle
+
+
+def test_flame_embedding_layout_matches_real_file(realdata, flame_folder):
+    from jface.models.io import load_landmark_embedding
+
+    real = load_landmark_embedding(realdata / "deca" / "landmark_embedding.npy")
+    ours = load_landmark_embedding(flame_folder / "landmark_embedding.npy")
+    for key in real:
+        assert real[key].shape == ours[key].shape and real[key].dtype == ours[key].dtype, key
+
+
+def test_flame_determinism(tmp_path, flame_folder):
+    (folder,) = defaults.regenerate(tmp_path / "again", which=("flame",))
+    for name in ("generic_model.pkl", "landmark_embedding.npy", "head_template.obj",
+                 "uv_face_eye_mask.png", "FLAME_albedo_from_BFM.npz", "manifest.json"):
+        a = hashlib.sha256((flame_folder / name).read_bytes()).hexdigest()
+        b = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        assert a == b, name

@@ -348,6 +348,57 @@ def expression_displacement(points, name, params=None):
 
 
 # --------------------------------------------------------------------------------------------
+# albedo
+
+
+def skin_albedo(points, params=None, *, n_components=12, seed=20171):
+    """Linear RGB albedo model evaluated at surface points ``(N, 3)`` (mm, mean-head frame).
+
+    Returns the mean ``(N, 3)`` in [0, 1] (a plain skin tone, redder lips and cheeks, darker brows
+    and lid lines) and a basis ``(N, 3, K)`` for N(0, 1) coefficients: overall tone, redness,
+    yellowness, lip / brow / cheek colour, then smooth random fields. Every field is bilaterally
+    symmetric (evaluated at x and -x and averaged), so it is the same function on any mesh.
+    """
+    p = default_params() if params is None else params
+    pts = np.asarray(points, np.float64)
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    ax = np.abs(x)
+    front = np.clip(z / 40.0, 0.0, 1.0)
+    skin = np.array([0.80, 0.60, 0.49])
+    my, ex, ey = p["mouth_height"], p["eye_spacing"], p["eye_height"]
+    lips = (_gauss(x, y, 0.0, my + 5.0, 24.0, 3.2, 2.6)
+            + _gauss(x, y, 0.0, my - 4.5, 21.0, 4.2, 2.6)) * front
+    brows = _gauss(ax, y, ex - 2.0, ey + 16.0, 20.0, 3.2, 3.0) * front
+    cheeks = _gauss(ax, y, 42.0, -5.0, 16.0, 14.0) * front
+    lids = _gauss(ax, y, ex, ey, 15.0, 6.0, 2.4) * front
+    mean = np.broadcast_to(skin, pts.shape).copy()
+    mean += lips[:, None] * (np.array([0.66, 0.36, 0.37]) - skin)
+    mean += brows[:, None] * (np.array([0.30, 0.22, 0.18]) - skin)
+    mean += 0.35 * cheeks[:, None] * (np.array([0.82, 0.50, 0.45]) - skin)
+    mean += 0.4 * lids[:, None] * (np.array([0.60, 0.44, 0.40]) - skin)
+    ones = np.ones_like(x)
+    fields = [
+        np.stack([ones, ones, ones], -1) * 0.08,                     # overall tone
+        np.stack([ones, -0.3 * ones, -0.5 * ones], -1) * 0.04,       # redness
+        np.stack([0.5 * ones, 0.4 * ones, -0.6 * ones], -1) * 0.03,  # yellowness
+        lips[:, None] * np.array([0.08, 0.02, 0.03]),
+        brows[:, None] * np.array([0.12, 0.10, 0.08]),
+        cheeks[:, None] * np.array([0.06, -0.01, -0.01]),
+    ]
+    rng = np.random.default_rng(seed)
+    flip = pts * np.array([-1.0, 1.0, 1.0])
+    while len(fields) < n_components:
+        centres = rng.uniform([-80, -100, -30], [80, 110, 100], size=(6, 3))
+        weights = rng.normal(size=(6, 3)) * 0.02
+        f = np.zeros_like(pts)
+        for c, w in zip(centres, weights):
+            f += 0.5 * (np.exp(-np.sum((pts - c) ** 2, axis=1) / (2 * 35.0**2))
+                        + np.exp(-np.sum((flip - c) ** 2, axis=1) / (2 * 35.0**2)))[:, None] * w
+        fields.append(f)
+    return mean, np.stack(fields[:n_components], axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
 # meshing
 
 

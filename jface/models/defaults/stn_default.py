@@ -83,46 +83,9 @@ def expression_basis(vertices):
     return np.stack([fm.expression_displacement(vertices, n) for n in EXPRESSION_NAMES], axis=-1)
 
 
-def albedo(vertices, mirror, *, n_components=12, seed=20171):
-    """Per-vertex RGB albedo mean ``(N, 3)`` and basis ``(N, 3, K)`` (coefficients N(0, 1)).
-
-    A plain skin tone with redder lips and cheeks and darker brows; the basis holds global tone,
-    redness, yellowness, lip/brow/cheek colour and smooth symmetric random fields.
-    """
-    p = fm.default_params()
-    x, y, z = vertices[:, 0], vertices[:, 1], vertices[:, 2]
-    ax = np.abs(x)
-    g = fm._gauss
-    front = np.clip(z / 40.0, 0.0, 1.0)
-    skin = np.array([0.80, 0.60, 0.49])
-    lips = (g(x, y, 0.0, p["mouth_height"] + 5.0, 24.0, 3.2, 2.6)
-            + g(x, y, 0.0, p["mouth_height"] - 4.5, 21.0, 4.2, 2.6)) * front
-    brows = g(ax, y, p["eye_spacing"] - 2.0, p["eye_height"] + 16.0, 20.0, 3.2, 3.0) * front
-    cheeks = g(ax, y, 42.0, -5.0, 16.0, 14.0) * front
-    eyes = g(ax, y, p["eye_spacing"], p["eye_height"], 11.0, 3.2, 2.4) * front
-    mean = np.broadcast_to(skin, vertices.shape).copy()
-    mean += lips[:, None] * (np.array([0.66, 0.36, 0.37]) - skin)
-    mean += brows[:, None] * (np.array([0.30, 0.22, 0.18]) - skin)
-    mean += 0.35 * cheeks[:, None] * (np.array([0.82, 0.50, 0.45]) - skin)
-    mean += 0.6 * eyes[:, None] * (np.array([0.55, 0.42, 0.38]) - skin)
-    ones = np.ones_like(x)
-    fields = [
-        np.stack([ones, ones, ones], -1) * 0.08,                    # overall tone
-        np.stack([ones, -0.3 * ones, -0.5 * ones], -1) * 0.04,      # redness
-        np.stack([0.5 * ones, 0.4 * ones, -0.6 * ones], -1) * 0.03,  # yellowness
-        lips[:, None] * np.array([0.08, 0.02, 0.03]),
-        brows[:, None] * np.array([0.12, 0.10, 0.08]),
-        cheeks[:, None] * np.array([0.06, -0.01, -0.01]),
-    ]
-    rng = np.random.default_rng(seed)
-    while len(fields) < n_components:
-        centres = rng.uniform([-80, -100, -30], [80, 110, 100], size=(6, 3))
-        weights = rng.normal(size=(6, 3)) * 0.02
-        f = np.zeros_like(vertices)
-        for c, w in zip(centres, weights):
-            f += np.exp(-np.sum((vertices - c) ** 2, axis=1) / (2 * 35.0**2))[:, None] * w
-        fields.append(0.5 * (f + f[mirror]))
-    return mean, np.stack(fields, axis=-1)
+def albedo(vertices, mirror=None, *, n_components=12):
+    """Per-vertex RGB albedo mean ``(N, 3)`` and basis ``(N, 3, K)``: :func:`face_mesh.skin_albedo`."""
+    return fm.skin_albedo(vertices, n_components=n_components)
 
 
 # ---------------------------------------------------------------------------------------------
