@@ -100,12 +100,17 @@ def displacement_to_normals(displacement, uv_positions, uv_normals, mask, fixed_
 
 
 def displacement_map(displacement, fixed_displacement=None):
-    """``displacement_map`` output of DECA's decode: D + Δ, **without** the mask (spec §5.6)."""
+    """``displacement_map`` output of DECA's decode: D + Δ, **without** the mask (spec §5.6).
+
+    ``displacement (..., H, W)`` or ``(..., H, W, 1)``; ``fixed_displacement (H, W)`` or None.
+    """
     disp = jnp.asarray(displacement)
     if fixed_displacement is None:
         return disp
     fixed = jnp.asarray(fixed_displacement, disp.dtype)
-    return disp + (fixed[..., None] if disp.ndim == 3 else fixed)
+    if disp.ndim >= 3 and disp.shape[-1] == 1 and disp.shape[-3:-1] == fixed.shape:
+        fixed = fixed[..., None]
+    return disp + fixed
 
 
 def detail_shading(uv_detail_normals, light, uv_albedo=None):

@@ -150,14 +150,14 @@ def decode(
     """
     batch = _check_codes(codes)
     light = _light(codes) if "light" in codes else None
+    need_uv = rendering or (use_detail and "D_detail" in params and "detail" in codes)
+    if need_uv and (model.uv_coords is None or model.uv_faces is None):
+        raise ValueError("model: rendering and detail need the FLAME UV layout (uv_coords, uv_faces)")
     out = jax.vmap(decode_geometry, in_axes=(None, 0, 0, 0, 0))(
         model, codes["shape"], codes["exp"], codes["pose"], codes["cam"]
     )
     updates = {}
     dtype = out["verts"].dtype
-    need_uv = rendering or use_detail
-    if need_uv and (model.uv_coords is None or model.uv_faces is None):
-        raise ValueError("model: rendering and detail need the FLAME UV layout (uv_coords, uv_faces)")
     uv_mask = (
         jnp.ones((256, 256), dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
     )

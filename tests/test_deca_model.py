@@ -1,0 +1,152 @@
+"""jface.deca appearance, encode and decode (spec deca.md §2.5, §3, §5.4, §5.6, §8)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jface import deca, flame
+from jface.deca import appearance
+from jface.flame.testing import random_flame_model
+from jface.lighting import sh_shading
+
+RNG = np.random.default_rng(0)
+
+
+def _ref_flametex(mu, pc, alpha, size, out):
+    """FLAMETex.forward step by step (spec §2.5): BGR file layout, nearest resize, flip to RGB."""
+    tex = (mu + pc[:, : len(alpha)] @ alpha).reshape(size, size, 3)
+    idx = np.floor(np.arange(out) * size / out).astype(int)
+    return tex[idx][:, idx][..., [2, 1, 0]]
+
+
+def test_albedo_file_layout_and_conversion():
+    size, out, k = 8, 4, 6
+    mu, pc = RNG.random(size * size * 3), RNG.standard_normal((size * size * 3, k))
+    alpha = RNG.standard_normal(4)
+    ref = _ref_flametex(mu, pc, alpha, size, out)
+    got = appearance.albedo_from_file_layout(mu, pc, alpha, image_size=size, uv_size=out)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    # FLAME_texture.npz alternative: /255
+    got = appearance.albedo_from_file_layout(mu * 255, pc * 255, alpha, scale=1 / 255, image_size=size, uv_size=out)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    mean, basis = appearance.convert_albedo_model(mu, pc, image_size=size, uv_size=out)
+    model = random_flame_model(0).replace(albedo_mean=mean, albedo_basis=basis)
+    np.testing.assert_allclose(appearance.albedo(model, alpha), ref, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(mu + pc[:, :4] @ alpha).reshape(1, size, size, 3).permute(0, 3, 1, 2)
+    t = torch.nn.functional.interpolate(t, [out, out])[:, [2, 1, 0]].permute(0, 2, 3, 1)[0].numpy()
+    np.testing.assert_allclose(ref, t, rtol=1e-12)
+
+
+def test_project_is_translate_scale_flip():
+    pts = RNG.standard_normal((5, 3))
+    cam = np.array([7.5, 0.02, -0.03])
+    ref = cam[0] * (pts + np.array([cam[1], cam[2], 0.0])) * np.array([1, -1, -1])
+    np.testing.assert_allclose(appearance.project(pts, cam), ref, rtol=1e-12)
+
+
+def test_decode_geometry_vmap_matches_single():
+    model = random_flame_model(1)
+    shape, exp = RNG.standard_normal((2, 6)), RNG.standard_normal((2, 4))
+    pose, cam = 0.3 * RNG.standard_normal((2, 6)), np.array([[8.0, 0.01, 0.02], [6.0, 0.0, 0.0]])
+    batched = jax.jit(jax.vmap(deca.decode_geometry, in_axes=(None, 0, 0, 0, 0)))(model, shape, exp, pose, cam)
+    eager = jax.jit(deca.decode_geometry)(model, shape[1], exp[1], pose[1], cam[1])
+    for key in eager:
+        np.testing.assert_allclose(batched[key][1], eager[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    fl = jax.jit(flame.forward)(model, shape[1], exp[1], pose[1])
+    np.testing.assert_allclose(eager["landmarks2d"], appearance.project(fl["landmarks2d"], cam[1])[:, :2])
+    np.testing.assert_allclose(eager["landmarks3d"][:, :3], appearance.project(fl["landmarks3d"], cam[1]))
+    np.testing.assert_allclose(eager["landmarks3d_world"], fl["landmarks3d"])
+    vis = flame.landmark_visibility(model, eager["transformed_normals"])
+    np.testing.assert_array_equal(eager["landmarks3d"][:, 3], vis)
+
+
+def _codes(batch, n_shape, n_exp, n_tex, dtype=np.float32):
+    light = 0.2 * RNG.standard_normal((batch, 9, 3))
+    light[:, 0] += 2.0
+    return {
+        "shape": RNG.standard_normal((batch, n_shape)).astype(dtype),
+        "exp": RNG.standard_normal((batch, n_exp)).astype(dtype),
+        "tex": RNG.standard_normal((batch, n_tex)).astype(dtype),
+        "pose": (0.15 * RNG.standard_normal((batch, 6))).astype(dtype),
+        "cam": np.array([[8.0, 0.0, 0.0], [7.0, 0.01, -0.01]][:batch], dtype),
+        "light": light.astype(dtype),
+        "detail": RNG.standard_normal((batch, 128)).astype(dtype),
+    }
+
+
+def test_decode_render_detail_and_gradients():
+    """One compiled decode (32² image, 32² UV, a small F_d): outputs, relations, gradients."""
+    nets = pytest.importorskip("jface.deca.networks")
+    model = random_flame_model(2, head=(8, 12), uv_size=32, dtype=np.float32)
+    codes = _codes(2, 6, 4, 5)
+    generator = nets.DetailGenerator(latent_dim=3 + 4 + 128, init_size=2, init_channels=8,
+                                     block_channels=(8, 8, 4, 4))
+    latent = jnp.zeros((1, 135), jnp.float32)
+    params = {"D_detail": generator.init(jax.random.PRNGKey(0), latent)}
+    fixed = (0.001 * RNG.standard_normal((32, 32))).astype(np.float32)
+
+    def loss(cam, codes):
+        out = deca.decode(params, model, dict(codes, cam=cam), image_hw=(32, 32), fixed_displacement=fixed,
+                          detail_generator=generator)
+        return jnp.sum(out["rendered_images"] * out["mask_face_eye"]) + jnp.sum(out["landmarks2d"]), out
+
+    (value, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(codes["cam"], codes)
+    b, h = 2, 32
+    expected = {
+        "verts": (b, 98, 3), "trans_verts": (b, 98, 3), "landmarks2d": (b, 68, 2), "landmarks3d": (b, 68, 4),
+        "landmarks3d_world": (b, 68, 3), "grid": (b, h, h, 2), "rendered_images": (b, h, h, 3),
+        "alpha_images": (b, h, h, 1), "normal_images": (b, h, h, 3), "albedo": (b, 32, 32, 3),
+        "uv_texture": (b, 32, 32, 3), "normals": (b, 98, 3), "uv_detail_normals": (b, 32, 32, 3),
+        "displacement_map": (b, 32, 32, 1), "mask_face_eye": (b, h, h, 1),
+    }
+    for key, shp in expected.items():
+        assert out[key].shape == shp, key
+        assert out[key].dtype == jnp.float32, key
+    assert np.isfinite(float(value)) and np.all(np.isfinite(grad)) and np.any(grad != 0)
+    np.testing.assert_allclose(out["trans_verts"], jax.vmap(appearance.project)(out["verts"], codes["cam"]), rtol=1e-6)
+    alpha = np.asarray(out["alpha_images"])
+    assert 0.05 < alpha.mean() < 0.95 and set(np.unique(alpha)) <= {0.0, 1.0}
+    # paper version: shaded render = albedo image ⊙ SH(normal image) ⊙ alpha
+    shading = jax.vmap(sh_shading)(out["normal_images"], codes["light"])
+    np.testing.assert_allclose(out["rendered_images"], out["albedo_images"] * shading * alpha, rtol=1e-5, atol=1e-6)
+    # albedo = mean + basis · tex; uv_texture = albedo ⊙ SH(detail normals); D + Δ
+    alb = model.albedo_mean + np.einsum("hwck,bk->bhwc", model.albedo_basis, codes["tex"])
+    np.testing.assert_allclose(out["albedo"], alb, rtol=1e-5, atol=1e-6)
+    uv_sh = jax.vmap(sh_shading)(out["uv_detail_normals"], codes["light"])
+    np.testing.assert_allclose(out["uv_texture"], out["albedo"] * uv_sh, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["displacement_map"], out["displacement"] + fixed[None, :, :, None], rtol=1e-6)
+    assert np.all(np.abs(out["displacement"]) < 0.01)
+    m = np.asarray(out["mask_face_eye"])
+    assert m.min() >= 0 and m.max() <= 1 + 1e-6
+
+
+def test_encode_shapes():
+    nets = pytest.importorskip("jface.deca.networks")
+    params = {
+        "E_flame": nets.init_variables(nets.ResNetEncoder(236), shapes_only=True),
+        "E_detail": nets.init_variables(nets.ResNetEncoder(128), shapes_only=True),
+    }
+    images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    codes = jax.eval_shape(deca.encode, params, images)
+    shapes = {k: v.shape for k, v in codes.items()}
+    assert shapes == {"shape": (2, 100), "tex": (2, 50), "exp": (2, 50), "pose": (2, 6), "cam": (2, 3),
+                      "light": (2, 9, 3), "detail": (2, 128)}
+    with pytest.raises(ValueError, match="224"):
+        deca.encode(params, np.zeros((1, 112, 112, 3), np.float32))
+
+
+def test_decode_bad_inputs():
+    model = random_flame_model(1)
+    codes = {"shape": np.zeros((2, 6)), "exp": np.zeros((2, 4)), "pose": np.zeros((2, 6)), "cam": np.ones((2, 3))}
+    with pytest.raises(ValueError, match="UV layout"):
+        deca.decode({}, model, codes)
+    with pytest.raises(ValueError, match="pose"):
+        deca.decode({}, model, dict(codes, pose=np.zeros((2, 15))), rendering=False, use_detail=False)
+    with pytest.raises(ValueError, match="cam"):
+        deca.decode({}, model, {k: v for k, v in codes.items() if k != "cam"})
+    with pytest.raises(ValueError, match="batch"):
+        deca.decode({}, model, dict(codes, exp=np.zeros((3, 4))))
