@@ -145,7 +145,7 @@ def load_demodata(path):
 
     try:
         mat = scipy.io.loadmat(str(path))
-    except (OSError, ValueError) as err:
+    except Exception as err:  # scipy raises MatReadError, ValueError, OSError, ...
         raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({err})") from err
     if "Images" not in mat or "Labels" not in mat:
         raise ValueError(f"{path}: expected variables 'Images' (HxWx3xB) and 'Labels' (1x2xLxB)")

@@ -153,14 +153,38 @@ class Localiser(nn.Module):
 
 
 def init_localiser(key, config: Optional[LocaliserConfig] = None, *, dtype=jnp.float32):
-    """``(Localiser, params)`` with the original's theta initialisation (spec §5).
+    """``(Localiser, params)`` initialised like the original (spec §5), without compiling anything.
 
-    The backbone gets Flax's default initialisers (replace them with :func:`load_vggface_mat`).
+    ``key``: a ``jax.random`` key or an int seed (it seeds a numpy generator). Backbone weights are
+    ``xavier``: randn * sqrt(2 / (h w c_in)) (``vedaldi/practical-cnn-reg/xavier.m``), biases 0;
+    the theta layer gets randn * sqrt(2 / fc_dim) * 1e-3 and biases 0 except t =
+    ``config.translation_init``. (Flax's ``module.init`` also works, with Flax's default
+    initialisers for the backbone; it compiles the random number generator, which is slow on CPU.)
+    Replace the backbone with :func:`load_vggface_mat` for the pretrained VGG-Face.
     """
     config = LocaliserConfig() if config is None else config
     module = Localiser(config=config, dtype=dtype)
-    dummy = jnp.zeros((1,) + tuple(config.input_hw) + (3,), jnp.float32)
-    params = jax.jit(module.init)(key, dummy)["params"]
+    dummy = jax.ShapeDtypeStruct((1,) + tuple(config.input_hw) + (3,), jnp.float32)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)["params"]
+    if isinstance(key, int):
+        seed = key
+    else:
+        key = jnp.asarray(key) if not jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key) \
+            else jax.random.key_data(key)
+        seed = [int(v) for v in np.asarray(key).ravel()]
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, leaf in shapes.items():
+        kernel_shape = leaf["kernel"].shape
+        fan_in = int(np.prod(kernel_shape[:-1]))
+        std = np.sqrt(2.0 / fan_in) * (config.theta_init_scale if name == "theta" else 1.0)
+        bias = np.zeros(leaf["bias"].shape, np.float32)
+        if name == "theta":
+            bias[3:5] = config.translation_init
+        params[name] = {
+            "kernel": jnp.asarray((rng.standard_normal(kernel_shape) * std).astype(np.float32)),
+            "bias": jnp.asarray(bias),
+        }
     return module, params
 
 
@@ -196,7 +220,7 @@ def load_vggface_mat(path, config: Optional[LocaliserConfig] = None, *, params=N
     config = LocaliserConfig() if config is None else config
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except (OSError, ValueError, NotImplementedError) as err:
+    except Exception as err:  # scipy raises MatReadError, ValueError, OSError, ...
         raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({err})") from err
     layers = mat.get("layers")
     if layers is None and "net" in mat:
