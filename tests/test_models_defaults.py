@@ -314,11 +314,13 @@ def test_flame_forward_matches_numpy_lbs(flame):
 
     rng = np.random.default_rng(3)
     shape, expr = rng.normal(size=10), rng.normal(size=8)
-    pose = np.concatenate([[0.05, 0.3, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.0], np.zeros(6)])
+    pose = np.concatenate([[0.0, 0.3, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.0], np.zeros(6)])
     out = flame_layer.forward(flame, shape, expr, pose)
     ref, _ = lbs_numpy(flame, shape, expr, pose)
     assert np.abs(_np(out["vertices"]) - ref).max() < 2e-6
-    assert out["landmarks2d"].shape == (68, 3)
+    # yaw 0.3 rad = 17.2 degrees -> DECA picks contour row 17 (spec deca.md §1.5)
+    expected = _lmk(flame, ref, yaw=17)
+    assert np.abs(_np(out["landmarks2d"]) - expected).max() < 2e-6
 
 
 def _vertex_normals(v, f):

@@ -726,7 +726,13 @@ def write_flame_files(folder) -> Path:
         os.chmod(tmp, 0o755)
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # another process (e.g. a pytest-xdist worker) finished first: keep its files
+            if not _files_ok(folder):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
