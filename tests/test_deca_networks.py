@@ -208,7 +208,13 @@ def test_detail_generator_gradient_float64():
 @pytest.fixture(scope="module")
 def tref():
     """Torch reference modules written from DECA's code (spec deca.md §6)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
+    return torch_reference()
+
+
+def torch_reference():
+    """Namespace of torch reference modules (also used by the full-size check in notes/networks.md)."""
+    import torch
     nn = torch.nn
     torch.manual_seed(0)
 
@@ -460,3 +466,34 @@ def test_vgg19_features_match_torch(tref, tmp_path):
         r42 = feats[:21](t)
     np.testing.assert_allclose(np.asarray(got["relu3_2"]), _nhwc(r32), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(got["relu4_2"]), _nhwc(r42), rtol=1e-4, atol=1e-4)
+
+
+def full_size_check():
+    """Full-size E_flame, D_detail and VGGFace2 vs the torch references (random weights, randomised BN).
+
+    Not a test (about a minute on a loaded 2-core box). Run:
+    ``python -c "import sys; sys.path.insert(0, 'tests'); import test_deca_networks as t; t.full_size_check()"``
+    """
+    torch = pytest.importorskip("torch")
+    tr = torch_reference()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    img = rng.uniform(size=(2, 224, 224, 3)).astype(np.float32)
+    z = rng.normal(size=(2, 181)).astype(np.float32)
+    cases = [
+        ("E_flame", tr.ResnetEncoder(236), nw.ResNetEncoder(236), img, None),
+        ("D_detail", tr.Generator(), nw.DetailGenerator(), z, None),
+        ("VGGFace2", tr.ResNet(caffe=True, num_classes=8631), nw.VGGFace2ResNet50(), img * 100, lambda k: k.startswith("fc.")),
+    ]
+    for name, tmod, jmod, inp, ignore in cases:
+        tr.randomize_bn(tmod).eval()
+        tinp = torch.from_numpy(inp.transpose(0, 3, 1, 2) if inp.ndim == 4 else inp)
+        with torch.no_grad():
+            ref = tmod(tinp).numpy()
+        ref = ref.transpose(0, 2, 3, 1) if ref.ndim == 4 else ref
+        variables = cv.convert_state_dict(_sd_numpy(tmod), nw.init_variables(jmod, shapes_only=True), ignore=ignore)
+        got = np.asarray(jax.jit(jmod.apply)(variables, jnp.asarray(inp)))
+        err = np.abs(got - ref).max()
+        print(f"{name}: output {got.shape}, max|ours - torch| = {err:.3g}, max|torch| = {np.abs(ref).max():.3g}, "
+              f"relative {err / np.abs(ref).max():.3g}")
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())

@@ -232,8 +232,8 @@ def convert_vgg19(src, *, module=None) -> dict:
 
     Accepts the full model state dict (e.g. ``vgg19-dcbb9e9d.pth``, zip or legacy layout) or the
     ``features`` state dict alone (keys ``N.weight``). All 16 convs are converted; a
-    ``VGG19Features(layers=...)`` with fewer layers uses the leading ones (pass the subtree it needs,
-    see :func:`jface.weights.subset_vgg19`).
+    ``VGG19Features(layers=...)`` with fewer layers uses the leading ones and Flax ignores the rest
+    (:func:`subset_vgg19` trims them).
     """
     from jface.deca.networks import VGG19_LAYER_NAMES, VGG19Features, init_variables
     from jface.weights.torch_archive import load_torch_file
@@ -247,7 +247,7 @@ def convert_vgg19(src, *, module=None) -> dict:
 
 
 def subset_vgg19(variables, layers: Iterable[str]) -> dict:
-    """Keep only the convs ``VGG19Features(layers)`` uses (Flax refuses no extras, but this keeps trees small)."""
+    """Keep only the convs ``VGG19Features(layers)`` uses (Flax ignores extras; this keeps trees small)."""
     from jface.deca.networks import VGG19Features, init_variables
 
     template = init_variables(VGG19Features(layers=tuple(layers)), shapes_only=True)
