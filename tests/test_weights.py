@@ -405,3 +405,26 @@ def test_vgg19_converter_accepts_features_only_state_dict(tmp_path):
         full(path)
     sub = cv.subset_vgg19({"params": {**out["params"], "features_99": {}}}, ("relu1_2",))
     assert list(sub["params"]) == ["features_0"]
+
+
+def _py2_numpy_pickle(name: str, array: np.ndarray) -> bytes:
+    """A dict {name: array} pickled the way Python 2 + numpy wrote it (str payloads, SHORT_BINSTRING)."""
+    def s(b: bytes) -> bytes:
+        assert len(b) < 256
+        return b"U" + bytes([len(b)]) + b
+
+    assert array.dtype == np.float32 and array.ndim == 1 and array.size < 256
+    dtype = b"cnumpy\ndtype\n" + s(b"f4") + b"K\x00K\x01\x87R" + b"(K\x03" + s(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    arr = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
+           + b"(K\x01K" + bytes([array.size]) + b"\x85" + dtype + b"\x89" + s(array.astype("<f4").tobytes()) + b"tb")
+    return b"\x80\x02}(" + s(name.encode()) + arr + b"u."
+
+
+def test_numpy_pickle_reader_python2_layout(tmp_path):
+    """cydonia999's resnet50_ft_weight.pkl is a Python-2 pickle: str payloads read with latin-1."""
+    values = np.array([1.5, -2.0, 3.25], np.float32)
+    p = tmp_path / "py2.pkl"
+    p.write_bytes(_py2_numpy_pickle("conv1.weight", values))
+    got = load_numpy_pickle(p)
+    np.testing.assert_array_equal(got["conv1.weight"], values)
+    assert got["conv1.weight"].dtype == np.float32
