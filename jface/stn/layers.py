@@ -101,9 +101,10 @@ def project(model, theta):
     r, t, logs, alpha = split_theta(theta)
     shape = morphable_shape(model, alpha)
     rotation = rotation_matrix(r).astype(shape.dtype)
-    rotated = shape @ rotation.T
-    scale = geometry.stn_scale(logs).astype(shape.dtype)
-    points = scale * rotated[:, :2] + t.astype(shape.dtype)
+    rotated = geometry.rotate_points(shape, rotation)  # vl_nnrotate3D: x' = R x
+    scale = geometry.stn_scale(logs).astype(shape.dtype)  # vl_nnlogScale2Scale: 0.99**logs
+    projected = geometry.orthographic_projection(rotated)  # vl_nnprojection: drop z
+    points = geometry.translate_points(geometry.scale_points(projected, scale), t)  # scale2D, translate2D
     return {"shape": shape, "rotated": rotated, "points": points, "rotation": rotation, "scale": scale}
 
 
