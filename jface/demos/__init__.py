@@ -1,0 +1,5 @@
+"""Offline demos on real photographs (nothing is downloaded): ``python -m jface.demos.<name>``.
+
+* :mod:`jface.demos.astronaut`: 3DMM-STN landmark fit and flattening of scikit-image's
+  ``astronaut.png``.
+"""

@@ -1,0 +1,376 @@
+"""``python -m jface.flatten IMAGES_OR_DIRS... -o DIR``: 3DMM-STN flattened textures of photographs.
+
+For every image with 68 landmarks (side file or ``--detector``): the STN crop (224 x 224 around the
+landmark box, :func:`jface.data.crops.stn_crop`), theta from a trained localiser
+(``--checkpoint``, a ``train.stn`` run folder) or fitted to the landmarks (``--fit-landmarks``,
+the gradient demo's optax variant, :func:`fit_theta`), then :func:`jface.stn.flatten` (grid
+generator, bilinear sampler, visibility, masking; spec 3dmm_stn.md §2.10-§2.13).
+
+Outputs under ``-o DIR``, per image ``DIR/<identity>/<stem>_*``:
+
+* ``_texture.png`` the masked flattened texture (H' x W', texel (k // W', k % W') = vertex k,
+  row 0 = forehead, spec §0), ``_mask.png`` the visibility mask, ``_sampled.png`` before masking;
+* ``_landmarks.png`` the crop with the 21 AFLW labels (green) and the model's landmarks (red);
+* ``_flat.npz`` (texture, mask, theta, labels, crop transform);
+
+and for identity folders ``DIR/mean/<identity>.png`` / ``.npy``, the mean flattened texture
+(sum of masked textures / per-texel count of visible samples; 0 where never visible), and
+``DIR/gallery.png`` with all means side by side. ``DIR/summary.json`` lists outputs and skips.
+
+Landmarks: 68 iBUG points are reduced to the 21 AFLW points of the 3DMM-STN
+(:data:`IBUG68_TO_AFLW21`); the two ear points have no iBUG counterpart and are left out of the fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jface import export
+from jface.reconstruct.inputs import InputError, LandmarkFileError, SkipReport, collect_inputs, load_face, make_detector, progress
+
+__all__ = [
+    "IBUG68_TO_AFLW21",
+    "AFLW21_FROM_IBUG_VALID",
+    "ibug68_to_aflw21",
+    "initial_theta",
+    "fit_theta",
+    "flatten_batch",
+    "mean_textures",
+    "load_localiser_checkpoint",
+    "run",
+    "main",
+]
+
+# For each AFLW point (spec 3dmm_stn.md §3 order; jface.landmarks.AFLW21_NAMES) the iBUG-68 points
+# (0-based) whose mean it is; empty = no counterpart (ears).
+IBUG68_TO_AFLW21 = (
+    (17,), (19,), (21,), (22,), (24,), (26,),          # brows, image left -> right
+    (36,), (37, 38, 40, 41), (39,),                     # left eye: outer, centre, inner
+    (42,), (43, 44, 46, 47), (45,),                     # right eye: inner, centre, outer
+    (),                                                 # left ear: not in iBUG-68
+    (31,), (30,), (35,),                                # nose left, tip, right
+    (),                                                 # right ear
+    (48,), (62, 66), (54,),                             # mouth left, centre (inner lips), right
+    (8,),                                               # chin
+)
+AFLW21_FROM_IBUG_VALID = np.array([len(g) > 0 for g in IBUG68_TO_AFLW21])
+
+
+def ibug68_to_aflw21(points68):
+    """``(..., 68, D)`` iBUG points (any affine frame) -> ``(..., 21, D)`` AFLW points; the ears
+    (no counterpart) are NaN. Use :data:`AFLW21_FROM_IBUG_VALID` to drop them."""
+    points68 = np.asarray(points68, np.float64)
+    if points68.shape[-2] != 68:
+        raise ValueError(f"points68: expected (..., 68, D), got shape {points68.shape}")
+    out = np.full(points68.shape[:-2] + (21, points68.shape[-1]), np.nan)
+    for k, group in enumerate(IBUG68_TO_AFLW21):
+        if group:
+            out[..., k, :] = points68[..., list(group), :].mean(axis=-2)
+    return out
+
+
+def _fit_model(model, landmark_set="aflw21"):
+    """The model with a landmark set ``<set>_ibug`` holding the AFLW points that iBUG-68 has."""
+    indices = np.asarray(model.landmarks[landmark_set])[AFLW21_FROM_IBUG_VALID]
+    return model.replace(landmarks={**model.landmarks, "aflw21_ibug": jnp.asarray(indices, jnp.int32)})
+
+
+def initial_theta(model, labels, landmark_set="aflw21_ibug"):
+    """theta ``(B, 6 + D)`` from a similarity fit of the mean shape's landmarks to ``labels (B, L, 2)``
+    (y-up 224 frame): r = 0, alpha = 0, s and t by least squares (logs = log s / log 0.99)."""
+    labels = np.asarray(labels, np.float64)
+    model_pts = np.asarray(model.mean, np.float64)[np.asarray(model.landmarks[landmark_set])][:, :2]
+    mc = model_pts - model_pts.mean(0)
+    thetas = []
+    for lab in labels:
+        lc = lab - lab.mean(0)
+        scale = max(float(np.sum(mc * lc) / np.sum(mc * mc)), 1e-3)
+        t = lab.mean(0) - scale * model_pts.mean(0)
+        logs = np.log(scale) / np.log(0.99)
+        thetas.append(np.concatenate([[0.0, 0.0, 0.0], t, [logs], np.zeros(model.basis.shape[-1])]))
+    return np.asarray(thetas, np.float32)
+
+
+@partial(jax.jit, static_argnames=("num_steps",))
+def _fit_steps(model, theta0, labels, scales, prior_weight, num_steps):
+    from jface.stn.demo import landmark_objective
+
+    optimiser = optax.adam(0.05)
+
+    def objective(z):
+        theta = theta0 + scales * z
+        return (landmark_objective(model, theta, labels, "aflw21_ibug")
+                + prior_weight * jnp.sum(jnp.square(theta[:, 6:])))
+
+    def step(carry, _):
+        z, state = carry
+        loss, grad = jax.value_and_grad(objective)(z)
+        updates, state = optimiser.update(grad, state, z)
+        return (optax.apply_updates(z, updates), state), loss
+
+    z = jnp.zeros_like(theta0)
+    (z, _), losses = jax.lax.scan(step, (z, optimiser.init(z)), None, length=num_steps)
+    return theta0 + scales * z, losses
+
+
+def fit_theta(model, labels21, *, steps: int = 300, prior_weight: float = 1.0, landmark_set="aflw21"):
+    """Fit theta to AFLW labels by gradient descent: the optax Adam variant of the gradient demo
+    (:func:`jface.stn.demo.fit_adam`: theta = theta0 + scales z, Adam lr 0.05, its per-group scales;
+    landmark loss of :func:`jface.stn.demo.landmark_objective`), plus ``prior_weight`` ||alpha||^2
+    (pixels^2 per unit coefficient^2) so that the D coefficients stay plausible with only 19 points,
+    from :func:`initial_theta`, for a fixed number of steps (one compile per batch shape).
+
+    ``labels21 (B, 21, 2)`` in the y-up 224 frame (ears may be NaN: they are not used). Returns
+    ``(theta (B, 6 + D) float32, losses (steps,))`` where losses are the landmark + prior totals.
+    """
+    fit_model = _fit_model(model, landmark_set)
+    labels = np.asarray(labels21, np.float64)[:, AFLW21_FROM_IBUG_VALID]
+    if not np.all(np.isfinite(labels)):
+        raise ValueError("labels21: non-finite values among the 19 fitted AFLW points")
+    theta0 = initial_theta(fit_model, labels)
+    num_coeffs = theta0.shape[1] - 6
+    scales = np.concatenate([np.full(3, 0.05), np.full(2, 5.0), np.full(1, 5.0), np.ones(num_coeffs)])
+    theta, losses = _fit_steps(fit_model, jnp.asarray(theta0), jnp.asarray(labels, jnp.float32),
+                               jnp.asarray(scales, jnp.float32), jnp.float32(prior_weight), int(steps))
+    return np.asarray(theta), np.asarray(losses)
+
+
+
+@jax.jit
+def _flatten_jit(model, theta, images):
+    from jface.stn import layers
+
+    return jax.vmap(lambda th, im: layers.flatten(model, th, im))(theta, images)
+
+
+def flatten_batch(model, theta, crops):
+    """``theta (B, 6 + D)``, ``crops (B, 224, 224, 3)`` raw 0-255 -> numpy dict of
+    :func:`jface.stn.flatten` outputs (texture, sampled, mask, points)."""
+    out = _flatten_jit(model, jnp.asarray(theta, jnp.float32), jnp.asarray(crops, jnp.float32))
+    return {k: np.asarray(out[k]) for k in ("texture", "sampled", "mask", "points")}
+
+
+def mean_textures(textures, masks):
+    """Mean flattened texture of one identity: ``sum_i texture_i / sum_i mask_i`` per texel.
+
+    ``textures (n, H', W', C)`` masked textures, ``masks (n, H', W')`` 0/1. Texels never visible
+    are 0. Returns ``(mean (H', W', C), count (H', W'))``.
+    """
+    textures = np.asarray(textures, np.float64)
+    masks = np.asarray(masks, np.float64)
+    count = masks.sum(0)
+    total = (textures * masks[..., None]).sum(0)
+    mean = np.where(count[..., None] > 0, total / np.maximum(count, 1.0)[..., None], 0.0)
+    return mean, count
+
+
+def load_localiser_checkpoint(path):
+    """A ``train.stn`` run (its folder, its ``checkpoints`` folder or one step's folder) ->
+    ``(model, predict(images (B, 224, 224, 3) 0-255) -> theta (B, 6 + D))``.
+
+    Rebuilds the run's context from its ``config.json`` (model, localiser and the theta whitening
+    statistics, which come from the run's generated training data) and restores the parameters.
+    """
+    import dataclasses
+    import json
+
+    from train import common, stn as train_stn
+
+    path = Path(path)
+    step = None
+    if path.name.isdigit():
+        step, path = int(path.name), path.parent
+    if not path.is_dir():
+        raise InputError(f"--checkpoint: {path} is not a train.stn run or checkpoint folder")
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    saved = path.parent / "config.json"
+    if not saved.is_file():
+        raise InputError(f"--checkpoint: {saved} not found (expected the config.json of a train.stn run)")
+    fields = {f.name for f in dataclasses.fields(train_stn.Config)}
+    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(saved.read_text()).items()
+              if k in fields}
+    config = train_stn.Config(**stored)
+    ctx, host_state, _, _, _ = train_stn.build(config, with_eval=False)
+    state, _, step = common.restore_state_only(path, host_state, step)
+    params = jax.device_get(state.params)
+    predict = jax.jit(lambda images: train_stn.predict_theta(ctx, params, images))
+    return ctx.model, lambda images: np.asarray(predict(jnp.asarray(images, jnp.float32)))
+
+
+def _overlay(crop, labels21, fitted21):
+    """Crop (224, 224, 3) 0-255 with labels (green) and fitted landmarks (red), y-up 224 frame."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.clip(np.round(crop), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    height = crop.shape[0]
+    for points, colour in ((labels21, (0, 255, 0)), (fitted21, (255, 0, 0))):
+        for x, y in points:
+            if np.isfinite(x) and np.isfinite(y):
+                c, r = float(x) - 1.0, height - float(y)  # y-up 1-based -> 0-based pixel (spec §0)
+                draw.ellipse((c - 2, r - 2, c + 2, r + 2), outline=colour, width=1)
+    return np.asarray(image)
+
+
+def _gallery(means: dict, zoom: int = 2):
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for name, mean in means.items():
+        tile = Image.fromarray(export.to_uint8(mean, (0.0, 255.0)))
+        tile = tile.resize((tile.width * zoom, tile.height * zoom), Image.NEAREST)
+        canvas = Image.new("RGB", (tile.width, tile.height + 14), (255, 255, 255))
+        canvas.paste(tile, (0, 14))
+        ImageDraw.Draw(canvas).text((2, 1), name[:28], fill=(0, 0, 0))
+        tiles.append(canvas)
+    width = sum(t.width for t in tiles) + 4 * (len(tiles) - 1)
+    sheet = Image.new("RGB", (width, max(t.height for t in tiles)), (255, 255, 255))
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 4
+    return np.asarray(sheet)
+
+
+def _unique_stem(item, used):
+    stem = item.path.stem
+    key = (item.identity, stem)
+    n = 1
+    while key in used:
+        n += 1
+        key = (item.identity, f"{stem}_{n}")
+    used.add(key)
+    return key[1]
+
+
+def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, detector=False,
+        batch_size: int = 8, steps: int = 300, crop_scale: float = 1.6, log=print):
+    """The tool's work (see the module docstring); returns the summary dict."""
+    from jface.data.crops import stn_crop
+
+    if (checkpoint is None) == (not fit_landmarks):
+        raise InputError("expected exactly one of --checkpoint DIR or --fit-landmarks")
+    items = collect_inputs(inputs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predict = None
+    if checkpoint is not None:
+        model, predict = load_localiser_checkpoint(checkpoint)
+    elif model is None:
+        from jface.models import default_stn_model
+
+        model = default_stn_model()
+    grid_hw = tuple(model.grid_hw) if model.grid_hw is not None else None
+    det = make_detector(detector)
+    report = SkipReport()
+    used, outputs = set(), []
+    per_identity: dict = {}
+    aflw_indices = np.asarray(model.landmarks["aflw21"])
+
+    faces = []
+    for item in items:
+        loaded, reason = load_face(item, det)
+        if loaded is None:
+            report.add(item.path, reason)
+            continue
+        faces.append((item, *loaded))
+
+    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
+    for batch in progress(batches, total=len(batches), desc="flatten"):
+        crops, labels, transforms = [], [], []
+        for item, image, landmarks in batch:
+            crop, lab68, transform = stn_crop(image.astype(np.float64), landmarks, scale=crop_scale)
+            crops.append(crop)
+            labels.append(ibug68_to_aflw21(lab68[:, :2]))
+            transforms.append(transform)
+        # pad to a fixed batch so that every batch reuses one compiled shape
+        pad = batch_size - len(batch)
+        crops_arr = np.stack(crops + [crops[-1]] * pad).astype(np.float32)
+        labels_arr = np.stack(labels + [labels[-1]] * pad)
+        if predict is not None:
+            theta = predict(crops_arr)
+        else:
+            theta, _ = fit_theta(model, labels_arr, steps=steps)
+        flat = flatten_batch(model, theta, crops_arr)
+        for b, (item, _image, _lm) in enumerate(batch):
+            stem = _unique_stem(item, used)
+            folder = out_dir / item.identity
+            fitted = flat["points"][b][aflw_indices]
+            paths = {
+                "texture": export.save_png(folder / f"{stem}_texture.png", flat["texture"][b], (0, 255)),
+                "sampled": export.save_png(folder / f"{stem}_sampled.png", flat["sampled"][b], (0, 255)),
+                "mask": export.save_png(folder / f"{stem}_mask.png", flat["mask"][b]),
+                "landmarks": export.save_png(folder / f"{stem}_landmarks.png",
+                                             _overlay(crops_arr[b], labels_arr[b], fitted)),
+            }
+            np.savez(folder / f"{stem}_flat.npz", texture=flat["texture"][b], mask=flat["mask"][b],
+                     theta=theta[b], labels21=labels_arr[b], fitted21=fitted,
+                     crop_matrix=transforms[b].matrix())
+            paths["npz"] = folder / f"{stem}_flat.npz"
+            valid = AFLW21_FROM_IBUG_VALID
+            error = float(np.sqrt(np.mean(np.sum((fitted[valid] - labels_arr[b][valid]) ** 2, -1))))
+            outputs.append({"image": str(item.path), "identity": item.identity, "landmark_rmse_px": error,
+                            **{k: str(v) for k, v in paths.items()}})
+            if item.from_folder:
+                per_identity.setdefault(item.identity, []).append((flat["texture"][b], flat["mask"][b]))
+
+    means = {}
+    for identity, pairs in per_identity.items():
+        mean, count = mean_textures([p[0] for p in pairs], [p[1] for p in pairs])
+        means[identity] = mean
+        export.save_png(out_dir / "mean" / f"{identity}.png", mean, (0, 255))
+        np.save(out_dir / "mean" / f"{identity}.npy", mean.astype(np.float32))
+        np.save(out_dir / "mean" / f"{identity}_count.npy", count.astype(np.float32))
+    if means:
+        export.save_png(out_dir / "gallery.png", _gallery(means))
+    summary = {
+        "model_grid": grid_hw,
+        "theta_source": "checkpoint" if predict is not None else "fit-landmarks",
+        "images": outputs,
+        "mean_textures": {k: str(out_dir / "mean" / f"{k}.png") for k in means},
+        "gallery": str(out_dir / "gallery.png") if means else None,
+        "skipped": [{"image": p, "reason": r} for p, r in report.skipped],
+    }
+    export.save_json(out_dir / "summary.json", summary)
+    log(report.summary(len(outputs)))
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m jface.flatten", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (identity sub-folders)")
+    parser.add_argument("-o", "--out", required=True, help="output folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="train.stn run folder (trained localiser)")
+    source.add_argument("--fit-landmarks", action="store_true", help="fit theta to the landmarks by gradient descent")
+    parser.add_argument("--model", help="model npz (jface.models.save_model); default: default_stn_model()")
+    parser.add_argument("--detector", action="store_true", help="use the optional dlib detector when no side file")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300, help="Adam steps of --fit-landmarks")
+    parser.add_argument("--crop-scale", type=float, default=1.6, help="crop size / landmark box size")
+    args = parser.parse_args(argv)
+    model = None
+    if args.model:
+        from jface.models import load_model
+
+        model = load_model(args.model)
+    try:
+        run(args.inputs, args.out, model=model, checkpoint=args.checkpoint, fit_landmarks=args.fit_landmarks,
+            detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
+    except (InputError, LandmarkFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

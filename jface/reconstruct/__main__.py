@@ -1,0 +1,5 @@
+import sys
+
+from jface.reconstruct import main
+
+sys.exit(main())
