@@ -176,6 +176,18 @@ def test_batchnorm_matches_torch_semantics():
     jax.test_util.check_grads(pool, (jnp.asarray(x),), order=1, modes=("rev",))
 
 
+def test_batchnorm_axis_name_equals_global_batch():
+    """Statistics averaged over a mapped axis equal those of the concatenated batch."""
+    x = np.random.default_rng(11).normal(size=(4, 3, 5, 5, 2)) * 3 + 1
+    v = {"params": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}, "batch_stats": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
+    mapped = jax.jit(jax.vmap(lambda xx: nw.BatchNorm(axis_name="d").apply(v, xx, True, mutable=["batch_stats"]), axis_name="d"))
+    y, upd = mapped(jnp.asarray(x))
+    y_all, upd_all = jax.jit(lambda xx: nw.BatchNorm().apply(v, xx, True, mutable=["batch_stats"]))(jnp.asarray(x.reshape(12, 5, 5, 2)))
+    np.testing.assert_allclose(np.asarray(y).reshape(12, 5, 5, 2), np.asarray(y_all), rtol=1e-9, atol=1e-9)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(np.asarray(upd["batch_stats"][k][0]), np.asarray(upd_all["batch_stats"][k]), rtol=1e-9)
+
+
 def test_bottleneck_dtypes():
     block = nw.Bottleneck(4, stride=2, downsample=True)
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 8)), jnp.float32)

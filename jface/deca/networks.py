@@ -117,16 +117,14 @@ class BatchNorm(nn.Module):
             xs = x.astype(stat_dtype)
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(xs, axes)
-            mean_sq = jnp.mean(jnp.square(xs), axes)
             count = math.prod(x.shape[:-1])
-            if self.axis_name is not None:
-                mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
-                count = count * jax.lax.psum(1, self.axis_name)
-            # Centred variance when the batch is local; E[x^2] - E[x]^2 when averaged over devices.
             if self.axis_name is None:
-                var = jnp.mean(jnp.square(xs - mean), axes)
-            else:
+                var = jnp.mean(jnp.square(xs - mean), axes)  # centred: accurate in float32
+            else:  # statistics over all devices of the mapped axis: E[x^2] - E[x]^2
+                mean_sq = jnp.mean(jnp.square(xs), axes)
+                mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
                 var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+                count = count * jax.lax.psum(1, self.axis_name)
             if not self.is_initializing():
                 m = self.momentum
                 unbiased = var * (count / jnp.maximum(count - 1, 1))
