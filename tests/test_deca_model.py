@@ -120,6 +120,11 @@ def test_decode_render_detail_and_gradients():
     np.testing.assert_allclose(out["uv_texture"], out["albedo"] * uv_sh, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["displacement_map"], out["displacement"] + fixed[None, :, :, None], rtol=1e-6)
     assert np.all(np.abs(out["displacement"]) < 0.01)
+    # the shared UV rasterization equals render.world2uv (spec §5.5) per item
+    from jface import render
+
+    uv_pos = jax.jit(render.world2uv, static_argnums=4)(out["verts"][1], model.faces, model.uv_coords, model.uv_faces, 32)
+    np.testing.assert_allclose(out["uv_positions"][1], uv_pos, rtol=1e-6, atol=1e-7)
     m = np.asarray(out["mask_face_eye"])
     assert m.min() >= 0 and m.max() <= 1 + 1e-6
 

@@ -77,11 +77,14 @@ def convert_albedo_model(mean, basis, *, scale=1.0, image_size=512, uv_size=256,
     return mean[idx][:, idx][:, :, ::-1].copy(), basis[idx][:, idx][:, :, ::-1].copy()
 
 
-def albedo(model, coeffs):
+def albedo(model, coeffs, *, truncate=False):
     """UV albedo ``(H, W, 3)`` of a FlameModel: ``albedo_mean + albedo_basis[..., :n] · coeffs``.
 
     RGB, row 0 = v = 1, not clamped (spec §2.5). A model without an albedo model gives zeros
     (DECA's ``use_tex=False``: black renders) of size ``uv_face_eye_mask`` or 256².
+    More coefficients than basis columns raise, unless ``truncate=True``: then the extra
+    coefficients are ignored (as if the basis were zero-padded; the synthetic default model has
+    fewer albedo components than DECA's 50).
     """
     coeffs = jnp.asarray(coeffs)
     dtype = jnp.result_type(coeffs.dtype, jnp.float32)
@@ -91,9 +94,12 @@ def albedo(model, coeffs):
     basis = jnp.asarray(model.albedo_basis, dtype)
     n = coeffs.shape[-1]
     if n > basis.shape[-1]:
-        raise ValueError(
-            f"coeffs: the model's albedo basis has {basis.shape[-1]} components, got {n} coefficients"
-        )
+        if not truncate:
+            raise ValueError(
+                f"coeffs: the model's albedo basis has {basis.shape[-1]} components, got {n} coefficients"
+            )
+        n = basis.shape[-1]
+        coeffs = coeffs[..., :n]
     return jnp.asarray(model.albedo_mean, dtype) + jnp.einsum(
         "hwck,k->hwc", basis[..., :n], coeffs.astype(dtype)
     )

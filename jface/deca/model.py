@@ -164,7 +164,8 @@ def decode(
     if uv_mask.ndim == 3:
         uv_mask = uv_mask[..., 0]
     if "tex" in codes and model.albedo_mean is not None:
-        albedo = jax.vmap(appearance.albedo, in_axes=(None, 0))(model, codes["tex"]).astype(dtype)
+        # truncate: a model with fewer albedo components than the code ignores the extra ones
+        albedo = jax.vmap(lambda t: appearance.albedo(model, t, truncate=True))(codes["tex"]).astype(dtype)
     else:
         albedo = jnp.zeros((batch,) + uv_mask.shape + (3,), dtype)
     if rendering:
@@ -224,9 +225,14 @@ def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=N
             jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
         )
 
+    # world2uv (spec §5.5) rasterizes the UV layout, which does not depend on the item: do it
+    # once and interpolate both attributes of every item with the same fragments.
+    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    faces = jnp.asarray(model.faces, jnp.int32)
+
     def item(v, n, d):
-        uv_pos = render_lib.world2uv(v, model.faces, model.uv_coords, model.uv_faces, size)
-        uv_nrm = render_lib.world2uv(n, model.faces, model.uv_coords, model.uv_faces, size)
+        uv_pos = render_lib.interpolate(fragments, v[faces])
+        uv_nrm = render_lib.interpolate(fragments, n[faces])
         nd = detail_lib.displacement_to_normals(d, uv_pos, uv_nrm, uv_mask, fixed_displacement)
         return nd, uv_pos, uv_nrm
 
