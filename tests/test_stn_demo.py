@@ -174,11 +174,16 @@ def test_load_demodata_errors(tmp_path):
 
 
 def test_demo_cli_writes_panels(tmp_path):
-    """python -m jface.stn.demo at small size: step counts printed, five-panel PNGs written."""
+    """python -m jface.stn.demo with a user-saved model npz: step counts, five-panel PNGs."""
     from PIL import Image
 
+    from jface.models import save_model
+
+    model_path = tmp_path / "stn_model.npz"
+    save_model(toy_grid_model(16), model_path)
     out = tmp_path / "demo"
-    assert demo.main(["--toy-res", "12", "--batch", "2", "--max-steps", "400", "-o", str(out)]) == 0
+    argv = ["--model", str(model_path), "--batch", "2", "--max-steps", "400", "-o", str(out)]
+    assert demo.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["gd_steps"] > 1 and summary["adam_steps"] > 1
     assert summary["gd_loss"][1] < summary["gd_loss"][0]

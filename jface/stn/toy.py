@@ -42,8 +42,9 @@ def toy_grid_model(res: int = 16, num_shape: int = 5, num_expression: int = 5, *
     """A procedural res x res UV-grid face model (mm) with the 3DMM-STN vertex/face layout.
 
     Returns a :class:`MorphableModel` with ``grid_hw = (res, res)``, ``uv``, ``faces`` in
-    ``resampleModel`` order, ``landmarks["aflw21"]`` (21,), ``albedo_mean`` in [0, 1] and
-    ``vertex_mirror``. The face is ~160 mm wide, so s = 1 maps it to ~160 of 224 pixels.
+    ``resampleModel`` order, ``landmarks["aflw21"]`` (21,) (the grid vertices nearest to
+    :data:`AFLW21_UV`; all distinct for res >= 16, coarser grids merge some), ``albedo_mean`` in
+    [0, 1] and ``vertex_mirror``. The face is ~160 mm wide, so s = 1 maps it to ~160 of 224 pixels.
     """
     if res < 4:
         raise ValueError(f"res: expected a grid size >= 4, got {res}")
