@@ -24,6 +24,7 @@ rebuilds the files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -81,6 +82,25 @@ def _atomic_savez(path: Path, arrays: dict) -> None:
         raise
 
 
+@contextlib.contextmanager
+def generation_lock(target: Path):
+    """Hold an exclusive lock (``<target>.lock``, POSIX ``flock``) while checking / generating
+    ``target``, so that parallel processes (pytest-xdist workers) generate it once."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic writes still keep the files consistent
+        yield
+        return
+    with open(target.parent / (target.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 # ------------------------------------------------------------------------------------------------
 # STN default
 
@@ -123,8 +143,9 @@ def _stn_file_ok(path: Path) -> bool:
 def load_stn_arrays(directory=None) -> dict:
     """The default STN model's arrays from the cache (generated first if needed)."""
     path = stn_cache_path(directory)
-    if not _stn_file_ok(path):
-        _write_stn(path)
+    with generation_lock(path):
+        if not _stn_file_ok(path):
+            _write_stn(path)
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
@@ -218,11 +239,14 @@ def regenerate(directory=None, which=("stn", "flame")) -> list:
     written = []
     if "stn" in which:
         path = stn_cache_path(directory)
-        _write_stn(path)
+        with generation_lock(path):
+            _write_stn(path)
         written.append(path)
     if "flame" in which:
         from jface.models.defaults.flame_default import write_flame_files
 
-        written.append(write_flame_files(flame_cache_dir(directory)))
+        folder = flame_cache_dir(directory)
+        with generation_lock(folder):
+            written.append(write_flame_files(folder))
     clear_memory_cache()
     return written

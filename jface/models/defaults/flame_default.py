@@ -751,9 +751,12 @@ def _files_ok(folder: Path) -> bool:
 
 def ensure_flame_files(folder) -> Path:
     """``folder`` with current default-head files, generating them when missing or stale."""
+    from jface.models.defaults import generation_lock
+
     folder = Path(folder)
-    if not _files_ok(folder):
-        write_flame_files(folder)
+    with generation_lock(folder):
+        if not _files_ok(folder):
+            write_flame_files(folder)
     return folder
 
 
