@@ -20,7 +20,6 @@ import pytest
 from jface.deca import networks as nw
 from jface.weights import convert as cv
 
-
 _TEMPLATES: dict = {}
 
 
@@ -36,10 +35,15 @@ def _random_variables(module, x, seed=0, dtype=np.float32, scale=0.5):
     """Random variables in the module's layout without running (compiling) ``init``."""
     template = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
     rng = np.random.default_rng(seed)
-    out = {"params": jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(dtype), template["params"])}
+    out = {
+        "params": jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(dtype), template["params"])
+    }
     if "batch_stats" in template:
         out["batch_stats"] = {
-            k: {"mean": rng.normal(size=v["mean"].shape).astype(dtype) * 0.1, "var": rng.uniform(0.5, 1.5, v["var"].shape).astype(dtype)}
+            k: {
+                "mean": rng.normal(size=v["mean"].shape).astype(dtype) * 0.1,
+                "var": rng.uniform(0.5, 1.5, v["var"].shape).astype(dtype),
+            }
             for k, v in template["batch_stats"].items()
         }
     return out
@@ -70,7 +74,14 @@ def test_full_size_parameter_layouts():
     assert gen["params"]["conv_blocks_2"]["kernel"].shape == (3, 3, 128, 128)
     assert gen["params"]["conv_blocks_18"]["kernel"].shape == (3, 3, 32, 16)
     assert gen["params"]["conv_blocks_21"]["kernel"].shape == (3, 3, 16, 1)
-    assert sorted(gen["batch_stats"]) == ["conv_blocks_0", "conv_blocks_11", "conv_blocks_15", "conv_blocks_19", "conv_blocks_3", "conv_blocks_7"]
+    assert sorted(gen["batch_stats"]) == [
+        "conv_blocks_0",
+        "conv_blocks_11",
+        "conv_blocks_15",
+        "conv_blocks_19",
+        "conv_blocks_3",
+        "conv_blocks_7",
+    ]
     vgg = _template(nw.VGG19Features(layers=(nw.VGG19_LAYER_NAMES[-1],)))
     assert n(vgg["params"]) == 20_024_384  # torchvision vgg19().features
     face = _template(nw.VGGFace2ResNet50())
@@ -95,7 +106,9 @@ def test_input_errors():
     with pytest.raises(ValueError, match=r"z must have shape \(B, 181\)"):
         jax.eval_shape(nw.DetailGenerator().init, jax.random.PRNGKey(0), jnp.zeros((1, 180)))
     with pytest.raises(ValueError, match="unknown layers"):
-        jax.eval_shape(nw.VGG19Features(layers=("relu3_1x",)).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+        jax.eval_shape(
+            nw.VGG19Features(layers=("relu3_1x",)).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))
+        )
     with pytest.raises(ValueError, match=r"code must have shape \(\.\.\., 236\)"):
         nw.split_codes(jnp.zeros((2, 235)))
 
@@ -105,7 +118,12 @@ def test_split_codes():
     d = jax.tree.map(np.asarray, nw.split_codes(code))
     code = np.asarray(code)
     assert {k: v.shape for k, v in d.items()} == {
-        "shape": (2, 100), "tex": (2, 50), "exp": (2, 50), "pose": (2, 6), "cam": (2, 3), "light": (2, 9, 3)
+        "shape": (2, 100),
+        "tex": (2, 50),
+        "exp": (2, 50),
+        "pose": (2, 6),
+        "cam": (2, 3),
+        "light": (2, 9, 3),
     }
     np.testing.assert_array_equal(d["pose"][1], code[1, 200:206])
     np.testing.assert_array_equal(d["cam"][0], code[0, 206:209])
@@ -141,7 +159,9 @@ def _np_max_pool(x, k, s, p, ceil):
     return out
 
 
-@pytest.mark.parametrize("size,k,s,p,ceil", [(112, 3, 2, 0, True), (9, 3, 2, 0, True), (10, 3, 2, 1, False), (8, 2, 2, 0, False)])
+@pytest.mark.parametrize(
+    "size,k,s,p,ceil", [(112, 3, 2, 0, True), (9, 3, 2, 0, True), (10, 3, 2, 1, False), (8, 2, 2, 0, False)]
+)
 def test_max_pool_torch_reference(size, k, s, p, ceil):
     x = np.random.default_rng(0).normal(size=(1, size, size + 1, 2))
     got = nw.max_pool_torch(jnp.asarray(x), k, s, p, ceil_mode=ceil)
@@ -156,7 +176,10 @@ def test_batchnorm_matches_torch_semantics():
     bn = nw.BatchNorm(epsilon=0.8)
     variables = {
         "params": {"scale": jnp.asarray(rng.normal(size=6)), "bias": jnp.asarray(rng.normal(size=6))},
-        "batch_stats": {"mean": jnp.asarray(rng.normal(size=6)), "var": jnp.asarray(rng.uniform(0.5, 2, size=6))},
+        "batch_stats": {
+            "mean": jnp.asarray(rng.normal(size=6)),
+            "var": jnp.asarray(rng.uniform(0.5, 2, size=6)),
+        },
     }
     y, upd = bn.apply(variables, jnp.asarray(x), True, mutable=["batch_stats"])
     mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
@@ -166,9 +189,15 @@ def test_batchnorm_matches_torch_semantics():
     n = x.size // 6
     rm, rv = np.asarray(variables["batch_stats"]["mean"]), np.asarray(variables["batch_stats"]["var"])
     np.testing.assert_allclose(np.asarray(upd["batch_stats"]["mean"]), 0.9 * rm + 0.1 * mean, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(upd["batch_stats"]["var"]), 0.9 * rv + 0.1 * var * n / (n - 1), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(upd["batch_stats"]["var"]), 0.9 * rv + 0.1 * var * n / (n - 1), rtol=1e-6
+    )
     y_eval = bn.apply(variables, jnp.asarray(x), False)
-    np.testing.assert_allclose(np.asarray(y_eval), (x - rm) / np.sqrt(np.asarray(variables["batch_stats"]["var"]) + 0.8) * g + b, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(y_eval),
+        (x - rm) / np.sqrt(np.asarray(variables["batch_stats"]["var"]) + 0.8) * g + b,
+        rtol=1e-6,
+    )
     # gradients (training mode, float64) against finite differences
     f = jax.jit(lambda xx: jnp.sum(jnp.sin(bn.apply(variables, xx, True, mutable=["batch_stats"])[0])))
     jax.test_util.check_grads(f, (jnp.asarray(x),), order=1, modes=("rev",))
@@ -179,13 +208,24 @@ def test_batchnorm_matches_torch_semantics():
 def test_batchnorm_axis_name_equals_global_batch():
     """Statistics averaged over a mapped axis equal those of the concatenated batch."""
     x = np.random.default_rng(11).normal(size=(4, 3, 5, 5, 2)) * 3 + 1
-    v = {"params": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}, "batch_stats": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
-    mapped = jax.jit(jax.vmap(lambda xx: nw.BatchNorm(axis_name="d").apply(v, xx, True, mutable=["batch_stats"]), axis_name="d"))
+    v = {
+        "params": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},
+        "batch_stats": {"mean": jnp.zeros(2), "var": jnp.ones(2)},
+    }
+    mapped = jax.jit(
+        jax.vmap(
+            lambda xx: nw.BatchNorm(axis_name="d").apply(v, xx, True, mutable=["batch_stats"]), axis_name="d"
+        )
+    )
     y, upd = mapped(jnp.asarray(x))
-    y_all, upd_all = jax.jit(lambda xx: nw.BatchNorm().apply(v, xx, True, mutable=["batch_stats"]))(jnp.asarray(x.reshape(12, 5, 5, 2)))
+    y_all, upd_all = jax.jit(lambda xx: nw.BatchNorm().apply(v, xx, True, mutable=["batch_stats"]))(
+        jnp.asarray(x.reshape(12, 5, 5, 2))
+    )
     np.testing.assert_allclose(np.asarray(y).reshape(12, 5, 5, 2), np.asarray(y_all), rtol=1e-9, atol=1e-9)
     for k in ("mean", "var"):
-        np.testing.assert_allclose(np.asarray(upd["batch_stats"][k][0]), np.asarray(upd_all["batch_stats"][k]), rtol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(upd["batch_stats"][k][0]), np.asarray(upd_all["batch_stats"][k]), rtol=1e-9
+        )
 
 
 def test_bottleneck_dtypes():
@@ -238,6 +278,7 @@ def tref():
 def torch_reference():
     """Namespace of torch reference modules (also used by the full-size check in notes/networks.md)."""
     import torch
+
     nn = torch.nn
     torch.manual_seed(0)
 
@@ -271,7 +312,9 @@ def torch_reference():
             self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(width)
             self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, padding=0, ceil_mode=True) if caffe else nn.MaxPool2d(3, 2, padding=1)
+            self.maxpool = (
+                nn.MaxPool2d(3, 2, padding=0, ceil_mode=True) if caffe else nn.MaxPool2d(3, 2, padding=1)
+            )
             for i, n in enumerate(layers):
                 setattr(self, f"layer{i + 1}", self._make_layer(width * 2**i, n, 1 if i == 0 else 2))
             self.avgpool = nn.AvgPool2d(7, stride=1)
@@ -279,7 +322,9 @@ def torch_reference():
                 self.fc = nn.Linear(self.inplanes, num_classes)
 
         def _make_layer(self, planes, blocks, stride):
-            down = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
+            down = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
             layers = [Bottleneck(self.inplanes, planes, stride, down, self.caffe)]
             self.inplanes = planes * 4
             layers += [Bottleneck(self.inplanes, planes, caffe=self.caffe) for _ in range(1, blocks)]
@@ -306,7 +351,12 @@ def torch_reference():
             self.l1 = nn.Sequential(nn.Linear(latent_dim, c0 * init_size**2))
             mods, cin = [nn.BatchNorm2d(c0)], c0
             for c in chans:
-                mods += [nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(cin, c, 3, stride=1, padding=1), nn.BatchNorm2d(c, 0.8), nn.LeakyReLU(0.2)]
+                mods += [
+                    nn.Upsample(scale_factor=2, mode="bilinear"),
+                    nn.Conv2d(cin, c, 3, stride=1, padding=1),
+                    nn.BatchNorm2d(c, 0.8),
+                    nn.LeakyReLU(0.2),
+                ]
                 cin = c
             mods += [nn.Conv2d(cin, 1, 3, stride=1, padding=1), nn.Tanh()]
             self.conv_blocks = nn.Sequential(*mods)
@@ -315,7 +365,29 @@ def torch_reference():
             out = self.l1(z).view(z.shape[0], self.c0, self.init_size, self.init_size)
             return self.conv_blocks(out) * 0.01
 
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+    cfg = [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ]
 
     def vgg19_features(upto=None):
         mods, cin = [], 3
@@ -338,8 +410,15 @@ def torch_reference():
                     m.running_var.uniform_(0.5, 1.5)
         return module
 
-    ns = dict(torch=torch, Bottleneck=Bottleneck, ResNet=ResNet, ResnetEncoder=ResnetEncoder, Generator=Generator,
-              vgg19_features=vgg19_features, randomize_bn=randomize_bn)
+    ns = dict(
+        torch=torch,
+        Bottleneck=Bottleneck,
+        ResNet=ResNet,
+        ResnetEncoder=ResnetEncoder,
+        Generator=Generator,
+        vgg19_features=vgg19_features,
+        randomize_bn=randomize_bn,
+    )
     return type("TorchRef", (), ns)
 
 
@@ -348,7 +427,10 @@ def _sd_numpy(module):
 
 
 def _sd_zeros(module):
-    return {k: np.zeros(tuple(v.shape), np.float32 if v.is_floating_point() else np.int64) for k, v in module.state_dict().items()}
+    return {
+        k: np.zeros(tuple(v.shape), np.float32 if v.is_floating_point() else np.int64)
+        for k, v in module.state_dict().items()
+    }
 
 
 def _nhwc(t):
@@ -363,7 +445,11 @@ def test_full_size_torch_layouts_convert(tref):
             "E_flame": (tref.ResnetEncoder(236), nw.ResNetEncoder(236), None),
             "E_detail": (tref.ResnetEncoder(128), nw.ResNetEncoder(128), None),
             "D_detail": (tref.Generator(), nw.DetailGenerator(), None),
-            "vggface2": (tref.ResNet(caffe=True, num_classes=8631), nw.VGGFace2ResNet50(), lambda k: k.startswith("fc.")),
+            "vggface2": (
+                tref.ResNet(caffe=True, num_classes=8631),
+                nw.VGGFace2ResNet50(),
+                lambda k: k.startswith("fc."),
+            ),
         }
         vgg = tref.vgg19_features()
     for name, (tmod, jmod, ignore) in modules.items():
@@ -371,14 +457,17 @@ def test_full_size_torch_layouts_convert(tref):
         assert jax.tree.structure(variables) == jax.tree.structure(_template(jmod))
     sd = {f"features.{k}": v for k, v in _sd_zeros(vgg).items()}
     sd["classifier.0.weight"] = np.zeros((2, 2), np.float32)
-    cv.convert_state_dict(sd, _template(nw.VGG19Features(layers=("pool_5",))),
-                          ignore=lambda k: k.startswith("classifier."))
+    cv.convert_state_dict(
+        sd, _template(nw.VGG19Features(layers=("pool_5",))), ignore=lambda k: k.startswith("classifier.")
+    )
 
 
 def test_bilinear_upsample_matches_torch(tref):
     torch = tref.torch
     x = np.random.default_rng(5).normal(size=(2, 3, 5, 7)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bilinear", align_corners=False)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x), scale_factor=2, mode="bilinear", align_corners=False
+    )
     got = jax.image.resize(jnp.asarray(x.transpose(0, 2, 3, 1)), (2, 10, 14, 3), "bilinear", antialias=False)
     np.testing.assert_allclose(np.asarray(got), _nhwc(ref), rtol=1e-6, atol=1e-6)
 
@@ -420,11 +509,21 @@ def test_deca_encoders_and_generator_match_torch(tref, tmp_path):
     t_detail = tref.randomize_bn(tref.ResnetEncoder(128, hidden=8, **small)).eval()
     t_gen = tref.randomize_bn(tref.Generator(init_size=2, c0=8, chans=(8, 4, 4, 4, 4))).eval()
     src = tmp_path / "deca_model.tar"
-    torch.save({"E_flame": t_flame.state_dict(), "E_detail": t_detail.state_dict(), "D_detail": t_gen.state_dict(),
-                "global_step": 7}, src)
+    torch.save(
+        {
+            "E_flame": t_flame.state_dict(),
+            "E_detail": t_detail.state_dict(),
+            "D_detail": t_gen.state_dict(),
+            "global_step": 7,
+        },
+        src,
+    )
     j = dict(stage_sizes=(1, 1, 1, 1), width=4)
-    modules = {"E_flame": nw.ResNetEncoder(236, hidden=16, **j), "E_detail": nw.ResNetEncoder(128, hidden=8, **j),
-               "D_detail": nw.DetailGenerator(init_size=2, init_channels=8, block_channels=(8, 4, 4, 4, 4))}
+    modules = {
+        "E_flame": nw.ResNetEncoder(236, hidden=16, **j),
+        "E_detail": nw.ResNetEncoder(128, hidden=8, **j),
+        "D_detail": nw.DetailGenerator(init_size=2, init_channels=8, block_channels=(8, 4, 4, 4, 4)),
+    }
     weights = cv.convert_deca(src, modules=modules)
     # through the project's file format as well
     dst = cv.save_variables(tmp_path / "deca.npz", weights, kind="deca", source=src)
@@ -457,7 +556,10 @@ def test_vggface2_matches_torch_from_numpy_pickle(tref, tmp_path):
     rgb = np.random.default_rng(9).uniform(size=(2, 224, 224, 3))
     # DECA's VGGFace2Loss.transform + reg_features, in torch (float64 to compare the preprocessing tightly)
     t = torch.from_numpy(rgb.transpose(0, 3, 1, 2))
-    t = (t[:, [2, 1, 0]].permute(0, 2, 3, 1) * 255 - torch.tensor([91.4953, 103.8827, 131.0912], dtype=torch.float64)).permute(0, 3, 1, 2)
+    t = (
+        t[:, [2, 1, 0]].permute(0, 2, 3, 1) * 255
+        - torch.tensor([91.4953, 103.8827, 131.0912], dtype=torch.float64)
+    ).permute(0, 3, 1, 2)
     t = torch.nn.functional.interpolate(t[:, :, 10:214, 10:214] * 2.0 - 1.0, [224, 224], mode="bilinear")
     pre = nw.vggface2_preprocess(jnp.asarray(rgb))
     assert pre.dtype == jnp.float64
@@ -480,8 +582,9 @@ def test_vgg19_features_match_torch(tref, tmp_path):
     rgb = np.random.default_rng(10).uniform(size=(1, 16, 16, 3)).astype(np.float32)
     x = nw.imagenet_normalize(jnp.asarray(rgb))
     got = jax.jit(module.apply)(variables, x)
-    t = (torch.from_numpy(rgb.transpose(0, 3, 1, 2)) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    t = (
+        torch.from_numpy(rgb.transpose(0, 3, 1, 2)) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    ) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         r32 = feats[:12](t)
         r42 = feats[:21](t)
@@ -504,7 +607,13 @@ def full_size_check():
     cases = [
         ("E_flame", tr.ResnetEncoder(236), nw.ResNetEncoder(236), img, None),
         ("D_detail", tr.Generator(), nw.DetailGenerator(), z, None),
-        ("VGGFace2", tr.ResNet(caffe=True, num_classes=8631), nw.VGGFace2ResNet50(), img * 100, lambda k: k.startswith("fc.")),
+        (
+            "VGGFace2",
+            tr.ResNet(caffe=True, num_classes=8631),
+            nw.VGGFace2ResNet50(),
+            img * 100,
+            lambda k: k.startswith("fc."),
+        ),
     ]
     for name, tmod, jmod, inp, ignore in cases:
         tr.randomize_bn(tmod).eval()
@@ -515,6 +624,8 @@ def full_size_check():
         variables = cv.convert_state_dict(_sd_numpy(tmod), _template(jmod), ignore=ignore)
         got = np.asarray(jax.jit(jmod.apply)(variables, jnp.asarray(inp)))
         err = np.abs(got - ref).max()
-        print(f"{name}: output {got.shape}, max|ours - torch| = {err:.3g}, max|torch| = {np.abs(ref).max():.3g}, "
-              f"relative {err / np.abs(ref).max():.3g}")
+        print(
+            f"{name}: output {got.shape}, max|ours - torch| = {err:.3g}, max|torch| = {np.abs(ref).max():.3g}, "
+            f"relative {err / np.abs(ref).max():.3g}"
+        )
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())

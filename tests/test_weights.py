@@ -47,15 +47,30 @@ def _install_fake_modules():
     for fn in (_rebuild_tensor_v2, _rebuild_parameter):
         fn.__module__, fn.__qualname__ = _FAKE_UTILS, fn.__name__
         setattr(utils, fn.__name__, fn)
-    for name in ("FloatStorage", "DoubleStorage", "HalfStorage", "LongStorage", "IntStorage", "BoolStorage", "ByteStorage"):
+    for name in (
+        "FloatStorage",
+        "DoubleStorage",
+        "HalfStorage",
+        "LongStorage",
+        "IntStorage",
+        "BoolStorage",
+        "ByteStorage",
+    ):
         cls = type(name, (), {"__module__": _FAKE_TORCH})
         setattr(torch_mod, name, cls)
     sys.modules[_FAKE_UTILS], sys.modules[_FAKE_TORCH] = utils, torch_mod
     return utils, torch_mod
 
 
-_STORAGE_NAME = {np.float32: "FloatStorage", np.float64: "DoubleStorage", np.float16: "HalfStorage",
-                 np.int64: "LongStorage", np.int32: "IntStorage", np.bool_: "BoolStorage", np.uint8: "ByteStorage"}
+_STORAGE_NAME = {
+    np.float32: "FloatStorage",
+    np.float64: "DoubleStorage",
+    np.float16: "HalfStorage",
+    np.int64: "LongStorage",
+    np.int32: "IntStorage",
+    np.bool_: "BoolStorage",
+    np.uint8: "ByteStorage",
+}
 
 
 class Storage:
@@ -67,13 +82,23 @@ class Tensor:
     """Pickles like a torch tensor: _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())."""
 
     def __init__(self, storage, offset, size, stride, parameter=False):
-        self.storage, self.offset, self.size, self.stride, self.parameter = storage, offset, tuple(size), tuple(stride), parameter
+        self.storage, self.offset, self.size, self.stride, self.parameter = (
+            storage,
+            offset,
+            tuple(size),
+            tuple(stride),
+            parameter,
+        )
 
     def __reduce__(self):
         utils, _ = _install_fake_modules()
         args = (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict())
         if self.parameter:
-            return utils._rebuild_parameter, (Tensor(self.storage, self.offset, self.size, self.stride), True, collections.OrderedDict())
+            return utils._rebuild_parameter, (
+                Tensor(self.storage, self.offset, self.size, self.stride),
+                True,
+                collections.OrderedDict(),
+            )
         return utils._rebuild_tensor_v2, args
 
 
@@ -104,12 +129,16 @@ def _dumps(obj, storages, pid_override=None):
     buf = io.BytesIO()
     _Pickler(buf, storages, pid_override).dump(obj)
     data = buf.getvalue()
-    data = data.replace(f"c{_FAKE_UTILS}\n".encode(), b"ctorch._utils\n").replace(f"c{_FAKE_TORCH}\n".encode(), b"ctorch\n")
+    data = data.replace(f"c{_FAKE_UTILS}\n".encode(), b"ctorch._utils\n").replace(
+        f"c{_FAKE_TORCH}\n".encode(), b"ctorch\n"
+    )
     assert _FAKE_TORCH.encode() not in data
     return data
 
 
-def write_torch_zip(path, obj, *, root="archive", byteorder="little", pid_override=None, data_pkl=None, extra=None):
+def write_torch_zip(
+    path, obj, *, root="archive", byteorder="little", pid_override=None, data_pkl=None, extra=None
+):
     storages: dict = {}
     data = _dumps(obj, storages, pid_override) if data_pkl is None else data_pkl
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
@@ -143,12 +172,14 @@ def test_handcrafted_zip_roundtrip(tmp_path):
     base = np.arange(12, dtype=np.float64)
     shared = Storage("5", base)
     obj = {
-        "E": collections.OrderedDict([
-            ("conv.weight", tensor("0", w, parameter=True)),
-            ("bn.num_batches_tracked", tensor("1", np.array(7, np.int64))),
-            ("half", tensor("2", np.array([1.5, -2.0], np.float16))),
-            ("mask", tensor("3", np.array([True, False]))),
-        ]),
+        "E": collections.OrderedDict(
+            [
+                ("conv.weight", tensor("0", w, parameter=True)),
+                ("bn.num_batches_tracked", tensor("1", np.array(7, np.int64))),
+                ("half", tensor("2", np.array([1.5, -2.0], np.float16))),
+                ("mask", tensor("3", np.array([True, False]))),
+            ]
+        ),
         "transposed": Tensor(shared, 1, (3, 2), (1, 4)),  # non-contiguous view with an offset
         "row": Tensor(shared, 4, (4,), (1,)),  # shares the storage
         "step": 5,
@@ -160,7 +191,9 @@ def test_handcrafted_zip_roundtrip(tmp_path):
     assert got["E"]["bn.num_batches_tracked"].shape == () and got["E"]["bn.num_batches_tracked"] == 7
     np.testing.assert_array_equal(got["E"]["half"], np.array([1.5, -2.0], np.float16))
     np.testing.assert_array_equal(got["E"]["mask"], [True, False])
-    np.testing.assert_array_equal(got["transposed"], np.lib.stride_tricks.as_strided(base[1:], (3, 2), (8, 32)))
+    np.testing.assert_array_equal(
+        got["transposed"], np.lib.stride_tricks.as_strided(base[1:], (3, 2), (8, 32))
+    )
     np.testing.assert_array_equal(got["row"], base[4:8])
     assert got["step"] == 5 and got["name"] == "deca"
     assert isinstance(got["E"], collections.OrderedDict)
@@ -171,12 +204,20 @@ def test_handcrafted_zip_roundtrip(tmp_path):
 
 def test_refuses_code_execution(tmp_path):
     marker = tmp_path / "pwned"
-    path = write_torch_zip(tmp_path / "evil.tar", None, data_pkl=pickle.dumps({"a": _Evil(marker)}, protocol=2))
-    with pytest.raises(UnsafePickleError, match=r"refusing to load global posix\.system|refusing to load global os\.system"):
+    path = write_torch_zip(
+        tmp_path / "evil.tar", None, data_pkl=pickle.dumps({"a": _Evil(marker)}, protocol=2)
+    )
+    with pytest.raises(
+        UnsafePickleError, match=r"refusing to load global posix\.system|refusing to load global os\.system"
+    ):
         load_torch_file(path)
     assert not marker.exists()
     # builtins and torch functions outside the allow-list are refused too
-    for module, name in (("builtins", "eval"), ("torch._utils", "_rebuild_tensor"), ("torch.nn.modules.conv", "Conv2d")):
+    for module, name in (
+        ("builtins", "eval"),
+        ("torch._utils", "_rebuild_tensor"),
+        ("torch.nn.modules.conv", "Conv2d"),
+    ):
         data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X\x04\x00\x00\x00codeq\x00\x85R."
         with pytest.raises(UnsafePickleError, match=f"{module}.{name}"):
             load_torch_file(write_torch_zip(tmp_path / f"{name}.tar", None, data_pkl=data))
@@ -238,9 +279,13 @@ def test_truncated_and_unsupported_files(tmp_path):
 
 def test_numpy_pickle_reader(tmp_path):
     rng = np.random.default_rng(1)
-    weights = collections.OrderedDict([("conv1.weight", rng.normal(size=(2, 3, 1, 1)).astype(np.float32)),
-                                       ("bn1.running_var", np.float64(3.5) * np.ones(2)),
-                                       ("scalar", np.float32(2.5))])
+    weights = collections.OrderedDict(
+        [
+            ("conv1.weight", rng.normal(size=(2, 3, 1, 1)).astype(np.float32)),
+            ("bn1.running_var", np.float64(3.5) * np.ones(2)),
+            ("scalar", np.float32(2.5)),
+        ]
+    )
     for protocol in (2, 4):
         p = tmp_path / f"w{protocol}.pkl"
         p.write_bytes(pickle.dumps(weights, protocol=protocol))
@@ -256,12 +301,24 @@ def test_numpy_pickle_reader(tmp_path):
 
 
 def test_convert_state_dict_lists_all_problems():
-    template = {"params": {"conv": {"kernel": np.zeros((3, 3, 2, 4))}, "fc_0": {"kernel": np.zeros((5, 6)), "bias": np.zeros(6)}},
-                "batch_stats": {"bn": {"mean": np.zeros(4), "var": np.zeros(4)}}}
+    template = {
+        "params": {
+            "conv": {"kernel": np.zeros((3, 3, 2, 4))},
+            "fc_0": {"kernel": np.zeros((5, 6)), "bias": np.zeros(6)},
+        },
+        "batch_stats": {"bn": {"mean": np.zeros(4), "var": np.zeros(4)}},
+    }
     template["params"]["bn"] = {"scale": np.zeros(4), "bias": np.zeros(4)}
-    good = {"conv.weight": np.ones((4, 2, 3, 3)), "fc.0.weight": np.arange(30.0).reshape(6, 5), "fc.0.bias": np.ones(6),
-            "bn.weight": np.ones(4), "bn.bias": np.zeros(4), "bn.running_mean": np.ones(4), "bn.running_var": np.ones(4),
-            "bn.num_batches_tracked": np.array(3)}
+    good = {
+        "conv.weight": np.ones((4, 2, 3, 3)),
+        "fc.0.weight": np.arange(30.0).reshape(6, 5),
+        "fc.0.bias": np.ones(6),
+        "bn.weight": np.ones(4),
+        "bn.bias": np.zeros(4),
+        "bn.running_mean": np.ones(4),
+        "bn.running_var": np.ones(4),
+        "bn.num_batches_tracked": np.array(3),
+    }
     out = cv.convert_state_dict(good, template)
     assert out["params"]["conv"]["kernel"].shape == (3, 3, 2, 4)
     np.testing.assert_array_equal(out["params"]["fc_0"]["kernel"], np.arange(30.0).reshape(6, 5).T)
@@ -283,8 +340,11 @@ def _tiny_deca_modules():
     from jface.deca import networks as nw
 
     j = dict(stage_sizes=(1, 1, 1, 1), width=2, hidden=4)
-    return {"E_flame": nw.ResNetEncoder(236, **j), "E_detail": nw.ResNetEncoder(128, **j),
-            "D_detail": nw.DetailGenerator(init_size=1, init_channels=2, block_channels=(2, 2, 2, 2, 2))}
+    return {
+        "E_flame": nw.ResNetEncoder(236, **j),
+        "E_detail": nw.ResNetEncoder(128, **j),
+        "D_detail": nw.DetailGenerator(init_size=1, init_channels=2, block_channels=(2, 2, 2, 2, 2)),
+    }
 
 
 def _torch_module(flax_path):
@@ -308,7 +368,9 @@ def _torch_names_for(module):
         shape = leaf.shape
         if path[-1] == "kernel":
             shape = shape[::-1] if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1])
-        sd[f"{mod}.{ {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}[path[-1]] }"] = rng.normal(size=shape).astype(np.float32)
+        sd[f"{mod}.{ {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}[path[-1]] }"] = rng.normal(
+            size=shape
+        ).astype(np.float32)
     for path, leaf in cv._flatten(template["batch_stats"]).items():
         mod = _torch_module(path[:-1])
         sd[f"{mod}.running_{path[-1]}"] = rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
@@ -320,18 +382,28 @@ def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
     modules = _tiny_deca_modules()
     monkeypatch.setattr(cv, "deca_modules", lambda: modules)
     sds = {name: _torch_names_for(m) for name, m in modules.items()}
-    assert "encoder.layer1.0.downsample.0.weight" in sds["E_flame"] and "conv_blocks.21.weight" in sds["D_detail"]
-    obj = {name: collections.OrderedDict((k, tensor(f"{name}_{i}", v)) for i, (k, v) in enumerate(sd.items()))
-           for name, sd in sds.items()}
+    assert (
+        "encoder.layer1.0.downsample.0.weight" in sds["E_flame"]
+        and "conv_blocks.21.weight" in sds["D_detail"]
+    )
+    obj = {
+        name: collections.OrderedDict((k, tensor(f"{name}_{i}", v)) for i, (k, v) in enumerate(sd.items()))
+        for name, sd in sds.items()
+    }
     obj["global_step"] = 10
     src = write_torch_zip(tmp_path / "deca_model.tar", obj, root="deca_model")
     dst = tmp_path / "out" / "deca.npz"
     assert cli_main(["convert", "deca", str(src), "-o", str(dst)]) == 0
     weights, meta = cv.load_variables(dst, kind="deca", with_meta=True)
     assert meta == {"format_version": cv.FORMAT_VERSION, "kind": "deca", "source": "deca_model.tar"}
-    np.testing.assert_array_equal(weights["E_flame"]["params"]["encoder"]["conv1"]["kernel"],
-                                  sds["E_flame"]["encoder.conv1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(weights["D_detail"]["batch_stats"]["conv_blocks_3"]["var"], sds["D_detail"]["conv_blocks.3.running_var"])
+    np.testing.assert_array_equal(
+        weights["E_flame"]["params"]["encoder"]["conv1"]["kernel"],
+        sds["E_flame"]["encoder.conv1.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        weights["D_detail"]["batch_stats"]["conv_blocks_3"]["var"],
+        sds["D_detail"]["conv_blocks.3.running_var"],
+    )
     with pytest.raises(ModelFileError, match="kind 'deca', expected 'vgg19'"):
         cv.load_variables(dst, kind="vgg19")
     # a state dict missing a group / with a wrong shape -> exit status 1 and the reason on stderr
@@ -345,13 +417,16 @@ def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
 def test_cli_matconvnet_dispatch_message(tmp_path, capsys):
     try:
         import jface.stn.localiser as loc  # noqa: F401
+
         has = hasattr(loc, "convert_matconvnet")
     except ImportError:
         has = False
     if has:
         pytest.skip("jface.stn.localiser.convert_matconvnet exists; its owner tests it")
     with pytest.raises(SystemExit, match="convert_matconvnet is not available"):
-        cli_main(["convert", "vggface-matconvnet", str(tmp_path / "vgg-face.mat"), "-o", str(tmp_path / "o.npz")])
+        cli_main(
+            ["convert", "vggface-matconvnet", str(tmp_path / "vgg-face.mat"), "-o", str(tmp_path / "o.npz")]
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,11 +470,15 @@ def test_vgg19_converter_accepts_features_only_state_dict(tmp_path):
     torch = pytest.importorskip("torch")
     from jface.deca import networks as nw
 
-    feats = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1))
+    feats = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1)
+    )
     path = tmp_path / "features.pth"
     torch.save(feats.state_dict(), path)
     out = cv.convert_vgg19(path, module=nw.VGG19Features(layers=("relu1_4",)))
-    np.testing.assert_array_equal(out["params"]["features_2"]["kernel"], feats[2].weight.detach().numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        out["params"]["features_2"]["kernel"], feats[2].weight.detach().numpy().transpose(2, 3, 1, 0)
+    )
     full = cv.convert_vgg19  # the default template wants all 16 convs: a clear listing otherwise
     with pytest.raises(cv.WeightConversionError, match="missing leaf/leaves: .*params/features_5/kernel"):
         full(path)
@@ -409,14 +488,32 @@ def test_vgg19_converter_accepts_features_only_state_dict(tmp_path):
 
 def _py2_numpy_pickle(name: str, array: np.ndarray) -> bytes:
     """A dict {name: array} pickled the way Python 2 + numpy wrote it (str payloads, SHORT_BINSTRING)."""
+
     def s(b: bytes) -> bytes:
         assert len(b) < 256
         return b"U" + bytes([len(b)]) + b
 
     assert array.dtype == np.float32 and array.ndim == 1 and array.size < 256
-    dtype = b"cnumpy\ndtype\n" + s(b"f4") + b"K\x00K\x01\x87R" + b"(K\x03" + s(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
-    arr = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
-           + b"(K\x01K" + bytes([array.size]) + b"\x85" + dtype + b"\x89" + s(array.astype("<f4").tobytes()) + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + s(b"f4")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + s(b"<")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    )
+    arr = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + s(b"b")
+        + b"\x87R"
+        + b"(K\x01K"
+        + bytes([array.size])
+        + b"\x85"
+        + dtype
+        + b"\x89"
+        + s(array.astype("<f4").tobytes())
+        + b"tb"
+    )
     return b"\x80\x02}(" + s(name.encode()) + arr + b"u."
 
 

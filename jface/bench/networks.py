@@ -64,11 +64,15 @@ def main(argv=None):
     v_face = _random_variables(face, images[:1])
 
     def enc_loss(params, x):
-        out, _ = enc.apply({"params": params, "batch_stats": v_enc["batch_stats"]}, x, True, mutable=["batch_stats"])
+        out, _ = enc.apply(
+            {"params": params, "batch_stats": v_enc["batch_stats"]}, x, True, mutable=["batch_stats"]
+        )
         return jnp.mean(jnp.square(out.astype(jnp.float32)))
 
     def gen_loss(params, zz):
-        out, _ = gen.apply({"params": params, "batch_stats": v_gen["batch_stats"]}, zz, True, mutable=["batch_stats"])
+        out, _ = gen.apply(
+            {"params": params, "batch_stats": v_gen["batch_stats"]}, zz, True, mutable=["batch_stats"]
+        )
         return jnp.mean(jnp.abs(out.astype(jnp.float32)))
 
     cases = [
@@ -80,7 +84,9 @@ def main(argv=None):
     print(f"device: {jax.devices()[0].device_kind}, batch {b}, compute dtype {args.dtype}")
     for name, fn, fargs in cases:
         compile_s, run_s = _time(fn, *fargs, repeats=args.repeats)
-        print(f"{name:40s} first call {compile_s:7.2f} s   steady {run_s * 1e3:9.2f} ms   {b / run_s:9.1f} items/s")
+        print(
+            f"{name:40s} first call {compile_s:7.2f} s   steady {run_s * 1e3:9.2f} ms   {b / run_s:9.1f} items/s"
+        )
     return 0
 
 

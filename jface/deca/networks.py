@@ -168,7 +168,9 @@ def max_pool_torch(x, kernel: int, stride: int, padding: int = 0, ceil_mode: boo
     )
 
 
-def _conv(features, kernel, stride=1, padding=0, use_bias=False, dtype=None, name=None, init=_resnet_conv_init):
+def _conv(
+    features, kernel, stride=1, padding=0, use_bias=False, dtype=None, name=None, init=_resnet_conv_init
+):
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -332,7 +334,9 @@ def split_codes(code) -> dict:
 
 def detail_latent(jaw_pose, expression, detail_code):
     """F_d's input ``concat[jaw (.., 3), exp (.., 50), detail (.., 128)]`` (spec deca.md §6.2, that order)."""
-    return jnp.concatenate([jnp.asarray(jaw_pose), jnp.asarray(expression), jnp.asarray(detail_code)], axis=-1)
+    return jnp.concatenate(
+        [jnp.asarray(jaw_pose), jnp.asarray(expression), jnp.asarray(detail_code)], axis=-1
+    )
 
 
 class DetailGenerator(nn.Module):
@@ -365,7 +369,13 @@ class DetailGenerator(nn.Module):
             )
         dt = _compute_dtype(self.dtype, z)
         c0, s = self.init_channels, self.init_size
-        x = nn.Dense(c0 * s * s, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_torch_default_init, name="l1_0")(z.astype(dt))
+        x = nn.Dense(
+            c0 * s * s,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_torch_default_init,
+            name="l1_0",
+        )(z.astype(dt))
         x = x.reshape(x.shape[0], c0, s, s).transpose(0, 2, 3, 1)  # torch .view(B, C, S, S) -> NHWC
         x = BatchNorm(1e-5, dtype=self.dtype, name="conv_blocks_0")(x, train)
         idx = 1
@@ -385,7 +395,29 @@ class DetailGenerator(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 # torchvision vgg19 ``features``: conv widths per block; 'M' = MaxPool2d(2, 2).
-_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+_VGG19_CFG = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 def _vgg19_layers():

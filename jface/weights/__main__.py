@@ -28,7 +28,9 @@ def _convert(kind: str, src: str, dst: str) -> str:
             localiser = None
         fn = getattr(localiser, "convert_matconvnet", None)
         if fn is None:
-            raise SystemExit("vggface-matconvnet: jface.stn.localiser.convert_matconvnet is not available in this version")
+            raise SystemExit(
+                "vggface-matconvnet: jface.stn.localiser.convert_matconvnet is not available in this version"
+            )
         result = fn(src, dst)
         return f"converted {src} -> {dst} ({kind})" if result is None else str(result)
     else:  # argparse restricts choices; kept for callers of main()
@@ -44,7 +46,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert released weights to the project's .npz weight format")
     p.add_argument("kind", choices=KINDS)
-    p.add_argument("src", help="source file (deca_model.tar, resnet50_ft_weight.pkl, vgg19 .pth, vgg-face.mat)")
+    p.add_argument(
+        "src", help="source file (deca_model.tar, resnet50_ft_weight.pkl, vgg19 .pth, vgg-face.mat)"
+    )
     p.add_argument("-o", "--output", required=True, help="destination .npz")
     args = parser.parse_args(argv)
     try:

@@ -146,7 +146,9 @@ def convert_state_dict(
         want = tuple(expected[target].shape)
         seen.add(target)
         if array.shape != want:
-            mismatched.append(f"{key}: {tuple(np.shape(value))} -> {array.shape}, expected {want} at {'/'.join(target)}")
+            mismatched.append(
+                f"{key}: {tuple(np.shape(value))} -> {array.shape}, expected {want} at {'/'.join(target)}"
+            )
             continue
         if not np.issubdtype(array.dtype, np.floating):
             mismatched.append(f"{key}: dtype {array.dtype} is not floating point")
@@ -167,7 +169,9 @@ def convert_state_dict(
 
 def _as_state_dict(obj, path, what: str) -> dict:
     if not isinstance(obj, Mapping) or not obj:
-        raise WeightConversionError(path, f"{what}: expected a non-empty state dict (name -> tensor), got {type(obj).__name__}")
+        raise WeightConversionError(
+            path, f"{what}: expected a non-empty state dict (name -> tensor), got {type(obj).__name__}"
+        )
     return strip_prefix(obj)
 
 
@@ -196,10 +200,14 @@ def convert_deca(src, *, modules=None) -> dict:
     modules = deca_modules() if modules is None else modules
     checkpoint = load_torch_file(src)
     if not isinstance(checkpoint, Mapping):
-        raise WeightConversionError(src, f"expected a dict with {sorted(modules)}, got {type(checkpoint).__name__}")
+        raise WeightConversionError(
+            src, f"expected a dict with {sorted(modules)}, got {type(checkpoint).__name__}"
+        )
     absent = [g for g in modules if g not in checkpoint]
     if absent:
-        raise WeightConversionError(src, f"missing state dict(s) {absent}; the file has keys {sorted(map(str, checkpoint))}")
+        raise WeightConversionError(
+            src, f"missing state dict(s) {absent}; the file has keys {sorted(map(str, checkpoint))}"
+        )
     out = {}
     for group, module in modules.items():
         sd = _as_state_dict(checkpoint[group], src, group)
@@ -264,7 +272,11 @@ def save_variables(path, tree: Mapping, *, kind: str, source: str | None = None)
     """Write a nested dict of arrays to ``path`` (.npz, uncompressed) in the project's weight format."""
     path = Path(path)
     flat = {"/".join(k): np.asarray(v) for k, v in _flatten(dict(jax.device_get(tree))).items()}
-    meta = {"format_version": FORMAT_VERSION, "kind": kind, "source": None if source is None else Path(source).name}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "source": None if source is None else Path(source).name,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         np.savez(f, **flat, **{_META_KEY: np.array(json.dumps(meta))})
@@ -279,7 +291,9 @@ def load_variables(path, *, kind: str | None = None, with_meta: bool = False):
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(path, "weight file not found (create it with `python -m jface.weights convert ...`)")
+        raise ModelFileError(
+            path, "weight file not found (create it with `python -m jface.weights convert ...`)"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             if _META_KEY not in z.files:
@@ -289,7 +303,9 @@ def load_variables(path, *, kind: str | None = None, with_meta: bool = False):
     except (OSError, ValueError) as e:
         raise ModelFileError(path, f"unreadable weight file ({e})") from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(path, f"weight format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise ModelFileError(
+            path, f"weight format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     if kind is not None and meta.get("kind") != kind:
         raise ModelFileError(path, f"weights are of kind {meta.get('kind')!r}, expected {kind!r}")
     tree = _unflatten(flat)

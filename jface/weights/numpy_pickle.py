@@ -74,7 +74,8 @@ class _NumpyUnpickler(pickle.Unpickler):
         obj = _allowed(module, name)
         if obj is None:
             raise UnsafePickleError(
-                self._path, f"refusing to load global {module}.{name}: only numpy arrays are allowed; nothing was executed"
+                self._path,
+                f"refusing to load global {module}.{name}: only numpy arrays are allowed; nothing was executed",
             )
         return obj
 
@@ -92,5 +93,13 @@ def load_numpy_pickle(path):
             return _NumpyUnpickler(f, path).load()
         except (UnsafePickleError, ModelFileError):
             raise
-        except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            IndexError,
+            KeyError,
+        ) as e:
             raise ModelFileError(path, f"malformed numpy pickle ({type(e).__name__}: {e})") from None

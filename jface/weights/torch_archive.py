@@ -87,7 +87,9 @@ class _LazyTensor:
     stride: tuple
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     if not isinstance(storage, _LazyStorage):
         raise TypeError("tensor storage is not a storage reference")
     if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)):
@@ -150,12 +152,17 @@ class _TorchUnpickler(pickle.Unpickler):
 def _check_pid(path, pid, legacy: bool):
     n = 6 if legacy else 5
     if not (isinstance(pid, tuple) and len(pid) == n and pid[0] == "storage"):
-        raise UnsafePickleError(path, f"unexpected persistent id {pid!r} (expected ('storage', ...) of length {n})")
+        raise UnsafePickleError(
+            path, f"unexpected persistent id {pid!r} (expected ('storage', ...) of length {n})"
+        )
     _, storage_type, key, location, numel = pid[:5]
     if not isinstance(storage_type, _StorageType):
         raise UnsafePickleError(path, f"persistent id names no allowed storage type: {storage_type!r}")
     if not isinstance(key, str) or not _KEY_RE.match(key):
-        raise UnsafePickleError(path, f"persistent id has an invalid storage key {key!r} (must be a plain name inside the archive)")
+        raise UnsafePickleError(
+            path,
+            f"persistent id has an invalid storage key {key!r} (must be a plain name inside the archive)",
+        )
     if not isinstance(location, str) or not isinstance(numel, int) or numel < 0:
         raise UnsafePickleError(path, f"persistent id has a bad location/size: {pid!r}")
     return storage_type, key, numel
@@ -173,8 +180,9 @@ def _materialize(obj, path, memo=None):
         last = start + sum((n - 1) * st for n, st in zip(obj.size, obj.stride))
         if start < 0 or last >= base.size or obj.offset < 0:
             raise ModelFileError(
-                path, f"tensor of size {obj.size} stride {obj.stride} offset {obj.offset} runs past its storage "
-                f"{obj.storage.key!r} of {base.size} elements"
+                path,
+                f"tensor of size {obj.size} stride {obj.stride} offset {obj.offset} runs past its storage "
+                f"{obj.storage.key!r} of {base.size} elements",
             )
         itemsize = base.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
@@ -211,7 +219,9 @@ def _load_zip(path, fileobj):
         names = zf.namelist()
         roots = [n[: -len("data.pkl")] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(roots) != 1:
-            raise ModelFileError(path, "zip archive has no (or several) '<root>/data.pkl': not a torch.save file")
+            raise ModelFileError(
+                path, "zip archive has no (or several) '<root>/data.pkl': not a torch.save file"
+            )
         root = roots[0]
         byteorder = "little"
         if root + "byteorder" in names:
@@ -226,15 +236,21 @@ def _load_zip(path, fileobj):
                 return storages[key]
             entry = f"{root}data/{key}"
             if entry not in names:
-                raise UnsafePickleError(path, f"persistent id points to {entry!r}, which is not in the archive")
+                raise UnsafePickleError(
+                    path, f"persistent id points to {entry!r}, which is not in the archive"
+                )
             dtype = storage_type.dtype.newbyteorder("<" if byteorder == "little" else ">")
             info = zf.getinfo(entry)
             if info.file_size < numel * dtype.itemsize:
-                raise ModelFileError(path, f"storage {entry!r} holds {info.file_size} bytes, expected {numel * dtype.itemsize}")
+                raise ModelFileError(
+                    path, f"storage {entry!r} holds {info.file_size} bytes, expected {numel * dtype.itemsize}"
+                )
             try:
                 raw = zf.read(entry)
             except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise ModelFileError(path, f"cannot read {entry!r} ({e}); the archive is damaged or truncated") from None
+                raise ModelFileError(
+                    path, f"cannot read {entry!r} ({e}); the archive is damaged or truncated"
+                ) from None
             array = np.frombuffer(raw, dtype=dtype, count=numel).astype(dtype.newbyteorder("="))
             storages[key] = _LazyStorage(key, array.dtype, numel, array=array)
             return storages[key]
@@ -242,7 +258,9 @@ def _load_zip(path, fileobj):
         try:
             data = zf.read(root + "data.pkl")
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise ModelFileError(path, f"cannot read data.pkl ({e}); the archive is damaged or truncated") from None
+            raise ModelFileError(
+                path, f"cannot read data.pkl ({e}); the archive is damaged or truncated"
+            ) from None
         obj = _unpickle(path, io.BytesIO(data), persistent)
     return _materialize(obj, path)
 
@@ -252,20 +270,35 @@ def _unpickle(path, stream, persistent):
         return _TorchUnpickler(stream, path, persistent).load()
     except (UnsafePickleError, ModelFileError):
         raise
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError, struct.error) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        struct.error,
+    ) as e:
         raise ModelFileError(path, f"malformed torch pickle ({type(e).__name__}: {e})") from None
 
 
 def _load_legacy(path, f):
     def plain(stream):
-        return _unpickle(path, stream, lambda pid: (_ for _ in ()).throw(UnsafePickleError(path, f"unexpected persistent id {pid!r}")))
+        return _unpickle(
+            path,
+            stream,
+            lambda pid: (_ for _ in ()).throw(UnsafePickleError(path, f"unexpected persistent id {pid!r}")),
+        )
 
     magic = plain(f)
     if magic != _LEGACY_MAGIC:
         raise ModelFileError(path, "not a torch.save file (bad magic number)")
     protocol = plain(f)
     if protocol != _LEGACY_PROTOCOL:
-        raise ModelFileError(path, f"unsupported legacy torch protocol {protocol!r} (expected {_LEGACY_PROTOCOL})")
+        raise ModelFileError(
+            path, f"unsupported legacy torch protocol {protocol!r} (expected {_LEGACY_PROTOCOL})"
+        )
     sys_info = plain(f)
     little = True
     if isinstance(sys_info, dict):
@@ -281,7 +314,11 @@ def _load_legacy(path, f):
         view_metadata = pid[5]
         if view_metadata is None:
             return root
-        if not (isinstance(view_metadata, tuple) and len(view_metadata) == 3 and all(isinstance(v, (int, str)) for v in view_metadata)):
+        if not (
+            isinstance(view_metadata, tuple)
+            and len(view_metadata) == 3
+            and all(isinstance(v, (int, str)) for v in view_metadata)
+        ):
             raise UnsafePickleError(path, f"bad storage view metadata {view_metadata!r}")
         _, offset, size = view_metadata
         view = _LazyStorage(key, storage_type.dtype, size, view_offset=offset)
@@ -303,7 +340,9 @@ def _load_legacy(path, f):
         (numel,) = struct.unpack("<q" if little else ">q", head)
         nbytes = numel * storage.dtype.itemsize
         if numel != storage.numel or (remaining is not None and nbytes > remaining):
-            raise ModelFileError(path, f"legacy torch file: storage {key!r} claims {numel} elements, expected {storage.numel}")
+            raise ModelFileError(
+                path, f"legacy torch file: storage {key!r} claims {numel} elements, expected {storage.numel}"
+            )
         raw = f.read(nbytes)
         if len(raw) != nbytes:
             raise ModelFileError(path, f"legacy torch file truncated inside storage {key!r}")
@@ -331,8 +370,9 @@ def load_torch_file(path):
             return _load_zip(path, f)
         if tarfile.is_tarfile(path):
             raise ModelFileError(
-                path, "this is the pre-0.4 torch tar serialization, which is not supported; re-save it with a "
-                "current torch (torch.save(torch.load(f), g)) and convert g"
+                path,
+                "this is the pre-0.4 torch tar serialization, which is not supported; re-save it with a "
+                "current torch (torch.save(torch.load(f), g)) and convert g",
             )
         if head[:1] == b"\x80":
             return _load_legacy(path, f)
