@@ -348,7 +348,8 @@ def test_flame_contour_table_follows_yaw(flame):
         n = np.einsum("lk,lkc->lc", bary[row], normals[f[fidx[row]]])
         return p, n
 
-    full = np.einsum("lk,lkc->lc", _np(flame.full_lmk_bary_coords), v[f[_np(flame.full_lmk_faces_idx)]])
+    full_v = v[f[_np(flame.full_lmk_faces_idx)]]
+    full = np.einsum("lk,lkc->lc", _np(flame.full_lmk_bary_coords), full_v)
     p0, _ = row_points(0)
     assert np.allclose(p0, full[:17], atol=1e-9)  # row 0 = frontal jaw line
     prev = np.abs(p0[:, 0])
@@ -408,7 +409,8 @@ def test_flame_albedo_and_mask(flame):
     assert mean.shape == (256, 256, 3) and basis.shape[:3] == (256, 256, 3)
     assert basis.shape[3] >= 20
     assert mean.min() >= 0.0 and mean.max() <= 1.0
-    sample = mean + np.einsum("hwck,k->hwc", basis, np.random.default_rng(1).normal(size=basis.shape[3]))
+    coeffs = np.random.default_rng(1).normal(size=basis.shape[3])
+    sample = mean + np.einsum("hwck,k->hwc", basis, coeffs)
     assert -0.15 < sample.min() and sample.max() < 1.15
     # row 0 is v = 1 (top of the head: skin); the eyeball charts sit at the bottom (white sclera)
     assert np.all(np.abs(mean[2, 128] - [0.80, 0.60, 0.49]) < 0.08)
@@ -417,13 +419,9 @@ def test_flame_albedo_and_mask(flame):
     assert mask.shape == (256, 256) and mask.min() >= 0 and mask.max() <= 1
     assert ((mask > 0.05) & (mask < 0.95)).any()  # soft edges
     # the nose tip's texel is inside the face mask
-    from jface.models.defaults.flame_default import lmk_points
-
-    f = _np(flame.faces)
     nose_face = _np(flame.static_lmk_faces_idx)[30 - 17]
     uvp = _np(flame.uv_coords)[_np(flame.uv_faces)[nose_face]].mean(0)
     assert mask[int((1 - uvp[1]) * 256), int(uvp[0] * 256)] > 0.9
-    del f, lmk_points
 
 
 def test_flame_files_load_through_real_loaders(flame_folder, flame):
@@ -431,10 +429,12 @@ def test_flame_files_load_through_real_loaders(flame_folder, flame):
 
     folder = flame_folder
     emb = load_landmark_embedding(folder / "landmark_embedding.npy")
-    expected = {"static_lmk_faces_idx": ((51,), np.int64), "static_lmk_bary_coords": ((51, 3), np.float64),
+    expected = {"static_lmk_faces_idx": ((51,), np.int64),
+                "static_lmk_bary_coords": ((51, 3), np.float64),
                 "dynamic_lmk_faces_idx": ((79, 17), np.int64),
                 "dynamic_lmk_bary_coords": ((79, 17, 3), np.float32),
-                "full_lmk_faces_idx": ((1, 68), np.int64), "full_lmk_bary_coords": ((1, 68, 3), np.float32)}
+                "full_lmk_faces_idx": ((1, 68), np.int64),
+                "full_lmk_bary_coords": ((1, 68, 3), np.float32)}
     for key, (shape, dtype) in expected.items():
         assert emb[key].shape == shape and emb[key].dtype == dtype, key
     model = load_flame(folder / "generic_model.pkl", landmark_embedding=emb)
@@ -447,11 +447,8 @@ def test_flame_files_load_through_real_loaders(flame_folder, flame):
         # BGR, row 0 = v = 1: DECA's nearest 512 -> 256 and BGR -> RGB give the model's albedo
         mu = z["MU"].reshape(512, 512, 3)[::2, ::2, ::-1]
     assert np.array_equal(mu, _np(flame.albedo_mean))
-    import pickle
-
     raw = (folder / "generic_model.pkl").read_bytes()
     assert raw[:2] == b"\x80\x02"  # protocol 2, like FLAME's Python-2 pickle
-    del pickle
 
 
 def test_flame_embedding_layout_matches_real_file(realdata, flame_folder):

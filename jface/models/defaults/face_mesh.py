@@ -39,7 +39,6 @@ __all__ = [
     "jaw_weight",
     "grid_mesh",
     "meridian_rows",
-    "face_frame_point",
 ]
 
 # (name, default, standard deviation, symmetric?)  -- mm or dimensionless scale factors.
@@ -107,12 +106,14 @@ def profile_knots(params: dict):
     nw = params["neck_width"]
     y = np.array([-165.0, -125.0, -100.0, -82.0, -60.0, -35.0, -5.0, 25.0, 55.0, 85.0, 112.0, 133.0,
                   146.0, 150.0])
-    a = np.array([54.0, 52.0, 53.0, 58.0, 65.0, 71.0, 75.0, 77.0, 76.0, 71.0, 60.0, 42.0, 22.0, 0.0])
-    cf = np.array([50.0, 49.0, 51.0, 55.0, 62.0, 70.0, 76.0, 80.0, 82.0, 79.0, 68.0, 48.0, 25.0, 0.0])
+    a = np.array([54.0, 52.0, 53.0, 58.0, 65.0, 71.0, 75.0, 77.0, 76.0, 71.0, 60.0, 42.0, 22.0,
+                  0.0])
+    cf = np.array([50.0, 49.0, 51.0, 55.0, 62.0, 70.0, 76.0, 80.0, 82.0, 79.0, 68.0, 48.0, 25.0,
+                   0.0])
     cb = np.array([56.0, 56.0, 62.0, 74.0, 88.0, 97.0, 102.0, 104.0, 104.0, 99.0, 84.0, 60.0, 30.0,
                    0.0])
-    z0 = np.array([-28.0, -26.0, -20.0, -12.0, -7.0, -4.0, -3.0, -3.0, -4.0, -6.0, -9.0, -11.0, -12.0,
-                   -12.0])
+    z0 = np.array([-28.0, -26.0, -20.0, -12.0, -7.0, -4.0, -3.0, -3.0, -4.0, -6.0, -9.0, -11.0,
+                   -12.0, -12.0])
     neck = np.clip((-60.0 - y) / 40.0, 0.0, 1.0)  # 1 on the neck, 0 on the head
     a = a * (hw * (1 - neck) + nw * neck)
     cf = cf * (hd * (1 - neck) + nw * neck)
@@ -208,7 +209,7 @@ def _features(x, y, params, side):
     return d
 
 
-def _ears(x, y, z, params, phi):
+def _ears(y, params, phi):
     """Outward (|x|) displacement forming simple ears at phi = +-90 degrees."""
     s = params["ear_size"]
     cy = 8.0
@@ -218,7 +219,7 @@ def _ears(x, y, z, params, phi):
 
 
 def head_surface(phi, s, params=None, *, features=True):
-    """Points ``(..., 3)`` (mm, BFM axes) of the head at azimuth ``phi`` and profile parameter ``s``.
+    """Points ``(..., 3)`` (mm, BFM axes) of the head at azimuth ``phi``, profile parameter ``s``.
 
     ``phi`` and ``s`` broadcast. ``s`` is a (fractional) knot index of :func:`profile_knots`.
     """
@@ -241,7 +242,7 @@ def head_surface(phi, s, params=None, *, features=True):
         # warps of the lower face (moving a feature edge would slide the surface sideways)
         fixed = dict(params, chin_height=_MEAN["chin_height"], jaw_width=_MEAN["jaw_width"])
         z = z + front * _features(x, y, fixed, side)
-        x = x + np.sign(sp) * _ears(x, y, z, params, phi)
+        x = x + np.sign(sp) * _ears(y, params, phi)
         lower = _smoothstep(-25.0, -80.0, y) * front
         y = y + (params["chin_height"] - _MEAN["chin_height"]) * lower
         x = x * (1.0 + (params["jaw_width"] / _MEAN["jaw_width"] - 1.0)
@@ -249,12 +250,6 @@ def head_surface(phi, s, params=None, *, features=True):
     x, y, z = np.broadcast_arrays(x, y, z)
     scale = np.array([params["head_width"], params["head_height"], params["head_depth"]])
     return np.stack([x, y, z], axis=-1) * scale
-
-
-def face_frame_point(x, y, phi_grid, s_grid, points):
-    """Nearest mesh vertex to the frontal point (x, y) among front-facing vertices (z > 0)."""
-    d = (points[:, 0] - x) ** 2 + (points[:, 1] - y) ** 2 + 1e6 * (points[:, 2] < 0)
-    return int(np.argmin(d))
 
 
 # --------------------------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def _sphere(centre, radius, n_lat=_EYE_LAT, n_lon=_EYE_LON):
     thetas = np.pi * np.arange(1, n_lat + 1) / (n_lat + 1)
     lams = 2.0 * np.pi * np.arange(n_lon) / n_lon
     th, la = np.meshgrid(thetas, lams, indexing="ij")
-    ring = np.stack([np.sin(th) * np.cos(la), np.sin(th) * np.sin(la), np.cos(th)], -1).reshape(-1, 3)
+    ring = np.stack([np.sin(th) * np.cos(la), np.sin(th) * np.sin(la), np.cos(th)], -1)
+    ring = ring.reshape(-1, 3)
     dirs = np.concatenate([[[0.0, 0.0, 1.0]], ring, [[0.0, 0.0, -1.0]]], 0)
     n_ring = n_lat * n_lon
     front, back = 0, n_ring + 1
@@ -176,7 +177,8 @@ class HeadTopology:
         rim_z = head0[self.rim_left, 2].mean()
         self.eye_centre = np.array([ex, ey, rim_z + 3.0 - _EYE_R])
         sv, sf, th, la = _sphere(np.zeros(3), _EYE_R)
-        self.eye_dirs, self.eye_faces_local, self.eye_theta, self.eye_lambda = sv / _EYE_R, sf, th, la
+        self.eye_dirs, self.eye_faces_local = sv / _EYE_R, sf
+        self.eye_theta, self.eye_lambda = th, la
         self.n_eye = len(sv)
         n = self.n_head
         left_faces = sf + n
@@ -230,7 +232,7 @@ def raycast_front(vertices, faces, xy):
         inside = ok & front & (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
         if np.any(inside):
             cand = np.flatnonzero(inside)
-            z = (l0[cand] * tri[cand, 0, 2] + l1[cand] * tri[cand, 1, 2] + l2[cand] * tri[cand, 2, 2])
+            z = l0[cand] * tri[cand, 0, 2] + l1[cand] * tri[cand, 1, 2] + l2[cand] * tri[cand, 2, 2]
             k = cand[np.argmax(z)]
             bary = np.clip(np.array([l0[k], l1[k], l2[k]]), 0.0, 1.0)
         else:
@@ -714,7 +716,8 @@ def write_flame_files(folder) -> Path:
         Image.fromarray(np.stack([m8, m8, m8, np.full_like(m8, 255)], -1), "RGBA").save(
             tmp / FILES["mask"])
         (tmp / FILES["manifest"]).write_text(json.dumps({
-            "what": "jface synthetic default head: a FLAME-structured procedural stand-in, NOT FLAME",
+            "what": "jface synthetic default head: a FLAME-structured procedural stand-in, "
+                    "NOT FLAME",
             "version": FLAME_VERSION,
             "fingerprint": _fingerprint(),
             "n_vertices": int(len(v_m)),
@@ -771,7 +774,8 @@ def load_flame_albedo(path, size=256):
         mu, pc = z["MU"], z["PC"]
     res = int(round(np.sqrt(mu.size / 3)))
     if mu.shape != (res * res * 3,) or pc.shape[0] != mu.size:
-        raise ValueError(f"{path}: expected MU (R*R*3,) and PC (R*R*3, K), got {mu.shape}, {pc.shape}")
+        raise ValueError(f"{path}: expected MU (R*R*3,) and PC (R*R*3, K), got {mu.shape}, "
+                         f"{pc.shape}")
     idx = (np.arange(size) * res) // size
     mean = mu.reshape(res, res, 3)[idx][:, idx][..., ::-1]
     basis = pc.reshape(res, res, 3, -1)[idx][:, idx][:, :, ::-1, :]

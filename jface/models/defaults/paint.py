@@ -34,7 +34,11 @@ def _frame(points, extent, size):
 
 def paint_mesh(vertices, faces, *, colors=None, rotation=None, extent=None, size=384,
                background=255):
-    """Shaded picture of a mesh. ``vertices (N, 3)``, ``faces (F, 3)``, ``colors (N, 3)`` in [0, 1]."""
+    """Shaded picture ``(size, size, 3)`` uint8 of a mesh and the extent used.
+
+    ``vertices (N, 3)``, ``faces (F, 3)``, ``colors (N, 3)`` in [0, 1] or None (grey);
+    ``rotation (3, 3)`` applied first; ``extent`` = (centre x, centre y, half size) in model units.
+    """
     v = np.asarray(vertices, np.float64)
     if rotation is not None:
         v = v @ np.asarray(rotation).T
@@ -67,7 +71,8 @@ def paint_mesh(vertices, faces, *, colors=None, rotation=None, extent=None, size
         prs.append(np.einsum("sk,fk->fs", bary, row[fk]).ravel())
         pzs.append(np.einsum("sk,fk->fs", bary, v[fk][..., 2]).ravel())
         if colors is not None:
-            cvs.append(np.einsum("sk,fkc->fsc", bary, np.asarray(colors, np.float64)[fk]).reshape(-1, 3))
+            ck = np.asarray(colors, np.float64)[fk]
+            cvs.append(np.einsum("sk,fkc->fsc", bary, ck).reshape(-1, 3))
         else:
             cvs.append(np.broadcast_to(base, (len(idx) * len(bary), 3)))
         shs.append(np.repeat(shade[idx], len(bary)))
@@ -109,7 +114,8 @@ def paint_uv(uv, faces, *, size=512, mask=None):
     f = np.asarray(faces)
     t = np.linspace(0, 1, 12)
     for a, b in ((0, 1), (1, 2), (2, 0)):
-        p = uv[f[:, a]][:, None, :] * (1 - t[None, :, None]) + uv[f[:, b]][:, None, :] * t[None, :, None]
+        tt = t[None, :, None]
+        p = uv[f[:, a]][:, None, :] * (1 - tt) + uv[f[:, b]][:, None, :] * tt
         c = np.clip(np.rint(p[..., 0] * (size - 1)), 0, size - 1).astype(int)
         r = np.clip(np.rint((1 - p[..., 1]) * (size - 1)), 0, size - 1).astype(int)
         img[r, c] = (40, 60, 160)

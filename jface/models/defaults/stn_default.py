@@ -84,7 +84,7 @@ def expression_basis(vertices):
 
 
 def albedo(vertices, mirror=None, *, n_components=12):
-    """Per-vertex RGB albedo mean ``(N, 3)`` and basis ``(N, 3, K)``: :func:`face_mesh.skin_albedo`."""
+    """Per-vertex RGB albedo mean ``(N, 3)`` and basis ``(N, 3, K)`` (:func:`fm.skin_albedo`)."""
     return fm.skin_albedo(vertices, n_components=n_components)
 
 
@@ -235,6 +235,8 @@ def generate_stn_arrays(res=112):
     lms = grid_landmarks(g_mean, res)
     return {
         "version": np.int32(STN_VERSION),
+        "what": np.asarray("jface synthetic default 3DMM-STN model: a procedural stand-in, "
+                           "NOT the Basel Face Model"),
         "mean": g_mean,
         "shape_basis": g_basis[..., :n_shape],
         "expression_basis": g_basis[..., n_shape:],
