@@ -244,6 +244,21 @@ def test_refuses_storage_outside_archive(tmp_path):
     big = {"x": Tensor(Storage("0", w), 1, (4,), (1,))}
     with pytest.raises(ModelFileError, match="runs past its storage"):
         load_torch_file(write_torch_zip(tmp_path / "d.tar", big))
+
+    # a BUILD opcode that rewrites a tensor record after it was checked
+    class Rebuilt(Tensor):
+        def __reduce__(self):
+            return (*super().__reduce__(), {"size": (1000,), "stride": (1,)})
+
+    with pytest.raises(ModelFileError, match="runs past its storage"):
+        load_torch_file(write_torch_zip(tmp_path / "f.tar", {"x": Rebuilt(Storage("0", w), 0, (2,), (1,))}))
+
+    class Retyped(Tensor):
+        def __reduce__(self):
+            return (*super().__reduce__(), {"size": "oops"})
+
+    with pytest.raises(ModelFileError, match="malformed tensor record"):
+        load_torch_file(write_torch_zip(tmp_path / "g.tar", {"x": Retyped(Storage("0", w), 0, (2,), (1,))}))
     # a storage shorter than its declared size
     short = lambda obj, stype: ("storage", stype, obj.key, "cpu", 100)  # noqa: E731
     with pytest.raises(ModelFileError, match="expected 400"):
@@ -414,19 +429,24 @@ def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
         cv.convert_deca(bad)
 
 
-def test_cli_matconvnet_dispatch_message(tmp_path, capsys):
-    try:
-        import jface.stn.localiser as loc  # noqa: F401
+def test_cli_matconvnet_dispatch(tmp_path, monkeypatch, capsys):
+    """The vggface-matconvnet kind goes to jface.stn.localiser.convert_matconvnet(src, dst) when it exists."""
+    import importlib
 
-        has = hasattr(loc, "convert_matconvnet")
+    src, dst = str(tmp_path / "vgg-face.mat"), str(tmp_path / "o.npz")
+    try:
+        localiser = importlib.import_module("jface.stn.localiser")
     except ImportError:
-        has = False
-    if has:
-        pytest.skip("jface.stn.localiser.convert_matconvnet exists; its owner tests it")
+        localiser = None
+    if localiser is not None:
+        calls = []
+        fake = lambda a, b: calls.append((a, b)) or "converted by the localiser"  # noqa: E731
+        monkeypatch.setattr(localiser, "convert_matconvnet", fake, raising=False)
+        assert cli_main(["convert", "vggface-matconvnet", src, "-o", dst]) == 0
+        assert calls == [(src, dst)] and "converted by the localiser" in capsys.readouterr().out
+        monkeypatch.delattr(localiser, "convert_matconvnet")
     with pytest.raises(SystemExit, match="convert_matconvnet is not available"):
-        cli_main(
-            ["convert", "vggface-matconvnet", str(tmp_path / "vgg-face.mat"), "-o", str(tmp_path / "o.npz")]
-        )
+        cli_main(["convert", "vggface-matconvnet", src, "-o", dst])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -168,27 +168,51 @@ def _check_pid(path, pid, legacy: bool):
     return storage_type, key, numel
 
 
-def _materialize(obj, path, memo=None):
+def _is_index(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _tensor_array(t: _LazyTensor, path) -> np.ndarray:
+    """Bounds-checked numpy copy of a tensor view. Fields are re-validated here: a pickle's BUILD
+    opcode could have replaced them after ``_rebuild_tensor_v2`` checked them."""
+    storage = t.storage
+    if isinstance(storage, _LazyStorage) and storage.array is None:
+        raise ModelFileError(path, f"storage {storage.key!r} has no data (truncated or malformed file)")
+    ok = (
+        isinstance(storage, _LazyStorage)
+        and isinstance(t.size, tuple)
+        and isinstance(t.stride, tuple)
+        and len(t.size) == len(t.stride)
+        and all(_is_index(v) for v in t.size + t.stride + (t.offset,))
+        and _is_index(storage.view_offset)
+        and _is_index(storage.numel)
+        and isinstance(storage.array, np.ndarray)
+        and storage.array.ndim == 1
+    )
+    if not ok:
+        raise ModelFileError(path, "malformed tensor record (bad storage, size, stride or offset)")
+    lo, hi = storage.view_offset, storage.view_offset + storage.numel
+    if hi > storage.array.size:
+        raise ModelFileError(path, f"storage view {storage.key!r} [{lo}:{hi}] runs past its storage")
+    base = storage.array[lo:hi]
+    if any(n == 0 for n in t.size):
+        return np.zeros(t.size, base.dtype)
+    last = t.offset + sum((n - 1) * st for n, st in zip(t.size, t.stride))
+    if last >= base.size:
+        raise ModelFileError(
+            path,
+            f"tensor of size {t.size} stride {t.stride} offset {t.offset} runs past its storage "
+            f"{storage.key!r} of {base.size} elements",
+        )
+    strides = tuple(st * base.dtype.itemsize for st in t.stride)
+    view = np.lib.stride_tricks.as_strided(base[t.offset :], shape=t.size, strides=strides, writeable=False)
+    return np.array(view, order="C", copy=True)  # (np.ascontiguousarray would make 0-d 1-d)
+
+
+def _materialize(obj, path):
     """Replace lazy tensors by numpy arrays throughout dicts / lists / tuples."""
     if isinstance(obj, _LazyTensor):
-        base = obj.storage.array
-        if base is None:
-            raise ModelFileError(path, f"storage {obj.storage.key!r} has no data")
-        start = obj.storage.view_offset + obj.offset
-        if any(s == 0 for s in obj.size):
-            return np.zeros(obj.size, base.dtype)
-        last = start + sum((n - 1) * st for n, st in zip(obj.size, obj.stride))
-        if start < 0 or last >= base.size or obj.offset < 0:
-            raise ModelFileError(
-                path,
-                f"tensor of size {obj.size} stride {obj.stride} offset {obj.offset} runs past its storage "
-                f"{obj.storage.key!r} of {base.size} elements",
-            )
-        itemsize = base.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            base[start:], shape=obj.size, strides=tuple(st * itemsize for st in obj.stride), writeable=False
-        )
-        return np.array(view, order="C", copy=True)  # (np.ascontiguousarray would make 0-d 1-d)
+        return _tensor_array(obj, path)
     if isinstance(obj, dict):
         out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
         for k, v in obj.items():
