@@ -467,3 +467,27 @@ def test_flame_determinism(tmp_path, flame_folder):
         a = hashlib.sha256((flame_folder / name).read_bytes()).hexdigest()
         b = hashlib.sha256((folder / name).read_bytes()).hexdigest()
         assert a == b, name
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI and painter
+
+
+def test_cli_registration_and_regenerate(tmp_path, capsys):
+    from jface.models.__main__ import build_parser, main
+
+    _, runners = build_parser(["show", "default-stn", "-o", str(tmp_path)])
+    assert "show" in runners
+    assert main(["regenerate", "--only", "stn", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "default_stn_v1.npz").exists()
+    assert "regenerated in" in capsys.readouterr().out
+
+
+def test_painter_draws_a_triangle():
+    from jface.models.defaults import paint
+
+    v = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    img, _ = paint.paint_mesh(v, np.array([[0, 1, 2]]), extent=(0.5, 0.5, 0.6), size=32)
+    assert img.shape == (32, 32, 3) and (img < 255).any() and (img == 255).any()
+    # lower-left half is covered (y up in the model = up in the picture)
+    assert (img[28, 4] < 255).any() and (img[4, 28] == 255).all()
