@@ -1,0 +1,331 @@
+"""Rendered training faces for DECA: FLAME + UV albedo + SH light through ``jface.render``.
+
+Every image is drawn from the model itself, so every label is exact. Per identity (``K`` images
+each) the shape β ~ N(0, 1) (``n_shape`` = 100 numbers, DECA's count) and the albedo coefficients
+α ~ N(0, 1) (the model's albedo components) are fixed; per image:
+
+* expression ψ (50 numbers, DECA's count): N(0, 0.6²) on the leading ``n_expression_active``
+  components, 0 on the rest;
+* head pose R = Ry(yaw) Rx(pitch) Rz(roll) (:func:`jface.data.synthetic_stn.pose_matrix`), yaw
+  U(±90°), pitch U(±20°), roll U(±15°), stored as DECA's global axis-angle; positive yaw turns the
+  face (+z) towards +x (image right); jaw axis-angle (U(0, 0.35) rad, 0, 0) opens the mouth;
+* camera (s, t_x, t_y) (spec deca.md §3) chosen as DECA's crop would frame the face: the 68
+  projected landmarks' box ``old_size = (w + h) / 2`` is ``image_size / crop_scale`` pixels with
+  crop_scale ~ U(1.25, 1.5) (DECA's test crop is 1.1 · 1.25 = 1.375, spec §8) and its centre is
+  jittered by U(±0.05) · old_size;
+* SH light L (9, 3) (spec §4), written in shading units a_k = L_k c_k: a_0 ~ U(0.6, 1.2) grey
+  plus N(0, 0.04) colour, a_1..3 ~ N(0, 0.25) (shared by the colours, plus N(0, 0.02)),
+  a_4..8 ~ N(0, 0.04); the stored ``light`` is DECA's L = a / c (what DECA's encoder predicts);
+* a background: a smooth random colour field, a linear gradient between two colours and pixel
+  noise, blended with random weights (:func:`random_backgrounds`).
+
+Rendering (per item, vmapped over a fixed chunk so one shape compiles):
+``jface.flame.forward`` -> ``jface.geometry.orthographic_camera`` -> ``flip_yz`` (DECA's NDC: x
+right, y down, smaller z = closer) -> ``jface.render.render`` (UV albedo sampled with the
+interpolated UV grid, SH shading of interpolated world normals), colour clipped to [0, 1] and
+composited over the background with the coverage alpha.
+
+Labels:
+
+* ``landmarks68 (M, 68, 3)``: (x, y) = DECA NDC of ``landmarks2d`` (17 dynamic contour + 51
+  static points, spec §1.5) through the same camera; the third column is visibility: DECA's
+  ``visofp`` (:func:`jface.flame.landmark_visibility`, normal z < 0.1 at the full landmark) and
+  inside the image. The NDC is the renderer's frame: pixel centre col = (x + 1) W/2 - 0.5
+  (spec §5.2). DECA's training labels put a 0-based pixel p at p / 224 · 2 - 1 (spec §7.4), half a
+  pixel off; these labels are exact in the frame DECA's landmark loss compares (its projected
+  ``landmarks2d``), not in the label-normalisation frame.
+* ``landmarks21 (M, 21, 3)``: AFLW-21 points from the 68 by :data:`AFLW21_FROM_IBUG68` (mean of
+  the listed points; vis = the minimum of their vis).
+* ``face_mask (M, H, W)`` uint8 0/1: coverage alpha ⊙ the model's UV face/eye mask sampled with
+  the render's UV grid, thresholded at 0.5.
+* ``shape (M, 100)``, ``expression (M, 50)``, ``pose (M, 6)`` = [global aa, jaw aa], ``cam (M, 3)``,
+  ``albedo (M, Ka)``, ``light (M, 9, 3)``, ``pose_deg (M, 3)`` = (yaw, pitch, roll),
+  ``identity (M,)`` int32.
+
+Determinism: every random number of identity ``i`` comes from numpy PCG64 seeded with
+``[seed, i]``, so an identity's images do not depend on the chunk size or on the other identities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jface import geometry
+from jface.lighting import SH_CONSTANTS
+
+__all__ = [
+    "AFLW21_FROM_IBUG68",
+    "DecaSynthConfig",
+    "aflw21_from_ibug68",
+    "random_backgrounds",
+    "sample_pose",
+    "sample_sh_light",
+    "iter_deca",
+    "generate_deca",
+]
+
+# AFLW-21 (spec 3dmm_stn.md §3 order) from 0-based iBUG-68 points; each entry is the list of iBUG
+# points whose mean gives the AFLW point.
+AFLW21_FROM_IBUG68 = (
+    (17,), (19,), (21,),          # 1-3  image-left brow: outer end, centre, inner end
+    (22,), (24,), (26,),          # 4-6  image-right brow: inner end, centre, outer end
+    (36,), (37, 38, 40, 41), (39,),  # 7-9 image-left eye: outer corner, centre, inner corner
+    (42,), (43, 44, 46, 47), (45,),  # 10-12 image-right eye: inner corner, centre, outer corner
+    (1,),                         # 13 image-left ear: the contour point at ear level
+    (31,), (30,), (35,),          # 14-16 nose left, nose tip, nose right
+    (15,),                        # 17 image-right ear
+    (48,), (62, 66), (54,),       # 18-20 mouth left corner, mouth centre (inner lips), right corner
+    (8,),                         # 21 chin
+)
+
+
+def aflw21_from_ibug68(landmarks68):
+    """``(..., 68, 3)`` (x, y, vis) -> ``(..., 21, 3)`` by :data:`AFLW21_FROM_IBUG68` (numpy).
+
+    Coordinates are the mean of the listed points; vis is their minimum.
+    """
+    lm = np.asarray(landmarks68)
+    if lm.shape[-2:] != (68, 3):
+        raise ValueError(f"landmarks68: expected (..., 68, 3) (x, y, vis), got shape {lm.shape}")
+    xy = np.stack([lm[..., list(idx), :2].mean(-2) for idx in AFLW21_FROM_IBUG68], -2)
+    vis = np.stack([lm[..., list(idx), 2].min(-1) for idx in AFLW21_FROM_IBUG68], -1)
+    return np.concatenate([xy, vis[..., None]], -1).astype(lm.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecaSynthConfig:
+    """How DECA images are drawn (angles in degrees; see the module docstring)."""
+
+    n_shape: int = 100
+    n_expression: int = 50
+    n_expression_active: int = 10
+    expression_std: float = 0.6
+    yaw_deg: float = 90.0
+    pitch_deg: float = 20.0
+    roll_deg: float = 15.0
+    jaw_max_rad: float = 0.35
+    crop_scale: tuple = (1.25, 1.5)
+    centre_jitter: float = 0.05
+    chunk: int = 8
+
+
+def _bilinear_weights(n_out, n_in):
+    pos = np.linspace(0.0, n_in - 1.0, n_out)
+    lo = np.clip(np.floor(pos).astype(int), 0, max(n_in - 2, 0))
+    frac = pos - lo
+    w = np.zeros((n_out, n_in))
+    w[np.arange(n_out), lo] += 1 - frac
+    w[np.arange(n_out), np.minimum(lo + 1, n_in - 1)] += frac
+    return w
+
+
+def random_backgrounds(rng: np.random.Generator, count: int, image_hw) -> np.ndarray:
+    """``(count, H, W, 3)`` float32 in [0, 1]: smooth colour field + gradient + noise, mixed.
+
+    Per image: a k x k grid of random colours (k in 2..7) upsampled bilinearly, a linear gradient
+    between two random colours at a random angle, blended with weight U(0, 1), plus Gaussian pixel
+    noise of std U(0, 0.06).
+    """
+    height, width = image_hw
+    out = np.empty((count, height, width, 3), np.float32)
+    ys, xs = np.mgrid[0:height, 0:width]
+    ys = ys / max(height - 1, 1) - 0.5
+    xs = xs / max(width - 1, 1) - 0.5
+    for i in range(count):
+        k = int(rng.integers(2, 8))
+        coarse = rng.uniform(0, 1, size=(k, k, 3))
+        smooth = np.einsum("hk,kjc,wj->hwc", _bilinear_weights(height, k), coarse, _bilinear_weights(width, k))
+        angle = rng.uniform(0, 2 * np.pi)
+        t = np.clip(0.5 + xs * np.cos(angle) + ys * np.sin(angle), 0, 1)[..., None]
+        c0, c1 = rng.uniform(0, 1, size=(2, 3))
+        gradient = c0 * (1 - t) + c1 * t
+        mix = rng.uniform()
+        noise = rng.normal(0, rng.uniform(0, 0.06), size=(height, width, 3))
+        out[i] = np.clip(mix * smooth + (1 - mix) * gradient + noise, 0, 1)
+    return out
+
+
+def sample_pose(rng: np.random.Generator, count: int, yaw_deg=90.0, pitch_deg=20.0, roll_deg=15.0):
+    """Uniform (yaw, pitch, roll) degrees ``(count, 3)`` and axis-angles ``(count, 3)``.
+
+    R = Ry(yaw) Rx(pitch) Rz(roll) (:func:`jface.data.synthetic_stn.pose_matrix`), x' = R x;
+    positive yaw turns the face towards +x.
+    """
+    from jface.data.synthetic_stn import pose_matrix
+
+    angles = rng.uniform(-1, 1, size=(count, 3)) * np.array([yaw_deg, pitch_deg, roll_deg])
+    rad = np.radians(angles)
+    rot = pose_matrix(rad[:, 0], rad[:, 1], rad[:, 2])
+    aa = np.asarray(geometry.matrix_to_axis_angle(jnp.asarray(rot)))
+    return angles.astype(np.float32), aa.astype(np.float32)
+
+
+def sample_sh_light(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``(count, 9, 3)`` DECA SH coefficients L (spec deca.md §4); see the module docstring."""
+    a = np.zeros((count, 9, 3))
+    a[:, 0] = rng.uniform(0.6, 1.2, size=(count, 1)) + rng.normal(0, 0.04, size=(count, 3))
+    a[:, 1:4] = rng.normal(0, 0.25, size=(count, 3, 1)) + rng.normal(0, 0.02, size=(count, 3, 3))
+    a[:, 4:9] = rng.normal(0, 0.04, size=(count, 5, 3))
+    return (a / SH_CONSTANTS[None, :, None]).astype(np.float32)
+
+
+def _identity_draws(model, config: DecaSynthConfig, seed: int, identity: int, count: int, image_hw):
+    """All random numbers of one identity's ``count`` images (numpy, PCG64 [seed, identity])."""
+    rng = np.random.default_rng([int(seed), int(identity)])
+    n_albedo = 0 if model.albedo_basis is None else model.albedo_basis.shape[-1]
+    shape = rng.normal(0, 1, size=config.n_shape)
+    albedo = rng.normal(0, 1, size=n_albedo)
+    expression = np.zeros((count, config.n_expression))
+    active = min(config.n_expression_active, config.n_expression)
+    expression[:, :active] = rng.normal(0, config.expression_std, size=(count, active))
+    pose_deg, global_aa = sample_pose(rng, count, config.yaw_deg, config.pitch_deg, config.roll_deg)
+    jaw = np.zeros((count, 3))
+    jaw[:, 0] = rng.uniform(0, config.jaw_max_rad, size=count)
+    crop = rng.uniform(*config.crop_scale, size=count)
+    jitter = rng.uniform(-1, 1, size=(count, 2)) * config.centre_jitter
+    light = sample_sh_light(rng, count)
+    background = random_backgrounds(rng, count, image_hw)
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    return {
+        "shape": f32(np.repeat(shape[None], count, 0)),
+        "albedo": f32(np.repeat(albedo[None], count, 0)),
+        "expression": f32(expression),
+        "pose": f32(np.concatenate([global_aa, jaw], -1)),
+        "pose_deg": f32(pose_deg),
+        "crop": f32(crop),
+        "jitter": f32(jitter),
+        "light": f32(light),
+        "background": f32(background),
+        "identity": np.full(count, identity, np.int32),
+    }
+
+
+def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, light, background):
+    from jface import flame
+    from jface.render import render
+    from jface.sampling import grid_sample
+
+    height, width = background.shape[:2]
+    out = flame.forward(model, shape, expression, pose)
+    vertices, lmk = out["vertices"], out["landmarks2d"]
+    lo, hi = lmk[:, :2].min(0), lmk[:, :2].max(0)
+    old_size = 0.5 * jnp.sum(hi - lo)
+    centre = 0.5 * (hi + lo)
+    # NDC spans 2 units across the image: old_size pixels = W / crop  <=>  s old_size = 2 / crop.
+    s = 2.0 / (crop * old_size)
+    offset = jitter * 2.0 / crop  # jitter in units of old_size, in NDC
+    cam = jnp.stack([s, offset[0] / s - centre[0], -offset[1] / s - centre[1]])
+    trans = geometry.flip_yz(geometry.orthographic_camera(vertices, cam))
+    albedo_uv = model.albedo_mean
+    if model.albedo_basis is not None and albedo_coeffs.shape[0]:
+        albedo_uv = albedo_uv + jnp.einsum("hwck,k->hwc", model.albedo_basis, albedo_coeffs)
+    albedo_uv = jnp.clip(albedo_uv, 0.0, 1.0)
+    rend = render(vertices, trans, model.faces, model.uv_coords, model.uv_faces, albedo_uv, light,
+                  image_hw=(height, width))
+    alpha = rend["alpha_images"]
+    colour = jnp.clip(rend["albedo_images"] * rend["shading_images"], 0.0, 1.0)
+    image = colour * alpha + background * (1.0 - alpha)
+    image = jnp.clip(jnp.round(image * 255.0), 0, 255).astype(jnp.uint8)
+    if model.uv_face_eye_mask is not None:
+        uv_mask = grid_sample(model.uv_face_eye_mask[..., None].astype(alpha.dtype), rend["grid"])
+        face_mask = (uv_mask[..., 0] * alpha[..., 0]) > 0.5
+    else:
+        face_mask = alpha[..., 0] > 0.5
+    lmk_ndc = geometry.flip_yz(geometry.orthographic_camera(lmk, cam))[:, :2]
+    vis = flame.landmark_visibility(model, rend["transformed_normals"])
+    inside = jnp.all(jnp.abs(lmk_ndc) <= 1.0, axis=-1)
+    landmarks68 = jnp.concatenate([lmk_ndc, (vis * inside)[:, None]], -1)
+    return image, face_mask.astype(jnp.uint8), landmarks68, cam
+
+
+@jax.jit
+def _render_chunk(model, shape, expression, pose, crop, jitter, albedo, light, background):
+    return jax.vmap(_render_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0))(
+        model, shape, expression, pose, crop, jitter, albedo, light, background)
+
+
+def _check(model, num_identities, images_per_identity, image_size):
+    if model.uv_coords is None or model.uv_faces is None or model.albedo_mean is None:
+        raise ValueError("model: generate_deca needs a FlameModel with a UV layout and albedo_mean")
+    if not model.has_landmarks:
+        raise ValueError("model: generate_deca needs a FlameModel with a landmark embedding")
+    if int(num_identities) < 0 or int(images_per_identity) < 1:
+        raise ValueError(
+            f"num_identities / images_per_identity: expected >= 0 / >= 1, got "
+            f"{num_identities} / {images_per_identity}")
+    if int(image_size) < 8:
+        raise ValueError(f"image_size: expected >= 8 pixels, got {image_size}")
+
+
+def _float32_model(model):
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model)
+
+
+def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
+              *, config: Optional[DecaSynthConfig] = None, identity_offset: int = 0) -> Iterator[dict]:
+    """Yield chunks (dicts of numpy arrays, see the module docstring) of at most ``config.chunk``
+    images, identity by identity; identity ids run from ``identity_offset``.
+    """
+    config = config or DecaSynthConfig()
+    _check(model, num_identities, images_per_identity, image_size)
+    model32 = _float32_model(model)
+    hw = (int(image_size), int(image_size))
+    chunk = int(config.chunk)
+    pending: list = []
+
+    def flush(items):
+        merged = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
+        n = merged["identity"].shape[0]
+        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)]) if n < chunk else a  # noqa: E731
+        args = [pad(merged[k]) for k in ("shape", "expression", "pose", "crop", "jitter", "albedo", "light",
+                                          "background")]
+        image, face_mask, landmarks68, cam = (np.asarray(x)[:n] for x in _render_chunk(model32, *args))
+        landmarks68 = landmarks68.astype(np.float32)
+        return {
+            "images": image,
+            "landmarks68": landmarks68,
+            "landmarks21": aflw21_from_ibug68(landmarks68),
+            "face_mask": face_mask,
+            "shape": merged["shape"],
+            "expression": merged["expression"],
+            "pose": merged["pose"],
+            "cam": cam.astype(np.float32),
+            "albedo": merged["albedo"],
+            "light": merged["light"],
+            "pose_deg": merged["pose_deg"],
+            "identity": merged["identity"],
+        }
+
+    count = 0
+    for ident in range(identity_offset, identity_offset + int(num_identities)):
+        draws = _identity_draws(model32, config, seed, ident, int(images_per_identity), hw)
+        for i in range(int(images_per_identity)):
+            pending.append({k: v[i:i + 1] for k, v in draws.items()})
+            count += 1
+            if len(pending) == chunk:
+                yield flush(pending)
+                pending = []
+    if pending:
+        yield flush(pending)
+
+
+def generate_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
+                  *, config: Optional[DecaSynthConfig] = None) -> dict:
+    """``num_identities * images_per_identity`` rendered DECA training images with exact labels.
+
+    ``model``: a :class:`jface.models.FlameModel` with landmarks, UV layout and albedo (e.g.
+    :func:`jface.models.default_flame_model`). Returns a dict of numpy arrays (module docstring):
+    ``images (M, S, S, 3)`` uint8, ``landmarks68 (M, 68, 3)`` / ``landmarks21 (M, 21, 3)`` in DECA
+    NDC with visibility, ``face_mask (M, S, S)`` uint8, and every generating parameter.
+    Deterministic in ``seed``.
+    """
+    chunks = list(iter_deca(model, num_identities, images_per_identity, seed, image_size, config=config))
+    if not chunks:
+        raise ValueError("num_identities: expected >= 1 to generate any image, got 0")
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
