@@ -153,6 +153,15 @@ def test_load_vggface_mat_matches_numpy_forward(tmp_path, small):
     theta = _apply(converted, image[None].astype(np.float32))
     kernel, bias = np.asarray(converted["theta"]["kernel"]), np.asarray(converted["theta"]["bias"])
     np.testing.assert_allclose(theta[0], expected @ kernel + bias, rtol=1e-4, atol=1e-3)
+    # python -m jface.weights convert vggface-matconvnet SRC -o DST, then load the npz
+    from jface.weights.__main__ import main as weights_main
+
+    npz = tmp_path / "vggface.npz"
+    assert weights_main(["convert", "vggface-matconvnet", str(path), "-o", str(npz)]) == 0
+    from_npz = stn.load_vggface_mat(npz, SMALL, params=params)
+    for name in ("conv1_1", "conv5_3", "fc6", "fc7"):
+        np.testing.assert_array_equal(from_npz[name]["kernel"], converted[name]["kernel"])
+        np.testing.assert_array_equal(from_npz[name]["bias"], converted[name]["bias"])
 
 
 def test_load_vggface_mat_errors(tmp_path, small):

@@ -24,8 +24,10 @@ from jface.stn.layers import (
 from jface.stn.localiser import (
     Localiser,
     LocaliserConfig,
+    convert_matconvnet,
     init_localiser,
     load_vggface_mat,
+    read_vggface_mat,
 )
 from jface.stn.losses import (
     AFLW21_MIRROR,
@@ -51,5 +53,6 @@ __all__ = [
     "landmark_loss_batch", "prior_loss_batch", "symmetry_loss_batch", "siamese_loss_batch",
     "AFLW21_MIRROR", "mirror_labels", "mirror_image", "mirror_batch",
     "Localiser", "LocaliserConfig", "init_localiser", "load_vggface_mat",
+    "read_vggface_mat", "convert_matconvnet",
     "LOSS_WEIGHTS", "apply_theta", "forward", "split_labels",
 ]

@@ -26,12 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from jface.models.errors import ModelFileError
+
 __all__ = [
     "LocaliserConfig",
     "Localiser",
     "init_localiser",
     "theta_bias_init",
     "load_vggface_mat",
+    "read_vggface_mat",
+    "convert_matconvnet",
     "vggface_layer_names",
 ]
 
@@ -166,11 +170,13 @@ def init_localiser(key, config: Optional[LocaliserConfig] = None, *, dtype=jnp.f
     module = Localiser(config=config, dtype=dtype)
     dummy = jax.ShapeDtypeStruct((1,) + tuple(config.input_hw) + (3,), jnp.float32)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)["params"]
-    if isinstance(key, int):
-        seed = key
+    if isinstance(key, (int, np.integer)):
+        seed = int(key)
     else:
-        key = jnp.asarray(key) if not jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key) \
-            else jax.random.key_data(key)
+        if not hasattr(key, "dtype"):
+            key = np.asarray(key)
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
         seed = [int(v) for v in np.asarray(key).ravel()]
     rng = np.random.default_rng(seed)
     params = {}
@@ -194,7 +200,7 @@ def _field(obj, name, path):
             return obj[name]
     elif hasattr(obj, name):
         return getattr(obj, name)
-    raise ValueError(f"{path}: a MatConvNet layer struct has no field {name!r}")
+    raise ModelFileError(path, f"a MatConvNet layer struct has no field {name!r}")
 
 
 def _matlab_str(value):
@@ -205,53 +211,123 @@ def _matlab_str(value):
     return str(value)
 
 
-def load_vggface_mat(path, config: Optional[LocaliserConfig] = None, *, params=None, key=None):
-    """Convert MatConvNet ``vgg-face.mat`` (SimpleNN layout) weights into Localiser params.
+def _backbone_shapes(config: LocaliserConfig) -> dict:
+    module = Localiser(config=config)
+    dummy = jax.ShapeDtypeStruct((1,) + tuple(config.input_hw) + (3,), jnp.float32)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)["params"]
+    return {name: tuple(shapes[name]["kernel"].shape) for name in vggface_layer_names(config)}
+
+
+def read_vggface_mat(path, config: Optional[LocaliserConfig] = None) -> dict:
+    """Read the backbone of a MatConvNet ``vgg-face.mat`` (SimpleNN layout) as Flax arrays.
 
     The file holds ``layers`` (a cell of structs with ``name``, ``type`` and ``weights`` = {filters,
     biases}), at the top level or inside a ``net`` struct. Conv filters are H x W x Cin x Cout, which
     is Flax's HWIO (MatConvNet's conv is a cross-correlation, like Flax's); fc6 is a 7x7x512x4096
-    conv and stays one; fc7 (1x1x4096x4096) becomes a dense kernel. The theta layer is not in the
-    file: it comes from ``params`` if given, else the original initialisation (``key``, default
-    PRNGKey(0)). Layers after relu7 (fc8, prob) are ignored. Returns the params dict.
+    conv and stays one; fc7 (1x1x4096x4096) becomes a dense kernel. Layers after relu7 (fc8, prob)
+    are ignored. ``config=None`` infers the topology (blocks, widths, fc6 kernel) from the file.
+    Returns ``{conv1_1 ... fc7: {"kernel", "bias"}}`` float32 numpy arrays; raises
+    :class:`~jface.models.errors.ModelFileError` naming the file and layer on any mismatch.
     """
     import scipy.io
 
-    config = LocaliserConfig() if config is None else config
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
     except Exception as err:  # scipy raises MatReadError, ValueError, OSError, ...
-        raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({err})") from err
+        raise ModelFileError(path, f"cannot read as a MATLAB .mat file ({err})") from err
     layers = mat.get("layers")
     if layers is None and "net" in mat:
         layers = getattr(mat["net"], "layers", None)
     if layers is None:
-        raise ValueError(f"{path}: expected a MatConvNet SimpleNN net with a 'layers' cell")
-    layers = np.atleast_1d(layers)
+        raise ModelFileError(path, "expected a MatConvNet SimpleNN net with a 'layers' cell")
     by_name = {}
-    for i, layer in enumerate(layers):
-        name = _matlab_str(_field(layer, "name", f"{path}: layers{{{i + 1}}}"))
-        by_name[name] = layer
-    if params is None:
-        _, params = init_localiser(jax.random.PRNGKey(0) if key is None else key, config)
-    params = jax.tree_util.tree_map(lambda a: a, dict(params))
-    for name in vggface_layer_names(config):
+    for i, layer in enumerate(np.atleast_1d(layers)):
+        by_name[_matlab_str(_field(layer, "name", f"{path}: layers{{{i + 1}}}"))] = layer
+    if config is None:
+        config = _infer_config(by_name, path)
+    out = {}
+    for name, expected in _backbone_shapes(config).items():
         if name not in by_name:
-            raise ValueError(f"{path}: layer {name!r} not found (have {sorted(by_name)})")
+            raise ModelFileError(path, f"layer {name!r} not found (have {sorted(by_name)})", field=name)
         weights = np.atleast_1d(_field(by_name[name], "weights", f"{path}: layer {name}"))
         if weights.shape[0] < 2:
-            raise ValueError(f"{path}: layer {name}: expected weights = {{filters, biases}}")
+            raise ModelFileError(path, "expected weights = {filters, biases}", field=name)
         filters = np.asarray(weights[0], np.float32)
         biases = np.asarray(weights[1], np.float32).reshape(-1)
-        expected = tuple(np.shape(params[name]["kernel"]))
         # squeeze_me drops MATLAB's singleton dimensions (fc7 is 1x1x4096x4096): compare squeezed.
         if np.squeeze(filters).shape != tuple(d for d in expected if d != 1) or biases.shape != (
             expected[-1],
         ):
-            raise ValueError(
-                f"{path}: layer {name}: filters {filters.shape} / biases {biases.shape} do not match "
-                f"the localiser config (expected {expected} / ({expected[-1]},))"
+            raise ModelFileError(
+                path,
+                f"filters {filters.shape} / biases {biases.shape} do not match the localiser config "
+                f"(expected {expected} / ({expected[-1]},))",
+                field=name,
             )
-        filters = filters.reshape(expected)
-        params[name] = {"kernel": jnp.asarray(filters), "bias": jnp.asarray(biases)}
+        out[name] = {"kernel": filters.reshape(expected), "bias": biases}
+    return out
+
+
+def _infer_config(by_name, path) -> LocaliserConfig:
+    import re
+
+    blocks = {}
+    for name in by_name:
+        match = re.fullmatch(r"conv(\d+)_(\d+)", name)
+        if match:
+            blocks.setdefault(int(match.group(1)), []).append(int(match.group(2)))
+    if sorted(blocks) != [1, 2, 3, 4, 5] or "fc6" not in by_name or "fc7" not in by_name:
+        raise ModelFileError(path, f"expected VGG layers conv1_* ... conv5_*, fc6, fc7; have {sorted(by_name)}")
+
+    def filters(name):
+        weights = np.atleast_1d(_field(by_name[name], "weights", f"{path}: layer {name}"))
+        return np.asarray(weights[0])
+
+    counts = tuple(len(blocks[b]) for b in range(1, 6))
+    channels = tuple(int(filters(f"conv{b}_{counts[b - 1]}").shape[-1]) for b in range(1, 6))
+    fc6 = filters("fc6")
+    kernel = fc6.shape[:2] if fc6.ndim == 4 else (1, 1)
+    fc_dim = int(filters("fc7").shape[-1])
+    input_hw = (32 * int(kernel[0]), 32 * int(kernel[1]))
+    return LocaliserConfig(channels=channels, convs_per_block=counts, fc_dim=fc_dim, input_hw=input_hw,
+                           translation_init=(input_hw[1] / 2.0, input_hw[0] / 2.0))
+
+
+def convert_matconvnet(src, dst, config: Optional[LocaliserConfig] = None) -> str:
+    """``vgg-face.mat`` -> the project's weight npz (kind ``"vggface-matconvnet"``, backbone only).
+
+    Used by ``python -m jface.weights convert vggface-matconvnet vgg-face.mat -o vggface.npz``;
+    :func:`load_vggface_mat` reads either file. ``config=None`` infers the topology from the file.
+    """
+    from jface.weights.convert import save_variables
+
+    backbone = read_vggface_mat(src, config)
+    save_variables(dst, backbone, kind="vggface-matconvnet", source=str(src))
+    count = sum(v.size for layer in backbone.values() for v in layer.values())
+    return f"converted {src} -> {dst} (vggface-matconvnet: {len(backbone)} layers, {count} values)"
+
+
+def load_vggface_mat(path, config: Optional[LocaliserConfig] = None, *, params=None, key=None):
+    """Localiser params with the VGG-Face backbone from ``path`` (spec §5).
+
+    ``path``: MatConvNet ``vgg-face.mat`` (:func:`read_vggface_mat`) or the ``.npz`` written by
+    :func:`convert_matconvnet`. The theta layer is not in the file: it comes from ``params`` if
+    given, else the original initialisation (:func:`init_localiser` with ``key``, default 0).
+    """
+    config = LocaliserConfig() if config is None else config
+    if str(path).endswith(".npz"):
+        from jface.weights.convert import load_variables
+
+        backbone = load_variables(path, kind="vggface-matconvnet")
+        for name, expected in _backbone_shapes(config).items():
+            got = tuple(np.shape(backbone.get(name, {}).get("kernel", ())))
+            if got != expected:
+                raise ModelFileError(path, f"kernel {got}, expected {expected}", field=name)
+    else:
+        backbone = read_vggface_mat(path, config)
+    if params is None:
+        _, params = init_localiser(0 if key is None else key, config)
+    params = dict(params)
+    for name, layer in backbone.items():
+        params[name] = {"kernel": jnp.asarray(layer["kernel"]), "bias": jnp.asarray(layer["bias"])}
     return params
