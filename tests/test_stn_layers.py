@@ -169,6 +169,17 @@ def test_sampling_grid_matlab_layout_and_223_factor():
         stn.sampling_grid(np.zeros((10, 2)), (3, 3))
 
 
+def test_select_points_gradient_accumulates_duplicates():
+    """Autodiff sums the gradients of a repeated index; the original's selection backward keeps the
+    last one (spec §2.9, §10.12). The 21-point list has no duplicates, so the two agree there."""
+    points = np.arange(10.0).reshape(5, 2)
+    weights = np.array([[1.0, 2.0], [10.0, 20.0], [5.0, 7.0]])
+    grad = jax.grad(lambda p: jnp.sum(stn.select_points(p, [0, 0, 3]) * weights))(points)
+    np.testing.assert_array_equal(grad[0], [11.0, 22.0])  # the original: [10, 20]
+    np.testing.assert_array_equal(grad[3], [5.0, 7.0])
+    np.testing.assert_array_equal(stn.select_points(points, [4, 1]), points[[4, 1]])
+
+
 def test_grid_faces_order():
     faces = stn.grid_faces(112)
     assert faces.shape == (2 * 111 * 111, 3) and faces.dtype == np.int32
