@@ -287,5 +287,7 @@ def vertex_normals(vertices, faces):
     normals = jnp.zeros_like(vertices)
     for corner in range(3):
         normals = normals.at[..., faces[:, corner], :].add(face_normals)
-    norm = jnp.linalg.norm(normals, axis=-1, keepdims=True)
-    return normals / jnp.maximum(norm, 1e-6)
+    # max(|n|, 1e-6) with a finite gradient where n = 0 (isolated or zero-area neighbourhoods):
+    # the sqrt never sees 0, and below 1e-12 the value is the same constant 1e-6.
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(normals * normals, axis=-1, keepdims=True), 1e-12))
+    return normals / norm

@@ -239,3 +239,10 @@ def test_vertex_normals_area_weighted():
     np.testing.assert_allclose(n[2], [0, 0, 1], atol=1e-14)
     np.testing.assert_array_equal(n[4], 0)  # unused vertex
     check_grads(lambda v: g.vertex_normals(v, faces)[:4], (jnp.asarray(verts),), order=1)
+
+
+def test_vertex_normals_gradient_finite_on_degenerate_faces():
+    verts = jnp.zeros((4, 3), jnp.float64).at[3].set(1.0)
+    faces = jnp.array([[0, 1, 2], [0, 1, 3]])
+    grad = jax.grad(lambda v: jnp.sum(g.vertex_normals(v, faces) * jnp.arange(3.0)))(verts)
+    assert np.all(np.isfinite(np.asarray(grad)))
