@@ -89,12 +89,26 @@ def test_decode_render_detail_and_gradients():
     params = {"D_detail": generator.init(jax.random.PRNGKey(0), latent)}
     fixed = (0.001 * RNG.standard_normal((32, 32))).astype(np.float32)
 
+    images = RNG.random((2, 32, 32, 3)).astype(np.float32)
+    lmk_gt = RNG.uniform(-0.5, 0.5, (2, 68, 2)).astype(np.float32)
+
+    def features(x):
+        return {"relu3_2": x, "relu4_2": x[:, ::2, ::2]}
+
     def loss(cam, codes):
         out = deca.decode(params, model, dict(codes, cam=cam), image_hw=(32, 32), fixed_displacement=fixed,
                           detail_generator=generator)
         return jnp.sum(out["rendered_images"] * out["mask_face_eye"]) + jnp.sum(out["landmarks2d"]), out
 
     (value, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(codes["cam"], codes)
+
+    @jax.jit
+    def stage_losses(out, codes):
+        coarse = deca.losses.coarse_losses(out, codes, images, lmk_gt)
+        uv_maps = deca.detail_uv_maps(model, out["trans_verts"], images, uv_size=32)
+        return coarse, deca.losses.detail_losses(out, uv_maps, features_fn=features), uv_maps
+
+    coarse, fine, uv_maps = stage_losses(out, codes)
     b, h = 2, 32
     expected = {
         "verts": (b, 98, 3), "trans_verts": (b, 98, 3), "landmarks2d": (b, 68, 2), "landmarks3d": (b, 68, 4),
@@ -127,6 +141,27 @@ def test_decode_render_detail_and_gradients():
     np.testing.assert_allclose(out["uv_positions"][1], uv_pos, rtol=1e-6, atol=1e-7)
     m = np.asarray(out["mask_face_eye"])
     assert m.min() >= 0 and m.max() <= 1 + 1e-6
+    # coarse terms: weights and the shaded, masked photometric loss (spec §7.3)
+    from jface.deca import losses as L
+
+    mask = m * alpha
+    pho = np.mean(mask * np.abs(np.asarray(out["rendered_images"]) * mask - images))
+    np.testing.assert_allclose(coarse["photometric"], 2.0 * pho, rtol=1e-5)
+    np.testing.assert_allclose(coarse["landmark"], L.weighted_landmark_loss(out["landmarks2d"], lmk_gt), rtol=1e-6)
+    np.testing.assert_allclose(coarse["light_reg"], L.light_regularizer(codes["light"]), rtol=1e-6)
+    np.testing.assert_allclose(coarse["shape_reg"], 1e-4 * np.sum(codes["shape"] ** 2) / 2, rtol=1e-5)
+    assert set(fine) == {"photometric", "displacement_reg", "shading_smoothness", "symmetry", "id_mrf", "total"}
+    np.testing.assert_allclose(fine["displacement_reg"], 0.005 * np.abs(out["displacement"]).mean(), rtol=1e-5)
+    # UV targets: world2uv(trans_verts) = project(world2uv(verts)) inside the charts, so the GT
+    # texture is the image sampled there; uv_vis ⊆ the face/eye mask
+    from jface.sampling import grid_sample
+
+    uvp = jax.vmap(appearance.project)(out["uv_positions"].reshape(2, -1, 3), codes["cam"]).reshape(2, 32, 32, 3)
+    ref = jax.vmap(grid_sample)(images, uvp[..., :2])
+    covered = np.asarray(jnp.any(out["uv_positions"] != 0, axis=-1))
+    np.testing.assert_allclose(np.asarray(uv_maps["uv_texture_gt"])[covered], np.asarray(ref)[covered], atol=1e-5)
+    vis = np.asarray(uv_maps["uv_vis_mask"])[..., 0]
+    assert vis.max() > 0 and np.all(vis <= np.asarray(model.uv_face_eye_mask)[None] + 1e-6)
 
 
 def test_encode_shapes():

@@ -43,6 +43,9 @@ __all__ = [
     "crop_uv_face",
     "detail_photometric_loss",
     "swap_within_identity",
+    "euler_jaw_regularizer",
+    "coarse_losses",
+    "detail_losses",
 ]
 
 # Coarse stage (spec §7.3; config defaults, paper values).
@@ -440,3 +443,93 @@ def swap_within_identity(codes, key, num_identities, k, *, swap="shape"):
         second = value[new_order] if name == swap else value
         out[name] = jnp.concatenate([value, second], axis=0)
     return out, new_order
+
+
+# ----------------------------------------------------------------------------------------------
+# the per-stage sums (spec §7.3, §7.5), on decode's outputs
+
+
+def euler_jaw_regularizer(jaw_euler):
+    """``jaw_type='euler'`` only (spec §7.3): (100 · Σ roll² / 2, 10 · Σ relu(−jaw_x)² / 2),
+    with roll the last Euler component; ``jaw_euler (B, 3)``. Returns the two weighted terms."""
+    jaw = _float(jaw_euler)
+    roll = 100.0 * jnp.sum(jaw[:, -1] ** 2) / 2.0
+    close = 10.0 * jnp.sum(jax.nn.relu(-jaw[:, 0]) ** 2) / 2.0
+    return roll, close
+
+
+def _mask4(mask):
+    mask = _float(mask)
+    return mask[..., None] if mask.ndim == 3 else mask
+
+
+def coarse_losses(outputs, codes, images, landmarks_gt, *, seg_masks=None, identity_fn=None,
+                  weights=None, use_photometric=True):
+    """The weighted coarse-stage terms of DECA (spec §7.3, paper version), batched.
+
+    ``outputs``: :func:`jface.deca.decode` (with rendering) of ``codes``; ``images (B, 224, 224, 3)``;
+    ``landmarks_gt (B, 68, 2|3)`` in DECA's NDC; ``seg_masks (B, H, W[, 1])`` or None
+    (pretrain's ``useSeg=False``: mask_face_eye · alpha); ``identity_fn`` as in
+    :func:`identity_loss` or None (no identity term). ``use_photometric=False`` is DECA's
+    pretrain (``photo = 0``; renders not needed). Returns a dict of weighted terms and ``total``.
+    The photometric image is the **shaded** render (the paper; HEAD's unshaded render is a bug).
+    """
+    from jface.lighting import sh_shading
+    from jface.sampling import grid_sample
+
+    w = dict(COARSE_WEIGHTS if weights is None else weights)
+    lmk = outputs["landmarks2d"]
+    terms = {
+        "landmark": w["landmark"] * weighted_landmark_loss(lmk, landmarks_gt),
+        "eye_closure": w["eye_closure"] * eye_closure_loss(lmk, landmarks_gt),
+        "lip_closure": w["lip_closure"] * lip_closure_loss(lmk, landmarks_gt),
+        "shape_reg": w["shape_reg"] * shape_regularizer(codes["shape"]),
+        "expression_reg": w["expression_reg"] * expression_regularizer(codes["exp"]),
+    }
+    if "tex" in codes:
+        terms["texture_reg"] = w["texture_reg"] * texture_regularizer(codes["tex"])
+    if "light" in codes:
+        terms["light_reg"] = w["light_reg"] * light_regularizer(codes["light"])
+    if use_photometric:
+        mask_face_eye = _mask4(outputs["mask_face_eye"])
+        alpha = _mask4(outputs["alpha_images"])
+        predicted = outputs["rendered_images"] * mask_face_eye * alpha
+        mask = mask_face_eye * alpha if seg_masks is None else _mask4(seg_masks)
+        terms["photometric"] = w["photometric"] * photometric_loss(predicted, images, mask)
+        if identity_fn is not None:
+            light = jax.lax.stop_gradient(jnp.asarray(codes["light"]).reshape(-1, 9, 3))
+            shading = jax.vmap(sh_shading)(outputs["normal_images"], light)
+            albedo_images = jax.vmap(grid_sample)(jax.lax.stop_gradient(outputs["albedo"]), outputs["grid"])
+            overlay = identity_overlay(albedo_images, shading, mask_face_eye, images)
+            terms["identity"] = w["identity"] * identity_loss(identity_fn, overlay, images)
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def detail_losses(outputs, uv_maps, *, features_fn=None, weights=None):
+    """The weighted detail-stage terms of DECA (spec §7.5), batched.
+
+    ``outputs``: :func:`jface.deca.decode` with detail (``displacement``, ``uv_shading``,
+    ``uv_texture``; the coarse codes must be frozen by the caller, as DECA's E_flame is);
+    ``uv_maps``: :func:`jface.deca.detail_uv_maps` (``uv_texture_gt``, ``uv_vis_mask``);
+    ``features_fn``: VGG-19 features for ID-MRF (:func:`id_mrf_loss`) or None (no ID-MRF).
+    The photometric and ID-MRF terms use the [50:206] UV crop resized to 256; the symmetry term
+    uses the full map. Returns a dict of weighted terms and ``total``.
+    """
+    w = dict(DETAIL_WEIGHTS if weights is None else weights)
+    size = outputs["uv_texture"].shape[1]
+    box = (UV_FACE_BOX[0] * size // 256, UV_FACE_BOX[1] * size // 256)  # [50:206] at 256
+    vis = _mask4(uv_maps["uv_vis_mask"])
+    tex_patch = crop_uv_face(outputs["uv_texture"], size, box)
+    gt_patch = crop_uv_face(uv_maps["uv_texture_gt"], size, box)
+    vis_patch = crop_uv_face(vis, size, box)
+    terms = {
+        "photometric": w["photometric"] * detail_photometric_loss(tex_patch, gt_patch, vis_patch),
+        "displacement_reg": w["displacement_reg"] * displacement_regularizer(outputs["displacement"]),
+        "shading_smoothness": w["shading_smoothness"] * shading_smoothness_loss(outputs["uv_shading"]),
+        "symmetry": w["symmetry"] * soft_symmetry_loss(_mask4(outputs["displacement"]), vis),
+    }
+    if features_fn is not None:
+        terms["id_mrf"] = w["id_mrf"] * id_mrf_loss(features_fn, tex_patch * vis_patch, gt_patch * vis_patch)
+    terms["total"] = sum(terms.values())
+    return terms

@@ -20,7 +20,7 @@ from jface.deca import appearance, detail as detail_lib
 from jface.geometry import vertex_normals
 from jface.sampling import grid_sample
 
-__all__ = ["encode", "decode", "decode_geometry"]
+__all__ = ["encode", "decode", "decode_geometry", "detail_outputs", "detail_uv_maps"]
 
 
 def _networks():
@@ -249,3 +249,50 @@ def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=N
         result["uv_shading"] = uv_shading
         result["uv_texture"] = albedo * uv_shading
     return result
+
+
+def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, occlusion_threshold=-0.05):
+    """The detail stage's UV targets (spec §7.5 step 2), batched and detached.
+
+    ``trans_verts (B, V, 3)`` (DECA NDC), ``images (B, H, W, 3)``, ``seg_masks (B, H, W[, 1])`` or
+    None (ones). With P' = world2uv(trans_verts): ``uv_texture_gt`` and ``uv_mask_gt`` =
+    grid_sample([I, M_seg], P'[..., :2]) (align_corners=False); the self-occlusion mask
+    world2uv(normals of trans_verts).z < −0.05; ``uv_vis_mask`` = uv_mask_gt ⊙ self-occlusion ⊙
+    uv_face_eye_mask. Returns ``uv_texture_gt (B,S,S,3)``, ``uv_mask_gt``, ``uv_vis_mask``
+    ``(B,S,S,1)``.
+    """
+    from jface import render as render_lib
+
+    trans_verts = jnp.asarray(trans_verts)
+    images = jnp.asarray(images)
+    if model.uv_coords is None or model.uv_faces is None:
+        raise ValueError("model: detail_uv_maps needs the FLAME UV layout (uv_coords, uv_faces)")
+    if images.ndim != 4 or images.shape[0] != trans_verts.shape[0]:
+        raise ValueError(f"images: expected (B, H, W, 3) with B = {trans_verts.shape[0]}, got {images.shape}")
+    dtype = jnp.result_type(trans_verts.dtype, images.dtype)
+    if seg_masks is None:
+        seg_masks = jnp.ones(images.shape[:3] + (1,), dtype)
+    seg_masks = jnp.asarray(seg_masks, dtype)
+    if seg_masks.ndim == 3:
+        seg_masks = seg_masks[..., None]
+    size = (uv_size, uv_size) if isinstance(uv_size, int) else tuple(uv_size)
+    uv_mask = (
+        jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
+    )
+    if uv_mask.ndim == 3:
+        uv_mask = uv_mask[..., 0]
+    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    faces = jnp.asarray(model.faces, jnp.int32)
+
+    def item(tv, image, seg):
+        uv_pverts = render_lib.interpolate(fragments, tv[faces])
+        sampled = grid_sample(jnp.concatenate([image.astype(dtype), seg], axis=-1), uv_pverts[..., :2])
+        tn = vertex_normals(tv, faces)
+        uv_pnorm = render_lib.interpolate(fragments, tn[faces])
+        occlusion = (uv_pnorm[..., 2:3] < occlusion_threshold).astype(dtype)
+        mask_gt = sampled[..., 3:4]
+        return sampled[..., :3], mask_gt, mask_gt * occlusion * uv_mask[..., None]
+
+    tex, mask_gt, vis = jax.vmap(item)(trans_verts, images, seg_masks)
+    stop = jax.lax.stop_gradient
+    return {"uv_texture_gt": stop(tex), "uv_mask_gt": stop(mask_gt), "uv_vis_mask": stop(vis)}
