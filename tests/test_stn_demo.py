@@ -160,6 +160,11 @@ def test_gd_on_real_demo_labels(realdata):
     np.testing.assert_allclose(traj, traj_ref, rtol=1e-9)
     np.testing.assert_allclose(theta, theta_ref, rtol=1e-8, atol=1e-8)
     assert traj[-1] < traj[0]
+    # part (b) on the real images: the fitted face samples the photo (not the black border)
+    flat = demo.panels(model, theta[:2], images[:2])
+    assert flat["texture"].shape == (2, 16, 16, 3) and 0.5 < flat["mask"].mean() <= 1.0
+    centre = flat["texture"][:, 5:11, 5:11]
+    assert np.all(centre.mean(axis=(1, 2, 3)) > 20)
 
 
 def test_load_demodata_errors(tmp_path):
