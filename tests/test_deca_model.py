@@ -106,7 +106,8 @@ def test_decode_render_detail_and_gradients():
     def stage_losses(out, codes):
         coarse = deca.losses.coarse_losses(out, codes, images, lmk_gt)
         uv_maps = deca.detail_uv_maps(model, out["trans_verts"], images, uv_size=32)
-        return coarse, deca.losses.detail_losses(out, uv_maps, features_fn=features), uv_maps
+        tex_gt = deca.extract_texture(model, out["trans_verts"], images, uv_size=32)
+        return coarse, deca.losses.detail_losses(out, uv_maps, features_fn=features), dict(uv_maps, tex_gt=tex_gt)
 
     coarse, fine, uv_maps = stage_losses(out, codes)
     b, h = 2, 32
@@ -160,6 +161,9 @@ def test_decode_render_detail_and_gradients():
     ref = jax.vmap(grid_sample)(images, uvp[..., :2])
     covered = np.asarray(jnp.any(out["uv_positions"] != 0, axis=-1))
     np.testing.assert_allclose(np.asarray(uv_maps["uv_texture_gt"])[covered], np.asarray(ref)[covered], atol=1e-5)
+    # DECA's uv_texture_gt: the same samples inside the face/eye mask, grey 0.7 outside
+    uvm = np.asarray(model.uv_face_eye_mask)[None, ..., None]
+    np.testing.assert_allclose(uv_maps["tex_gt"], uv_maps["uv_texture_gt"] * uvm + 0.7 * (1 - uvm), atol=1e-6)
     vis = np.asarray(uv_maps["uv_vis_mask"])[..., 0]
     assert vis.max() > 0 and np.all(vis <= np.asarray(model.uv_face_eye_mask)[None] + 1e-6)
 

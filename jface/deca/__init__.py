@@ -23,7 +23,7 @@ from jface.deca.detail import (
     load_fixed_displacement,
 )
 from jface.deca.losses import swap_within_identity
-from jface.deca.model import decode, decode_geometry, detail_outputs, detail_uv_maps, encode
+from jface.deca.model import decode, decode_geometry, detail_outputs, detail_uv_maps, encode, extract_texture
 
 _NETWORK_NAMES = (
     "ResNet50",
@@ -45,6 +45,7 @@ __all__ = [
     "decode_geometry",
     "detail_outputs",
     "detail_uv_maps",
+    "extract_texture",
     "project",
     "albedo",
     "albedo_from_file_layout",

@@ -20,7 +20,7 @@ from jface.deca import appearance, detail as detail_lib
 from jface.geometry import vertex_normals
 from jface.sampling import grid_sample
 
-__all__ = ["encode", "decode", "decode_geometry", "detail_outputs", "detail_uv_maps"]
+__all__ = ["encode", "decode", "decode_geometry", "detail_outputs", "detail_uv_maps", "extract_texture"]
 
 
 def _networks():
@@ -296,3 +296,35 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
     tex, mask_gt, vis = jax.vmap(item)(trans_verts, images, seg_masks)
     stop = jax.lax.stop_gradient
     return {"uv_texture_gt": stop(tex), "uv_mask_gt": stop(mask_gt), "uv_vis_mask": stop(vis)}
+
+
+def extract_texture(model, trans_verts, images, fill=None, uv_size=256):
+    """DECA's ``uv_texture_gt`` (spec §8, §5.5 texture extraction), batched.
+
+    The input image sampled at every texel's projected position, grid_sample(I,
+    world2uv(trans_verts)[..., :2]) (no visibility test), inside the UV face/eye mask M; outside it
+    ``fill (B, S, S, 3)`` (DECA with ``useTex``: its ``uv_texture``) or flat grey 0.7 when None:
+    uv_gt ⊙ M + fill ⊙ (1 − M). Returns ``(B, S, S, 3)``.
+    """
+    from jface import render as render_lib
+
+    trans_verts = jnp.asarray(trans_verts)
+    images = jnp.asarray(images)
+    if model.uv_coords is None or model.uv_faces is None:
+        raise ValueError("model: extract_texture needs the FLAME UV layout (uv_coords, uv_faces)")
+    if images.ndim != 4 or images.shape[0] != trans_verts.shape[0]:
+        raise ValueError(f"images: expected (B, H, W, C) with B = {trans_verts.shape[0]}, got {images.shape}")
+    dtype = jnp.result_type(trans_verts.dtype, images.dtype)
+    size = (uv_size, uv_size) if isinstance(uv_size, int) else tuple(uv_size)
+    mask = jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
+    mask = (mask[..., 0] if mask.ndim == 3 else mask)[..., None]
+    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    faces = jnp.asarray(model.faces, jnp.int32)
+
+    def item(tv, image):
+        uv_pverts = render_lib.interpolate(fragments, tv[faces])
+        return grid_sample(image.astype(dtype), uv_pverts[..., :2])
+
+    uv_gt = jax.vmap(item)(trans_verts, images)
+    fill = jnp.full_like(uv_gt, 0.7) if fill is None else jnp.asarray(fill, dtype)
+    return uv_gt * mask + fill * (1.0 - mask)
