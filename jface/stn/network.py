@@ -24,10 +24,14 @@ def split_labels(labels, vis=None):
     ``vis`` separately (default all visible) -> ``(xy (..., L, 2), vis (..., L))``."""
     labels = jnp.asarray(labels)
     if labels.ndim < 2 or labels.shape[-1] not in (2, 3):
-        raise ValueError(f"labels: expected (..., L, 3) = (x, y, vis) or (..., L, 2), got {labels.shape}")
+        raise ValueError(
+            f"labels: expected (..., L, 3) = (x, y, vis) or (..., L, 2), got {labels.shape}"
+        )
     if labels.shape[-1] == 3:
         if vis is not None:
-            raise ValueError("vis: labels already carry a visibility column (..., L, 3); pass one or the other")
+            raise ValueError(
+                "vis: labels already carry a visibility column (..., L, 3); pass one or the other"
+            )
         return labels[..., :2], labels[..., 2]
     if vis is None:
         vis = jnp.ones(labels.shape[:-1], labels.dtype)
@@ -114,7 +118,8 @@ def forward(params, model, images, labels=None, *, localiser=None, vis=None, los
     from jface.stn.localiser import Localiser
 
     localiser = Localiser() if localiser is None else localiser
-    weights = {k: jnp.asarray(v, jnp.float32) for k, v in (LOSS_WEIGHTS if loss_weights is None else loss_weights).items()}
+    weights = LOSS_WEIGHTS if loss_weights is None else loss_weights
+    weights = {k: jnp.asarray(v, jnp.float32) for k, v in weights.items()}
     return _forward(params, model, images, labels, vis, weights, localiser=localiser,
                     landmark_set=landmark_set, siamese=siamese, padding=padding,
                     visibility_mode=visibility_mode)
