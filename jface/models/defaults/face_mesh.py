@@ -267,7 +267,8 @@ def jaw_weight(points, params=None):
     below = _sig((line - y) / 1.2)
     front = _sig((z - 5.0) / 8.0)
     neck = _sig((y - (params["chin_height"] - 28.0)) / 6.0) + _sig((z - 55.0) / 6.0)
-    return below * front * np.clip(neck, 0.0, 1.0)
+    ears = _sig((72.0 - np.abs(x)) / 2.5)  # the mandible ends in front of the ears
+    return below * front * np.clip(neck, 0.0, 1.0) * ears
 
 
 def expression_displacement(points, name, params=None):

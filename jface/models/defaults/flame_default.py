@@ -66,6 +66,10 @@ _N_SHAPE, _N_EXPR = 300, 100
 _ALBEDO_RES = 512
 _N_ALBEDO = 20
 _MM = 1e-3        # mm -> m
+# FLAME's template puts the nose tip near (0, 0.027, 0.09) m and the eyeball centres near
+# z = 0.04 m; shifting the procedural head (nose tip near (0, -2, 106) mm) by this offset puts it
+# in the same place, so DECA-style cameras see it where they would see FLAME.
+FLAME_OFFSET_MM = np.array([0.0, 29.0, -17.0])
 
 FILES = {
     "model": "generic_model.pkl",
@@ -683,7 +687,7 @@ def write_flame_files(folder) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
     try:
-        v_m = a["v_template"] * _MM
+        v_m = (a["v_template"] + FLAME_OFFSET_MM) * _MM
         j_reg = a["J_regressor"]
         pkl = {
             "f": a["faces"].astype(np.uint32),
