@@ -167,6 +167,26 @@ def test_gd_on_real_demo_labels(realdata):
     assert np.all(centre.mean(axis=(1, 2, 3)) > 20)
 
 
+def test_gd_on_real_demo_labels_default_model(realdata):
+    """The same check with the embedded 112-grid default model (D = 42), 40 steps."""
+    try:
+        from jface.models import default_stn_model
+
+        model = default_stn_model()
+    except (ImportError, AttributeError):
+        pytest.skip("jface.models.default_stn_model is not available")
+    model = jax.tree_util.tree_map(
+        lambda x: np.asarray(x, np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else x, model)
+    _, labels = demo.load_demodata(realdata / "3dmmasstn" / "demodata.mat")
+    labels = labels.astype(np.float64)
+    theta0 = np.asarray(demo.init_theta(jax.random.PRNGKey(0), 6, model.basis.shape[-1], dtype=np.float64))
+    theta_ref, traj_ref = ref_demo_fit(model, labels, theta0, max_steps=40)
+    theta, traj = demo.fit_gd(model, labels, theta0, max_steps=40)
+    np.testing.assert_allclose(traj, traj_ref, rtol=1e-9)
+    np.testing.assert_allclose(theta, theta_ref, rtol=1e-8, atol=1e-8)
+    assert traj[-1] < traj[0]
+
+
 def test_load_demodata_errors(tmp_path):
     import scipy.io
 
