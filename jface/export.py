@@ -372,7 +372,8 @@ def upsample_mesh(vertices, faces, table: UVPixelTable, displacement_map, textur
         disp = disp[..., 0]
     if disp.shape != table.uv_hw:
         raise ValueError(f"displacement_map: expected {table.uv_hw}, got shape {disp.shape}")
-    face_normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    v0, v1, v2 = (vertices[faces[:, k]] for k in range(3))
+    face_normals = np.cross(v1 - v0, v2 - v0)  # area-weighted, as util.vertex_normals (spec §5.4)
     normals = np.zeros_like(vertices)
     for k in range(3):
         np.add.at(normals, faces[:, k], face_normals)

@@ -34,7 +34,15 @@ import numpy as np
 import optax
 
 from jface import export
-from jface.reconstruct.inputs import InputError, LandmarkFileError, SkipReport, collect_inputs, load_face, make_detector, progress
+from jface.reconstruct.inputs import (
+    InputError,
+    LandmarkFileError,
+    SkipReport,
+    collect_inputs,
+    load_face,
+    make_detector,
+    progress,
+)
 
 __all__ = [
     "IBUG68_TO_AFLW21",
@@ -260,6 +268,7 @@ def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, de
     if (checkpoint is None) == (not fit_landmarks):
         raise InputError("expected exactly one of --checkpoint DIR or --fit-landmarks")
     items = collect_inputs(inputs)
+    det = make_detector(detector)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predict = None
@@ -270,7 +279,6 @@ def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, de
 
         model = default_stn_model()
     grid_hw = tuple(model.grid_hw) if model.grid_hw is not None else None
-    det = make_detector(detector)
     report = SkipReport()
     used, outputs = set(), []
     per_identity: dict = {}
@@ -366,7 +374,7 @@ def main(argv=None):
     try:
         run(args.inputs, args.out, model=model, checkpoint=args.checkpoint, fit_landmarks=args.fit_landmarks,
             detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
-    except (InputError, LandmarkFileError) as err:
+    except (InputError, LandmarkFileError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

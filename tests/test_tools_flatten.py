@@ -129,3 +129,14 @@ def test_astronaut_demo(tmp_path):
     with Image.open(tmp_path / "astronaut_texture.png") as im:
         assert im.size == (112, 112)
     assert 0.3 < summary["visible_fraction"] < 1.0
+
+
+def test_detector_missing_is_a_clear_error(tmp_path, stn_folder):
+    try:
+        import dlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="detector"):
+            flatten.run([stn_folder], tmp_path, fit_landmarks=True, detector=True)
+        assert flatten.main([str(stn_folder), "-o", str(tmp_path), "--fit-landmarks", "--detector"]) == 2
+    else:
+        pytest.skip("dlib is installed")

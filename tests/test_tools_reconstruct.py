@@ -186,3 +186,20 @@ def test_bad_inputs(tmp_path):
         run([tmp_path / "face.png"], tmp_path / "o", fit_landmarks=True)
     with pytest.raises(ValueError, match="landmarks_ndc"):
         fit_codes(None, np.full((1, 68, 2), np.nan))
+
+
+def test_load_weights(tmp_path):
+    from jface.models.errors import ModelFileError
+    from jface.reconstruct import load_weights
+    from jface.weights.convert import save_variables
+
+    tree = {"E_flame": {"params": {"layers_2": {"bias": np.arange(3.0, dtype=np.float32)}}}}
+    save_variables(tmp_path / "deca.npz", tree, kind="deca")
+    loaded = load_weights(tmp_path / "deca.npz")
+    np.testing.assert_array_equal(loaded["E_flame"]["params"]["layers_2"]["bias"], [0, 1, 2])
+    save_variables(tmp_path / "vgg.npz", tree, kind="vgg19")
+    with pytest.raises(ModelFileError, match="kind"):
+        load_weights(tmp_path / "vgg.npz")
+    save_variables(tmp_path / "other.npz", {"D_detail": tree["E_flame"]}, kind="deca")
+    with pytest.raises(InputError, match="E_flame"):
+        load_weights(tmp_path / "other.npz")

@@ -190,7 +190,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m jface.demos.astronaut", description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of the landmark fit")
-    parser.add_argument("--no-detector", action="store_true", help="use the hand-placed landmarks even if dlib is installed")
+    parser.add_argument("--no-detector", action="store_true",
+                        help="use the hand-placed landmarks even if dlib is installed")
     args = parser.parse_args(argv)
     run(args.out, steps=args.steps, use_detector=not args.no_detector)
     return 0

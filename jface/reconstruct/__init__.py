@@ -73,7 +73,7 @@ RANDOM_WEIGHTS_WARNING = (
     "\n" + "!" * 78 + "\n"
     "!! WARNING: no --weights given: DECA's networks are RANDOMLY INITIALISED.\n"
     "!! Every reconstruction below is MEANINGLESS; this run only exercises the pipeline.\n"
-    "!! Convert DECA's release with `python -m jface.weights convert deca deca_model.tar out.npz`\n"
+    "!! Convert DECA's release with `python -m jface.weights convert deca deca_model.tar -o out.npz`\n"
     "!! and pass --weights out.npz, or use --fit-landmarks.\n" + "!" * 78 + "\n"
 )
 
@@ -403,6 +403,7 @@ def run(inputs, out_dir, *, weights=None, fit_landmarks=False, transfer=None, de
     ``detail_generator`` (the F_d module matching ``params['D_detail']``, e.g. a small test one).
     """
     items = collect_inputs(inputs)
+    det = make_detector(detector)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
@@ -423,7 +424,6 @@ def run(inputs, out_dir, *, weights=None, fit_landmarks=False, transfer=None, de
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
         params = random_weights(seed)
         source = "RANDOM weights (meaningless)"
-    det = make_detector(detector)
     report = SkipReport()
 
     def load(item):
@@ -521,7 +521,7 @@ def main(argv=None):
         run(args.inputs, args.out, weights=args.weights, fit_landmarks=args.fit_landmarks, transfer=args.transfer,
             detector=args.detector, batch_size=args.batch, model=model, fixed_displacement=fixed,
             fit_steps=args.fit_steps, seed=args.seed)
-    except (InputError, LandmarkFileError) as err:
+    except (InputError, LandmarkFileError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
