@@ -172,7 +172,7 @@ def show_flame(out_dir):
     faces = np.asarray(model.faces)
     v0 = np.asarray(model.v_template, np.float64) * 1000.0  # pictures in mm
     colors = _flame_vertex_colors(model)
-    ext = (0.0, -5.0, 135.0)
+    ext = (0.0, 15.0, 140.0)  # the head sits where FLAME's template does (nose ~27 mm up)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -200,7 +200,7 @@ def show_flame(out_dir):
         e[k] = 2.0
         v, _ = lbs_numpy(model, expression=e)
         im, _ = paint.paint_mesh(v * 1000, faces, colors=colors, rotation=paint.rotation_y(20),
-                                 extent=(0.0, 0.0, 100.0), size=240)
+                                 extent=(0.0, 25.0, 100.0), size=240)
         imgs.append(_label(im, f"{name} x2"))
     save("flame_expressions.png", paint.tile(imgs, 4))
     imgs = []
