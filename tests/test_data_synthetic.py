@@ -222,6 +222,18 @@ def test_cli_inspect_writes_png(env, tmp_path):
             assert np.asarray(im).std() > 10
 
 
+def test_load_arrays_feeds_the_batch_loader(env):
+    from jface.data.loader import BatchLoader
+
+    arrays = tfds_synthetic.load_arrays("stn_small", "train", data_dir=env["data_dir"])
+    assert arrays["images"].shape == (4, SIZE, SIZE, 3) and arrays["labels"].shape == (4, 21, 3)
+    loader = BatchLoader(arrays, batch_size=2, group_key="identity", images_per_group=2, use_grain=False,
+                         process_index=0, process_count=1)
+    batch = next(iter(loader))
+    assert batch["images"].shape == (2, SIZE, SIZE, 3)
+    assert batch["identity"][0] == batch["identity"][1]
+
+
 def test_custom_config_names_and_errors(env):
     config = tfds_synthetic.custom_config("stn", split="validation", num=15, images_per_identity=4)
     assert config.name == "stn-validation16-k4" and config.splits == {"validation": 4}
@@ -239,6 +251,25 @@ def test_custom_config_names_and_errors(env):
         generate_deca(env["flame"], 1, 0, 0, SIZE)
     with pytest.raises(ValueError, match="image_size"):
         generate_stn(env["stn"], 1, 1, 0, 4)
+
+
+def test_cli_build_and_inspect_real(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "manual" / "person_a"
+    folder.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (120, 100, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    np.savetxt(folder / "a.txt", np.stack([rng.uniform(30, 70, 68), rng.uniform(40, 90, 68)], -1))
+    data_dir = str(tmp_path / "tfds")
+    assert cli.main(["build", "real", "--config", "stn", "--manual_dir", str(tmp_path / "manual"),
+                     "--data_dir", data_dir]) == 0
+    out = tmp_path / "real.png"
+    assert cli.main(["inspect", "--dataset", "real", "--config", "stn", "--data_dir", data_dir, "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (4 * 224, 224)
+    with pytest.raises(SystemExit, match="not built"):
+        cli.main(["inspect", "--dataset", "real", "--config", "deca_test", "--data_dir", data_dir, "-o", str(out)])
 
 
 # ------------------------------------------------------------------------------------------------

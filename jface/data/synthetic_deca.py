@@ -302,12 +302,10 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
             "identity": merged["identity"],
         }
 
-    count = 0
     for ident in range(identity_offset, identity_offset + int(num_identities)):
         draws = _identity_draws(model32, config, seed, ident, int(images_per_identity), hw)
         for i in range(int(images_per_identity)):
             pending.append({k: v[i:i + 1] for k, v in draws.items()})
-            count += 1
             if len(pending) == chunk:
                 yield flush(pending)
                 pending = []

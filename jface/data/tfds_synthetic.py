@@ -11,6 +11,9 @@ and read with random access (grain, :class:`jface.data.loader.BatchLoader`)::
     source = builder.as_data_source("train")                       # source[i] -> dict of numpy
     # a build with custom counts (its config name, e.g. "stn-train1000-k10"):
     source = load_source("stn-train1000-k10", "train", data_dir=DIR)
+    # everything in memory, for jface.data.loader.BatchLoader (identity-grouped batches):
+    arrays = load_arrays("stn", "train", data_dir=DIR)
+    BatchLoader(arrays, batch_size=32, group_key="identity", images_per_group=4)
 
 Configurations (``kind`` selects the generator):
 
@@ -44,6 +47,7 @@ __all__ = [
     "SPLIT_IDENTITY_OFFSET",
     "custom_config",
     "load_source",
+    "load_arrays",
     "N_ALBEDO",
 ]
 
@@ -240,3 +244,19 @@ def load_source(config: str, split: str, *, data_dir: Optional[str] = None):
     if split not in builder.info.splits:
         raise ValueError(f"split: {split!r} was not built for {config!r}; built: {list(builder.info.splits)}")
     return builder.as_data_source(split=split)
+
+
+def load_arrays(config: str, split: str, *, data_dir: Optional[str] = None) -> dict:
+    """A built split as one dict of stacked numpy arrays, in the dataset's stored order.
+
+    Keys as in the features, except ``image`` -> ``images`` (:class:`jface.data.loader.BatchLoader`'s
+    name); for ``stn`` configurations ``labels`` = ``landmarks21`` (the 3DMM-STN's landmark labels,
+    the key the loader's mirror augmentation reads). ``frame`` is dropped.
+    """
+    source = load_source(config, split, data_dir=data_dir)
+    examples = [source[i] for i in range(len(source))]
+    arrays = {key: np.stack([ex[key] for ex in examples]) for key in examples[0] if key != "frame"}
+    arrays["images"] = arrays.pop("image")
+    if "theta" in arrays:
+        arrays["labels"] = arrays["landmarks21"]
+    return arrays
