@@ -1,7 +1,8 @@
 """``python -m jface.flatten IMAGES_OR_DIRS... -o DIR``: 3DMM-STN flattened textures of photographs.
 
-For every image with 68 landmarks (side file or ``--detector``): the STN crop (224 x 224 around the
-landmark box, :func:`jface.data.crops.stn_crop`), theta from a trained localiser
+For every image with 68 landmarks (side file or ``--detector``): the STN crop (224 x 224, or the
+run's image size with ``--checkpoint``, around the landmark box, :func:`jface.data.crops.stn_crop`),
+theta from a trained localiser
 (``--checkpoint``, a ``train.stn`` run folder) or fitted to the landmarks (``--fit-landmarks``,
 the gradient demo's optax variant, :func:`fit_theta`), then :func:`jface.stn.flatten` (grid
 generator, bilinear sampler, visibility, masking; spec 3dmm_stn.md §2.10-§2.13).
@@ -182,7 +183,8 @@ def mean_textures(textures, masks):
 
 def load_localiser_checkpoint(path):
     """A ``train.stn`` run (its folder, its ``checkpoints`` folder or one step's folder) ->
-    ``(model, predict(images (B, 224, 224, 3) 0-255) -> theta (B, 6 + D))``.
+    ``(model, predict, image_size)`` with ``predict(images (B, S, S, 3) 0-255) -> theta (B, 6 + D)``
+    in the y-up frame of the run's ``image_size`` S (224 for the original).
 
     Rebuilds the run's context from its ``config.json`` (model, localiser and the theta whitening
     statistics, which come from the run's generated training data) and restores the parameters.
@@ -211,7 +213,7 @@ def load_localiser_checkpoint(path):
     state, _, step = common.restore_state_only(path, host_state, step)
     params = jax.device_get(state.params)
     predict = jax.jit(lambda images: train_stn.predict_theta(ctx, params, images))
-    return ctx.model, lambda images: np.asarray(predict(jnp.asarray(images, jnp.float32)))
+    return ctx.model, lambda images: np.asarray(predict(jnp.asarray(images, jnp.float32))), int(config.image_size)
 
 
 def _overlay(crop, labels21, fitted21):
@@ -272,8 +274,9 @@ def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, de
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predict = None
+    crop_size = 224
     if checkpoint is not None:
-        model, predict = load_localiser_checkpoint(checkpoint)
+        model, predict, crop_size = load_localiser_checkpoint(checkpoint)
     elif model is None:
         from jface.models import default_stn_model
 
@@ -296,7 +299,8 @@ def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, de
     for batch in progress(batches, total=len(batches), desc="flatten"):
         crops, labels, transforms = [], [], []
         for item, image, landmarks in batch:
-            crop, lab68, transform = stn_crop(image.astype(np.float64), landmarks, scale=crop_scale)
+            crop, lab68, transform = stn_crop(image.astype(np.float64), landmarks, scale=crop_scale,
+                                              out_size=crop_size)
             crops.append(crop)
             labels.append(ibug68_to_aflw21(lab68[:, :2]))
             transforms.append(transform)
