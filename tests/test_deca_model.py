@@ -10,7 +10,9 @@ import pytest
 from jface import deca, flame
 from jface.deca import appearance
 from jface.flame.testing import random_flame_model
-from jface.lighting import sh_shading
+
+sh_shading = pytest.importorskip("jface.lighting", reason="jface.lighting (SH shading) not available").sh_shading
+pytest.importorskip("jface.render", reason="jface.render (rasterizer) not available")
 
 RNG = np.random.default_rng(0)
 

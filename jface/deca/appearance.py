@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jface.geometry import flip_yz, orthographic_camera
-from jface.lighting import sh_shading
 
 __all__ = [
     "project",
@@ -107,6 +106,8 @@ def albedo(model, coeffs, *, truncate=False):
 
 def shade(normals, light):
     """SH shading (spec §4) of world-frame ``normals (..., 3)`` with ``light (9, 3)`` or ``(27,)``."""
+    from jface.lighting import sh_shading  # the renderer engineer's module (spec §4)
+
     light = jnp.asarray(light)
     if light.shape == (27,):
         light = light.reshape(9, 3)
