@@ -150,6 +150,13 @@ def test_real_layout_model_and_torch_transcription(real_model):
     jout = _forward(m32, *(a.astype(np.float32) for a in (shape, exp, pose)))
     for key in ("vertices", "landmarks2d", "landmarks3d"):
         np.testing.assert_allclose(jout[key], tout[key], rtol=1e-4, atol=2e-5, err_msg=key)
+    # the dynamic contour through the torch transcription, across the LUT's regimes
+    for yaw in (-55.3, -20.4, 0.2, 12.6, 47.1):
+        p = pose.copy()
+        p[:3] = [0.05, np.radians(yaw), -0.03]
+        tout = _torch_deca_flame(torch, real_model, shape, exp, p)
+        jout = _forward(m32, *(a.astype(np.float32) for a in (shape, exp, p)))
+        np.testing.assert_allclose(jout["landmarks2d"], tout["landmarks2d"], rtol=1e-4, atol=2e-5, err_msg=str(yaw))
 
 
 def _torch_deca_flame(torch, m, shape, exp, pose):
