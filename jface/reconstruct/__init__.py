@@ -58,6 +58,7 @@ from jface.reconstruct.inputs import (
 __all__ = [
     "RANDOM_WEIGHTS_WARNING",
     "load_weights",
+    "load_train_deca",
     "random_weights",
     "crop_faces",
     "encode_batch",
@@ -100,25 +101,71 @@ def random_weights(seed: int = 0, *, detail: bool = True):
 
 
 def load_weights(path):
-    """``--weights``: a converted DECA weight file (``python -m jface.weights convert deca``) or a
-    ``train.deca`` checkpoint folder. Returns DECA's params dict (:mod:`jface.deca.model`)."""
+    """``--weights`` file: a converted DECA weight file (``python -m jface.weights convert deca``).
+    Returns DECA's params dict (:mod:`jface.deca.model`). Folders: :func:`load_train_deca`."""
     path = Path(path)
     if path.is_dir():
-        try:
-            from train import deca as train_deca  # noqa: F401
-        except ImportError as err:
-            raise InputError(f"--weights {path}: a folder is read as a train.deca checkpoint, but train.deca "
-                             f"is not available ({err})") from None
-        loader = getattr(train_deca, "load_params", None)
-        if loader is None:
-            raise InputError(f"--weights {path}: train.deca has no load_params(folder) to read its checkpoints")
-        return loader(path)
+        raise InputError(f"--weights {path}: a folder; use load_train_deca for train.deca runs")
     from jface.weights.convert import load_variables
 
     tree = load_variables(path, kind="deca")
     if "E_flame" not in tree:
         raise InputError(f"--weights {path}: expected DECA weights with an 'E_flame' entry, got {sorted(tree)}")
     return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+def load_train_deca(path):
+    """A ``train.deca`` run folder (``--weights RUN_DIR``) -> ``(params, encode, detail_generator)``.
+
+    Rebuilds the run from its ``config.json`` (networks, which may be the "small" encoders, and the
+    code whitening statistics of its generated training data, as ``train.deca.predict_codes``
+    uses them), restores the last checkpoint of the latest stage present (detail > coarse >
+    pretrain), and returns ``encode(images (B, 224, 224, 3) in [0, 1]) -> codes`` (jit-compiled,
+    with the detail code) and the run's F_d module for :func:`jface.deca.decode`.
+    """
+    import dataclasses
+    import json
+
+    try:
+        from train import common, deca as train_deca
+    except ImportError as err:
+        raise InputError(f"--weights {path}: a folder is read as a train.deca run, but train.deca is not "
+                         f"importable ({err})") from None
+    path = Path(path)
+    saved = path / "config.json"
+    if not saved.is_file():
+        raise InputError(f"--weights {path}: {saved} not found (expected a train.deca run folder)")
+    fields = {f.name for f in dataclasses.fields(train_deca.Config)}
+    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(saved.read_text()).items()
+              if k in fields}
+    config = train_deca.Config(**stored)
+    stages = [s for s in train_deca.STAGES if (path / s / "checkpoints").is_dir()]
+    if not stages:
+        raise InputError(f"--weights {path}: no <stage>/checkpoints folder ({', '.join(train_deca.STAGES)})")
+    stage = stages[-1]
+    model = train_deca.load_model(config)
+    data = train_deca.make_data(config, model, split="train")
+    networks = train_deca.make_networks(config)
+    code_stats = train_deca.code_statistics(data)
+    variables = jax.tree_util.tree_map(
+        np.asarray, train_deca.init_variables(config, networks, jax.random.PRNGKey(config.seed)))
+    ctx = train_deca.make_context(config, stage, networks, *code_stats)
+    template = common.TrainState(
+        step=np.zeros((), np.int32), params=variables,
+        opt_state=ctx.optimizer.init({n: variables[n]["params"] for n in ctx.stage.trainable}),
+        rng=np.zeros(2, np.uint32))
+    state, _, _ = common.restore_state_only(path / stage / "checkpoints",
+                                            common.replicate(template, common.make_mesh()))
+    params = jax.device_get(state.params)
+
+    @jax.jit
+    def encode(images):
+        codes, _ = train_deca.predict_codes(ctx, params["E_flame"], images, train=False)
+        codes = dict(codes)
+        codes["detail"] = networks.detail.apply(params["E_detail"], images, train=False)
+        return codes
+
+    return params, encode, networks.generator
 
 
 # ------------------------------------------------------------------------------------------------
@@ -412,8 +459,12 @@ def run(inputs, out_dir, *, weights=None, fit_landmarks=False, transfer=None, de
         model = default_flame_model()
     if model.uv_coords is None or model.uv_faces is None:
         raise InputError("model: reconstruction exports need the FLAME UV layout (uv_coords, uv_faces)")
+    encode_fn = None
     if params is not None:
         source = "params given by the caller"
+    elif weights is not None and Path(weights).is_dir():
+        params, encode_fn, detail_generator = load_train_deca(weights)
+        source = f"train.deca run {weights}"
     elif weights is not None:
         params = load_weights(weights)
         source = f"weights {weights}"
@@ -450,7 +501,10 @@ def run(inputs, out_dir, *, weights=None, fit_landmarks=False, transfer=None, de
         crops, ndc, transforms = crop_faces([f[1] for f in batch_faces])
         n = len(batch_faces)
         crops_p, ndc_p = _pad(crops, batch_size), _pad(ndc, batch_size)
-        codes = encode_batch(params, crops_p) if "E_flame" in params else None
+        if encode_fn is not None:
+            codes = {k: np.asarray(v) for k, v in encode_fn(jnp.asarray(crops_p, jnp.float32)).items()}
+        else:
+            codes = encode_batch(params, crops_p) if "E_flame" in params else None
         if fit_landmarks:
             codes, _ = fit_codes(model, ndc_p, codes, steps=fit_steps)
         return codes, crops_p, ndc_p, transforms, n
