@@ -139,7 +139,11 @@ def load_train_deca(path):
     stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(saved.read_text()).items()
               if k in fields}
     config = train_deca.Config(**stored)
-    stages = [s for s in train_deca.STAGES if (path / s / "checkpoints").is_dir()]
+    def has_step(stage):
+        folder = path / stage / "checkpoints"
+        return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+    stages = [s for s in train_deca.STAGES if has_step(s)]
     if not stages:
         raise InputError(f"--weights {path}: no <stage>/checkpoints folder ({', '.join(train_deca.STAGES)})")
     stage = stages[-1]
