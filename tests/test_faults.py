@@ -680,6 +680,15 @@ def one_face(tmp_path):
     return folder, bad
 
 
+def test_flatten_cli_bad_checkpoint_is_one_line(one_face, tmp_path, capsys):
+    from jface.flatten import main
+
+    folder, bad = one_face
+    for checkpoint in (bad, tmp_path / "no_such_run"):
+        assert main([str(folder), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint)]) == 2
+        _one_line_error(capsys.readouterr().err, checkpoint.name)
+
+
 @pytest.mark.xfail(strict=True, reason="python -m jface.flatten: --model is loaded before the try block "
                    "(load_model's ModelFileError is a traceback); catch ModelFileError in main")
 def test_flatten_cli_bad_model_file(one_face, tmp_path, capsys):
