@@ -1,0 +1,236 @@
+"""Renderer benchmark: ``python -m jface.bench render [--size full|small] [--json PATH]``.
+
+Times (median of ``--repeats`` after ``--warmup`` calls, each blocked until ready) on a batch of
+FLAME-sized heads (``jface.models.default_flame_model()`` when it exists, else the procedural
+5023-vertex / 9976-face head of :mod:`jface.render.mesh`), framed like DECA's face crop, each item
+with its own pose (yaw, pitch, scale, shift), vmapped:
+
+* ``raster_interp_fwd``: :func:`~jface.render.rasterize` + :func:`~jface.render.interpolate` of
+  DECA's 12 attribute channels, forward (issue target <= 1.0 ms at B=32, 224²);
+* ``render_fwd_bwd``: the full DECA render (camera -> rasterize -> interpolate -> grid_sample
+  albedo -> SH shading -> composite) and its gradient w.r.t. world vertices, albedo and lights
+  (target <= 3 ms);
+* ``soft_fwd_bwd``: :func:`~jface.render.soft_rasterize` silhouette and its gradient w.r.t. the
+  vertices (target <= 5 ms);
+
+plus the compiled temporary buffer size of each (``memory_analysis``), the device's peak memory
+(``memory_stats``; target <= 2 GB) and the binning statistics that size the static budgets.
+``--sweep`` also times the rasterizer for several (tile_size, capacity) pairs.
+``--size small`` is a quick CPU smoke configuration (B=2, 64², a coarse procedural head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+from jface.bench import peak_memory_bytes, time_fn
+
+SIZES = {
+    "full": dict(batch=32, image=224, mesh="flame", repeats=50, warmup=5),
+    "small": dict(batch=2, image=64, mesh="coarse", repeats=3, warmup=1),
+}
+
+
+def _heads(mesh: str):
+    from jface.render.mesh import demo_head, procedural_albedo, procedural_head
+
+    if mesh == "flame":
+        return demo_head()
+    head = dict(procedural_head(n_rings=12, n_lon=16, num_vertices=0), albedo=procedural_albedo(64),
+                name="procedural-coarse")
+    head["scale"] = 8.0
+    return head
+
+
+def _poses(batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    yaw = rng.uniform(-0.5, 0.5, batch)
+    pitch = rng.uniform(-0.2, 0.2, batch)
+    scale = rng.uniform(0.9, 1.05, batch)
+    shift = rng.uniform(-0.01, 0.01, (batch, 2))
+    return yaw, pitch, scale, shift
+
+
+def _batch_world(head, batch):
+    """(B, V, 3) world vertices and (B, 3) cameras: each item rotated by its own yaw/pitch."""
+    yaw, pitch, scale, shift = _poses(batch)
+    v = head["vertices"].astype(np.float64)
+    out = []
+    for b in range(batch):
+        cy, sy, cp, sp = np.cos(yaw[b]), np.sin(yaw[b]), np.cos(pitch[b]), np.sin(pitch[b])
+        ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+        out.append(v @ (rx @ ry).T)
+    cams = np.concatenate([(head["scale"] * scale)[:, None], shift], axis=1)
+    return np.stack(out).astype(np.float32), cams.astype(np.float32)
+
+
+def _ndc(world, cam):
+    import jax.numpy as jnp
+
+    xy = cam[0] * (world[:, :2] + cam[1:3])
+    z = cam[0] * world[:, 2]
+    return jnp.stack([xy[:, 0], -xy[:, 1], -z], axis=-1)
+
+
+def _temp_bytes(jitted, *args):
+    try:
+        analysis = jitted.lower(*args).compile().memory_analysis()
+        return int(analysis.temp_size_in_bytes) if analysis is not None else None
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
+def _stats(ndc_batch, faces, hw, sigma, tile_size, capacity):
+    from jface.render.soft import binning_stats
+
+    per = [binning_stats(v, faces, hw, sigma=sigma, tile_size=tile_size, capacity=capacity) for v in ndc_batch]
+    return {k: max(p[k] for p in per) for k in per[0]}
+
+
+def run(args):
+    import jax
+    import jax.numpy as jnp
+
+    from jface.geometry import vertex_normals
+    from jface.render import interpolate, rasterize, render, soft_rasterize
+
+    cfg = dict(SIZES[args.size])
+    for key in ("batch", "image", "repeats", "warmup"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    head = _heads(cfg["mesh"])
+    hw = (cfg["image"], cfg["image"])
+    batch = cfg["batch"]
+    faces = jnp.asarray(head["faces"])
+    uv_coords = jnp.asarray(head["uv_coords"])
+    uv_faces = jnp.asarray(head["uv_faces"])
+    world_np, cams_np = _batch_world(head, batch)
+    world = jnp.asarray(world_np)
+    cams = jnp.asarray(cams_np)
+    ndc = jax.jit(jax.vmap(_ndc))(world, cams)
+    albedo = jnp.broadcast_to(jnp.asarray(head["albedo"]), (batch,) + head["albedo"].shape)
+    sh = np.zeros((9, 3), np.float32)
+    sh[0], sh[2], sh[3] = 2.2, 0.25, 0.55
+    lights = jnp.broadcast_to(jnp.asarray(sh), (batch, 9, 3))
+    target = jnp.full((batch,) + hw + (3,), 0.5, jnp.float32)
+    hard_tile, hard_cap = args.tile_size, args.capacity
+    soft_tile, soft_cap = args.soft_tile_size, args.soft_capacity
+    results = {
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "host": platform.node(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "mesh": head["name"],
+        "num_vertices": int(head["vertices"].shape[0]),
+        "num_faces": int(head["faces"].shape[0]),
+        "batch": batch,
+        "image": hw,
+        "hard": {"tile_size": hard_tile, "capacity": hard_cap},
+        "soft": {"tile_size": soft_tile, "capacity": soft_cap, "sigma": args.sigma},
+        "timings_ms": {},
+        "temp_bytes": {},
+    }
+    ndc_np = np.asarray(ndc)
+    results["hard"]["binning"] = _stats(ndc_np, head["faces"], hw, 0.0, hard_tile, hard_cap)
+    soft_stats = _stats(ndc_np, head["faces"], hw, args.sigma, soft_tile, soft_cap)
+    results["soft"]["binning"] = soft_stats
+    # Size the soft rasterizer's static overflow pass from the data (it cannot grow under jit).
+    soft_extra = max(64, -(-(soft_stats["max_count"] - soft_cap) // 64) * 64)
+    soft_slots = max(1, -(-soft_stats["over"] // 16) * 16)
+    soft_pairs = max(1024, int(soft_stats["pairs"] * 1.25))
+    results["soft"].update(overflow_tiles=soft_slots, overflow_capacity=soft_extra, pair_budget=soft_pairs)
+
+    attrs = jnp.concatenate(
+        [ndc, world, jax.vmap(vertex_normals, (0, None))(world, faces), jax.vmap(vertex_normals, (0, None))(ndc, faces)],
+        axis=-1,
+    )  # (B, V, 12): DECA's 12 channels (as per-vertex attributes)
+
+    def raster_interp(v, a):
+        frags = rasterize(v, faces, hw, tile_size=hard_tile, capacity=hard_cap)
+        return interpolate(frags, a, faces), frags.mask
+
+    def render_loss(w, cam, alb, light, tgt):
+        out = render(w, _ndc(w, cam), faces, uv_coords, uv_faces, alb, light, image_hw=hw,
+                     tile_size=hard_tile, capacity=hard_cap)
+        return jnp.mean((out["images"] - tgt) ** 2)
+
+    def soft_loss(v):
+        sil = soft_rasterize(v, faces, hw, sigma=args.sigma, tile_size=soft_tile, capacity=soft_cap,
+                             overflow_tiles=soft_slots, overflow_capacity=soft_extra, pair_budget=soft_pairs)
+        return jnp.mean((sil - 0.5) ** 2)
+
+    stages = {
+        "raster_interp_fwd": (jax.jit(jax.vmap(raster_interp)), (ndc, attrs)),
+        "render_fwd_bwd": (
+            jax.jit(jax.vmap(jax.value_and_grad(render_loss, argnums=(0, 2, 3)))),
+            (world, cams, albedo, lights, target),
+        ),
+        "soft_fwd_bwd": (jax.jit(jax.vmap(jax.value_and_grad(soft_loss))), (ndc,)),
+    }
+    targets = {"raster_interp_fwd": 1.0, "render_fwd_bwd": 3.0, "soft_fwd_bwd": 5.0}
+    only = set(args.only.split(",")) if args.only else set(stages)
+    for name, (fn, fargs) in stages.items():
+        if name not in only:
+            continue
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*fargs))
+        compile_s = time.perf_counter() - start
+        ms = 1e3 * time_fn(fn, *fargs, warmup=cfg["warmup"], repeats=cfg["repeats"])
+        results["timings_ms"][name] = ms
+        results.setdefault("compile_s", {})[name] = compile_s
+        results["temp_bytes"][name] = _temp_bytes(fn, *fargs)
+        print(f"{name:>20s}: {ms:9.3f} ms  (target {targets[name]} ms at B=32, 224²; compile {compile_s:.1f} s)",
+              flush=True)
+    if args.sweep:
+        results["sweep_ms"] = {}
+        for tile, cap in ((8, 64), (8, 96), (8, 128), (8, 192), (16, 128), (16, 256), (16, 384), (32, 512)):
+            fn = jax.jit(jax.vmap(lambda v, a, t=tile, c=cap: interpolate(
+                rasterize(v, faces, hw, tile_size=t, capacity=c), a, faces)))
+            ms = 1e3 * time_fn(fn, ndc, attrs, warmup=cfg["warmup"], repeats=cfg["repeats"])
+            results["sweep_ms"][f"tile{tile}_cap{cap}"] = ms
+            print(f"  sweep raster_interp_fwd tile_size={tile:3d} capacity={cap:4d}: {ms:9.3f} ms", flush=True)
+    peak = peak_memory_bytes()
+    results["peak_bytes"] = peak
+    print(f"{'peak memory':>20s}: {'n/a' if peak is None else f'{peak / 2**30:.3f} GiB'} (target <= 2 GB)")
+    print(f"mesh {results['mesh']} ({results['num_vertices']} v / {results['num_faces']} f), batch {batch}, "
+          f"{hw[0]}x{hw[1]}, {results['device_kind']} ({results['backend']}), jax {results['jax']}")
+    print(f"hard binning: {results['hard']}")
+    print(f"soft binning: {results['soft']}")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jface.bench render", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--image", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--tile-size", type=int, default=8)
+    parser.add_argument("--capacity", type=int, default=128)
+    parser.add_argument("--soft-tile-size", type=int, default=8)
+    parser.add_argument("--soft-capacity", type=int, default=128)
+    parser.add_argument("--sigma", type=float, default=1e-4)
+    parser.add_argument("--only", help="comma-separated subset of raster_interp_fwd,render_fwd_bwd,soft_fwd_bwd")
+    parser.add_argument("--sweep", action="store_true", help="also time several (tile_size, capacity)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    results = run(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Lighting: DECA's spherical-harmonics shading and its directional "shape" lights.
+
+* :func:`sh_shading`: ``SRenderY.add_SHlight`` (spec deca.md §4): 9 SH bands in the basis order
+  [1, x, y, z, xy, xz, yz, x^2 - y^2, 3z^2 - 1] with DECA's constants, evaluated on normals in
+  **world (FLAME) coordinates** (y up, +z towards the camera, i.e. before the y/z flip). No
+  clamping, no renormalisation of the normals, no gamma.
+* :func:`directional_shading`: ``add_directionlight`` (spec §4, §5.7): mean over the lights of
+  clamp(n . l_hat, 0, 1) * intensity.
+* :data:`DECA_SHAPE_LIGHTS`: the 5 grey lights of ``render_shape`` (spec §5.7).
+
+Both are pure jnp on any leading shape; float64 in gives float64 out. Sums are written out
+elementwise (no ``dot``), so float32 results do not depend on GPU TF32 settings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "SH_CONSTANTS",
+    "sh_basis",
+    "sh_shading",
+    "directional_shading",
+    "DECA_SHAPE_LIGHT_DIRECTIONS",
+    "DECA_SHAPE_LIGHT_INTENSITY",
+]
+
+# c_k of spec deca.md §4 (same values as SRenderY.constant_factor).
+SH_CONSTANTS = np.array(
+    [
+        1.0 / math.sqrt(4.0 * math.pi),
+        (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
+        (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
+        (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
+        (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
+        (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
+        (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
+        (math.pi / 4.0) * (3.0 / 2.0) * math.sqrt(5.0 / (12.0 * math.pi)),
+        (math.pi / 4.0) * (1.0 / 2.0) * math.sqrt(5.0 / (4.0 * math.pi)),
+    ]
+)
+
+# render_shape's lights (spec §5.7): directions (normalised when used) and RGB intensity 1.7.
+DECA_SHAPE_LIGHT_DIRECTIONS = np.array(
+    [[-1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 1.0]]
+)
+DECA_SHAPE_LIGHT_INTENSITY = 1.7
+
+
+def _float(x):
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def sh_basis(normals):
+    """``(..., 3) -> (..., 9)``: c_k H_k(n), DECA's order [1, x, y, z, xy, xz, yz, x²−y², 3z²−1]."""
+    normals = _float(normals)
+    if normals.shape[-1] != 3:
+        raise ValueError(f"normals: expected (..., 3), got shape {normals.shape}")
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    basis = [jnp.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0]
+    c = SH_CONSTANTS
+    return jnp.stack([float(c[k]) * b for k, b in enumerate(basis)], axis=-1)
+
+
+def sh_shading(normals, sh):
+    """DECA's SH shading (spec deca.md §4): ``normals (..., 3)``, ``sh (9, 3)`` -> ``(..., 3)``.
+
+    ``normals`` in world (FLAME) coordinates, used as given (not renormalised). ``sh[k, c]`` is the
+    coefficient of band k for colour c, i.e. the light code (27,) reshaped row-major to (9, 3).
+    shading[..., c] = sum_k sh[k, c] c_k H_k(n). No clamping.
+    """
+    normals = _float(normals)
+    sh = jnp.asarray(sh)
+    if sh.shape != (9, 3):
+        raise ValueError(f"sh: expected (9, 3) (the 27-vector reshaped [band][rgb]), got shape {sh.shape}")
+    dtype = jnp.result_type(normals.dtype, sh.dtype)
+    basis = sh_basis(normals.astype(dtype))
+    sh = sh.astype(dtype)
+    return sum(basis[..., k, None] * sh[k] for k in range(9))
+
+
+def directional_shading(normals, directions=None, intensities=None):
+    """Directional lights as DECA's ``add_directionlight`` (spec §4, §5.7).
+
+    ``normals (..., 3)`` (world frame, used as given), ``directions (L, 3)`` (normalised here;
+    default :data:`DECA_SHAPE_LIGHT_DIRECTIONS`), ``intensities (L, 3)`` RGB (default 1.7 each).
+    Returns ``(..., 3)`` = mean_l clamp(n . l_hat, 0, 1) * intensity_l.
+    """
+    normals = _float(normals)
+    if normals.shape[-1] != 3:
+        raise ValueError(f"normals: expected (..., 3), got shape {normals.shape}")
+    dtype = normals.dtype
+    if directions is None:
+        directions = DECA_SHAPE_LIGHT_DIRECTIONS
+    directions = jnp.asarray(directions, dtype)
+    if directions.ndim != 2 or directions.shape[-1] != 3:
+        raise ValueError(f"directions: expected (L, 3), got shape {directions.shape}")
+    if intensities is None:
+        intensities = jnp.full(directions.shape, DECA_SHAPE_LIGHT_INTENSITY, dtype)
+    intensities = jnp.asarray(intensities, dtype)
+    if intensities.shape != directions.shape:
+        raise ValueError(f"intensities: expected shape {directions.shape}, got {intensities.shape}")
+    # F.normalize: d / max(|d|, 1e-12)
+    unit = directions / jnp.maximum(jnp.linalg.norm(directions, axis=-1, keepdims=True), 1e-12)
+    total = 0.0
+    for light in range(directions.shape[0]):
+        ndotl = sum(normals[..., k] * unit[light, k] for k in range(3))
+        total = total + jnp.clip(ndotl, 0.0, 1.0)[..., None] * intensities[light]
+    return total / directions.shape[0]

@@ -1,0 +1,407 @@
+"""Hard z-buffer rasterization in DECA's NDC (spec deca.md §5.2-§5.3), tiled and deterministic.
+
+Frames
+------
+``vertices (V, 3)`` are DECA's ``trans_verts`` *after* the y/z flip (spec §3): x right, y down,
+z smaller = closer, all in NDC. Pixel centres (spec §5.2):
+
+    col = (x + 1) W/2 - 0.5,   row = (y + 1) H/2 - 0.5,
+
+so NDC -1 is the left/top *edge* of pixel 0 (the ``grid_sample(align_corners=False)`` convention).
+DECA adds +10 to z before rasterizing; the depth used here is the affine (barycentric) interpolation
+of the input z, which a constant offset shifts uniformly, so the nearest face is the same. (DECA's
+standard kernel keys on the harmonic interpolation 1/sum(w/z); for orthographic cameras pytorch3d,
+DECA's training rasterizer, keys on the affine one, as here.) ``Fragments.depth`` is in the input
+frame (no +10).
+
+Rules (spec §5.3): a pixel is inside when w2 >= 0, w1 >= 0 and w0 > 0 (strict), with
+(w0, w1, w2) the screen-space barycentrics of corners (0, 1, 2); the smallest depth wins; exact
+depth ties go to the lower face index (DECA's kernel is racy there). No back-face culling.
+Triangles whose screen area is exactly 0 cover nothing (DECA's kernel paints their bounding box,
+a quirk not reproduced). Pixels whose depth is below ``znear`` (default -10: DECA's camera plane
+after its +10 offset) are clipped, as pytorch3d clips z < 0.
+
+Algorithm
+---------
+The discrete part (which face wins each pixel) runs on ``stop_gradient`` inputs with static
+shapes: faces are binned into ``tile_size`` tiles (:mod:`jface.render.binning`), and each tile
+evaluates a dense ``(tile pixels x capacity)`` block of candidates, taking the z-min by argmin
+(first index = lowest face id). Tiles with more than ``capacity`` candidates, or meshes with more
+(face, tile) pairs than ``pair_budget``, are handled by further rounds/windows inside a
+``lax.while_loop`` whose trip count is zero in the common case (``on_overflow="grow"``), or raise
+:class:`CapacityError` (``on_overflow="raise"``). The barycentrics are then recomputed
+differentiably from the vertices for the chosen faces (:func:`barycentrics`), so gradients flow to
+vertex positions as in pytorch3d.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax import lax
+
+from jface.render import binning
+
+__all__ = [
+    "Fragments",
+    "CapacityError",
+    "rasterize",
+    "rasterize_face_index",
+    "barycentrics",
+    "ndc_to_pixel",
+    "DEFAULT_TILE_SIZE",
+    "DEFAULT_CAPACITY",
+]
+
+DEFAULT_TILE_SIZE = 8
+DEFAULT_CAPACITY = 128
+
+
+class CapacityError(RuntimeError):
+    """A tile received more candidate faces (or the mesh more face-tile pairs) than allowed."""
+
+
+@struct.dataclass
+class Fragments:
+    """Per-pixel rasterization output (per item; batch with ``jax.vmap``).
+
+    * ``face_index (H, W)`` int32: winning face, -1 = background.
+    * ``bary (H, W, 3)``: screen-space barycentrics (w0, w1, w2) of that face's corners, 0 on the
+      background; differentiable w.r.t. the vertices.
+    * ``depth (H, W)``: interpolated NDC z of the input frame (no +10), 0 on the background.
+    * ``mask (H, W)``: coverage, 1.0 where ``face_index >= 0`` (DECA's ``vismask``), float dtype.
+    """
+
+    face_index: jax.Array
+    bary: jax.Array
+    depth: jax.Array
+    mask: jax.Array
+
+
+def _float(x):
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def _check_mesh(vertices, faces):
+    vertices = _float(vertices)
+    faces = jnp.asarray(faces)
+    if vertices.ndim != 2 or vertices.shape[-1] != 3:
+        raise ValueError(f"vertices: expected (V, 3), got shape {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected (F, 3) int, got shape {faces.shape}")
+    if not jnp.issubdtype(faces.dtype, jnp.integer):
+        raise ValueError(f"faces: expected an integer dtype, got {faces.dtype}")
+    if faces.shape[0] and vertices.shape[0] == 0:
+        raise ValueError("vertices: got 0 vertices for a non-empty faces array")
+    return vertices, faces.astype(jnp.int32)
+
+
+def _check_hw(image_hw):
+    try:
+        height, width = (int(s) for s in image_hw)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"image_hw: expected (H, W) ints, got {image_hw!r}") from err
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_hw: expected positive sizes, got {image_hw!r}")
+    return height, width
+
+
+def ndc_to_pixel(xy, image_hw):
+    """DECA's pixel-centre mapping (spec §5.2): NDC ``(..., 2)`` (x, y down) -> (col, row)."""
+    height, width = image_hw
+    col = (xy[..., 0] + 1.0) * (width / 2.0) - 0.5
+    row = (xy[..., 1] + 1.0) * (height / 2.0) - 0.5
+    return col, row
+
+
+def _nonzero_area(e1c, e1r, e2c, e2r):
+    """Exact "screen area != 0" test. Comparing the two products (rather than testing their
+    difference) keeps exactly degenerate faces degenerate when XLA contracts a*b - c*d into an
+    FMA, which leaves a rounding residue instead of 0 (e.g. faces with a repeated vertex)."""
+    return (e1c * e2r) != (e1r * e2c)
+
+
+def _face_planes(vertices, faces, image_hw):
+    """Per-face affine planes in pixel units: ``(F, 9)`` params and ``(F,)`` validity.
+
+    params = (c0, r0, a1, b1, a2, b2, z0, z1 - z0, z2 - z0) with, for d = p - p0,
+    w1 = a1 dc + b1 dr, w2 = a2 dc + b2 dr (relative to corner 0 for float32 accuracy).
+    """
+    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
+    z = vertices[:, 2]
+    fc, fr, fz = col[faces], row[faces], z[faces]
+    e1c, e1r = fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0]
+    e2c, e2r = fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0]
+    area = e1c * e2r - e1r * e2c
+    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
+    valid = finite & _nonzero_area(e1c, e1r, e2c, e2r)
+    inv = jnp.where(valid, 1.0 / jnp.where(valid, area, 1.0), 0.0)
+    params = jnp.stack(
+        [fc[:, 0], fr[:, 0], e2r * inv, -e2c * inv, -e1r * inv, e1c * inv,
+         fz[:, 0], fz[:, 1] - fz[:, 0], fz[:, 2] - fz[:, 0]],
+        axis=1,
+    )
+    params = jnp.where(valid[:, None], params, 0.0)
+    return params, valid, fc, fr
+
+
+def _eval_chunk(params, valid, cand, cols, rows, znear):
+    """Dense z-test of candidates ``cand (T, C)`` at pixels ``cols/rows (T, P)``.
+
+    Returns per-pixel ``(depth (T, P), face (T, P))`` of the nearest inside candidate (inf / -1).
+    """
+    safe = jnp.maximum(cand, 0)
+    p = params[safe]  # (T, C, 9)
+    ok = (cand >= 0) & valid[safe]
+    dc = cols[:, :, None] - p[:, None, :, 0]
+    dr = rows[:, :, None] - p[:, None, :, 1]
+    w1 = p[:, None, :, 2] * dc + p[:, None, :, 3] * dr
+    w2 = p[:, None, :, 4] * dc + p[:, None, :, 5] * dr
+    w0 = 1.0 - w1 - w2
+    z = p[:, None, :, 6] + w1 * p[:, None, :, 7] + w2 * p[:, None, :, 8]
+    inside = ok[:, None, :] & (w1 >= 0) & (w2 >= 0) & (w0 > 0) & (z >= znear)
+    key = jnp.where(inside, z, jnp.inf)
+    best = jnp.argmin(key, axis=-1)  # first minimum = lowest face id (candidates are sorted)
+    depth = jnp.take_along_axis(key, best[..., None], axis=-1)[..., 0]
+    face = jnp.take_along_axis(cand, best, axis=-1)
+    face = jnp.where(depth < jnp.inf, face, -1)
+    return depth, face
+
+
+def _merge(state, new):
+    depth, face = state
+    new_depth, new_face = new
+    # Strictly nearer only: later passes hold higher face ids of the same tile, so ties keep the
+    # lower one.
+    better = new_depth < depth
+    return jnp.where(better, new_depth, depth), jnp.where(better, new_face, face)
+
+
+def _overflow_message(max_count, total, capacity, pair_budget):
+    return (
+        f"rasterize: tile capacity overflow (a tile has {int(max_count)} candidate faces, "
+        f"capacity={capacity}; {int(total)} face-tile pairs, pair_budget={pair_budget}). "
+        "Pass a larger capacity=/pair_budget= (or a smaller tile_size=), or on_overflow='grow'."
+    )
+
+
+def _raise_if(flag, max_count, total, capacity, pair_budget):
+    if bool(flag):
+        raise CapacityError(_overflow_message(max_count, total, capacity, pair_budget))
+
+
+def _is_concrete(*arrays):
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def default_pair_budget(num_faces: int, grid: binning.TileGrid) -> int:
+    """A window size that holds every pair of typical meshes (small faces touch 1-4 tiles)."""
+    return int(max(4 * num_faces, 4 * grid.num_tiles, 1024))
+
+
+def default_overflow_tiles(grid: binning.TileGrid) -> int:
+    return max(1, grid.num_tiles // 8)
+
+
+def _resolve_budgets(num_faces, grid, capacity, overflow_tiles, overflow_capacity, pair_budget):
+    if int(capacity) <= 0:
+        raise ValueError(f"capacity: expected a positive int, got {capacity!r}")
+    capacity = int(capacity)
+    pair_budget = default_pair_budget(num_faces, grid) if pair_budget is None else int(pair_budget)
+    slots = default_overflow_tiles(grid) if overflow_tiles is None else int(overflow_tiles)
+    extra = 2 * capacity if overflow_capacity is None else int(overflow_capacity)
+    for name, value in (("pair_budget", pair_budget), ("overflow_tiles", slots), ("overflow_capacity", extra)):
+        if value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return capacity, slots, extra, pair_budget
+
+
+@functools.partial(
+    jax.jit, static_argnames=("image_hw", "tile_size", "capacity", "slots", "extra", "pair_budget", "grow")
+)
+def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, slots, extra, pair_budget, grow):
+    """Jitted discrete pass; returns ``(face_index (H, W), overflow flag, max tile count, pairs)``."""
+    grid = binning.tile_grid(image_hw, tile_size)
+    vertices = lax.stop_gradient(vertices)
+    params, valid, fc, fr = _face_planes(vertices, faces, image_hw)
+    ft = binning.face_tiles(fc, fr, valid, grid)
+    cols, rows = grid.pixel_centres(params.dtype)
+    znear = znear.astype(params.dtype)
+
+    def run_window(state, window):
+        faces_sorted, start, count = binning.window_candidates(ft, grid, window, pair_budget)
+        every = jnp.arange(grid.num_tiles, dtype=jnp.int32)
+        cand = binning.tile_candidates(faces_sorted, start, count, every, jnp.zeros_like(every), capacity)
+        state = _merge(state, _eval_chunk(params, valid, cand, cols, rows, znear))
+        if not grow:
+            return state, count
+
+        # Tiles with more than `capacity` candidates: up to `slots` of them per round, `extra`
+        # further candidates each (unique tiles per round, so the scatter is race-free).
+        def round_body(carry):
+            st, processed = carry
+            tiles, _ = binning.overflow_tiles(count, processed, slots)
+            safe = jnp.minimum(tiles, grid.num_tiles - 1)
+            cand = binning.tile_candidates(faces_sorted, start, count, tiles, processed[safe], extra)
+            new = _eval_chunk(params, valid, cand, cols[safe], rows[safe], znear)
+            merged = _merge((st[0][safe], st[1][safe]), new)
+            st = (st[0].at[tiles].set(merged[0], mode="drop"), st[1].at[tiles].set(merged[1], mode="drop"))
+            return st, processed.at[tiles].add(extra, mode="drop")
+
+        processed = jnp.full((grid.num_tiles,), capacity, jnp.int32)
+        state, _ = lax.while_loop(lambda c: jnp.any(count > c[1]), round_body, (state, processed))
+        return state, count
+
+    init = (
+        jnp.full((grid.num_tiles, grid.size * grid.size), jnp.inf, params.dtype),
+        jnp.full((grid.num_tiles, grid.size * grid.size), -1, jnp.int32),
+    )
+    state, count0 = run_window(init, jnp.int32(0))
+    max_count, total = jnp.max(count0), ft.total
+    flag = (max_count > capacity) | (total > pair_budget)
+    if grow:
+        num_windows = (total + pair_budget - 1) // pair_budget
+
+        def window_body(carry):
+            window, st = carry
+            st, _ = run_window(st, window)
+            return window + 1, st
+
+        _, state = lax.while_loop(lambda c: c[0] < num_windows, window_body, (jnp.int32(1), state))
+    return grid.untile(state[1]), flag, max_count, total
+
+
+def rasterize_face_index(
+    vertices,
+    faces,
+    image_hw,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    capacity: int = DEFAULT_CAPACITY,
+    overflow_tiles: Optional[int] = None,
+    overflow_capacity: Optional[int] = None,
+    pair_budget: Optional[int] = None,
+    znear: float = -10.0,
+    on_overflow: str = "grow",
+):
+    """The discrete part of :func:`rasterize`: ``(H, W)`` int32 face ids (-1 background).
+
+    Not differentiable (inputs are ``stop_gradient``-ed). See :func:`rasterize` for arguments.
+    """
+    if on_overflow not in ("grow", "raise"):
+        raise ValueError(f"on_overflow: expected 'grow' or 'raise', got {on_overflow!r}")
+    vertices, faces = _check_mesh(vertices, faces)
+    height, width = _check_hw(image_hw)
+    grid = binning.tile_grid((height, width), tile_size)
+    capacity, slots, extra, pair_budget = _resolve_budgets(
+        faces.shape[0], grid, capacity, overflow_tiles, overflow_capacity, pair_budget
+    )
+    if faces.shape[0] == 0:
+        return jnp.full((height, width), -1, jnp.int32)
+    face_index, flag, max_count, total = _face_index_core(
+        vertices, faces, jnp.asarray(znear, vertices.dtype), image_hw=(height, width),
+        tile_size=grid.size, capacity=capacity, slots=slots, extra=extra, pair_budget=pair_budget,
+        grow=on_overflow == "grow",
+    )
+    if on_overflow == "raise":
+        if _is_concrete(flag):
+            _raise_if(flag, max_count, total, capacity, pair_budget)
+        else:
+            jax.debug.callback(_raise_if, flag, max_count, total, capacity, pair_budget)
+    return face_index
+
+
+def barycentrics(vertices, faces, face_index, image_hw):
+    """Differentiable screen-space barycentrics of the given faces at every pixel centre.
+
+    ``vertices (V, 3)`` NDC (the frame of :func:`rasterize`), ``faces (F, 3)``, ``face_index (H, W)``
+    int (-1 background) -> ``(H, W, 3)`` weights (w0, w1, w2) of corners (0, 1, 2), 0 on the
+    background. Gradients flow to the vertex positions (face_index is a constant).
+    """
+    vertices, faces = _check_mesh(vertices, faces)
+    height, width = _check_hw(image_hw)
+    face_index = jnp.asarray(face_index)
+    if face_index.shape != (height, width):
+        raise ValueError(f"face_index: expected shape {(height, width)}, got {face_index.shape}")
+    dtype = vertices.dtype
+    if faces.shape[0] == 0:
+        return jnp.zeros((height, width, 3), dtype)
+    covered = face_index >= 0
+    tri = faces[jnp.maximum(face_index, 0)]  # (H, W, 3)
+    col, row = ndc_to_pixel(vertices[:, :2], (height, width))
+    c, r = col[tri], row[tri]  # (H, W, 3)
+    pc = jnp.arange(width, dtype=dtype)[None, :]
+    pr = jnp.arange(height, dtype=dtype)[:, None]
+    e1c, e1r = c[..., 1] - c[..., 0], r[..., 1] - r[..., 0]
+    e2c, e2r = c[..., 2] - c[..., 0], r[..., 2] - r[..., 0]
+    dc, dr = pc - c[..., 0], pr - r[..., 0]
+    area = e1c * e2r - e1r * e2c
+    ok = covered & _nonzero_area(e1c, e1r, e2c, e2r)
+    area = jnp.where(ok, area, 1.0)
+    w1 = (dc * e2r - dr * e2c) / area
+    w2 = (e1c * dr - e1r * dc) / area
+    bary = jnp.stack([1.0 - w1 - w2, w1, w2], axis=-1)
+    return jnp.where(ok[..., None], bary, 0.0)
+
+
+def rasterize(
+    vertices,
+    faces,
+    image_hw,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    capacity: int = DEFAULT_CAPACITY,
+    overflow_tiles: Optional[int] = None,
+    overflow_capacity: Optional[int] = None,
+    pair_budget: Optional[int] = None,
+    znear: float = -10.0,
+    on_overflow: str = "grow",
+) -> Fragments:
+    """Hard z-buffer rasterization (spec deca.md §5.2-§5.3), per item; batch with ``jax.vmap``.
+
+    Args:
+      vertices: ``(V, 3)`` DECA NDC after the y/z flip (x right, y down, smaller z = closer).
+      faces: ``(F, 3)`` int vertex indices (F may be 0: all background).
+      image_hw: static ``(H, W)``.
+      tile_size: screen tile edge in pixels (static).
+      capacity: candidate faces every tile evaluates in the dense first pass (static).
+        With ``on_overflow="grow"`` tiles holding more are evaluated again in rounds of at most
+        ``overflow_tiles`` tiles (default num_tiles // 8) x ``overflow_capacity`` further
+        candidates (default 2 capacity) until none is left: exact for any mesh, and free when
+        nothing overflows. With ``"raise"`` an overflow raises :class:`CapacityError` (under
+        ``jit`` a runtime error carrying the same message).
+      pair_budget: face-tile pairs per window (static); default ``max(4F, 4 tiles, 1024)``.
+      znear: pixels whose interpolated z is below this are clipped (-10 = DECA's camera plane).
+      on_overflow: ``"grow"`` (default, exact for any mesh) or ``"raise"``.
+
+    Returns:
+      :class:`Fragments`; ``bary``, ``depth`` and ``mask`` carry the vertices' dtype. ``bary`` and
+      ``depth`` are differentiable w.r.t. ``vertices`` (through :func:`barycentrics`).
+    """
+    vertices, faces = _check_mesh(vertices, faces)
+    height, width = _check_hw(image_hw)
+    face_index = rasterize_face_index(
+        vertices, faces, (height, width), tile_size=tile_size, capacity=capacity,
+        overflow_tiles=overflow_tiles, overflow_capacity=overflow_capacity,
+        pair_budget=pair_budget, znear=znear, on_overflow=on_overflow,
+    )
+    return _fragments(vertices, faces, face_index)
+
+
+@jax.jit
+def _fragments(vertices, faces, face_index):
+    bary = barycentrics(vertices, faces, face_index, face_index.shape)
+    if faces.shape[0]:
+        zc = vertices[:, 2][faces[jnp.maximum(face_index, 0)]]
+        depth = jnp.sum(bary * zc, axis=-1)
+    else:
+        depth = jnp.zeros(face_index.shape, vertices.dtype)
+    mask = (face_index >= 0).astype(vertices.dtype)
+    return Fragments(face_index=face_index, bary=bary, depth=depth, mask=mask)

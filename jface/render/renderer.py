@@ -1,0 +1,241 @@
+"""DECA's renderer stages (``utils/renderer.py: SRenderY``, spec deca.md §5.4-§5.7), per item.
+
+Recombinable pieces: :func:`jface.render.rasterize` -> :func:`jface.render.interpolate` ->
+:func:`jface.sampling.grid_sample` / :func:`jface.lighting.sh_shading` -> :func:`composite`.
+:func:`render` and :func:`render_shape` wire them the way DECA does. Images are channel-last
+``(H, W, C)``; masks are ``(H, W, 1)`` so they broadcast against images.
+
+Frames: ``vertices`` are FLAME world coordinates (metres, y up, +z towards the camera);
+``transformed_vertices`` are DECA's NDC after the y/z flip (spec §3); ``uv_coords (T, 2)`` are
+texture coordinates in [0, 1] with v up, mapped to the UV NDC (2u - 1, 1 - 2v) so that UV image
+row 0 is v = 1 (spec §5.4, §10.7).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from jface.geometry import vertex_normals
+from jface.lighting import directional_shading, sh_shading
+from jface.render.interpolate import interpolate
+from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, rasterize
+from jface.sampling import grid_sample
+
+__all__ = ["uv_ndc", "world2uv", "composite", "pos_mask", "render", "render_shape", "SHAPE_GREY"]
+
+SHAPE_GREY = 180.0 / 255.0  # render_shape's constant albedo (spec §5.7)
+
+
+def uv_ndc(uv_coords):
+    """``(T, 2)`` uv (v up) -> ``(T, 3)`` DECA's UV NDC (2u - 1, 1 - 2v, 1) (spec §5.4, §5.5)."""
+    uv_coords = jnp.asarray(uv_coords)
+    if not jnp.issubdtype(uv_coords.dtype, jnp.floating):
+        uv_coords = uv_coords.astype(jnp.float32)
+    if uv_coords.ndim != 2 or uv_coords.shape[-1] != 2:
+        raise ValueError(f"uv_coords: expected (T, 2), got shape {uv_coords.shape}")
+    u, v = uv_coords[:, 0], uv_coords[:, 1]
+    return jnp.stack([2.0 * u - 1.0, 1.0 - 2.0 * v, jnp.ones_like(u)], axis=-1)
+
+
+def _hw(size, name):
+    if isinstance(size, int):
+        return (size, size)
+    try:
+        h, w = (int(s) for s in size)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{name}: expected an int or (H, W), got {size!r}") from err
+    return (h, w)
+
+
+def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size=DEFAULT_TILE_SIZE,
+             capacity=DEFAULT_CAPACITY):
+    """Per-vertex attributes into a UV map (spec deca.md §5.5), per item.
+
+    The UV layout is rasterized as a mesh: vertices ``uv_ndc(uv_coords)`` (constant z = 1), faces
+    ``uv_faces``; the per-face-corner attribute is ``attributes[faces]`` (mesh faces). Depth is
+    constant, so overlapping UV triangles resolve to the lower face index (deterministic; DECA's
+    kernel is racy there).
+
+    ``attributes (V, D)``, ``faces (F, 3)``, ``uv_coords (T, 2)``, ``uv_faces (F, 3)``,
+    ``uv_size`` int or ``(H, W)`` -> ``(H, W, D)``, 0 outside the UV charts; differentiable w.r.t.
+    ``attributes``.
+    """
+    attributes = jnp.asarray(attributes)
+    faces = jnp.asarray(faces)
+    uv_faces = jnp.asarray(uv_faces)
+    if attributes.ndim != 2:
+        raise ValueError(f"attributes: expected (V, D), got shape {attributes.shape}")
+    if faces.ndim != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected (F, 3), got shape {faces.shape}")
+    if uv_faces.shape != faces.shape:
+        raise ValueError(f"uv_faces: expected shape {faces.shape} (one uv face per face), got {uv_faces.shape}")
+    hw = _hw(uv_size, "uv_size")
+    uv_vertices = uv_ndc(uv_coords)
+    fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity)
+    return interpolate(fragments, attributes[faces.astype(jnp.int32)])
+
+
+def composite(image, alpha, background=None):
+    """``image * alpha + background * (1 - alpha)``; ``alpha (H, W)`` or ``(H, W, 1)``.
+
+    ``background``: None (black), a colour ``(C,)`` or an image ``(H, W, C)``.
+    """
+    image = jnp.asarray(image)
+    alpha = jnp.asarray(alpha, image.dtype)
+    if alpha.ndim == image.ndim - 1:
+        alpha = alpha[..., None]
+    if background is None:
+        return image * alpha
+    background = jnp.asarray(background, image.dtype)
+    return image * alpha + background * (1.0 - alpha)
+
+
+def pos_mask(transformed_normal_images, threshold=-0.05):
+    """Camera-facing pixels (spec §5.4): interpolated transformed-normal z < ``threshold``.
+
+    ``(H, W, 3)`` -> ``(H, W, 1)`` float. ``render`` uses -0.05; ``render_shape`` uses 0.15.
+    """
+    n = jnp.asarray(transformed_normal_images)
+    return (n[..., 2:3] < threshold).astype(n.dtype)
+
+
+def render(
+    vertices,
+    transformed_vertices,
+    faces,
+    uv_coords,
+    uv_faces,
+    albedo,
+    lights=None,
+    *,
+    image_hw=(224, 224),
+    background=None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    capacity: int = DEFAULT_CAPACITY,
+):
+    """DECA's ``SRenderY.forward`` (spec deca.md §5.4), per item.
+
+    Args:
+      vertices: ``(V, 3)`` world (FLAME) coordinates.
+      transformed_vertices: ``(V, 3)`` DECA NDC after the y/z flip (rasterized).
+      faces: ``(F, 3)``; uv_coords ``(T, 2)`` (v up); uv_faces ``(F, 3)``.
+      albedo: ``(Hu, Wu, 3)`` UV albedo (row 0 = v = 1).
+      lights: ``(9, 3)`` SH coefficients or None (then images = albedo images).
+      image_hw: static output size. background: None, ``(3,)`` or ``(H, W, 3)``.
+
+    Returns a dict (channel-last): ``images (H, W, 3)`` = albedo ⊙ shading ⊙ alpha (composited over
+    ``background`` when given), ``albedo_images``, ``alpha_images (H, W, 1)`` (coverage, detached),
+    ``pos_mask (H, W, 1)``, ``shading_images`` (when lights), ``grid (H, W, 2)`` UV NDC,
+    ``normal_images (H, W, 3)`` interpolated world normals (not renormalised) ⊙ alpha,
+    ``normals (V, 3)``, ``transformed_normals (V, 3)``, ``fragments``.
+    Differentiable w.r.t. vertices (through the barycentrics and normals), albedo and lights.
+    """
+    vertices = jnp.asarray(vertices)
+    transformed_vertices = jnp.asarray(transformed_vertices)
+    faces = jnp.asarray(faces, jnp.int32)
+    uv_faces = jnp.asarray(uv_faces, jnp.int32)
+    albedo = jnp.asarray(albedo)
+    if albedo.ndim != 3:
+        raise ValueError(f"albedo: expected (Hu, Wu, C), got shape {albedo.shape}")
+    if lights is not None and jnp.shape(lights) != (9, 3):
+        raise ValueError(f"lights: expected (9, 3) SH coefficients, got shape {jnp.shape(lights)}")
+    hw = _hw(image_hw, "image_hw")
+    normals = vertex_normals(vertices, faces)
+    transformed_normals = vertex_normals(transformed_vertices, faces)
+    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity)
+    uvs = uv_ndc(uv_coords).astype(vertices.dtype)[uv_faces]  # (F, 3, 3)
+    attributes = jnp.concatenate(
+        [
+            uvs,
+            lax.stop_gradient(transformed_normals[faces]),
+            lax.stop_gradient(vertices[faces]),
+            normals[faces],
+        ],
+        axis=-1,
+    )
+    rendering = interpolate(fragments, attributes)
+    alpha = lax.stop_gradient(fragments.mask)[..., None]
+    grid = rendering[..., :2]
+    albedo_images = grid_sample(albedo, grid)
+    normal_images = rendering[..., 9:12]
+    out = {
+        "grid": grid,
+        "albedo_images": albedo_images,
+        "alpha_images": alpha,
+        "pos_mask": pos_mask(rendering[..., 3:6], -0.05),
+        "normal_images": normal_images * alpha,
+        "normals": normals,
+        "transformed_normals": transformed_normals,
+        "fragments": fragments,
+    }
+    if lights is not None:
+        shading = sh_shading(normal_images, lights)
+        out["shading_images"] = shading
+        images = albedo_images * shading
+    else:
+        images = albedo_images
+    out["images"] = composite(images, alpha, background)
+    return out
+
+
+def render_shape(
+    vertices,
+    transformed_vertices,
+    faces,
+    *,
+    image_hw=(224, 224),
+    background=None,
+    colors=None,
+    detail_normal_images=None,
+    light_directions=None,
+    light_intensities=None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    capacity: int = DEFAULT_CAPACITY,
+):
+    """DECA's grey "shape" render (``render_shape``, spec deca.md §5.7), per item.
+
+    Albedo grey 180/255 (or per-vertex ``colors (V, 3)``), 5 directional lights of intensity 1.7
+    (:data:`jface.lighting.DECA_SHAPE_LIGHT_DIRECTIONS`) on the interpolated world vertex normals
+    (detached, as in DECA; ``detail_normal_images (H, W, 3)`` replace them), alpha = coverage x
+    (interpolated transformed-normal z < 0.15), composited over ``background`` (black by default).
+
+    Returns a dict: ``images (H, W, 3)``, ``alpha_images (H, W, 1)``, ``normal_images (H, W, 3)``,
+    ``fragments``.
+    """
+    vertices = jnp.asarray(vertices)
+    transformed_vertices = jnp.asarray(transformed_vertices)
+    faces = jnp.asarray(faces, jnp.int32)
+    hw = _hw(image_hw, "image_hw")
+    dtype = jnp.result_type(vertices.dtype, jnp.float32)
+    normals = vertex_normals(vertices, faces)
+    transformed_normals = vertex_normals(transformed_vertices, faces)
+    if colors is None:
+        colors = jnp.full(vertices.shape, SHAPE_GREY, dtype)
+    colors = jnp.asarray(colors, dtype)
+    if colors.shape != vertices.shape:
+        raise ValueError(f"colors: expected per-vertex {vertices.shape}, got {colors.shape}")
+    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity)
+    attributes = jnp.concatenate(
+        [colors[faces], lax.stop_gradient(transformed_normals[faces]), lax.stop_gradient(normals[faces])],
+        axis=-1,
+    )
+    rendering = interpolate(fragments, attributes)
+    albedo_images = rendering[..., 0:3]
+    mask = pos_mask(rendering[..., 3:6], 0.15)
+    normal_images = rendering[..., 6:9]
+    if detail_normal_images is not None:
+        detail_normal_images = jnp.asarray(detail_normal_images, dtype)
+        if detail_normal_images.shape != normal_images.shape:
+            raise ValueError(
+                f"detail_normal_images: expected shape {normal_images.shape}, got {detail_normal_images.shape}"
+            )
+        normal_images = detail_normal_images
+    shading = directional_shading(normal_images, light_directions, light_intensities)
+    alpha = lax.stop_gradient(fragments.mask)[..., None] * mask
+    return {
+        "images": composite(albedo_images * shading, alpha, background),
+        "alpha_images": alpha,
+        "normal_images": normal_images,
+        "fragments": fragments,
+    }

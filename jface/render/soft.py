@@ -1,0 +1,342 @@
+"""SoftRas-style soft rasterization (Liu et al. 2019), tiled, in DECA's NDC.
+
+Frame: ``vertices (V, 3)`` in DECA's NDC after the y/z flip (x right, y down, smaller z = closer),
+as for :func:`jface.render.rasterize`. Pixel (row, col) has its centre at NDC
+x = (2 col + 1)/W - 1, y = (2 row + 1)/H - 1 (spec deca.md §5.2); SoftRas uses the same centres
+(with y up). Distances are measured in NDC units, so ``sigma`` means what it means in SoftRas.
+
+For every pixel p and face j (SoftRas' ``dist_func='euclidean'``, ``aggr_func_alpha='prod'``,
+``aggr_func_rgb='softmax'``, double-sided):
+
+* d_j = squared distance from p to the triangle's boundary; delta_j = +1 inside, -1 outside;
+  D_j = sigmoid(delta_j d_j / sigma).
+* Cut-off: a face contributes only where it contains p or d_j < sigma * log(1/dist_eps - 1)
+  (i.e. D_j > dist_eps), SoftRas' threshold. So each face touches a bounded set of pixels: its
+  bounding box enlarged by that radius, which is what the tile binning uses.
+* alpha = 1 - prod_j (1 - D_j).
+* colour = (sum_j D_j exp(z_j/gamma) c_j + exp(eps/gamma) bg) / (sum_j D_j exp(z_j/gamma) +
+  exp(eps/gamma)) with the normalised inverse depth z_j = (zfar - z)/(zfar - znear) (closer =
+  larger) taken at the clipped barycentrics of p, and c_j the colour interpolated there. Faces with
+  z outside [znear, zfar] at p are left out of the colour (not of alpha), as in SoftRas.
+
+Defaults: ``sigma=1e-4`` (SoftRas' training examples; its renderer default is 1e-5),
+``gamma=1e-4``, ``dist_eps=1e-4``, ``eps=1e-3`` (SoftRas defaults), ``znear=-10`` (DECA's camera
+plane after its +10 offset), ``zfar=10``. Faces of exactly zero screen area are left out (as in the
+hard rasterizer).
+
+Shapes are static: faces are binned into tiles (:mod:`jface.render.binning`) and each tile
+evaluates ``(tile pixels x capacity)`` candidates densely; the (at most ``overflow_tiles``)
+tiles with more candidates evaluate ``overflow_capacity`` more in a second static pass. The candidate selection is discrete;
+the evaluation is plain jnp, differentiable w.r.t. vertices and colours, and rematerialised in the
+backward pass (``jax.checkpoint``) so no ``pixels x capacity`` residuals are stored. A tile with
+more candidates than ``capacity + overflow_capacity``, more than ``overflow_tiles`` tiles over
+``capacity``, or more face-tile pairs than ``pair_budget`` is an overflow:
+with concrete inputs ``on_overflow="grow"`` re-runs with budgets that fit; under ``jit`` (or with
+``on_overflow="raise"``) it raises :class:`~jface.render.rasterize.CapacityError` (a runtime error
+with the same message under ``jit``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jface.render import binning
+from jface.render.rasterize import (
+    CapacityError,
+    _check_hw,
+    _check_mesh,
+    _is_concrete,
+    _nonzero_area,
+    default_pair_budget,
+    ndc_to_pixel,
+)
+
+__all__ = ["soft_rasterize", "binning_stats", "DEFAULT_SOFT_CAPACITY"]
+
+DEFAULT_SOFT_CAPACITY = 192
+
+
+def _cross(ax, ay, bx, by):
+    return ax * by - ay * bx
+
+
+def _segment_dist2(px, py, ax, ay, bx, by):
+    ex, ey = bx - ax, by - ay
+    len2 = ex * ex + ey * ey
+    ok = len2 > 0
+    t = jnp.clip(((px - ax) * ex + (py - ay) * ey) / jnp.where(ok, len2, 1.0), 0.0, 1.0)
+    t = jnp.where(ok, t, 0.0)
+    dx, dy = px - ax - t * ex, py - ay - t * ey
+    return dx * dx + dy * dy
+
+
+def _soft_part(xy, z, corner_colors, valid, cand, px, py, hyper):
+    """Soft aggregation over the candidates ``cand (T, C)`` at pixels ``px/py (T, P)`` (NDC).
+
+    xy ``(V, 2)`` NDC, z ``(V,)``, corner_colors ``(F, 3, D)`` or None. Returns
+    ``log_transmit (T, P)`` = sum log(1 - D_j) and, with colours, the softmax partial sums
+    ``num (T, P, D)``, ``den (T, P)`` taken relative to the shift ``zmax (T, P)`` (>= eps).
+    """
+    sigma, gamma, thr, eps, znear, zfar, faces = hyper
+    safe = jnp.maximum(cand, 0)
+    ok = (cand >= 0) & valid[safe]  # (T, C)
+    tri = faces[safe]  # (T, C, 3)
+    cx, cy, cz = xy[tri, 0], xy[tri, 1], z[tri]  # (T, C, 3)
+
+    def corner(a, k):
+        return a[:, None, :, k]  # (T, 1, C)
+
+    x0, x1, x2 = corner(cx, 0), corner(cx, 1), corner(cx, 2)
+    y0, y1, y2 = corner(cy, 0), corner(cy, 1), corner(cy, 2)
+    pxe, pye = px[:, :, None], py[:, :, None]  # (T, P, 1)
+    area = _cross(x1 - x0, y1 - y0, x2 - x0, y2 - y0)
+    area = jnp.where(ok[:, None, :], area, 1.0)
+    dx, dy = pxe - x0, pye - y0
+    w1 = _cross(dx, dy, x2 - x0, y2 - y0) / area
+    w2 = _cross(x1 - x0, y1 - y0, dx, dy) / area
+    w0 = 1.0 - w1 - w2
+    inside = (w0 > 0) & (w1 > 0) & (w2 > 0)
+    dist2 = jnp.minimum(
+        jnp.minimum(_segment_dist2(pxe, pye, x0, y0, x1, y1), _segment_dist2(pxe, pye, x1, y1, x2, y2)),
+        _segment_dist2(pxe, pye, x2, y2, x0, y0),
+    )
+    live = ok[:, None, :] & (inside | (dist2 < thr))
+    logit = jnp.where(inside, dist2, -dist2) / sigma
+    # log(1 - D) = log(sigmoid(-logit)) = -softplus(logit)
+    log_transmit = jnp.sum(jnp.where(live, -jax.nn.softplus(logit), 0.0), axis=-1)
+    if corner_colors is None:
+        return log_transmit, None, None, None
+    soft = jax.nn.sigmoid(logit)
+    wc = jnp.clip(jnp.stack([w0, w1, w2], axis=-1), 0.0, 1.0)
+    wc = wc / jnp.sum(wc, axis=-1, keepdims=True)
+    zp = sum(wc[..., k] * corner(cz, k) for k in range(3))
+    zn = (zfar - zp) / (zfar - znear)
+    in_range = live & (zp >= znear) & (zp <= zfar)
+    zmax = jnp.max(jnp.where(in_range, zn, -jnp.inf), axis=-1)
+    zmax = lax.stop_gradient(jnp.maximum(zmax, eps))  # the shift cancels; no gradient through it
+    weight = jnp.where(in_range, soft * jnp.exp((zn - zmax[..., None]) / gamma), 0.0)  # (T, P, C)
+    fc = corner_colors[safe]  # (T, C, 3, D)
+    color = sum(wc[..., k, None] * fc[:, None, :, k, :] for k in range(3))  # (T, P, C, D)
+    num = jnp.sum(weight[..., None] * color, axis=-2)
+    den = jnp.sum(weight, axis=-1)
+    return log_transmit, num, den, zmax
+
+
+def soft_rasterize(
+    vertices,
+    faces,
+    image_hw,
+    colors=None,
+    *,
+    sigma: float = 1e-4,
+    gamma: float = 1e-4,
+    dist_eps: float = 1e-4,
+    eps: float = 1e-3,
+    znear: float = -10.0,
+    zfar: float = 10.0,
+    background=None,
+    tile_size: int = 8,
+    capacity: int = DEFAULT_SOFT_CAPACITY,
+    overflow_tiles: Optional[int] = None,
+    overflow_capacity: Optional[int] = None,
+    pair_budget: Optional[int] = None,
+    on_overflow: str = "grow",
+):
+    """Soft rasterization (SoftRas), per item; batch with ``jax.vmap``.
+
+    Args:
+      vertices: ``(V, 3)`` DECA NDC after the y/z flip.
+      faces: ``(F, 3)`` int.
+      image_hw: static ``(H, W)``.
+      colors: None (silhouette only), per-vertex ``(V, D)`` or per-face-corner ``(F, 3, D)``.
+      sigma, gamma, dist_eps, eps, znear, zfar: see the module docstring.
+      background: ``(D,)`` colour behind everything (default 0).
+      tile_size, capacity, overflow_tiles, overflow_capacity, pair_budget, on_overflow: binning
+        budgets (module docstring): every tile evaluates ``capacity`` candidates; up to
+        ``overflow_tiles`` tiles (default num_tiles // 8) evaluate ``overflow_capacity`` more
+        (default 2 capacity) in one further static pass.
+
+    Returns:
+      ``colors is None``: the silhouette ``(H, W)`` = 1 - prod(1 - D). Otherwise ``(H, W, D + 1)``:
+      the softmax-aggregated colour (D channels) then alpha. Differentiable w.r.t. ``vertices``
+      and ``colors``.
+    """
+    if on_overflow not in ("grow", "raise"):
+        raise ValueError(f"on_overflow: expected 'grow' or 'raise', got {on_overflow!r}")
+    for name, value in (("sigma", sigma), ("gamma", gamma)):
+        if not float(value) > 0:
+            raise ValueError(f"{name}: expected > 0, got {value!r}")
+    if not 0 < float(dist_eps) < 0.5:
+        raise ValueError(f"dist_eps: expected in (0, 0.5), got {dist_eps!r}")
+    if not float(zfar) > float(znear):
+        raise ValueError(f"zfar: expected > znear, got znear={znear!r}, zfar={zfar!r}")
+    vertices, faces = _check_mesh(vertices, faces)
+    height, width = _check_hw(image_hw)
+    dtype = vertices.dtype
+    corner_colors = None
+    if colors is not None:
+        colors = jnp.asarray(colors)
+        if colors.ndim == 2 and colors.shape[0] == vertices.shape[0]:
+            corner_colors = colors[faces]
+        elif colors.ndim == 3 and colors.shape[:2] == (faces.shape[0], 3):
+            corner_colors = colors
+        else:
+            raise ValueError(
+                f"colors: expected per-vertex ({vertices.shape[0]}, D) or per-face-corner "
+                f"({faces.shape[0]}, 3, D), got shape {colors.shape}"
+            )
+        dtype = jnp.result_type(dtype, corner_colors.dtype)
+        corner_colors = corner_colors.astype(dtype)
+        vertices = vertices.astype(dtype)
+        num_channels = corner_colors.shape[-1]
+        bg = jnp.zeros((num_channels,), dtype) if background is None else jnp.asarray(background, dtype)
+        if bg.shape != (num_channels,):
+            raise ValueError(f"background: expected shape ({num_channels},), got {bg.shape}")
+    grid = binning.tile_grid((height, width), tile_size)
+    num_faces = faces.shape[0]
+    if num_faces == 0:
+        alpha = jnp.zeros((height, width), dtype)
+        if corner_colors is None:
+            return alpha
+        return jnp.concatenate([jnp.broadcast_to(bg, (height, width, bg.shape[0])), alpha[..., None]], -1)
+
+    thr = float(sigma) * math.log(1.0 / float(dist_eps) - 1.0)  # squared NDC distance
+    radius = math.sqrt(thr)
+    capacity = int(capacity)
+    # the cut-off radius makes faces touch more tiles than in the hard rasterizer
+    pair_budget = 2 * default_pair_budget(num_faces, grid) if pair_budget is None else int(pair_budget)
+    slots = max(1, grid.num_tiles // 8) if overflow_tiles is None else int(overflow_tiles)
+    extra = 2 * capacity if overflow_capacity is None else int(overflow_capacity)
+    for name, value in (("capacity", capacity), ("pair_budget", pair_budget),
+                        ("overflow_tiles", slots), ("overflow_capacity", extra)):
+        if value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+    radii = (radius * width / 2.0, radius * height / 2.0)
+    budgets = dict(capacity=capacity, slots=slots, extra=extra, pair_budget=pair_budget)
+    cand, tiles, cand2, max_count, n_over, total, valid = _soft_candidates(
+        vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii, **budgets
+    )
+    flag = (max_count > capacity + extra) | (n_over > slots) | (total > pair_budget)
+    if _is_concrete(flag):
+        if bool(flag):
+            if on_overflow == "raise":
+                raise CapacityError(_message(max_count, n_over, total, capacity, slots, extra, pair_budget))
+            budgets = dict(
+                capacity=capacity,
+                extra=max(extra, 1 << int(max_count - capacity - 1).bit_length()),
+                slots=max(slots, int(n_over)),
+                pair_budget=max(pair_budget, 1 << int(total - 1).bit_length()),
+            )
+            cand, tiles, cand2, *_ = _soft_candidates(
+                vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii, **budgets
+            )
+    else:
+        jax.debug.callback(_raise_if, flag, max_count, n_over, total, capacity, slots, extra, pair_budget)
+    hyper = (float(sigma), float(gamma), thr, float(eps), float(znear), float(zfar))
+    out = _soft_evaluate(
+        vertices[:, :2], vertices[:, 2], corner_colors, bg if corner_colors is not None else None,
+        faces, valid, cand, tiles, cand2, image_hw=(height, width), tile_size=grid.size, hyper=hyper,
+    )
+    return out
+
+
+@functools.partial(
+    jax.jit, static_argnames=("image_hw", "tile_size", "radii", "capacity", "slots", "extra", "pair_budget")
+)
+def _soft_candidates(vertices, faces, *, image_hw, tile_size, radii, capacity, slots, extra, pair_budget):
+    """Discrete, jitted: which faces each tile (and each overflow tile) evaluates."""
+    grid = binning.tile_grid(image_hw, tile_size)
+    vertices = lax.stop_gradient(vertices)
+    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
+    fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
+    e1c, e1r = fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0]
+    e2c, e2r = fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0]
+    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
+    valid = finite & _nonzero_area(e1c, e1r, e2c, e2r)
+    ft = binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
+    faces_sorted, start, count = binning.window_candidates(ft, grid, jnp.int32(0), pair_budget)
+    every = jnp.arange(grid.num_tiles, dtype=jnp.int32)
+    cand = binning.tile_candidates(faces_sorted, start, count, every, jnp.zeros_like(every), capacity)
+    tiles, n_over = binning.overflow_tiles(count, jnp.full_like(count, capacity), slots)
+    cand2 = binning.tile_candidates(faces_sorted, start, count, tiles, jnp.full_like(tiles, capacity), extra)
+    return cand, tiles, cand2, jnp.max(count), n_over, ft.total, valid
+
+
+@functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "hyper"))
+def _soft_evaluate(xy, z, corner_colors, bg, faces, valid, cand, tiles, cand2, *, image_hw, tile_size, hyper):
+    """Differentiable, jitted: soft aggregation of the binned candidates."""
+    height, width = image_hw
+    grid = binning.tile_grid(image_hw, tile_size)
+    gamma, eps = hyper[1], hyper[3]
+    cols, rows = grid.pixel_centres(xy.dtype)
+    px = (2.0 * cols + 1.0) / width - 1.0
+    py = (2.0 * rows + 1.0) / height - 1.0
+    hyper = hyper + (faces,)
+    safe = jnp.minimum(tiles, grid.num_tiles - 1)
+
+    def evaluate(xy_, z_, cc_, bg_):
+        base = _soft_part(xy_, z_, cc_, valid, cand, px, py, hyper)
+        more = _soft_part(xy_, z_, cc_, valid, cand2, px[safe], py[safe], hyper)
+        # Overflow tiles are unique (padding ids are dropped), so these scatters are race-free.
+        log_transmit = base[0].at[tiles].add(more[0], mode="drop")
+        alpha = -jnp.expm1(log_transmit)
+        if cc_ is None:
+            return alpha
+        zmax = base[3].at[tiles].max(more[3], mode="drop")
+        scale_more = jnp.exp((more[3] - zmax[safe]) / gamma)
+        scale_base = jnp.exp((base[3] - zmax) / gamma)
+        num = (base[1] * scale_base[..., None]).at[tiles].add(more[1] * scale_more[..., None], mode="drop")
+        den = (base[2] * scale_base).at[tiles].add(more[2] * scale_more, mode="drop")
+        bg_weight = jnp.exp((eps - zmax) / gamma)
+        color = (num + bg_weight[..., None] * bg_) / (den + bg_weight)[..., None]
+        return jnp.concatenate([color, alpha[..., None]], axis=-1)
+
+    out = jax.checkpoint(evaluate)(xy, z, corner_colors, bg)
+    return grid.untile(out)
+
+
+def _message(max_count, n_over, total, capacity, slots, extra, pair_budget):
+    return (
+        f"soft_rasterize: tile capacity overflow (a tile has {int(max_count)} candidate faces, "
+        f"capacity + overflow_capacity = {capacity} + {extra}; {int(n_over)} tiles exceed "
+        f"capacity, overflow_tiles={slots}; {int(total)} face-tile pairs, pair_budget={pair_budget}). "
+        "Pass larger budgets (or a smaller tile_size= or sigma=), or call it outside jit with "
+        "on_overflow='grow'."
+    )
+
+
+def _raise_if(flag, *info):
+    if bool(flag):
+        raise CapacityError(_message(*info))
+
+
+def binning_stats(vertices, faces, image_hw, *, sigma: float = 1e-4, dist_eps: float = 1e-4,
+                  tile_size: int = 8, capacity: int = DEFAULT_SOFT_CAPACITY):
+    """Concrete binning statistics of one item, to size the static budgets before ``jit``.
+
+    Returns a dict of ints: ``max_count`` (most candidates in a tile), ``over`` (tiles with more
+    than ``capacity``), ``pairs`` (face-tile pairs), ``num_tiles``. ``sigma=0`` gives the hard
+    rasterizer's binning (no cut-off radius).
+    """
+    vertices, faces = _check_mesh(vertices, faces)
+    height, width = _check_hw(image_hw)
+    grid = binning.tile_grid((height, width), tile_size)
+    if faces.shape[0] == 0:
+        return dict(max_count=0, over=0, pairs=0, num_tiles=grid.num_tiles)
+    radius = math.sqrt(float(sigma) * math.log(1.0 / float(dist_eps) - 1.0)) if sigma > 0 else 0.0
+    radii = (radius * width / 2.0, radius * height / 2.0)
+    pairs = 2 * default_pair_budget(faces.shape[0], grid)
+    for _ in range(2):
+        out = _soft_candidates(vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii,
+                               capacity=int(capacity), slots=1, extra=1, pair_budget=pairs)
+        if int(out[5]) <= pairs:
+            break
+        pairs = 1 << int(out[5] - 1).bit_length()
+    return dict(max_count=int(out[3]), over=int(out[4]), pairs=int(out[5]), num_tiles=grid.num_tiles)

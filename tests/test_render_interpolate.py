@@ -1,0 +1,86 @@
+"""interpolate: values vs numpy, gradients w.r.t. attributes and vertex positions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jface.render import barycentrics, interpolate, rasterize
+
+HW = (20, 24)
+
+
+def _mesh():
+    # two overlapping, well-separated-in-depth triangles plus a quad
+    vertices = np.array([
+        [-0.8, -0.7, 0.2], [0.7, -0.8, 0.1], [-0.1, 0.8, 0.3],
+        [-0.3, -0.2, -0.2], [0.9, 0.1, -0.3], [0.2, 0.9, -0.1],
+        [-0.95, 0.3, 0.5], [-0.4, 0.3, 0.5], [-0.95, 0.9, 0.5],
+    ])
+    faces = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]], np.int32)
+    # irrational-ish offsets keep pixel centres off the edges
+    return vertices + np.sqrt(np.arange(27.0).reshape(9, 3) + 2) * 1e-3, faces
+
+
+def test_values_vertex_and_corner_attributes():
+    vertices, faces = _mesh()
+    rng = np.random.default_rng(0)
+    attrs = rng.normal(size=(9, 4))
+    frags = rasterize(vertices, faces, HW)
+    out = np.asarray(interpolate(frags, attrs, faces))
+    fid, bary = np.asarray(frags.face_index), np.asarray(frags.bary)
+    ref = np.einsum("hwk,hwkd->hwd", bary, attrs[faces[np.maximum(fid, 0)]])
+    ref[fid < 0] = 0
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    corner = attrs[faces]
+    np.testing.assert_allclose(np.asarray(interpolate(frags, corner)), ref, atol=1e-12)
+    # partition of unity: interpolating ones gives the mask
+    ones = np.asarray(interpolate(frags, np.ones((9, 1)), faces))[..., 0]
+    np.testing.assert_allclose(ones, np.asarray(frags.mask), atol=1e-12)
+    assert interpolate(frags, attrs.astype(np.float32), faces).dtype == jnp.float64
+    with pytest.raises(ValueError, match="faces"):
+        interpolate(frags, attrs)
+    with pytest.raises(ValueError, match="attributes"):
+        interpolate(frags, np.ones((9, 2, 2)))
+
+
+def test_gradients_attributes_and_vertices():
+    vertices, faces = _mesh()
+    rng = np.random.default_rng(1)
+    attrs = rng.normal(size=(9, 3))
+    weights = rng.normal(size=HW + (3,))
+    fid = rasterize(vertices, faces, HW).face_index
+
+    def loss(v, a):
+        frags = rasterize(v, faces, HW)
+        return jnp.sum(interpolate(frags, a, faces) * weights)
+
+    check_grads(lambda a: loss(vertices, a), (attrs,), order=1, modes=["rev"], eps=1e-4)
+    # vertex gradient (through the barycentrics) vs central differences with the face ids frozen
+    grad_v = np.asarray(jax.grad(loss)(vertices, attrs))
+    eps = 1e-6
+    for idx in [(0, 0), (1, 1), (2, 0), (4, 1), (5, 0), (7, 1)]:
+        dv = np.zeros_like(vertices)
+        dv[idx] = eps
+        assert np.array_equal(np.asarray(rasterize(vertices + dv, faces, HW).face_index), np.asarray(fid))
+        fd = (loss(vertices + dv, attrs) - loss(vertices - dv, attrs)) / (2 * eps)
+        np.testing.assert_allclose(grad_v[idx], fd, rtol=1e-5, atol=1e-7)
+    assert np.any(np.abs(grad_v[:, :2]) > 1e-3)
+    assert np.all(grad_v[:, 2] == 0)  # z does not move barycentrics
+
+
+def test_barycentrics_function_and_float32():
+    vertices, faces = _mesh()
+    frags = rasterize(vertices.astype(np.float32), faces, HW)
+    assert frags.bary.dtype == jnp.float32
+    again = barycentrics(vertices.astype(np.float32), faces, frags.face_index, HW)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(frags.bary), atol=1e-6)
+    ref = rasterize(vertices, faces, HW)
+    same = np.asarray(ref.face_index) == np.asarray(frags.face_index)
+    assert same.mean() > 0.99
+    np.testing.assert_allclose(np.asarray(frags.bary)[same], np.asarray(ref.bary)[same], atol=1e-5)
+    with pytest.raises(ValueError, match="face_index"):
+        barycentrics(vertices, faces, np.zeros((3, 3), np.int32), HW)
