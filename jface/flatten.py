@@ -370,15 +370,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of --fit-landmarks")
     parser.add_argument("--crop-scale", type=float, default=1.6, help="crop size / landmark box size")
     args = parser.parse_args(argv)
-    model = None
-    if args.model:
-        from jface.models import load_model
+    from jface.models.errors import ModelFileError
 
-        model = load_model(args.model)
     try:
+        model = None
+        if args.model:
+            from jface.models import load_model
+
+            model = load_model(args.model)
         run(args.inputs, args.out, model=model, checkpoint=args.checkpoint, fit_landmarks=args.fit_landmarks,
             detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
-    except (InputError, LandmarkFileError, ImportError) as err:
+    except (InputError, LandmarkFileError, ImportError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -188,8 +188,6 @@ def test_fuzz_anl_text(tmp_path_factory, lines, crlf):
     assert index.dtype == np.int32 and index.ndim == 1 and index.size > 0 and index.min() >= 0
 
 
-@pytest.mark.xfail(strict=True, reason="load_anl: an index >= 2**31 raises a bare OverflowError "
-                   "(np.asarray(index, np.int32)) instead of ModelFileError naming the file")
 def test_anl_index_beyond_int32_is_a_clear_error(tmp_path):
     path = tmp_path / "big.anl"
     path.write_text("% landmarks\n12\n99999999999\n")
@@ -268,9 +266,6 @@ def test_landmark_npy_object_array_is_refused_without_unpickling(tmp_path):
         read_landmarks(tmp_path / "a.npy")
 
 
-@pytest.mark.xfail(strict=True, reason="read_landmarks: the dtype of a .npy is not checked: strings fail "
-                   "in np.asarray(pts, float64) outside the try block (a bare ValueError without the file "
-                   "name) and complex values are cast to real with only a ComplexWarning")
 @pytest.mark.parametrize("array", [np.array([["a", "b"]] * 68), np.zeros((68, 2), np.complex64) + 1j],
                          ids=["strings", "complex"])
 def test_landmark_npy_non_real_dtype_names_the_file(tmp_path, array):
@@ -343,8 +338,6 @@ def test_read_image_header_lies_about_size(tmp_path):
         read_image(path)
 
 
-@pytest.mark.xfail(strict=True, reason="read_image: Pillow's DecompressionBombError (an Exception, not "
-                   "OSError) escapes as is; iter_faces then aborts a whole TFDS build on one image")
 def test_read_image_decompression_bomb_is_an_image_read_error(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header_only(100_000, 100_000))
@@ -401,8 +394,6 @@ def _write_archive(path, deflate=False):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="load_torch_file: a damaged zip container leaks zipfile/zlib errors "
-                   "(BadZipFile, zlib.error, UnicodeDecodeError, NotImplementedError) instead of ModelFileError")
 def test_corrupted_torch_zip_container_is_a_model_file_error(tmp_path):
     from jface.weights import load_torch_file
 
@@ -424,8 +415,6 @@ def test_corrupted_torch_zip_container_is_a_model_file_error(tmp_path):
     assert not leaked, f"{len(leaked)}/200 damaged archives raised {sorted(set(leaked))}"
 
 
-@pytest.mark.xfail(strict=True, reason="jface.weights pickle readers: an oversized BINBYTES8/BYTEARRAY8 "
-                   "length raises MemoryError/OverflowError (the models' safe_pickle refuses it cleanly)")
 @pytest.mark.parametrize("opcode", [b"\x80\x04\x8e" + (2**62).to_bytes(8, "little"),
                                     b"\x80\x05\x96" + (2**63 + 5).to_bytes(8, "little")], ids=["binbytes8", "bytearray8"])
 def test_pickle_length_bombs_are_refused(tmp_path, opcode):
@@ -557,8 +546,6 @@ def test_resample_zero_area_uv_faces_fall_back_to_nearest():
     assert np.all(np.isfinite(out["mean"])) and np.all(out["outside"])
 
 
-@pytest.mark.xfail(strict=True, reason="resample_model: NaN/Inf UV coordinates are not checked; the "
-                   "resampled mean silently comes out all NaN")
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_resample_rejects_non_finite_uv(bad):
     from jface.models.resample import resample_model
@@ -657,8 +644,6 @@ def test_cli_in_process_bad_files(tmp_path, capsys):
     assert not (tmp_path / "w.npz").exists() and not (tmp_path / "o.npz").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="python -m jface.weights catches only ModelFileError; a damaged zip "
-                   "container (see test_corrupted_torch_zip_container_is_a_model_file_error) is a traceback")
 def test_weights_cli_damaged_archive(tmp_path, capsys):
     from jface.weights.__main__ import main as weights_main
 
@@ -689,8 +674,6 @@ def test_flatten_cli_bad_checkpoint_is_one_line(one_face, tmp_path, capsys):
         _one_line_error(capsys.readouterr().err, checkpoint.name)
 
 
-@pytest.mark.xfail(strict=True, reason="python -m jface.flatten: --model is loaded before the try block "
-                   "(load_model's ModelFileError is a traceback); catch ModelFileError in main")
 def test_flatten_cli_bad_model_file(one_face, tmp_path, capsys):
     from jface.flatten import main
 
@@ -700,9 +683,6 @@ def test_flatten_cli_bad_model_file(one_face, tmp_path, capsys):
     _one_line_error(capsys.readouterr().err, "bad.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="python -m jface.reconstruct: --flame / --fixed-displacement are "
-                   "loaded before the try block and --weights raises ModelFileError inside run(), which "
-                   "main does not catch: tracebacks")
 @pytest.mark.parametrize("option", ["--flame", "--fixed-displacement", "--weights"])
 def test_reconstruct_cli_bad_files(one_face, tmp_path, capsys, option):
     from jface.reconstruct import main

@@ -80,7 +80,7 @@ def read_image(path) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: no such file") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{path}: empty image of shape {arr.shape}")
@@ -108,11 +108,13 @@ def read_landmarks(path, num_points: int | None = 68) -> np.ndarray:
         else:
             text = path.read_text().replace(",", " ")
             pts = np.array([[float(v) for v in ln.split()] for ln in text.splitlines() if ln.strip()])
+        if pts.dtype.kind not in "fiu":
+            raise ImageReadError(f"{path}: expected numeric landmarks, got dtype {pts.dtype}")
+        pts = np.asarray(pts, np.float64)
     except ImageReadError:
         raise
     except (OSError, ValueError) as exc:
         raise ImageReadError(f"{path}: unreadable landmark file ({exc})") from exc
-    pts = np.asarray(pts, np.float64)
     if pts.ndim != 2 or pts.shape[1] < 2:
         raise ImageReadError(f"{path}: expected (L, 2) landmarks, got shape {pts.shape}")
     pts = pts[:, :2]

@@ -356,6 +356,8 @@ def load_anl(path) -> np.ndarray:
             raise ModelFileError(
                 path, f"line {lineno}: index {value} is not 1-based (must be >= 1)"
             )
+        if value > np.iinfo(np.int32).max:
+            raise ModelFileError(path, f"line {lineno}: index {value} is too large for a vertex index")
         index.append(value - 1)
     if not index:
         raise ModelFileError(path, "no landmark indices (only comments/blank lines)")

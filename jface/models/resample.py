@@ -222,6 +222,8 @@ def resample_model(mean, basis, faces, uv, res: int, *, outside: str = "nearest"
     uv = np.asarray(uv, dtype=np.float64)
     if uv.shape != (n, 2):
         raise ValueError(f"uv: expected ({n}, 2) (one UV per vertex of mean), got {uv.shape}")
+    if not np.all(np.isfinite(uv)):
+        raise ValueError(f"uv: {int(np.sum(~np.isfinite(uv)))} coordinates are NaN or Inf (expected finite UV in [0, 1]^2)")
     if basis is not None:
         basis = np.asarray(basis, dtype=np.float64)
         if basis.ndim != 3 or basis.shape[:2] != mean.shape:

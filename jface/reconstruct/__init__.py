@@ -565,21 +565,23 @@ def main(argv=None):
     parser.add_argument("--fit-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (no --weights)")
     args = parser.parse_args(argv)
-    model = None
-    if args.flame:
-        from jface.models import load_flame, load_model
+    from jface.models.errors import ModelFileError
 
-        model = load_model(args.flame) if args.flame.endswith(".npz") else load_flame(args.flame)
-    fixed = None
-    if args.fixed_displacement:
-        from jface.deca import load_fixed_displacement
-
-        fixed = load_fixed_displacement(args.fixed_displacement)
     try:
+        model = None
+        if args.flame:
+            from jface.models import load_flame, load_model
+
+            model = load_model(args.flame) if args.flame.endswith(".npz") else load_flame(args.flame)
+        fixed = None
+        if args.fixed_displacement:
+            from jface.deca import load_fixed_displacement
+
+            fixed = load_fixed_displacement(args.fixed_displacement)
         run(args.inputs, args.out, weights=args.weights, fit_landmarks=args.fit_landmarks, transfer=args.transfer,
             detector=args.detector, batch_size=args.batch, model=model, fixed_displacement=fixed,
             fit_steps=args.fit_steps, seed=args.seed)
-    except (InputError, LandmarkFileError, ImportError) as err:
+    except (InputError, LandmarkFileError, ImportError, ModelFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

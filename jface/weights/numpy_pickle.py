@@ -101,5 +101,8 @@ def load_numpy_pickle(path):
             AttributeError,
             IndexError,
             KeyError,
+            MemoryError,
+            OverflowError,
         ) as e:
+            # MemoryError / OverflowError: an opcode declaring an absurd length.
             raise ModelFileError(path, f"malformed numpy pickle ({type(e).__name__}: {e})") from None

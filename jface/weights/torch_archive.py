@@ -31,6 +31,7 @@ import re
 import struct
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +237,17 @@ def is_torch_zip(path) -> bool:
 
 def _load_zip(path, fileobj):
     try:
+        return _load_zip_checked(path, fileobj)
+    except (UnsafePickleError, ModelFileError):
+        raise
+    except (zipfile.BadZipFile, zlib.error, UnicodeDecodeError, NotImplementedError, OSError, EOFError,
+            RuntimeError) as e:
+        # A damaged container (bad CRC, truncated deflate stream, garbled names, unknown compression).
+        raise ModelFileError(path, f"damaged torch zip archive ({type(e).__name__}: {e})") from None
+
+
+def _load_zip_checked(path, fileobj):
+    try:
         zf = zipfile.ZipFile(fileobj)
     except zipfile.BadZipFile as e:
         raise ModelFileError(path, f"not a readable torch zip archive ({e})") from None
@@ -303,7 +315,10 @@ def _unpickle(path, stream, persistent):
         IndexError,
         KeyError,
         struct.error,
+        MemoryError,
+        OverflowError,
     ) as e:
+        # MemoryError / OverflowError: a BINBYTES8 / BYTEARRAY8 opcode declaring an absurd length.
         raise ModelFileError(path, f"malformed torch pickle ({type(e).__name__}: {e})") from None
 
 
