@@ -125,6 +125,10 @@ def test_synthetic_labels_match_projection_and_pixels():
             rendered = data["images"][k, row, col].astype(float)
             assert np.abs(rendered - np.array([216, 168, 140]) * 1.0).max() < 200  # a face pixel
     assert abs(data["pose_deg"][:, 0]).max() <= 60
+    labels_only = synthetic_stn.generate(model, config, seed=5, render_images=False)
+    assert labels_only["images"] is None
+    np.testing.assert_allclose(labels_only["labels"], data["labels"], atol=1e-4)
+    np.testing.assert_array_equal(labels_only["theta"], data["theta"])
     other = synthetic_stn.generate(model, config, seed=6)
     assert not np.allclose(other["theta"], data["theta"])
     with pytest.raises(ValueError, match="landmark"):

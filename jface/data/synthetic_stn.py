@@ -181,11 +181,12 @@ def _mean_scale(model, landmark_idx, face_width, image_width):
 
 
 def generate(model: MorphableModel, config: SyntheticConfig = SyntheticConfig(), *, seed: int = 0,
-             albedo: Optional[np.ndarray] = None) -> dict:
+             albedo: Optional[np.ndarray] = None, render_images: bool = True) -> dict:
     """Draw ``num_identities * images_per_identity`` labelled images (numpy arrays, see module doc).
 
     Deterministic in ``seed`` (numpy PCG64 for every random choice; rendering is jitted JAX).
     ``albedo (N, 3)`` in [0, 1] overrides the model's ``albedo_mean`` (default: a uniform skin tone).
+    ``render_images=False`` skips rendering (``images`` is None); every label is unchanged.
     """
     if model.grid_hw is None:
         raise ValueError("model: generate needs a UV-grid model (model.grid_hw is None)")
@@ -234,13 +235,20 @@ def generate(model: MorphableModel, config: SyntheticConfig = SyntheticConfig(),
                 model32, th, landmark_idx, config.image_hw)
         return jax.vmap(one)(theta_c, tint_c, light_c, background_c)
 
-    images = np.empty((total, height, width, 3), np.uint8)
+    @jax.jit
+    def label_chunk(theta_c):
+        return jax.vmap(lambda th: _landmark_labels(model32, th, landmark_idx, config.image_hw))(theta_c)
+
+    images = np.empty((total, height, width, 3), np.uint8) if render_images else None
     labels = np.empty((total, len(landmark_idx), 3), np.float32)
     chunk = config.chunk
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
         pad = chunk - (stop - start)  # one jit shape for every chunk
         sl = lambda a: np.concatenate([a[start:stop], np.repeat(a[stop - 1:stop], pad, 0)], 0)
+        if not render_images:
+            labels[start:stop] = np.asarray(label_chunk(sl(theta)))[: stop - start]
+            continue
         background = _backgrounds(rng, chunk, config.image_hw)
         img_c, lab_c = render_chunk(sl(theta), sl(tint.astype(np.float32)), sl(light), background)
         images[start:stop] = np.asarray(img_c)[: stop - start]

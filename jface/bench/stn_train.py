@@ -1,0 +1,150 @@
+"""3DMM-STN training-step speed vs a bare VGG-16 classifier step: ``python -m jface.bench stn_train``.
+
+Both steps are the real jitted optax steps of :mod:`train.stn` (SGD momentum 0.9 as in the paper
+preset), data-parallel over all devices, on the same backbone, batch and compute dtype:
+
+* **stn**: ``train.stn.train_step``: VGG-16 localiser (VGG-Face topology) -> theta -> 3DMM,
+  projection, grid, bilinear sampler, visibility, masking and the four losses (spec 3dmm_stn.md
+  §1), on an interleaved (image, mirror) batch.
+* **vgg**: the same backbone with a 1000-way head and softmax cross-entropy (a bare classifier).
+
+Reports images/s of both and their ratio (``vgg / stn``; the geometry + sampler + losses overhead
+is ``1 - stn / vgg`` of the classifier's throughput), compile times, and a JSON line at the end.
+``--size small`` runs a tiny configuration for CPU smoke tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = ["main", "run"]
+
+
+def _median_step_time(step, state, batch, repeats):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return compile_s, float(np.median(times)), metrics
+
+
+def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: int = 5,
+        model: str = "default") -> dict:
+    from jface.stn import Localiser
+    from train import common, stn
+
+    if batch % 2:
+        raise ValueError(f"batch: expected an even number (image/mirror pairs), got {batch}")
+    if size == "full":
+        config = stn.Config.preset("paper").replace(model=model, localiser="vgg_face", compute_dtype=dtype,
+                                                    batch_size=batch // 2)
+        image = 224
+    elif size == "small":
+        config = stn.Config.preset("tiny").replace(compute_dtype=dtype, batch_size=batch // 2,
+                                                   optimizer="sgd", lr_schedule="constant")
+        image = config.image_size
+    else:
+        raise ValueError(f"size: expected 'full' or 'small', got {size!r}")
+    config = config.replace(image_size=image, whiten_theta=False)
+    mesh = common.make_mesh()
+    model3d = stn.load_model(config)
+    model3d = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model3d)
+    num_coeffs = model3d.num_shape + model3d.num_expression
+    localiser = stn.make_localiser(config, num_coeffs)
+    key = jax.random.PRNGKey(0)
+    dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, size=(batch, image, image, 3)).astype(np.float32)
+    labels = np.concatenate([rng.uniform(image * 0.3, image * 0.7, size=(batch, 21, 2)),
+                             np.ones((batch, 21, 1))], -1).astype(np.float32)
+
+    # --- STN step
+    params = jax.jit(localiser.init)(key, dummy)["params"]
+    optimizer = stn._optimizer(config, params)
+    ctx = stn.StepContext(config=config, localiser=localiser, optimizer=optimizer, model=model3d,
+                          theta_mean=jnp.zeros(6 + num_coeffs), theta_std=jnp.ones(6 + num_coeffs),
+                          theta_init_bias=params["theta"]["bias"])
+    state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
+        step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
+        rng=np.asarray(key))), mesh)
+    stn_batch = common.shard_batch({"images": images, "labels": labels}, mesh)
+    stn_compile, stn_time, _ = _median_step_time(stn.make_train_step(ctx, mesh), state, stn_batch, repeats)
+    del state
+
+    # --- bare VGG-16 classifier step (same backbone, 1000-way head, softmax cross-entropy)
+    cls_config = dataclasses.replace(localiser.config, num_coeffs=1000 - 6)
+    classifier = Localiser(config=cls_config, dtype=localiser.dtype)
+    cls_params = jax.jit(classifier.init)(key, dummy)["params"]
+    cls_opt = optax.chain(optax.trace(decay=0.9), optax.scale(-1e-3))
+
+    def cls_step(state, batch):
+        def loss_fn(p):
+            small = batch["images"]
+            if small.shape[1:3] != tuple(cls_config.input_hw):
+                small = jax.image.resize(small, (small.shape[0],) + tuple(cls_config.input_hw) + (3,), "linear")
+            logits = classifier.apply({"params": p}, small)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["classes"]).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = cls_opt.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state), {"loss": loss}
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    cls_jit = jax.jit(cls_step, out_shardings=(replicated, replicated), donate_argnums=(0,))
+    cls_state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
+        step=np.zeros((), np.int32), params=cls_params, opt_state=cls_opt.init(cls_params),
+        rng=np.asarray(key))), mesh)
+    cls_batch = common.shard_batch({"images": images, "classes": rng.integers(0, 1000, batch).astype(np.int32)}, mesh)
+    vgg_compile, vgg_time, _ = _median_step_time(cls_jit, cls_state, cls_batch, repeats)
+
+    stn_ips, vgg_ips = batch / stn_time, batch / vgg_time
+    return {
+        "size": size, "batch": batch, "image": image, "dtype": dtype, "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+        "localiser_input": list(localiser.config.input_hw), "model_vertices": int(model3d.num_vertices),
+        "stn_img_per_s": stn_ips, "vgg_img_per_s": vgg_ips, "ratio_vgg_over_stn": vgg_ips / stn_ips,
+        "overhead_fraction": 1.0 - stn_ips / vgg_ips, "stn_step_s": stn_time, "vgg_step_s": vgg_time,
+        "stn_compile_s": stn_compile, "vgg_compile_s": vgg_compile, "repeats": repeats,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jface.bench stn_train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="full", choices=("full", "small"))
+    parser.add_argument("--batch", type=int, default=64, help="images per step, mirrors included")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                        help="backbone compute dtype (theta layer and geometry stay float32)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="default", help="3DMM for --size full: 'default' or an npz")
+    parser.add_argument("--out", default=None, help="also write the JSON result here")
+    args = parser.parse_args(argv)
+    result = run(args.size, args.batch, args.dtype, args.repeats, args.model)
+    print(f"stn train step: {result['stn_img_per_s']:.1f} img/s (compile {result['stn_compile_s']:.1f}s)")
+    print(f"vgg classifier step: {result['vgg_img_per_s']:.1f} img/s (compile {result['vgg_compile_s']:.1f}s)")
+    print(f"ratio vgg/stn: {result['ratio_vgg_over_stn']:.3f} (overhead {100 * result['overhead_fraction']:.1f}%)")
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

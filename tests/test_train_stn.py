@@ -1,0 +1,229 @@
+"""train.stn: config parsing, data-parallel equivalence, resume, signals, NaN guard, checkpoints.
+
+Training runs are subprocesses of ``python -m train.stn --preset tiny`` (float32, as users run it;
+the test session itself has x64 on). They share a persistent compilation cache to keep compiles
+off the critical path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 8
+COMMON = ["--preset", "tiny", "--steps", str(STEPS), "--checkpoint_every", "2"]
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+def _env(cache, **extra):
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        "JAX_PLATFORMS": "cpu",
+        "JAX_ENABLE_X64": "0",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "XLA_FLAGS": "",
+    })
+    env.update(extra)
+    return env
+
+
+def _start(cache, workdir, *args, env=None):
+    cmd = [sys.executable, "-m", "train.stn", *COMMON, "--workdir", str(workdir),
+           "--export", str(workdir / "params.npz"), *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env or _env(cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _run(cache, workdir, *args, env=None, expect=0):
+    proc = _start(cache, workdir, *args, env=env)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == expect, out
+    return out
+
+
+def _params(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _assert_params(a, b, exact=False):
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=2e-6, err_msg=key)
+
+
+def _wait_for_checkpoint(proc, directory, minimum=2, timeout=900):
+    start = time.time()
+    while time.time() - start < timeout:
+        steps = [int(p.name) for p in Path(directory).glob("[0-9]*") if p.name.isdigit()]
+        if steps and max(steps) >= minimum:
+            return max(steps)
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before a checkpoint: {proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, jax_cache):
+    """One process, one device, uninterrupted; also prints the held-out table."""
+    workdir = tmp_path_factory.mktemp("reference")
+    out = _run(jax_cache, workdir)
+    return workdir, out, _params(workdir / "params.npz")
+
+
+def test_reference_run_prints_metrics_and_eval_cli(reference, jax_cache):
+    workdir, out, _ = reference
+    assert "landmark NME (IOD)" in out and "baseline" in out
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    proc = subprocess.run([sys.executable, "-m", "train.stn", "--eval", str(workdir / "checkpoints")],
+                          cwd=REPO, env=_env(jax_cache), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"step {STEPS}" in proc.stdout and "pose error (deg)" in proc.stdout
+
+
+def test_two_processes_match_one(reference, tmp_path, jax_cache):
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    procs = [_start(jax_cache, tmp_path, "--coordinator", f"localhost:{port}", "--num_processes", "2",
+                    "--process_id", str(i), "--eval_at_end", "false") for i in range(2)]
+    outs = [p.communicate(timeout=1200)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "2 process(es), 2 device(s)" in outs[0]
+    p0, p1 = _params(tmp_path / "params.npz.p0"), _params(tmp_path / "params.npz.p1")
+    _assert_params(p0, p1, exact=True)
+    _assert_params(p0, reference[2])
+
+
+def test_four_host_devices_match_one(reference, tmp_path, jax_cache):
+    env = _env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = _run(jax_cache, tmp_path, "--eval_at_end", "false", env=env)
+    assert "1 process(es), 4 device(s)" in out
+    _assert_params(_params(tmp_path / "params.npz"), reference[2])
+
+
+def test_kill9_sigterm_and_resume_match_uninterrupted(reference, tmp_path, jax_cache):
+    """kill -9 mid-run, resume, SIGTERM (checkpoint + exit 143), resume: == the uninterrupted run."""
+    ckpts = tmp_path / "checkpoints"
+    proc = _start(jax_cache, tmp_path, "--eval_at_end", "false", "--step_delay", "0.5")
+    first = _wait_for_checkpoint(proc, ckpts, minimum=2)
+    proc.kill()
+    proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+
+    proc = _start(jax_cache, tmp_path, "--eval_at_end", "false", "--step_delay", "0.5")
+    _wait_for_checkpoint(proc, ckpts, minimum=first + 2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 143, out
+    assert f"resumed from {ckpts} step {first}" in out
+    saved = int(out.split("checkpoint saved at step")[1].split()[0])
+    assert first + 2 <= saved < STEPS and (ckpts / str(saved)).is_dir()
+    assert not (tmp_path / "params.npz").exists()
+
+    out = _run(jax_cache, tmp_path, "--eval_at_end", "false")
+    assert f"resumed from {ckpts} step {saved}" in out
+    _assert_params(_params(tmp_path / "params.npz"), reference[2], exact=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, jax_cache):
+    # Adam's first step at lr 1e30 moves every weight by ~1e30: step 2's loss overflows.
+    out = _run(jax_cache, tmp_path, "--eval_at_end", "false", "--learning_rate", "1e30",
+               "--lr_schedule", "constant", "--checkpoint_every", "1", expect=1)
+    assert "non-finite training metrics at step 1" in out
+    assert "last good checkpoint is step 1" in out
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+    assert list(manager.all_steps()) == [1]
+    restored = manager.restore(1)
+    leaves = [np.asarray(x) for x in __import__("jax").tree_util.tree_leaves(restored["state"])]
+    assert all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.floating))
+
+
+def test_failed_checkpoint_write_leaves_previous(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    from train import common
+
+    mesh = common.make_mesh()
+    state = common.replicate(common.TrainState(
+        step=np.int32(1), params={"w": np.arange(3, dtype=np.float32)}, opt_state={},
+        rng=np.zeros(2, np.uint32)), mesh)
+    ckpt = common.Checkpointer(tmp_path / "ck")
+    ckpt.save(1, state, {"step": 1})
+
+    def broken(self, directory, *args, **kwargs):
+        (Path(directory) / "partial").write_text("half a checkpoint")
+        raise OSError("disk full (injected)")
+
+    for name in ("save", "async_save"):
+        if hasattr(ocp.handlers.JsonCheckpointHandler, name):
+            monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, name, broken)
+    later = state.replace(params={"w": state.params["w"] + 100})
+    with pytest.raises(Exception, match="injected"):
+        ckpt.save(2, later, {"step": 2})
+    monkeypatch.undo()
+    fresh = common.Checkpointer(tmp_path / "ck")
+    assert fresh.latest_step() == 1
+    restored, data_state, step = fresh.restore(state)
+    assert step == 1 and data_state == {"step": 1}
+    np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.arange(3))
+    fresh.save(2, later, {"step": 2})  # a later save still works
+    assert fresh.latest_step() == 2
+
+
+def test_config_overrides_and_errors():
+    from train import stn
+
+    args, config = stn.parse_args(["--preset", "paper", "--set", "batch_size=8", "--steps", "100",
+                                   "--loss_weights=1,0,0,0", "--mirror", "false"])
+    assert (config.batch_size, config.steps, config.loss_weights, config.mirror) == (8, 100, (1.0, 0, 0, 0), False)
+    assert config.optimizer == "sgd" and config.learning_rate == 1e-10
+    assert config.theta_lr_mult == (4.0, 8.0) and config.weight_decay == 5e-4 and not config.theta_bias_decay
+    with pytest.raises(ValueError, match="not a config field"):
+        stn.parse_args(["--set", "batchsize=8"])
+    with pytest.raises(ValueError, match="true/false"):
+        stn.parse_args(["--mirror", "maybe"])
+    with pytest.raises(ValueError, match="preset"):
+        stn.parse_args(["--preset", "huge"])
+
+
+def test_paper_optimizer_is_matconvnet_sgd():
+    """v = 0.9 v - (wd_p w + g); w += lr_p v, with lr x4/x8 and wd 0 on the theta bias (spec §5-§6)."""
+    import jax.numpy as jnp
+
+    from train import stn
+
+    config = stn.Config.preset("paper").replace(learning_rate=0.1)
+    params = {"conv": {"kernel": jnp.ones(2)}, "theta": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
+    grads = {"conv": {"kernel": jnp.full(2, 0.5)}, "theta": {"kernel": jnp.full(2, 0.5), "bias": jnp.full(2, 0.5)}}
+    opt = stn._optimizer(config, params)
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    expect = {"conv": -0.1 * (0.5 + 5e-4), "theta_k": -0.4 * (0.5 + 5e-4), "theta_b": -0.8 * 0.5}
+    np.testing.assert_allclose(updates["conv"]["kernel"], expect["conv"], rtol=1e-6)
+    np.testing.assert_allclose(updates["theta"]["kernel"], expect["theta_k"], rtol=1e-6)
+    np.testing.assert_allclose(updates["theta"]["bias"], expect["theta_b"], rtol=1e-6)
+    updates2, _ = opt.update(grads, state, params)  # momentum: second step = (1 + 0.9) x first
+    np.testing.assert_allclose(updates2["conv"]["kernel"], 1.9 * expect["conv"], rtol=1e-6)
