@@ -227,3 +227,29 @@ def test_paper_optimizer_is_matconvnet_sgd():
     np.testing.assert_allclose(updates["theta"]["bias"], expect["theta_b"], rtol=1e-6)
     updates2, _ = opt.update(grads, state, params)  # momentum: second step = (1 + 0.9) x first
     np.testing.assert_allclose(updates2["conv"]["kernel"], 1.9 * expect["conv"], rtol=1e-6)
+
+
+def test_fallback_event_writer_files_parse(tmp_path):
+    """The built-in writer (used without tensorboardX) writes valid TFRecord-framed Event protos."""
+    import struct
+
+    from train import common
+
+    writer = common.MetricWriter(tmp_path, use_tensorboardx=False)
+    writer.scalars(7, {"loss": 1.5})
+    writer.close()
+    data = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
+    records, offset = [], 0
+    while offset < len(data):
+        header = data[offset:offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", data[offset + 8:offset + 12])[0] == common._masked_crc32c(header)
+        payload = data[offset + 12:offset + 12 + length]
+        assert struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])[0] == common._masked_crc32c(payload)
+        records.append(payload)
+        offset += 16 + length
+    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+    first, scalar = (event_pb2.Event.FromString(r) for r in records)
+    assert first.file_version == "brain.Event:2"
+    assert scalar.step == 7 and scalar.summary.value[0].tag == "train/loss"
+    assert scalar.summary.value[0].simple_value == 1.5
