@@ -148,8 +148,13 @@ def window_candidates(ft: FaceTiles, grid: TileGrid, window, pair_budget: int):
     tx = ft.tx0[safe] + local % width
     ty = ft.ty0[safe] + local // width
     tile = jnp.where(live, ty * grid.nx + tx, grid.num_tiles)
-    tile_sorted, faces_sorted = lax.sort((tile, safe), num_keys=1, is_stable=True)
-    del tile_sorted
+    if (grid.num_tiles + 1) * max(num_faces, 1) < 2**31 - 1:
+        # One packed int32 key (tile, face): a single-operand sort (radix sort on GPUs); the
+        # (tile, face) pairs are unique, so the order equals the stable sort by tile.
+        packed = lax.sort(tile * num_faces + safe)
+        faces_sorted = packed % num_faces
+    else:
+        _, faces_sorted = lax.sort((tile, safe), num_keys=1, is_stable=True)
     tile_count = jnp.zeros((grid.num_tiles,), jnp.int32).at[tile].add(1, mode="drop")
     tile_start = jnp.cumsum(tile_count, dtype=jnp.int32) - tile_count
     return faces_sorted, tile_start, tile_count

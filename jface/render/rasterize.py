@@ -25,8 +25,8 @@ Algorithm
 ---------
 The discrete part (which face wins each pixel) runs on ``stop_gradient`` inputs with static
 shapes: faces are binned into ``tile_size`` tiles (:mod:`jface.render.binning`), and each tile
-evaluates a dense ``(tile pixels x capacity)`` block of candidates, taking the z-min by argmin
-(first index = lowest face id). Tiles with more than ``capacity`` candidates, or meshes with more
+evaluates a dense ``(tile pixels x capacity)`` block of candidates, taking the z-min with one
+variadic reduction over (depth, face id) that breaks exact ties to the lower face id. Tiles with more than ``capacity`` candidates, or meshes with more
 (face, tile) pairs than ``pair_budget``, are handled by further rounds/windows inside a
 ``lax.while_loop`` whose trip count is zero in the common case (``on_overflow="grow"``), or raise
 :class:`CapacityError` (``on_overflow="raise"``). The barycentrics are then recomputed
@@ -41,6 +41,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax import lax
 
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 DEFAULT_TILE_SIZE = 8
-DEFAULT_CAPACITY = 128
+DEFAULT_CAPACITY = 64
 
 
 class CapacityError(RuntimeError):
@@ -168,11 +169,26 @@ def _eval_chunk(params, valid, cand, cols, rows, znear):
     z = p[:, None, :, 6] + w1 * p[:, None, :, 7] + w2 * p[:, None, :, 8]
     inside = ok[:, None, :] & (w1 >= 0) & (w2 >= 0) & (w0 > 0) & (z >= znear)
     key = jnp.where(inside, z, jnp.inf)
-    best = jnp.argmin(key, axis=-1)  # first minimum = lowest face id (candidates are sorted)
-    depth = jnp.take_along_axis(key, best[..., None], axis=-1)[..., 0]
-    face = jnp.take_along_axis(cand, best, axis=-1)
+    ids = jnp.broadcast_to(jnp.where(cand >= 0, cand, _NO_FACE)[:, None, :], key.shape)
+    depth, face = _zmin(key, ids, axis=2)
     face = jnp.where(depth < jnp.inf, face, -1)
     return depth, face
+
+
+_NO_FACE = np.iinfo(np.int32).max
+
+
+def _zmin(depth, face, axis):
+    """Nearest (smallest depth) with ties to the lower face id, as one variadic reduction (so XLA
+    fuses the per-candidate arithmetic into it without materialising pixels x candidates)."""
+
+    def pick(a, b):
+        (za, fa), (zb, fb) = a, b
+        take_b = (zb < za) | ((zb == za) & (fb < fa))
+        return jnp.where(take_b, zb, za), jnp.where(take_b, fb, fa)
+
+    init = (jnp.array(jnp.inf, depth.dtype), jnp.array(_NO_FACE, face.dtype))
+    return lax.reduce((depth, face), init, pick, (axis,))
 
 
 def _merge(state, new):

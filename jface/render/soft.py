@@ -25,12 +25,13 @@ plane after its +10 offset), ``zfar=10``. Faces of exactly zero screen area are 
 hard rasterizer).
 
 Shapes are static: faces are binned into tiles (:mod:`jface.render.binning`) and each tile
-evaluates ``(tile pixels x capacity)`` candidates densely; the (at most ``overflow_tiles``)
-tiles with more candidates evaluate ``overflow_capacity`` more in a second static pass. The candidate selection is discrete;
+evaluates ``(tile pixels x capacity)`` candidates densely; tiles with more candidates evaluate
+more in static overflow levels (``overflow_tiles[k]`` tiles x ``overflow_capacity[k]``
+candidates each). The candidate selection is discrete;
 the evaluation is plain jnp, differentiable w.r.t. vertices and colours, and rematerialised in the
 backward pass (``jax.checkpoint``) so no ``pixels x capacity`` residuals are stored. A tile with
-more candidates than ``capacity + overflow_capacity``, more than ``overflow_tiles`` tiles over
-``capacity``, or more face-tile pairs than ``pair_budget`` is an overflow:
+more candidates than ``capacity + sum(overflow_capacity)``, more tiles at a level than its
+``overflow_tiles``, or more face-tile pairs than ``pair_budget`` is an overflow:
 with concrete inputs ``on_overflow="grow"`` re-runs with budgets that fit; under ``jit`` (or with
 ``on_overflow="raise"``) it raises :class:`~jface.render.rasterize.CapacityError` (a runtime error
 with the same message under ``jit``).
@@ -44,6 +45,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jface.render import binning
@@ -57,9 +59,9 @@ from jface.render.rasterize import (
     ndc_to_pixel,
 )
 
-__all__ = ["soft_rasterize", "binning_stats", "DEFAULT_SOFT_CAPACITY"]
+__all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY"]
 
-DEFAULT_SOFT_CAPACITY = 192
+DEFAULT_SOFT_CAPACITY = 64
 
 
 def _cross(ax, ay, bx, by):
@@ -158,9 +160,11 @@ def soft_rasterize(
       sigma, gamma, dist_eps, eps, znear, zfar: see the module docstring.
       background: ``(D,)`` colour behind everything (default 0).
       tile_size, capacity, overflow_tiles, overflow_capacity, pair_budget, on_overflow: binning
-        budgets (module docstring): every tile evaluates ``capacity`` candidates; up to
-        ``overflow_tiles`` tiles (default num_tiles // 8) evaluate ``overflow_capacity`` more
-        (default 2 capacity) in one further static pass.
+        budgets (module docstring): every tile evaluates ``capacity`` candidates; then, level by
+        level, up to ``overflow_tiles[k]`` tiles still holding more evaluate
+        ``overflow_capacity[k]`` more (ints or tuples of levels; default num_tiles // (2, 4, 16,
+        64) tiles x capacity * (1, 2, 4, 8)). :func:`plan_levels` sizes them from
+        :func:`binning_stats`.
 
     Returns:
       ``colors is None``: the silhouette ``(H, W)`` = 1 - prod(1 - D). Otherwise ``(H, W, D + 1)``:
@@ -211,38 +215,43 @@ def soft_rasterize(
     capacity = int(capacity)
     # the cut-off radius makes faces touch more tiles than in the hard rasterizer
     pair_budget = 2 * default_pair_budget(num_faces, grid) if pair_budget is None else int(pair_budget)
-    slots = max(1, grid.num_tiles // 8) if overflow_tiles is None else int(overflow_tiles)
-    extra = 2 * capacity if overflow_capacity is None else int(overflow_capacity)
-    for name, value in (("capacity", capacity), ("pair_budget", pair_budget),
-                        ("overflow_tiles", slots), ("overflow_capacity", extra)):
+    if overflow_tiles is None:
+        overflow_tiles = tuple(max(1, grid.num_tiles // d) for d in (2, 4, 16, 64))
+    if overflow_capacity is None:
+        overflow_capacity = tuple(capacity * m for m in (1, 2, 4, 8))
+    slots = _as_levels(overflow_tiles, "overflow_tiles")
+    extra = _as_levels(overflow_capacity, "overflow_capacity")
+    if len(slots) != len(extra):
+        raise ValueError(f"overflow_tiles, overflow_capacity: expected as many levels, got {slots} and {extra}")
+    for name, value in (("capacity", capacity), ("pair_budget", pair_budget)):
         if value <= 0:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
     radii = (radius * width / 2.0, radius * height / 2.0)
     budgets = dict(capacity=capacity, slots=slots, extra=extra, pair_budget=pair_budget)
-    cand, tiles, cand2, max_count, n_over, total, valid = _soft_candidates(
+    cand, levels, max_count, n_over, total, valid, flag = _soft_candidates(
         vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii, **budgets
     )
-    flag = (max_count > capacity + extra) | (n_over > slots) | (total > pair_budget)
     if _is_concrete(flag):
         if bool(flag):
             if on_overflow == "raise":
                 raise CapacityError(_message(max_count, n_over, total, capacity, slots, extra, pair_budget))
             budgets = dict(
                 capacity=capacity,
-                extra=max(extra, 1 << int(max_count - capacity - 1).bit_length()),
-                slots=max(slots, int(n_over)),
+                extra=(max(sum(extra), 1 << int(max_count - capacity - 1).bit_length()),),
+                slots=(max(max(slots), int(n_over)),),
                 pair_budget=max(pair_budget, 1 << int(total - 1).bit_length()),
             )
-            cand, tiles, cand2, *_ = _soft_candidates(
+            cand, levels, *_ = _soft_candidates(
                 vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii, **budgets
             )
     else:
-        jax.debug.callback(_raise_if, flag, max_count, n_over, total, capacity, slots, extra, pair_budget)
+        static = dict(capacity=capacity, slots=slots, extra=extra, pair_budget=pair_budget)
+        jax.debug.callback(functools.partial(_raise_if, **static), flag, max_count, n_over, total)
     hyper = (float(sigma), float(gamma), thr, float(eps), float(znear), float(zfar))
     out = _soft_evaluate(
         vertices[:, :2], vertices[:, 2], corner_colors, bg if corner_colors is not None else None,
-        faces, valid, cand, tiles, cand2, image_hw=(height, width), tile_size=grid.size, hyper=hyper,
+        faces, valid, cand, levels, image_hw=(height, width), tile_size=grid.size, hyper=hyper,
     )
     return out
 
@@ -264,13 +273,25 @@ def _soft_candidates(vertices, faces, *, image_hw, tile_size, radii, capacity, s
     faces_sorted, start, count = binning.window_candidates(ft, grid, jnp.int32(0), pair_budget)
     every = jnp.arange(grid.num_tiles, dtype=jnp.int32)
     cand = binning.tile_candidates(faces_sorted, start, count, every, jnp.zeros_like(every), capacity)
-    tiles, n_over = binning.overflow_tiles(count, jnp.full_like(count, capacity), slots)
-    cand2 = binning.tile_candidates(faces_sorted, start, count, tiles, jnp.full_like(tiles, capacity), extra)
-    return cand, tiles, cand2, jnp.max(count), n_over, ft.total, valid
+    # Overflow levels: level k takes (at most slots[k]) tiles with candidates beyond `offset` and
+    # evaluates extra[k] more of them; tiles are unique within a level.
+    offset, levels, flag = capacity, [], jnp.zeros((), bool)
+    n_over = jnp.sum(count > capacity)
+    for num_slots, num_extra in zip(slots, extra):
+        tiles, n_k = binning.overflow_tiles(count, jnp.full_like(count, offset), num_slots)
+        cand_k = binning.tile_candidates(
+            faces_sorted, start, count, tiles, jnp.full_like(tiles, offset), num_extra
+        )
+        levels.append((tiles, cand_k))
+        flag = flag | (n_k > num_slots)
+        offset += num_extra
+    max_count = jnp.max(count)
+    flag = flag | (max_count > offset) | (ft.total > pair_budget)
+    return cand, tuple(levels), max_count, n_over, ft.total, valid, flag
 
 
 @functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "hyper"))
-def _soft_evaluate(xy, z, corner_colors, bg, faces, valid, cand, tiles, cand2, *, image_hw, tile_size, hyper):
+def _soft_evaluate(xy, z, corner_colors, bg, faces, valid, cand, levels, *, image_hw, tile_size, hyper):
     """Differentiable, jitted: soft aggregation of the binned candidates."""
     height, width = image_hw
     grid = binning.tile_grid(image_hw, tile_size)
@@ -279,27 +300,42 @@ def _soft_evaluate(xy, z, corner_colors, bg, faces, valid, cand, tiles, cand2, *
     px = (2.0 * cols + 1.0) / width - 1.0
     py = (2.0 * rows + 1.0) / height - 1.0
     hyper = hyper + (faces,)
-    safe = jnp.minimum(tiles, grid.num_tiles - 1)
 
     def evaluate(xy_, z_, cc_, bg_):
         base = _soft_part(xy_, z_, cc_, valid, cand, px, py, hyper)
-        more = _soft_part(xy_, z_, cc_, valid, cand2, px[safe], py[safe], hyper)
-        # Overflow tiles are unique (padding ids are dropped), so these scatters are race-free.
-        log_transmit = base[0].at[tiles].add(more[0], mode="drop")
+        parts = []
+        for tiles, cand_k in levels:
+            safe = jnp.minimum(tiles, grid.num_tiles - 1)
+            parts.append((tiles, safe, _soft_part(xy_, z_, cc_, valid, cand_k, px[safe], py[safe], hyper)))
+        # Tiles are unique within a level (padding ids are dropped), so each scatter is race-free.
+        log_transmit = base[0]
+        for tiles, _, part in parts:
+            log_transmit = log_transmit.at[tiles].add(part[0], mode="drop")
         alpha = -jnp.expm1(log_transmit)
         if cc_ is None:
             return alpha
-        zmax = base[3].at[tiles].max(more[3], mode="drop")
-        scale_more = jnp.exp((more[3] - zmax[safe]) / gamma)
-        scale_base = jnp.exp((base[3] - zmax) / gamma)
-        num = (base[1] * scale_base[..., None]).at[tiles].add(more[1] * scale_more[..., None], mode="drop")
-        den = (base[2] * scale_base).at[tiles].add(more[2] * scale_more, mode="drop")
+        zmax = base[3]
+        for tiles, _, part in parts:
+            zmax = zmax.at[tiles].max(part[3], mode="drop")
+        scale = jnp.exp((base[3] - zmax) / gamma)
+        num, den = base[1] * scale[..., None], base[2] * scale
+        for tiles, safe, part in parts:
+            scale = jnp.exp((part[3] - zmax[safe]) / gamma)
+            num = num.at[tiles].add(part[1] * scale[..., None], mode="drop")
+            den = den.at[tiles].add(part[2] * scale, mode="drop")
         bg_weight = jnp.exp((eps - zmax) / gamma)
         color = (num + bg_weight[..., None] * bg_) / (den + bg_weight)[..., None]
         return jnp.concatenate([color, alpha[..., None]], axis=-1)
 
     out = jax.checkpoint(evaluate)(xy, z, corner_colors, bg)
     return grid.untile(out)
+
+
+def _as_levels(value, name):
+    levels = (value,) if isinstance(value, int) else tuple(value)
+    if not levels or any(int(v) <= 0 for v in levels):
+        raise ValueError(f"{name}: expected a positive int or a tuple of them, got {value!r}")
+    return tuple(int(v) for v in levels)
 
 
 def _message(max_count, n_over, total, capacity, slots, extra, pair_budget):
@@ -312,9 +348,9 @@ def _message(max_count, n_over, total, capacity, slots, extra, pair_budget):
     )
 
 
-def _raise_if(flag, *info):
+def _raise_if(flag, max_count, n_over, total, *, capacity, slots, extra, pair_budget):
     if bool(flag):
-        raise CapacityError(_message(*info))
+        raise CapacityError(_message(max_count, n_over, total, capacity, slots, extra, pair_budget))
 
 
 def binning_stats(vertices, faces, image_hw, *, sigma: float = 1e-4, dist_eps: float = 1e-4,
@@ -335,8 +371,42 @@ def binning_stats(vertices, faces, image_hw, *, sigma: float = 1e-4, dist_eps: f
     pairs = 2 * default_pair_budget(faces.shape[0], grid)
     for _ in range(2):
         out = _soft_candidates(vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii,
-                               capacity=int(capacity), slots=1, extra=1, pair_budget=pairs)
-        if int(out[5]) <= pairs:
+                               capacity=int(capacity), slots=(1,), extra=(1,), pair_budget=pairs)
+        if int(out[4]) <= pairs:
             break
-        pairs = 1 << int(out[5] - 1).bit_length()
-    return dict(max_count=int(out[3]), over=int(out[4]), pairs=int(out[5]), num_tiles=grid.num_tiles)
+        pairs = 1 << int(out[4] - 1).bit_length()
+    counts = _tile_counts(vertices, faces, (height, width), grid.size, radii, pairs)
+    return dict(max_count=int(out[2]), over=int(out[3]), pairs=int(out[4]), num_tiles=grid.num_tiles,
+                counts=sorted((int(c) for c in np.asarray(counts)), reverse=True))
+
+
+@functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "radii", "pair_budget"))
+def _tile_counts(vertices, faces, image_hw, tile_size, radii, pair_budget):
+    grid = binning.tile_grid(image_hw, tile_size)
+    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
+    fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
+    e1c, e1r = fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0]
+    e2c, e2r = fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0]
+    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
+    valid = finite & _nonzero_area(e1c, e1r, e2c, e2r)
+    ft = binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
+    return binning.window_candidates(ft, grid, jnp.int32(0), pair_budget)[2]
+
+
+def plan_levels(counts_per_item, capacity: int, granularity: int = 8):
+    """Static overflow levels that fit every item: ``(overflow_tiles, overflow_capacity)`` tuples.
+
+    ``counts_per_item``: per-tile candidate counts of each item (``binning_stats(...)["counts"]``).
+    Level k adds ``capacity * 2**k`` candidates for the tiles still beyond the previous levels.
+    """
+    most = max((max(c) if len(c) else 0) for c in counts_per_item)
+    slots, extra, offset, k = [], [], int(capacity), 0
+    while offset < most:
+        need = max(sum(1 for x in c if x > offset) for c in counts_per_item)
+        slots.append(max(granularity, -(-need // granularity) * granularity))
+        extra.append(int(capacity) * 2**k)
+        offset += extra[-1]
+        k += 1
+    if not slots:  # nothing overflows: keep one minimal level
+        slots, extra = [1], [1]
+    return tuple(slots), tuple(extra)
