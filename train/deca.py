@@ -233,7 +233,9 @@ class Networks:
     vgg19: Optional[object] = None  # (module, variables) of VGG-19 features
 
 
-def make_networks(config: Config) -> Networks:
+def make_networks(config: Config, *, identity=None) -> Networks:
+    """The stage networks of ``config``. ``identity``: a ``(module, variables)`` identity network
+    used instead of loading ``config.identity_weights`` (e.g. random weights for benchmarks)."""
     from jface.deca import networks as nets
 
     dtype = _dtype(config)
@@ -243,8 +245,10 @@ def make_networks(config: Config) -> Networks:
         kwargs = dict(stage_sizes=(1, 1, 1, 1), width=config.encoder_width, hidden=config.encoder_hidden)
     else:
         raise ValueError(f"encoder: expected 'full' or 'small', got {config.encoder!r}")
-    identity = vgg19 = None
-    if config.identity_weights:
+    vgg19 = None
+    if identity is not None:
+        identity = tuple(identity)
+    elif config.identity_weights:
         from jface.weights.convert import load_variables
 
         identity = (nets.VGGFace2ResNet50(dtype=dtype), load_variables(config.identity_weights, kind="vggface2"))

@@ -1,0 +1,119 @@
+"""Smoke tests of the benchmarks (jface.bench.deca / inference / scaling / all) at ``--size small``.
+
+They check that each benchmark runs end to end and writes sane JSON (positive, finite
+throughputs); no timing is asserted. The scaling bench runs in a subprocess with 4 forced CPU
+devices (``--xla_force_host_platform_device_count=4``), with tfds / grain / dm-pix / trimesh
+blocked as on the GPU machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED = ("tensorflow_datasets", "tensorflow", "grain", "dm_pix", "pix", "trimesh")
+
+# Each full bench compiles two to six train steps (ResNet-50-layout networks, the renderer): minutes
+# on 2 CPU cores, so they run only when asked (as tests/test_faults.py's slow run does).
+slow_bench = pytest.mark.skipif(
+    not os.environ.get("JFACE_SLOW_BENCH"),
+    reason="set JFACE_SLOW_BENCH=1: bench smoke runs (deca, inference, scaling: minutes each on 2 CPU cores)")
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _blocked_env(tmp_path, devices=None):
+    site = tmp_path / "block"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["JAX_PLATFORMS"] = "cpu"
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+@pytest.mark.slow
+@slow_bench
+def test_deca_bench_small(tmp_path):
+    from jface.bench import deca
+
+    out = tmp_path / "deca.json"
+    assert deca.main(["--size", "small", "--repeats", "1", "--dtype", "float32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert _positive(result["deca_img_per_s"]) and _positive(result["resnet_img_per_s"])
+    assert result["ratio"] == pytest.approx(result["deca_img_per_s"] / result["resnet_img_per_s"])
+    assert result["batch"] == 4 and math.isfinite(result["deca_loss"])
+    assert {"loss_landmark", "loss_photometric"} <= set(result["deca_losses"])
+
+
+@pytest.mark.slow
+@slow_bench
+def test_inference_bench_small(tmp_path):
+    from jface.bench import inference
+
+    out = tmp_path / "inference.json"
+    assert inference.main(["--size", "small", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for part in ("encode", "flame", "render", "detail", "full"):
+        assert _positive(result[part]["img_per_s"]), part
+    assert result["img_per_s"] == result["full"]["img_per_s"]
+
+
+@pytest.mark.slow
+@slow_bench
+def test_scaling_bench_four_cpu_devices(tmp_path):
+    out = tmp_path / "scaling.json"
+    code = textwrap.dedent(f"""
+        import jax
+        assert jax.device_count() == 4, jax.devices()
+        from jface.bench import scaling
+        raise SystemExit(scaling.main(["--size", "small", "--repeats", "1", "--only", "stn",
+                                       "--json", {str(out)!r}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_blocked_env(tmp_path, 4),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["counts"] == [1, 2, 4]
+    rows = result["stn"]
+    assert [r["devices"] for r in rows] == [1, 2, 4]
+    assert [r["global_batch"] for r in rows] == [4, 8, 16]
+    assert all(_positive(r["img_per_s"]) and _positive(r["efficiency"]) for r in rows)
+    assert rows[0]["efficiency"] == 1.0
+
+
+def test_device_counts_and_all_summary():
+    from jface.bench import all as bench_all
+    from jface.bench.scaling import device_counts
+
+    assert device_counts(1) == [1]
+    assert device_counts(4) == [1, 2, 4]
+    assert device_counts(6) == [1, 2, 4, 6]
+    assert device_counts(8, 4) == [1, 2, 4]
+    rows = bench_all.summarize({
+        "deca": {"status": "ok", "result": {"deca_img_per_s": 100.0, "resnet_img_per_s": 400.0, "ratio": 0.25}},
+        "scaling": {"status": "ok", "result": {"stn": [{"devices": 1, "img_per_s": 10.0, "efficiency": 1.0}]}},
+    })
+    assert rows[0][:5] == ("deca", "DECA coarse step img/s", 100.0, 400.0, 0.25)
+    assert rows[1][0] == "scaling" and rows[1][4] == 1.0
+
+
+def test_all_rejects_unknown_part(capsys):
+    from jface.bench import all as bench_all
+
+    with pytest.raises(SystemExit):
+        bench_all.main(["--only", "nope"])
+    assert "unknown parts" in capsys.readouterr().err
