@@ -214,7 +214,13 @@ def _raise_if(flag, max_count, total, capacity, pair_budget):
 
 
 def _is_concrete(*arrays):
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+    """True when the values are known now (not traced under jit/vmap/grad)."""
+    try:
+        for a in arrays:
+            bool(jnp.any(a))
+    except jax.errors.ConcretizationTypeError:  # includes TracerBoolConversionError
+        return False
+    return True
 
 
 def default_pair_budget(num_faces: int, grid: binning.TileGrid) -> int:
