@@ -130,6 +130,93 @@ def _soft_part(xy, z, corner_colors, valid, cand, px, py, hyper):
     return log_transmit, num, den, zmax
 
 
+def _sil_geometry(cx, cy, ok, px, py, thr):
+    """Per pixel x candidate geometry of the silhouette: ``(T, P, C)`` arrays.
+
+    Returns ``(inside, live, dist2, seg, t, dx, dy)``: the squared distance to the nearest edge
+    ``seg`` (0: corners 0-1, 1: 1-2, 2: 2-0), its clamped parameter ``t`` and the offset
+    ``(dx, dy) = p - a - t e`` from the nearest point.
+    """
+
+    def corner(a, k):
+        return a[:, None, :, k]  # (T, 1, C)
+
+    x0, x1, x2 = corner(cx, 0), corner(cx, 1), corner(cx, 2)
+    y0, y1, y2 = corner(cy, 0), corner(cy, 1), corner(cy, 2)
+    pxe, pye = px[:, :, None], py[:, :, None]
+    area = _cross(x1 - x0, y1 - y0, x2 - x0, y2 - y0)
+    area = jnp.where(ok[:, None, :], area, 1.0)
+    ex, ey = pxe - x0, pye - y0
+    w1 = _cross(ex, ey, x2 - x0, y2 - y0) / area
+    w2 = _cross(x1 - x0, y1 - y0, ex, ey) / area
+    inside = (1.0 - w1 - w2 > 0) & (w1 > 0) & (w2 > 0)
+    best = None
+    for k, (ax, ay, bx, by) in enumerate(((x0, y0, x1, y1), (x1, y1, x2, y2), (x2, y2, x0, y0))):
+        sx, sy = bx - ax, by - ay
+        len2 = sx * sx + sy * sy
+        nz = len2 > 0
+        t = jnp.clip(((pxe - ax) * sx + (pye - ay) * sy) / jnp.where(nz, len2, 1.0), 0.0, 1.0)
+        t = jnp.where(nz, t, 0.0)
+        dx, dy = pxe - ax - t * sx, pye - ay - t * sy
+        d2 = dx * dx + dy * dy
+        if best is None:
+            best = (d2, jnp.zeros(d2.shape, jnp.int32), t, dx, dy)
+        else:
+            take = d2 < best[0]
+            best = (jnp.where(take, d2, best[0]), jnp.where(take, k, best[1]), jnp.where(take, t, best[2]),
+                    jnp.where(take, dx, best[3]), jnp.where(take, dy, best[4]))
+    dist2, seg, t, dx, dy = best
+    live = ok[:, None, :] & (inside | (dist2 < thr))
+    return inside, live, dist2, seg, t, dx, dy
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _sil_log_transmit(cx, cy, ok, px, py, sigma, thr):
+    """``sum_j log(1 - D_j)`` over the candidates: ``(T, P)``, from corner NDC ``cx/cy (T, C, 3)``.
+
+    A custom VJP: the backward recomputes the geometry and reduces the per-pixel gradients to
+    the candidates' corners, so neither pass stores ``pixels x candidates`` residuals and the
+    backward is one reduction instead of autodiff's chain of selects through the clamps/minima.
+    d dist2 / d(a, b) of the nearest segment is -2 (1 - t, t) (p - a - t e): t is either clamped
+    (constant) or optimal (d dist2 / dt = 0).
+    """
+    inside, live, dist2, *_ = _sil_geometry(cx, cy, ok, px, py, thr)
+    logit = jnp.where(inside, dist2, -dist2) / sigma
+    return jnp.sum(jnp.where(live, -jax.nn.softplus(logit), 0.0), axis=-1)
+
+
+def _sil_fwd(cx, cy, ok, px, py, sigma, thr):
+    return _sil_log_transmit(cx, cy, ok, px, py, sigma, thr), (cx, cy, ok, px, py)
+
+
+def _sil_bwd(sigma, thr, res, g):
+    cx, cy, ok, px, py = res
+    inside, live, dist2, seg, t, dx, dy = _sil_geometry(cx, cy, ok, px, py, thr)
+    logit = jnp.where(inside, dist2, -dist2) / sigma
+    # d/d dist2 of -softplus(+-dist2 / sigma) = -sigmoid(logit) * (+-1 / sigma)
+    gd = jnp.where(live, -jax.nn.sigmoid(logit) * jnp.where(inside, 1.0, -1.0) / sigma, 0.0) * g[:, :, None]
+    ga, gb = -2.0 * gd * (1.0 - t), -2.0 * gd * t  # times (dx, dy): d dist2 / d(a, b)
+    zero = jnp.zeros_like(ga)
+    # corner k is endpoint a of segment k and endpoint b of segment k - 1
+    coef = [jnp.where(seg == k, ga, jnp.where(seg == (k + 2) % 3, gb, zero)) for k in range(3)]
+    parts = [c * d for d in (dx, dy) for c in coef]  # 6 x (T, P, C)
+    red = jnp.sum(jnp.stack(parts, axis=-1), axis=1)  # (T, C, 6)
+    gcx, gcy = red[..., 0:3], red[..., 3:6]
+    return gcx.astype(cx.dtype), gcy.astype(cy.dtype), None, jnp.zeros_like(px), jnp.zeros_like(py)
+
+
+_sil_log_transmit.defvjp(_sil_fwd, _sil_bwd)
+
+
+def _sil_part(xy, valid, cand, px, py, hyper):
+    """Silhouette-only :func:`_soft_part`: ``log_transmit (T, P)`` via :func:`_sil_log_transmit`."""
+    sigma, _, thr, _, _, _, faces = hyper
+    safe = jnp.maximum(cand, 0)
+    ok = (cand >= 0) & valid[safe]
+    tri = faces[safe]
+    return _sil_log_transmit(xy[tri, 0], xy[tri, 1], ok, px, py, sigma, thr)
+
+
 def soft_rasterize(
     vertices,
     faces,
@@ -327,6 +414,14 @@ def _soft_evaluate(xy, z, corner_colors, bg, faces, valid, cand, levels, *, imag
         color = (num + bg_weight[..., None] * bg_) / (den + bg_weight)[..., None]
         return jnp.concatenate([color, alpha[..., None]], axis=-1)
 
+    if corner_colors is None:
+        # Silhouette: a custom VJP that recomputes in the backward (no checkpoint needed).
+        log_transmit = _sil_part(xy, valid, cand, px, py, hyper)
+        for tiles, cand_k in levels:
+            safe = jnp.minimum(tiles, grid.num_tiles - 1)
+            part = _sil_part(xy, valid, cand_k, px[safe], py[safe], hyper)
+            log_transmit = log_transmit.at[tiles].add(part, mode="drop")
+        return grid.untile(-jnp.expm1(log_transmit))
     out = jax.checkpoint(evaluate)(xy, z, corner_colors, bg)
     return grid.untile(out)
 
