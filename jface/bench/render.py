@@ -96,6 +96,36 @@ def _stats(ndc_batch, faces, hw, sigma, tile_size, capacity):
     return out, [p["counts"] for p in per]
 
 
+def _profile(fn, fargs, calls: int = 3, top: int = 15):
+    """Top device ops of ``fn`` (µs per call) from a ``jax.profiler`` perfetto trace; [] if none."""
+    import collections
+    import glob
+    import gzip
+    import tempfile
+
+    import jax
+
+    try:
+        folder = tempfile.mkdtemp(prefix="jface_prof_")
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            for _ in range(calls):
+                jax.block_until_ready(fn(*fargs))
+        path = sorted(glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True))[-1]
+        with gzip.open(path) as fh:
+            data = json.load(fh)
+        events = data["traceEvents"] if isinstance(data, dict) else data
+        procs = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+        device = {pid for pid, name in procs.items() if "host" not in name.lower()} or set(procs)
+        total = collections.Counter()
+        for e in events:
+            if e.get("ph") == "X" and e.get("pid") in device:
+                total[e["name"]] += float(e.get("dur", 0.0))
+        return [(name, us / calls) for name, us in total.most_common(top)]
+    except Exception as err:  # noqa: BLE001 - profiling is best-effort
+        return [(f"profile failed: {err!r}", 0.0)]
+
+
 def run(args):
     import jax
     import jax.numpy as jnp
@@ -196,9 +226,14 @@ def run(args):
         results["temp_bytes"][name] = _temp_bytes(fn, *fargs)
         print(f"{name:>20s}: {ms:9.3f} ms  (target {targets[name]} ms at B=32, 224²; compile {compile_s:.1f} s)",
               flush=True)
+        if args.profile:
+            ops = _profile(fn, fargs)
+            results.setdefault("profile_us", {})[name] = ops
+            for op, us in ops:
+                print(f"      {us:9.1f} us  {op[:110]}", flush=True)
     if args.sweep:
         results["sweep_ms"] = {}
-        for tile, cap in ((8, 64), (8, 96), (8, 128), (8, 192), (16, 128), (16, 256), (16, 384), (32, 512)):
+        for tile, cap in ((8, 32), (8, 64), (8, 128), (16, 128), (16, 256)):
             fn = jax.jit(jax.vmap(lambda v, a, t=tile, c=cap: interpolate(
                 rasterize(v, faces, hw, tile_size=t, capacity=c), a, faces)))
             ms = 1e3 * time_fn(fn, ndc, attrs, warmup=cfg["warmup"], repeats=cfg["repeats"])
@@ -228,6 +263,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sigma", type=float, default=1e-4)
     parser.add_argument("--only", help="comma-separated subset of raster_interp_fwd,render_fwd_bwd,soft_fwd_bwd")
     parser.add_argument("--sweep", action="store_true", help="also time several (tile_size, capacity)")
+    parser.add_argument("--profile", action="store_true", help="print each stage's top device ops")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     results = run(args)

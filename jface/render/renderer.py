@@ -145,25 +145,20 @@ def render(
     transformed_normals = vertex_normals(transformed_vertices, faces)
     fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity)
     uvs = uv_ndc(uv_coords).astype(vertices.dtype)[uv_faces]  # (F, 3, 3)
-    attributes = jnp.concatenate(
-        [
-            uvs,
-            lax.stop_gradient(transformed_normals[faces]),
-            lax.stop_gradient(vertices[faces]),
-            normals[faces],
-        ],
-        axis=-1,
-    )
-    rendering = interpolate(fragments, attributes)
+    # DECA interpolates 12 channels at once (uv, transformed normals, world vertices, normals).
+    # Here the channels whose attributes carry no gradient (uv; the detached transformed normals)
+    # are one interpolation and the differentiable normals another, so the backward scatters
+    # 3 channels per pixel instead of 12; the world-vertex channels are unused by the outputs.
+    fixed = interpolate(fragments, jnp.concatenate([uvs[..., :2], lax.stop_gradient(transformed_normals[faces])], -1))
+    normal_images = interpolate(fragments, normals[faces])
     alpha = lax.stop_gradient(fragments.mask)[..., None]
-    grid = rendering[..., :2]
+    grid = fixed[..., :2]
     albedo_images = grid_sample(albedo, grid)
-    normal_images = rendering[..., 9:12]
     out = {
         "grid": grid,
         "albedo_images": albedo_images,
         "alpha_images": alpha,
-        "pos_mask": pos_mask(rendering[..., 3:6], -0.05),
+        "pos_mask": pos_mask(fixed[..., 2:5], -0.05),
         "normal_images": normal_images * alpha,
         "normals": normals,
         "transformed_normals": transformed_normals,
