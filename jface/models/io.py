@@ -180,14 +180,44 @@ def load_mat(path) -> dict:
         hdf5_signature = f.read(8)
     if head.startswith(b"MATLAB 7.3") or hdf5_signature == b"\x89HDF\r\n\x1a\n":
         return _load_mat73(path)
-    import scipy.io
+    return _loadmat_isolated(path)
 
-    try:
-        return scipy.io.loadmat(str(path), mat_dtype=False, squeeze_me=False)
-    except Exception as exc:  # noqa: BLE001 - scipy raises many types for corrupt files
-        raise ModelFileError(
-            path, f"not a readable MATLAB v5 .mat file ({type(exc).__name__}: {exc})"
-        ) from None
+
+# scipy's MAT v5 reader is C code; on some corrupt files (flipped bytes) it crashes the whole
+# interpreter with a segmentation fault instead of raising (seen in tests/test_faults.py). So the
+# file is parsed in a child process: a crash there becomes a ModelFileError here and loses nothing.
+_LOADMAT_CHILD = (
+    "import sys, numpy as np, scipy.io\n"
+    "try:\n"
+    "    d = scipy.io.loadmat(sys.argv[1], mat_dtype=False, squeeze_me=False)\n"
+    "except Exception as exc:\n"
+    "    sys.stderr.write(f'{type(exc).__name__}: {exc}'[:500]); sys.exit(3)\n"
+    "np.savez(sys.argv[2], **{k: v for k, v in d.items() if not k.startswith('__')})\n"
+)
+
+
+def _loadmat_isolated(path: Path) -> dict:
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="jface-mat-") as tmp:
+        out = Path(tmp) / "vars.npz"
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOADMAT_CHILD, str(path), str(out)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            if proc.returncode < 0:
+                why = f"the MAT reader crashed on it (signal {-proc.returncode}); the file is corrupt"
+            else:
+                why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+            raise ModelFileError(path, f"not a readable MATLAB v5 .mat file ({why})")
+        # The npz was written by our own child from scipy's parse (numpy arrays, and object
+        # arrays only for MATLAB cells/structs), so unpickling its object arrays is safe.
+        with np.load(out, allow_pickle=True) as z:
+            return {k: z[k] for k in z.files}
 
 
 def _load_mat73(path: Path) -> dict:
