@@ -73,6 +73,7 @@ class Config:
     vgg19_weights: str = ""  # converted VGG-19 features (python -m jface.weights convert vgg19)
     # optimisation (Adam, torch defaults; spec §7.1)
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" (spec §7.1) or "cosine" (warm-up + cosine decay per stage)
     pretrain_steps: int = 100_000
     coarse_steps: int = 200_000
     detail_steps: int = 1_000_000
@@ -110,7 +111,7 @@ class Config:
             return cls(encoder="full", num_identities=0, workdir="runs/deca_paper")
         if name == "default":
             return cls(
-                learning_rate=2e-3, pretrain_steps=300, coarse_steps=40, detail_steps=40,
+                num_identities=192, learning_rate=3e-3, lr_schedule="cosine", pretrain_steps=800, coarse_steps=40, detail_steps=40,
                 pretrain_batch=(16, 1), coarse_batch=(4, 2), detail_batch=(2, 2), render_size=112,
                 checkpoint_every=100, log_every=20, image_every=0)
         if name == "tiny":
@@ -510,8 +511,16 @@ def make_context(config, stage_name, networks, code_mean, code_std) -> StepConte
     ids, k = config.batch(stage_name)
     trainable = ("E_flame",) if stage_name != "detail" else ("E_detail", "D_detail")
     stage = StageSpec(stage_name, trainable, ids, k)
+    if config.lr_schedule == "cosine":
+        steps = max(config.steps(stage_name), 2)
+        lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, min(20, steps // 4), steps,
+                                                end_value=config.learning_rate * 0.02)
+    elif config.lr_schedule == "constant":
+        lr = config.learning_rate
+    else:
+        raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {config.lr_schedule!r}")
     return StepContext(config=config, stage=stage, networks=networks,
-                       optimizer=optax.adam(config.learning_rate),
+                       optimizer=optax.adam(lr),
                        code_mean=jnp.asarray(code_mean), code_std=jnp.asarray(code_std))
 
 
@@ -690,18 +699,23 @@ def run_stage(config: Config, stage_name: str, mesh, networks, model, data, vari
         workdir.mkdir(parents=True, exist_ok=True)
     step_fn = make_train_step(ctx, mesh)
     model_on_mesh = common.replicate(model, mesh)
+    first_step = True
     writer = common.MetricWriter(workdir / "tensorboard")
     stop = common.StopFlag()
     bar = common.progress(steps, initial=step, desc=stage_name)
     try:
         while step < steps:
             if stop.should_stop():
-                ckpt.save(step, state, loader.get_state())
+                if step != last_saved:  # the periodic save may have just written this step
+                    ckpt.save(step, state, loader.get_state())
                 bar.close()
                 _log(f"signal {stop.signum}: checkpoint saved at {stage_name} step {step}; exiting")
                 raise SystemExit(TERMINATED_EXIT_CODE)
             batch = next(loader)
             new_state, metrics = step_fn(state, common.shard_batch(batch, mesh), model_on_mesh)
+            if first_step:  # processes compile at different speeds; meet before the next collective
+                common.barrier(f"{stage_name}_compiled")
+                first_step = False
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             common.check_finite(metrics, step, last_saved, ckpt.directory)
             state, step = new_state, step + 1
@@ -729,6 +743,7 @@ def train(config: Config) -> dict:
     eval_data = make_data(config, model, split="eval") if config.eval_at_end else None
     _log(f"data: {len(train_data['images'])} train / {0 if eval_data is None else len(eval_data['images'])} "
          f"held-out images generated in {time.time() - t0:.1f}s")
+    common.barrier("data_ready")
     networks = make_networks(config)
     code_stats = code_statistics(train_data)
     variables = jax.tree_util.tree_map(np.asarray, init_variables(config, networks, jax.random.PRNGKey(config.seed)))
