@@ -121,7 +121,21 @@ def _profile(fn, fargs, calls: int = 3, top: int = 15):
         for e in events:
             if e.get("ph") == "X" and e.get("pid") in device:
                 total[e["name"]] += float(e.get("dur", 0.0))
-        return [(name, us / calls) for name, us in total.most_common(top)]
+        try:  # the output shape of each top fusion, to tell which op it is
+            text = fn.lower(*fargs).compile().as_text()
+        except Exception:  # noqa: BLE001
+            text = ""
+        lines = {}
+        for line in text.splitlines():
+            head = line.strip().lstrip("ROOT ").split(" = ", 1)
+            if len(head) == 2:
+                lines[head[0].lstrip("%")] = head[1][:90]
+        out = []
+        for name, us in total.most_common(top):
+            key = name.rsplit("_", 1)
+            key = f"{key[0]}.{key[1]}" if len(key) == 2 and key[1].isdigit() else name
+            out.append((f"{name}  [{lines.get(key, lines.get(name, ''))}]", us / calls))
+        return out
     except Exception as err:  # noqa: BLE001 - profiling is best-effort
         return [(f"profile failed: {err!r}", 0.0)]
 
@@ -133,6 +147,10 @@ def run(args):
     from jface.geometry import vertex_normals
     from jface.render import interpolate, rasterize, render, soft_rasterize
 
+    if args.soft_vjp_reduce:
+        from jface.render import soft as _soft
+
+        _soft._VJP_REDUCE = args.soft_vjp_reduce
     cfg = dict(SIZES[args.size])
     for key in ("batch", "image", "repeats", "warmup"):
         if getattr(args, key) is not None:
@@ -263,6 +281,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sigma", type=float, default=1e-4)
     parser.add_argument("--only", help="comma-separated subset of raster_interp_fwd,render_fwd_bwd,soft_fwd_bwd")
     parser.add_argument("--sweep", action="store_true", help="also time several (tile_size, capacity)")
+    parser.add_argument("--soft-vjp-reduce", choices=("variadic", "sums"), default=None)
     parser.add_argument("--profile", action="store_true", help="print each stage's top device ops")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)

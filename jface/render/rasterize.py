@@ -358,7 +358,9 @@ def barycentrics(vertices, faces, face_index, image_hw):
     covered = face_index >= 0
     tri = faces[jnp.maximum(face_index, 0)]  # (H, W, 3)
     col, row = ndc_to_pixel(vertices[:, :2], (height, width))
-    c, r = col[tri], row[tri]  # (H, W, 3)
+    # one gather of (col, row) pairs: its transpose is one scatter (window 2), not two
+    cr = jnp.stack([col, row], axis=-1)[tri]  # (H, W, 3, 2)
+    c, r = cr[..., 0], cr[..., 1]
     pc = jnp.arange(width, dtype=dtype)[None, :]
     pr = jnp.arange(height, dtype=dtype)[:, None]
     e1c, e1r = c[..., 1] - c[..., 0], r[..., 1] - r[..., 0]

@@ -62,6 +62,9 @@ from jface.render.rasterize import (
 __all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY"]
 
 DEFAULT_SOFT_CAPACITY = 64
+# How the silhouette VJP reduces over a tile's pixels: "variadic" (one lax.reduce with six
+# outputs) or "sums" (six jnp.sum); read at trace time (the benchmark compares them).
+_VJP_REDUCE = "variadic"
 
 
 def _cross(ax, ay, bx, by):
@@ -141,22 +144,28 @@ def _sil_geometry(cx, cy, ok, px, py, thr):
     def corner(a, k):
         return a[:, None, :, k]  # (T, 1, C)
 
+    # Per-candidate reciprocals (T, C) once, so the per-pixel work has no divisions.
+    ex1, ey1 = cx[..., 1] - cx[..., 0], cy[..., 1] - cy[..., 0]
+    ex2, ey2 = cx[..., 2] - cx[..., 0], cy[..., 2] - cy[..., 0]
+    area = _cross(ex1, ey1, ex2, ey2)
+    inv_area = 1.0 / jnp.where(ok, area, 1.0)
     x0, x1, x2 = corner(cx, 0), corner(cx, 1), corner(cx, 2)
     y0, y1, y2 = corner(cy, 0), corner(cy, 1), corner(cy, 2)
     pxe, pye = px[:, :, None], py[:, :, None]
-    area = _cross(x1 - x0, y1 - y0, x2 - x0, y2 - y0)
-    area = jnp.where(ok[:, None, :], area, 1.0)
-    ex, ey = pxe - x0, pye - y0
-    w1 = _cross(ex, ey, x2 - x0, y2 - y0) / area
-    w2 = _cross(x1 - x0, y1 - y0, ex, ey) / area
+    qx, qy = pxe - x0, pye - y0
+    ia = inv_area[:, None, :]
+    w1 = _cross(qx, qy, ex2[:, None, :], ey2[:, None, :]) * ia
+    w2 = _cross(ex1[:, None, :], ey1[:, None, :], qx, qy) * ia
     inside = (1.0 - w1 - w2 > 0) & (w1 > 0) & (w2 > 0)
     best = None
-    for k, (ax, ay, bx, by) in enumerate(((x0, y0, x1, y1), (x1, y1, x2, y2), (x2, y2, x0, y0))):
-        sx, sy = bx - ax, by - ay
+    for k in range(3):
+        a, b = k, (k + 1) % 3
+        sx, sy = cx[..., b] - cx[..., a], cy[..., b] - cy[..., a]  # (T, C)
         len2 = sx * sx + sy * sy
-        nz = len2 > 0
-        t = jnp.clip(((pxe - ax) * sx + (pye - ay) * sy) / jnp.where(nz, len2, 1.0), 0.0, 1.0)
-        t = jnp.where(nz, t, 0.0)
+        inv_len2 = jnp.where(len2 > 0, 1.0 / jnp.where(len2 > 0, len2, 1.0), 0.0)[:, None, :]
+        sx, sy = sx[:, None, :], sy[:, None, :]
+        ax, ay = corner(cx, a), corner(cy, a)
+        t = jnp.clip(((pxe - ax) * sx + (pye - ay) * sy) * inv_len2, 0.0, 1.0)
         dx, dy = pxe - ax - t * sx, pye - ay - t * sy
         d2 = dx * dx + dy * dy
         if best is None:
@@ -199,9 +208,15 @@ def _sil_bwd(sigma, thr, res, g):
     zero = jnp.zeros_like(ga)
     # corner k is endpoint a of segment k and endpoint b of segment k - 1
     coef = [jnp.where(seg == k, ga, jnp.where(seg == (k + 2) % 3, gb, zero)) for k in range(3)]
-    # six sibling reductions over the tile's pixels (one multi-output reduction fusion on GPUs)
-    gcx = jnp.stack([jnp.sum(c * dx, axis=1) for c in coef], axis=-1)  # (T, C, 3)
-    gcy = jnp.stack([jnp.sum(c * dy, axis=1) for c in coef], axis=-1)
+    # One variadic reduction over the tile's pixels with six outputs, so XLA fuses the whole
+    # recomputation into it instead of materialising (T, P, C) intermediates.
+    operands = tuple(c * d for d in (dx, dy) for c in coef)
+    if _VJP_REDUCE == "variadic":
+        zeros = tuple(jnp.zeros((), o.dtype) for o in operands)
+        red = lax.reduce(operands, zeros, lambda u, v: tuple(a + b for a, b in zip(u, v)), (1,))
+    else:  # six sibling reductions
+        red = tuple(jnp.sum(o, axis=1) for o in operands)
+    gcx, gcy = jnp.stack(red[:3], axis=-1), jnp.stack(red[3:], axis=-1)  # (T, C, 3)
     return gcx.astype(cx.dtype), gcy.astype(cy.dtype), None, jnp.zeros_like(px), jnp.zeros_like(py)
 
 
