@@ -572,8 +572,6 @@ def test_batch_loader_empty_and_too_small():
         BatchLoader({"a": np.zeros((3, 3))}, batch_size=4, **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="BatchLoader(group_key=...) on empty arrays: min() of an empty "
-                   "list raises 'min() arg is an empty sequence', which names no argument")
 def test_batch_loader_empty_grouped_names_the_argument():
     from jface.data.loader import BatchLoader
 

@@ -100,6 +100,8 @@ class BatchLoader:
         if group_key is not None:
             if batch_size % images_per_group:
                 raise ValueError(f"batch_size: {batch_size} not divisible by images_per_group={images_per_group}")
+            if self.size == 0:
+                raise ValueError(f"arrays: the dataset is empty (0 items), no {group_key!r} groups to batch")
             groups = np.asarray(arrays[group_key])
             self._group_ids, inverse = np.unique(groups, return_inverse=True)
             self._members = [np.flatnonzero(inverse == g) for g in range(len(self._group_ids))]
