@@ -136,23 +136,6 @@ class Config:
 
 # --- configuration parsing (shared with train.stn's conventions) --------------------------------
 
-def _parse_value(field: dataclasses.Field, text: str):
-    default = field.default
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{field.name}: expected true/false, got {text!r}")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, tuple):
-        return tuple(int(v) for v in text.split(",") if v)
-    return text
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m train.deca", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="default")
@@ -162,30 +145,7 @@ def parse_args(argv):
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     args, rest = parser.parse_known_args(argv)
-    pairs = [tuple(item.split("=", 1)) for item in args.set if "=" in item]
-    if len(pairs) != len(args.set):
-        raise ValueError("--set: expected KEY=VALUE")
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r}")
-        if "=" in token:
-            pairs.append(tuple(token[2:].split("=", 1)))
-            i += 1
-        else:
-            if i + 1 >= len(rest):
-                raise ValueError(f"{token}: missing value")
-            pairs.append((token[2:], rest[i + 1]))
-            i += 2
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    config = Config.preset(args.preset)
-    updates = {}
-    for name, text in pairs:
-        if name not in fields:
-            raise ValueError(f"--{name}: not a config field (fields: {', '.join(sorted(fields))})")
-        updates[name] = _parse_value(fields[name], text)
-    config = config.replace(**updates)
+    config = common.apply_overrides(Config.preset(args.preset), common.override_pairs(args.set, rest))
     if config.stage not in ("all",) + STAGES:
         raise ValueError(f"--stage: expected all, pretrain, coarse or detail, got {config.stage!r}")
     return args, config

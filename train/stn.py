@@ -128,32 +128,9 @@ class Config:
 
 # --- configuration parsing ------------------------------------------------------------------
 
-def _parse_value(field: dataclasses.Field, text: str):
-    default = field.default
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{field.name}: expected true/false, got {text!r}")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, tuple):
-        return tuple(float(v) for v in text.split(",") if v)
-    return text
-
-
 def apply_overrides(config: Config, pairs) -> Config:
     """``pairs``: (name, text) -> a new Config; unknown names raise naming the field."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    updates = {}
-    for name, text in pairs:
-        if name not in fields:
-            raise ValueError(f"--{name}: not a config field (fields: {', '.join(sorted(fields))})")
-        updates[name] = _parse_value(fields[name], text)
-    return config.replace(**updates)
+    return common.apply_overrides(config, pairs)
 
 
 def parse_args(argv):
@@ -169,24 +146,7 @@ def parse_args(argv):
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     args, rest = parser.parse_known_args(argv)
-    pairs = []
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
-        pairs.append(tuple(item.split("=", 1)))
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r}")
-        if "=" in token:
-            pairs.append(tuple(token[2:].split("=", 1)))
-            i += 1
-        else:
-            if i + 1 >= len(rest):
-                raise ValueError(f"{token}: missing value")
-            pairs.append((token[2:], rest[i + 1]))
-            i += 2
+    pairs = common.override_pairs(args.set, rest)
     config = apply_overrides(Config.preset(args.preset), pairs)
     return args, config
 
