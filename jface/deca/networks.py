@@ -496,11 +496,9 @@ def vggface2_preprocess(images):
     mean-subtracted values** (DECA's quirk); bilinear resize to 224 (align_corners=False).
     """
     _check_images(images, "vggface2_preprocess: images")
-    images = jnp.asarray(images)
-    dt = jnp.promote_types(images.dtype, jnp.float32)
-    x = images.astype(dt)[..., ::-1] * 255.0 - jnp.asarray(VGGFACE2_MEAN_BGR, dt)
-    x = x[:, 10:214, 10:214, :] * 2.0 - 1.0
-    return jax.image.resize(x, (x.shape[0], 224, 224, 3), method="bilinear", antialias=False)
+    from jface.deca.losses import identity_preprocess  # one implementation (checked against torch)
+
+    return identity_preprocess(jnp.asarray(images).astype(jnp.promote_types(jnp.asarray(images).dtype, jnp.float32)))
 
 
 # ----------------------------------------------------------------------------------------------
