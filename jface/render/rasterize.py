@@ -356,11 +356,10 @@ def barycentrics(vertices, faces, face_index, image_hw):
     if faces.shape[0] == 0:
         return jnp.zeros((height, width, 3), dtype)
     covered = face_index >= 0
+    tri = faces[jnp.maximum(face_index, 0)]  # (H, W, 3)
     col, row = ndc_to_pixel(vertices[:, :2], (height, width))
-    # Gather (col, row) per face corner, then per pixel: the backward is one scatter of pixels
-    # into faces (about 4 pixels a face) and one of faces into vertices, instead of pixels
-    # straight into vertices (far more atomic contention per address).
-    cr = jnp.stack([col, row], axis=-1)[faces][jnp.maximum(face_index, 0)]  # (H, W, 3, 2)
+    # one gather of (col, row) pairs: its transpose is one scatter (window 2), not two
+    cr = jnp.stack([col, row], axis=-1)[tri]  # (H, W, 3, 2)
     c, r = cr[..., 0], cr[..., 1]
     pc = jnp.arange(width, dtype=dtype)[None, :]
     pr = jnp.arange(height, dtype=dtype)[:, None]

@@ -150,12 +150,7 @@ def render(
     # are one interpolation and the differentiable normals another, so the backward scatters
     # 3 channels per pixel instead of 12; the world-vertex channels are unused by the outputs.
     fixed = interpolate(fragments, jnp.concatenate([uvs[..., :2], lax.stop_gradient(transformed_normals[faces])], -1))
-    # Gather the normals per pixel straight from the vertices (tri = faces[face_index]), so the
-    # backward is one scatter into (V, 3) rather than into (F, 3, 3) and then (V, 3).
-    fi = fragments.face_index
-    tri = faces[jnp.maximum(fi, 0)]  # (H, W, 3)
-    normal_images = jnp.sum(fragments.bary[..., None] * normals[tri], axis=-2)
-    normal_images = jnp.where((fi >= 0)[..., None], normal_images, 0.0)
+    normal_images = interpolate(fragments, normals[faces])
     alpha = lax.stop_gradient(fragments.mask)[..., None]
     grid = fixed[..., :2]
     albedo_images = grid_sample(albedo, grid)

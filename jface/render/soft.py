@@ -29,7 +29,8 @@ evaluates ``(tile pixels x capacity)`` candidates densely; tiles with more candi
 more in static overflow levels (``overflow_tiles[k]`` tiles x ``overflow_capacity[k]``
 candidates each). The candidate selection is discrete;
 the evaluation is plain jnp, differentiable w.r.t. vertices and colours, and rematerialised in the
-backward pass (``jax.checkpoint``) so no ``pixels x capacity`` residuals are stored. A tile with
+backward pass (the silhouette through a custom VJP, the colour path through ``jax.checkpoint``) so
+no ``pixels x capacity`` residuals are stored. A tile with
 more candidates than ``capacity + sum(overflow_capacity)``, more tiles at a level than its
 ``overflow_tiles``, or more face-tile pairs than ``pair_budget`` is an overflow:
 with concrete inputs ``on_overflow="grow"`` re-runs with budgets that fit; under ``jit`` (or with
@@ -59,9 +60,12 @@ from jface.render.rasterize import (
     ndc_to_pixel,
 )
 
-__all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY"]
+__all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY", "DEFAULT_SOFT_TILE_SIZE"]
 
-DEFAULT_SOFT_CAPACITY = 64
+# Tile 4 x capacity 32: measured fastest on an H100 (notes/render.md, 2026-11-21); tile 8 with the
+# silhouette VJP compiled too slowly there (> 60 s).
+DEFAULT_SOFT_TILE_SIZE = 4
+DEFAULT_SOFT_CAPACITY = 32
 # How the silhouette VJP reduces over a tile's pixels: "variadic" (one lax.reduce with six
 # outputs) or "sums" (six jnp.sum); read at trace time (the benchmark compares them).
 _VJP_REDUCE = "variadic"
@@ -251,7 +255,7 @@ def soft_rasterize(
     znear: float = -10.0,
     zfar: float = 10.0,
     background=None,
-    tile_size: int = 8,
+    tile_size: int = DEFAULT_SOFT_TILE_SIZE,
     capacity: int = DEFAULT_SOFT_CAPACITY,
     overflow_tiles: Optional[int] = None,
     overflow_capacity: Optional[int] = None,
@@ -470,7 +474,7 @@ def _raise_if(flag, max_count, n_over, total, *, capacity, slots, extra, pair_bu
 
 
 def binning_stats(vertices, faces, image_hw, *, sigma: float = 1e-4, dist_eps: float = 1e-4,
-                  tile_size: int = 8, capacity: int = DEFAULT_SOFT_CAPACITY):
+                  tile_size: int = DEFAULT_SOFT_TILE_SIZE, capacity: int = DEFAULT_SOFT_CAPACITY):
     """Concrete binning statistics of one item, to size the static budgets before ``jit``.
 
     Returns a dict of ints: ``max_count`` (most candidates in a tile), ``over`` (tiles with more
