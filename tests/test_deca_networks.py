@@ -276,7 +276,7 @@ def tref():
 
 
 def torch_reference():
-    """Namespace of torch reference modules (also used by the full-size check in notes/networks.md)."""
+    """Namespace of torch reference modules (also used by the full-size check in BUILD_NOTES.md (networks section))."""
     import torch
 
     nn = torch.nn

@@ -1,6 +1,6 @@
 """Fault suite (issue 13): bad, hostile and degenerate input across the public entry points.
 
-This file fills the gaps left by the per-module tests (see ``notes/faults.md`` for the table of
+This file fills the gaps left by the per-module tests (see BUILD_NOTES.md for the table of
 every fault test in the repository):
 
 * hypothesis fuzzing of the model-file loaders (.mat with random field shapes/dtypes, .anl, .obj),
@@ -702,7 +702,7 @@ def test_train_deca_bad_config_is_one_line(capsys):
 
 
 # ================================================================================================
-# 8. train.deca: NaN loss (opt-in: the tiny preset takes ~4 min on a 2-core CPU, see notes/faults.md)
+# 8. train.deca: NaN loss (opt-in: the tiny preset takes ~4 min on a 2-core CPU, see BUILD_NOTES.md)
 # ================================================================================================
 
 

@@ -62,7 +62,7 @@ from jface.render.rasterize import (
 
 __all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY", "DEFAULT_SOFT_TILE_SIZE"]
 
-# Tile 4 x capacity 32: measured fastest on an H100 (notes/render.md, 2026-11-21); tile 8 with the
+# Tile 4 x capacity 32: measured fastest on an H100 (BUILD_NOTES.md, renderer section, 2026-11-21); tile 8 with the
 # silhouette VJP compiled too slowly there (> 60 s).
 DEFAULT_SOFT_TILE_SIZE = 4
 DEFAULT_SOFT_CAPACITY = 32

@@ -4,7 +4,7 @@ Per-item layers (batch with ``jax.vmap``): :func:`split_theta`, :func:`project`,
 :func:`sampling_grid`, :func:`visibility`, :func:`flatten`; losses with the original reductions
 and their ``*_batch`` variants; the mirror augmentation; the Flax :class:`Localiser`; and the
 batched, jit-compiled :func:`forward`. Frames and conventions: see :mod:`jface.stn.layers` and
-notes/stn.md.
+BUILD_NOTES.md (3DMM-STN section).
 """
 
 from jface.stn.layers import (

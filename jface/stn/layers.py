@@ -13,7 +13,7 @@ Frames (spec §0):
   112 are the centre and half-size of the input, not the grid size).
 
 theta is ``(6 + D,)`` = [r (3, axis-angle, rad), t (2, pixels), logs (1), alpha (D)] (spec §2.1).
-Where the original hand-writes a backward pass, these functions rely on autodiff; notes/stn.md lists
+Where the original hand-writes a backward pass, these functions rely on autodiff; BUILD_NOTES.md (3DMM-STN section) lists
 where the two differ (only the losses and selection of duplicated indices, spec §3 and §10.7/§10.12).
 """
 
