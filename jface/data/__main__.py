@@ -6,6 +6,7 @@
         [--num N] [--images_per_identity K] [--image_size S] [--seed SEED] [--data_dir DIR]
     python -m jface.data build real --config deca_train|deca_test|stn --manual_dir DIR [--data_dir DIR]
     python -m jface.data build aflw2000 --config raw|deca|stn --manual_dir DIR [--data_dir DIR]
+    python -m jface.data build 300w_lp --config raw|deca|stn --manual_dir DIR [--data_dir DIR]
     python -m jface.data inspect [--dataset synthetic|real|aflw2000] --config NAME [--split train]
         [--data_dir DIR] [--num 16] -o sheet.png
 
@@ -76,16 +77,20 @@ def build_real(args):
 
 
 def build_aflw2000(args):
-    from jface.data.aflw2000 import JfaceAflw2000, list_aflw2000
+    """AFLW2000-3D or 300W-LP (``args.dataset``) from the unzipped manual folder."""
+    if args.dataset == "300w_lp":
+        from jface.data.the300w_lp import JfaceThe300wLp as Builder, list_300w_lp as check
+    else:
+        from jface.data.aflw2000 import JfaceAflw2000 as Builder, list_aflw2000 as check
 
     manual = _manual_dir(args.manual_dir)
     try:
-        list_aflw2000(manual)
+        check(manual)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
-    builder = JfaceAflw2000(config=args.config, data_dir=args.data_dir)
+    builder = Builder(config=args.config, data_dir=args.data_dir)
     _prepare(builder, manual)
-    print(f"built jface_aflw2000/{args.config} in {builder.data_dir}")
+    print(f"built {builder.name}/{args.config} in {builder.data_dir}")
 
 
 def landmarks_to_pixels(landmarks, frame: str, size: int):
@@ -153,6 +158,10 @@ def _source(dataset, config, split, data_dir):
         from jface.data.tfds_real import JfaceRealFaces
 
         builder = JfaceRealFaces(config=config, data_dir=data_dir, file_format="array_record")
+    elif dataset == "300w_lp":
+        from jface.data.the300w_lp import JfaceThe300wLp
+
+        builder = JfaceThe300wLp(config=config, data_dir=data_dir)
     else:
         from jface.data.aflw2000 import JfaceAflw2000
 
@@ -207,8 +216,13 @@ def main(argv=None):
     aflw.add_argument("--manual_dir", required=True)
     aflw.add_argument("--data_dir", default=None)
 
+    lp = bsub.add_parser("300w_lp", help="300W-LP from its unzipped folder (jface_the300w_lp)")
+    lp.add_argument("--config", required=True, choices=["raw", "deca", "stn"])
+    lp.add_argument("--manual_dir", required=True)
+    lp.add_argument("--data_dir", default=None)
+
     ins = sub.add_parser("inspect", help="write a PNG contact sheet with landmarks drawn")
-    ins.add_argument("--dataset", choices=["synthetic", "real", "aflw2000"], default="synthetic")
+    ins.add_argument("--dataset", choices=["synthetic", "real", "aflw2000", "300w_lp"], default="synthetic")
     ins.add_argument("--config", required=True)
     ins.add_argument("--split", default=None)
     ins.add_argument("--data_dir", default=None)

@@ -63,23 +63,31 @@ def list_aflw2000(root) -> list:
     return pairs
 
 
+def read_mat(mat_path) -> dict:
+    """A 3DDFA-style ``.mat`` through :func:`jface.models.io.load_mat` (parsed in a child process,
+    so a corrupt file cannot crash the build); any problem -> :class:`ImageReadError` naming it."""
+    from jface.models.errors import ModelFileError
+    from jface.models.io import load_mat
+
+    mat_path = Path(mat_path)
+    if not mat_path.is_file():
+        raise ImageReadError(f"{mat_path}: no such file")
+    try:
+        return load_mat(mat_path)
+    except ModelFileError as exc:
+        raise ImageReadError(str(exc)) from exc
+
+
 def read_aflw2000_item(image_path, mat_path=None) -> dict:
     """One AFLW2000-3D sample: ``image (H, W, 3)`` uint8, ``landmarks68 (68, 3)`` float32 (pt3d_68
     transposed: x, y, z), ``pose_para (7,)``, ``pose_deg (3,)`` (pitch, yaw, roll in degrees, as
     stored), ``landmarks21 (21, 2)`` (pt2d transposed, -1 = missing; all -1 when absent), ``name``.
     Raises :class:`jface.data.real.ImageReadError` naming the file on any problem.
     """
-    import scipy.io
-
     image_path = Path(image_path)
     mat_path = Path(mat_path) if mat_path is not None else image_path.with_suffix(".mat")
     image = read_image(image_path)
-    try:
-        mat = scipy.io.loadmat(str(mat_path))
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"{mat_path}: no such file") from exc
-    except Exception as exc:  # noqa: BLE001 - scipy raises several types for corrupt files
-        raise ImageReadError(f"{mat_path}: not a readable .mat file ({exc.__class__.__name__}: {exc})") from exc
+    mat = read_mat(mat_path)
     if "pt3d_68" not in mat:
         raise ImageReadError(f"{mat_path}: no 'pt3d_68' field (has {sorted(k for k in mat if not k.startswith('__'))})")
     pt3d = np.asarray(mat["pt3d_68"], np.float64)

@@ -1,0 +1,157 @@
+"""300W-LP (Zhu et al., 3DDFA) from a manual download folder, without TensorFlow.
+
+TFDS's own ``the300w_lp`` builder cannot be used without TensorFlow and ignores the manual folder
+(see :mod:`jface.data.aflw2000`), so this reader serves the same purpose. Layout (the unzipped
+``300W-LP.zip``)::
+
+    300W_LP/
+      AFW/  AFW_134212_1_0.jpg  AFW_134212_1_0.mat  ...
+      AFW_Flip/ HELEN/ HELEN_Flip/ IBUG/ IBUG_Flip/ LFPW/ LFPW_Flip/
+      landmarks/<subset>/<name>_pts.mat     (pts_2d (68, 2), pts_3d (68, 2))
+
+Each image's ``.mat`` holds ``pt2d`` (2, 68) (x = column, y = row, as stored), ``Pose_Para``
+(1, 7) = (pitch, yaw, roll radians, tx, ty, tz, scale), ``Shape_Para``, ``Exp_Para``. Landmarks are
+``pt2d``; when the ``landmarks/`` folder has the sample, its ``pts_3d`` (the 3D-projected
+landmarks, the usual training target) is used instead. Samples are skipped, counted and reported
+on any problem; the identity id is the subject prefix (``AFW_134212``), so a sample and its
+``_Flip`` share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jface.data.aflw2000 import Aflw2000Config, crop_item, read_mat
+from jface.data.real import ImageReadError, ScanReport, read_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SUBSETS", "list_300w_lp", "read_300w_lp_item", "iter_300w_lp", "JfaceThe300wLp"]
+
+SUBSETS = ("AFW", "AFW_Flip", "HELEN", "HELEN_Flip", "IBUG", "IBUG_Flip", "LFPW", "LFPW_Flip")
+_SUBJECT = re.compile(r"^(?P<subject>[A-Za-z]+_\d+(?:_\d+)?)_\d+$")
+
+
+def list_300w_lp(root) -> list:
+    """``[(subset, image_path, mat_path)]`` of ``root`` (or ``root/300W_LP``), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"manual_dir: {root} is not a directory (expected the unzipped 300W-LP folder)")
+    if (root / "300W_LP").is_dir():
+        root = root / "300W_LP"
+    items = []
+    for subset in SUBSETS:
+        folder = root / subset
+        if folder.is_dir():
+            for image in sorted(folder.glob("*.jpg")):
+                items.append((subset, image, image.with_suffix(".mat")))
+    if not items:
+        raise ValueError(f"manual_dir: no 300W-LP images in {root} (expected subset folders {', '.join(SUBSETS)})")
+    return items
+
+
+def read_300w_lp_item(subset, image_path, mat_path=None) -> dict:
+    """One 300W-LP sample: ``image`` uint8, ``landmarks68 (68, 3)`` float32 (x, y, 0),
+    ``pose_para (7,)``, ``pose_deg (3,)``, ``name``, ``subject``; :class:`ImageReadError` on problems."""
+    image_path = Path(image_path)
+    mat_path = Path(mat_path) if mat_path is not None else image_path.with_suffix(".mat")
+    image = read_image(image_path)
+    mat = read_mat(mat_path)
+    pts = None
+    side = image_path.parent.parent / "landmarks" / subset / f"{image_path.stem}_pts.mat"
+    if side.is_file():
+        lm = read_mat(side)
+        if "pts_3d" in lm:
+            pts = np.asarray(lm["pts_3d"], np.float64)
+    if pts is None:
+        if "pt2d" not in mat:
+            raise ImageReadError(f"{mat_path}: no 'pt2d' field and no landmarks/{subset}/{image_path.stem}_pts.mat")
+        pts = np.asarray(mat["pt2d"], np.float64).T
+    if pts.shape != (68, 2):
+        raise ImageReadError(f"{mat_path}: expected 68 landmarks of 2 coordinates, got shape {pts.shape}")
+    pose = np.asarray(mat.get("Pose_Para", np.zeros((1, 7))), np.float64).reshape(-1)
+    if pose.shape != (7,):
+        raise ImageReadError(f"{mat_path}: 'Pose_Para' expected 7 numbers, got shape {pose.shape}")
+    if not (np.all(np.isfinite(pts)) and np.all(np.isfinite(pose))):
+        raise ImageReadError(f"{mat_path}: NaN or Inf in the landmarks / Pose_Para")
+    match = _SUBJECT.match(image_path.stem)
+    return {
+        "image": image,
+        "landmarks68": np.concatenate([pts, np.zeros((68, 1))], 1).astype(np.float32),
+        "pose_para": pose.astype(np.float32),
+        "pose_deg": np.degrees(pose[:3]).astype(np.float32),
+        "name": f"{subset}/{image_path.stem}",
+        "subject": match.group("subject") if match else image_path.stem,
+    }
+
+
+def iter_300w_lp(root, *, report: Optional[ScanReport] = None) -> Iterator[dict]:
+    """Yield :func:`read_300w_lp_item` dicts; unreadable samples are skipped and counted."""
+    report = report if report is not None else ScanReport()
+    items = list_300w_lp(root)
+    report.identities = len({_SUBJECT.match(p.stem).group("subject") if _SUBJECT.match(p.stem) else p.stem
+                             for _, p, _ in items})
+    for subset, image_path, mat_path in items:
+        try:
+            item = read_300w_lp_item(subset, image_path, mat_path)
+        except ImageReadError as exc:
+            report.skipped.append((str(image_path), str(exc)))
+            log.warning("skipping %s", exc)
+            continue
+        report.images += 1
+        yield item
+
+
+class JfaceThe300wLp(tfds.core.GeneratorBasedBuilder):
+    """300W-LP from the manual directory (TF-free; ArrayRecord, Tensor features)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [
+        Aflw2000Config(name="raw", crop="raw", description="450 px images, stored landmark frame"),
+        Aflw2000Config(name="deca", crop="deca", description="DECA crops (scale 1.6), NDC"),
+        Aflw2000Config(name="stn", crop="stn", description="224 crops, 3DMM-STN y-up frame"),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Unzip 300W-LP.zip (3DDFA project page) into the manual directory."
+
+    def __init__(self, *, file_format="array_record", **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+
+    def _info(self):
+        size = 450 if self.builder_config.crop == "raw" else 224
+        zlib = tfds.features.Encoding.ZLIB
+        return self.dataset_info_from_configs(
+            description="300W-LP, read without TensorFlow.",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=zlib),
+                "landmarks68": tfds.features.Tensor(shape=(68, 3), dtype=np.float32),
+                "pose_para": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                "pose_deg": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                "name": tfds.features.Text(),
+                "subject": tfds.features.Text(),
+                "frame": tfds.features.Text(),
+            }),
+        )
+
+    def _split_generators(self, dl_manager):
+        root = dl_manager.manual_dir
+        list_300w_lp(root)  # fail early, naming the folder
+        return {"train": self._generate_examples(root)}
+
+    def _generate_examples(self, root):
+        report = ScanReport()
+        crop = self.builder_config.crop
+        for item in iter_300w_lp(root, report=report):
+            if crop == "raw" and item["image"].shape != (450, 450, 3):
+                report.skipped.append((item["name"], f"raw config needs 450x450 images, got {item['image'].shape}"))
+                continue
+            example = crop_item(item, crop)
+            example["subject"] = item["subject"]
+            yield item["name"], example
+        print(f"jface_the300w_lp: {report.summary()}")
+        self.scan_report = report
