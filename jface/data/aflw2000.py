@@ -162,7 +162,11 @@ def crop_item(item: dict, crop: str) -> dict:
 
 
 class JfaceAflw2000(tfds.core.GeneratorBasedBuilder):
-    """AFLW2000-3D from the manual directory (TF-free; ArrayRecord, Tensor features)."""
+    """AFLW2000-3D from the manual directory (TF-free; ArrayRecord, Tensor features).
+
+    Subclasses for other 3DDFA-layout sets (300W-LP) override the class attributes and the three
+    hooks ``_list``, ``_iter`` and ``_example``.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [
@@ -174,37 +178,49 @@ class JfaceAflw2000(tfds.core.GeneratorBasedBuilder):
         "Unzip AFLW2000-3D.zip (3DDFA project page) into the manual directory: imageNNNNN.jpg and "
         "imageNNNNN.mat files, directly or in an AFLW2000/ subfolder."
     )
+    SPLIT = "test"
+    DESCRIPTION = "AFLW2000-3D (evaluation), read without TensorFlow."
+    EXTRA_TEXT_FEATURES: tuple = ()
 
     def __init__(self, *, file_format="array_record", **kwargs):
         super().__init__(file_format=file_format, **kwargs)
 
+    def _list(self, root):
+        return list_aflw2000(root)
+
+    def _iter(self, root, report):
+        return iter_aflw2000(root, report=report)
+
+    def _example(self, item, crop):
+        return crop_item(item, crop)
+
     def _info(self):
         size = 450 if self.builder_config.crop == "raw" else 224
         zlib = tfds.features.Encoding.ZLIB
+        features = {
+            "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=zlib),
+            "landmarks68": tfds.features.Tensor(shape=(68, 3), dtype=np.float32),
+            "pose_para": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+            "pose_deg": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+            "name": tfds.features.Text(),
+            "frame": tfds.features.Text(),
+        }
+        features.update({name: tfds.features.Text() for name in self.EXTRA_TEXT_FEATURES})
         return self.dataset_info_from_configs(
-            description="AFLW2000-3D (evaluation), read without TensorFlow.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=zlib),
-                "landmarks68": tfds.features.Tensor(shape=(68, 3), dtype=np.float32),
-                "pose_para": tfds.features.Tensor(shape=(7,), dtype=np.float32),
-                "pose_deg": tfds.features.Tensor(shape=(3,), dtype=np.float32),
-                "name": tfds.features.Text(),
-                "frame": tfds.features.Text(),
-            }),
-        )
+            description=self.DESCRIPTION, features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
         root = dl_manager.manual_dir
-        list_aflw2000(root)  # fail early, naming the folder
-        return {"test": self._generate_examples(root)}
+        self._list(root)  # fail early, naming the folder
+        return {self.SPLIT: self._generate_examples(root)}
 
     def _generate_examples(self, root):
         report = ScanReport()
         crop = self.builder_config.crop
-        for item in iter_aflw2000(root, report=report):
+        for item in self._iter(root, report):
             if crop == "raw" and item["image"].shape != (450, 450, 3):
                 report.skipped.append((item["name"], f"raw config needs 450x450 images, got {item['image'].shape}"))
                 continue
-            yield item["name"], crop_item(item, crop)
-        print(f"jface_aflw2000: {report.summary()}")
+            yield item["name"], self._example(item, crop)
+        print(f"{self.name}: {report.summary()}")
         self.scan_report = report

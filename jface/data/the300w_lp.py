@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from jface.data.aflw2000 import Aflw2000Config, crop_item, read_mat
+from jface.data.aflw2000 import JfaceAflw2000, crop_item, read_mat
 from jface.data.real import ImageReadError, ScanReport, read_image
 
 log = logging.getLogger(__name__)
@@ -108,50 +107,20 @@ def iter_300w_lp(root, *, report: Optional[ScanReport] = None) -> Iterator[dict]
         yield item
 
 
-class JfaceThe300wLp(tfds.core.GeneratorBasedBuilder):
-    """300W-LP from the manual directory (TF-free; ArrayRecord, Tensor features)."""
+class JfaceThe300wLp(JfaceAflw2000):
+    """300W-LP from the manual directory (TF-free; ArrayRecord, Tensor features); the AFLW2000
+    builder's crops and features plus ``subject``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [
-        Aflw2000Config(name="raw", crop="raw", description="450 px images, stored landmark frame"),
-        Aflw2000Config(name="deca", crop="deca", description="DECA crops (scale 1.6), NDC"),
-        Aflw2000Config(name="stn", crop="stn", description="224 crops, 3DMM-STN y-up frame"),
-    ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Unzip 300W-LP.zip (3DDFA project page) into the manual directory."
+    SPLIT = "train"
+    DESCRIPTION = "300W-LP, read without TensorFlow."
+    EXTRA_TEXT_FEATURES = ("subject",)
 
-    def __init__(self, *, file_format="array_record", **kwargs):
-        super().__init__(file_format=file_format, **kwargs)
+    def _list(self, root):
+        return list_300w_lp(root)
 
-    def _info(self):
-        size = 450 if self.builder_config.crop == "raw" else 224
-        zlib = tfds.features.Encoding.ZLIB
-        return self.dataset_info_from_configs(
-            description="300W-LP, read without TensorFlow.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=zlib),
-                "landmarks68": tfds.features.Tensor(shape=(68, 3), dtype=np.float32),
-                "pose_para": tfds.features.Tensor(shape=(7,), dtype=np.float32),
-                "pose_deg": tfds.features.Tensor(shape=(3,), dtype=np.float32),
-                "name": tfds.features.Text(),
-                "subject": tfds.features.Text(),
-                "frame": tfds.features.Text(),
-            }),
-        )
+    def _iter(self, root, report):
+        return iter_300w_lp(root, report=report)
 
-    def _split_generators(self, dl_manager):
-        root = dl_manager.manual_dir
-        list_300w_lp(root)  # fail early, naming the folder
-        return {"train": self._generate_examples(root)}
-
-    def _generate_examples(self, root):
-        report = ScanReport()
-        crop = self.builder_config.crop
-        for item in iter_300w_lp(root, report=report):
-            if crop == "raw" and item["image"].shape != (450, 450, 3):
-                report.skipped.append((item["name"], f"raw config needs 450x450 images, got {item['image'].shape}"))
-                continue
-            example = crop_item(item, crop)
-            example["subject"] = item["subject"]
-            yield item["name"], example
-        print(f"jface_the300w_lp: {report.summary()}")
-        self.scan_report = report
+    def _example(self, item, crop):
+        return dict(crop_item(item, crop), subject=item["subject"])
