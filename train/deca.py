@@ -227,8 +227,6 @@ def make_networks(config: Config, *, identity=None) -> Networks:
 
 
 def init_variables(config: Config, networks: Networks, key):
-    from jface.deca import networks as nets
-
     k1, k2, k3 = jax.random.split(key, 3)
     images = jnp.zeros((1, 224, 224, 3), jnp.float32)
     return {

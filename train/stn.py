@@ -32,11 +32,9 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
