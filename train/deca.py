@@ -69,6 +69,10 @@ class Config:
     encoder_hidden: int = 128
     compute_dtype: str = "float32"  # "bfloat16" for the convolutional networks
     render_size: int = 224
+    # BatchNorm batch statistics in training: "per_device" (each device's own batch, as torch DDP
+    # without SyncBN and as DECA's single-GPU training saw its batch) or "global" (the whole batch;
+    # one all-reduce per BN layer and pass)
+    bn_stats: str = "per_device"
     identity_weights: str = ""  # converted VGGFace2 ResNet-50 (python -m jface.weights convert vggface2)
     vgg19_weights: str = ""  # converted VGG-19 features (python -m jface.weights convert vgg19)
     # optimisation (Adam, torch defaults; spec §7.1)
@@ -256,6 +260,7 @@ class StepContext:
     optimizer: object
     code_mean: object  # (236,) mean code of the training labels (the encoder's output offset)
     code_std: object  # (236,) its scale; the encoder predicts whitened codes
+    mesh: object = None  # the device mesh the step runs on (per-device BN statistics need it)
 
 
 def _codes_from_labels(data) -> np.ndarray:
@@ -274,6 +279,29 @@ def code_statistics(data):
     return codes.mean(0), np.maximum(codes.std(0), 1e-3)
 
 
+def apply_train_mode(ctx: StepContext, module, variables, inputs):
+    """``module.apply(..., train=True, mutable=["batch_stats"])`` on the step's mesh.
+
+    With ``bn_stats="per_device"`` on a mesh of several devices the BatchNorm statistics are each
+    device's own batch (``jax.shard_map`` over ``data``), and the updated running statistics are
+    averaged over the devices so they stay replicated; parameter gradients are summed by the
+    shard_map's transpose as usual. One device (or ``"global"``): the plain call.
+    """
+    mesh = ctx.mesh
+    if mesh is None or mesh.size == 1 or ctx.config.bn_stats == "global":
+        return module.apply(variables, inputs, train=True, mutable=["batch_stats"])
+    if ctx.config.bn_stats != "per_device":
+        raise ValueError(f"bn_stats: expected 'per_device' or 'global', got {ctx.config.bn_stats!r}")
+    from jax.sharding import PartitionSpec as P
+
+    def local(v, x):
+        out, mutated = module.apply(v, x, train=True, mutable=["batch_stats"])
+        return out, jax.lax.pmean(mutated, "data")
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()))(
+        variables, inputs)
+
+
 def predict_codes(ctx: StepContext, variables, images, *, train: bool):
     """E_coarse -> DECA's code dict. The raw output is read through a fixed affine map
     (mean + std * raw) so that the freshly initialised encoder predicts the training-set mean
@@ -281,7 +309,7 @@ def predict_codes(ctx: StepContext, variables, images, *, train: bool):
     from jface.deca import networks as nets
 
     if train:
-        raw, mutated = ctx.networks.coarse.apply(variables, images, train=True, mutable=["batch_stats"])
+        raw, mutated = apply_train_mode(ctx, ctx.networks.coarse, variables, images)
     else:
         raw, mutated = ctx.networks.coarse.apply(variables, images, train=False), None
     code = ctx.code_mean + ctx.code_std * raw.astype(jnp.float32)
@@ -320,8 +348,7 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
     if stage.name == "detail":
         if coarse_training:
             raise AssertionError
-        detail_raw, mutated = ctx.networks.detail.apply(
-            variables["E_detail"], images, train=True, mutable=["batch_stats"])
+        detail_raw, mutated = apply_train_mode(ctx, ctx.networks.detail, variables["E_detail"], images)
         updates["E_detail"] = mutated["batch_stats"]
         codes = dict(codes, detail=detail_raw.astype(jnp.float32))
 
@@ -383,8 +410,7 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
             metrics["photometric_error"] = L.photometric_loss(predicted, target, mask)
         else:  # detail (spec §7.5)
             z = nets.detail_latent(codes["pose"][:, 3:], codes["exp"], codes["detail"])
-            disp, mutated = ctx.networks.generator.apply(variables["D_detail"], z, train=True,
-                                                         mutable=["batch_stats"])
+            disp, mutated = apply_train_mode(ctx, ctx.networks.generator, variables["D_detail"], z)
             updates["D_detail"] = mutated["batch_stats"]
             det = detail_outputs(model, _stop(geo["verts"]), _stop(geo["normals"]), disp, _stop(light),
                                  _stop(albedo), uv_mask)
@@ -465,7 +491,7 @@ def train_step(ctx: StepContext, state: common.TrainState, batch, model):
     return common.TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-def make_context(config, stage_name, networks, code_mean, code_std) -> StepContext:
+def make_context(config, stage_name, networks, code_mean, code_std, *, mesh=None) -> StepContext:
     ids, k = config.batch(stage_name)
     trainable = ("E_flame",) if stage_name != "detail" else ("E_detail", "D_detail")
     stage = StageSpec(stage_name, trainable, ids, k)
@@ -479,7 +505,7 @@ def make_context(config, stage_name, networks, code_mean, code_std) -> StepConte
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {config.lr_schedule!r}")
     return StepContext(config=config, stage=stage, networks=networks,
                        optimizer=optax.adam(lr),
-                       code_mean=jnp.asarray(code_mean), code_std=jnp.asarray(code_std))
+                       code_mean=jnp.asarray(code_mean), code_std=jnp.asarray(code_std), mesh=mesh)
 
 
 def make_train_step(ctx: StepContext, mesh):
@@ -630,7 +656,7 @@ def run_stage(config: Config, stage_name: str, mesh, networks, model, data, vari
 
     workdir = Path(config.workdir) / stage_name
     steps = config.steps(stage_name)
-    ctx = make_context(config, stage_name, networks, *code_stats)
+    ctx = make_context(config, stage_name, networks, *code_stats, mesh=mesh)
     ids, k = config.batch(stage_name)
     loader = BatchLoader(
         {n: data[n] for n in ("images", "landmarks68", "face_mask", "identity")},

@@ -191,7 +191,7 @@ def build_deca_step(size: str, dtype: str, mesh, ids: int, k: int = 4, model=Non
         id_vars = jax.jit(id_module.init)(jax.random.PRNGKey(seed + 1), jnp.zeros((1, 224, 224, 3), jnp.float32))
         id_vars = common.replicate(jax.tree_util.tree_map(np.asarray, id_vars), mesh)
     networks = deca.make_networks(config, identity=(id_module, None) if identity else None)
-    ctx = deca.make_context(config, "coarse", networks, *code_statistics())
+    ctx = deca.make_context(config, "coarse", networks, *code_statistics(), mesh=mesh)
     variables = deca.init_variables(config, networks, jax.random.PRNGKey(seed))
     trainable = {n: variables[n]["params"] for n in ctx.stage.trainable}
     host = jax.tree_util.tree_map(np.asarray, common.TrainState(
