@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from jface.bench.deca import (
     add_common_args, apply_cache, build_deca_step, device_info, load_flame, log, peak_bytes, profile_steps,
@@ -45,42 +42,12 @@ def device_counts(total: int, largest: int | None = None) -> list:
 
 
 def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "default"):
-    """``train.stn``'s train step on ``mesh`` for ``batch`` images (image/mirror pairs), built as
-    ``jface.bench.stn_train`` builds it; returns ``(step, state, args)``."""
-    from train import common, stn
+    """``train.stn``'s train step on ``mesh`` for ``batch`` images, as ``jface.bench.stn_train``
+    builds it; returns ``(step, state, args)``."""
+    from jface.bench.stn_train import build_stn_step as build
 
-    if batch % 2:
-        raise ValueError(f"stn batch: expected an even number (image/mirror pairs), got {batch}")
-    if size == "full":
-        config = stn.Config.preset("paper").replace(model=model, localiser="vgg_face", compute_dtype=dtype,
-                                                    batch_size=batch // 2)
-        image = 224
-    else:
-        config = stn.Config.preset("tiny").replace(compute_dtype=dtype, batch_size=batch // 2,
-                                                   optimizer="sgd", lr_schedule="constant")
-        image = config.image_size
-    config = config.replace(image_size=image, whiten_theta=False)
-    model3d = stn.load_model(config)
-    model3d = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model3d)
-    num_coeffs = model3d.num_shape + model3d.num_expression
-    localiser = stn.make_localiser(config, num_coeffs)
-    key = jax.random.PRNGKey(0)
-    dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, size=(batch, image, image, 3)).astype(np.float32)
-    labels = np.concatenate([rng.uniform(image * 0.3, image * 0.7, size=(batch, 21, 2)),
-                             np.ones((batch, 21, 1))], -1).astype(np.float32)
-    params = jax.jit(localiser.init)(key, dummy)["params"]
-    optimizer = stn._optimizer(config, params)
-    ctx = stn.StepContext(config=config, localiser=localiser, optimizer=optimizer, model=model3d,
-                          theta_mean=jnp.zeros(6 + num_coeffs), theta_std=jnp.ones(6 + num_coeffs),
-                          theta_init_bias=params["theta"]["bias"])
-    state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
-        step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
-        rng=np.asarray(key))), mesh)
-    data = common.shard_batch({"images": images, "labels": labels}, mesh)
-    return stn.make_train_step(ctx, mesh), state, (data,)
+    step, state, args, _ = build(size, dtype, mesh, batch, model)
+    return step, state, args
 
 
 def run(size: str = "full", dtype: str = "bfloat16", stn_batch: int | None = None,

@@ -42,9 +42,10 @@ def _median_step_time(step, state, batch, repeats):
     return compile_s, float(np.median(times)), metrics
 
 
-def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: int = 5,
-        model: str = "default") -> dict:
-    from jface.stn import Localiser
+def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "default"):
+    """``train.stn``'s train step on ``mesh`` for ``batch`` images (image/mirror pairs) with random
+    inputs. Returns ``(step, state, args, parts)``; ``parts`` holds what the baseline step reuses
+    (config, localiser, init key and dummy input, host images, model)."""
     from train import common, stn
 
     if batch % 2:
@@ -60,7 +61,6 @@ def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: i
     else:
         raise ValueError(f"size: expected 'full' or 'small', got {size!r}")
     config = config.replace(image_size=image, whiten_theta=False)
-    mesh = common.make_mesh()
     model3d = stn.load_model(config)
     model3d = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model3d)
@@ -68,13 +68,10 @@ def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: i
     localiser = stn.make_localiser(config, num_coeffs)
     key = jax.random.PRNGKey(0)
     dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
-
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(batch, image, image, 3)).astype(np.float32)
     labels = np.concatenate([rng.uniform(image * 0.3, image * 0.7, size=(batch, 21, 2)),
                              np.ones((batch, 21, 1))], -1).astype(np.float32)
-
-    # --- STN step
     params = jax.jit(localiser.init)(key, dummy)["params"]
     optimizer = stn._optimizer(config, params)
     ctx = stn.StepContext(config=config, localiser=localiser, optimizer=optimizer, model=model3d,
@@ -83,8 +80,22 @@ def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: i
     state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
         step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
         rng=np.asarray(key))), mesh)
-    stn_batch = common.shard_batch({"images": images, "labels": labels}, mesh)
-    stn_compile, stn_time, _ = _median_step_time(stn.make_train_step(ctx, mesh), state, stn_batch, repeats)
+    data = common.shard_batch({"images": images, "labels": labels}, mesh)
+    parts = {"image": image, "localiser": localiser, "key": key, "dummy": dummy, "images": images,
+             "model": model3d, "rng": rng}
+    return stn.make_train_step(ctx, mesh), state, (data,), parts
+
+
+def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: int = 5,
+        model: str = "default") -> dict:
+    from jface.stn import Localiser
+    from train import common
+
+    mesh = common.make_mesh()
+    step, state, (stn_batch,), parts = build_stn_step(size, dtype, mesh, batch, model)
+    image, localiser, key, dummy = parts["image"], parts["localiser"], parts["key"], parts["dummy"]
+    images, model3d, rng = parts["images"], parts["model"], parts["rng"]
+    stn_compile, stn_time, _ = _median_step_time(step, state, stn_batch, repeats)
     del state
 
     # --- bare VGG-16 classifier step (same backbone, 1000-way head, softmax cross-entropy)
