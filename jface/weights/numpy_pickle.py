@@ -13,11 +13,19 @@ from __future__ import annotations
 import codecs
 import collections
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from jface.models.errors import ModelFileError, UnsafePickleError
+
+# What a damaged (not malicious: globals are allow-listed) pickle stream raises while loading.
+# MemoryError / OverflowError: an opcode declaring an absurd length (BINBYTES8, BYTEARRAY8).
+MALFORMED_PICKLE_ERRORS = (
+    pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError,
+    struct.error, MemoryError, OverflowError,
+)
 
 __all__ = ["load_numpy_pickle"]
 
@@ -93,16 +101,5 @@ def load_numpy_pickle(path):
             return _NumpyUnpickler(f, path).load()
         except (UnsafePickleError, ModelFileError):
             raise
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            TypeError,
-            ValueError,
-            AttributeError,
-            IndexError,
-            KeyError,
-            MemoryError,
-            OverflowError,
-        ) as e:
-            # MemoryError / OverflowError: an opcode declaring an absurd length.
+        except MALFORMED_PICKLE_ERRORS as e:
             raise ModelFileError(path, f"malformed numpy pickle ({type(e).__name__}: {e})") from None

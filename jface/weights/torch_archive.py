@@ -39,6 +39,7 @@ import ml_dtypes
 import numpy as np
 
 from jface.models.errors import ModelFileError, UnsafePickleError
+from jface.weights.numpy_pickle import MALFORMED_PICKLE_ERRORS
 
 __all__ = ["load_torch_file", "is_torch_zip"]
 
@@ -306,19 +307,7 @@ def _unpickle(path, stream, persistent):
         return _TorchUnpickler(stream, path, persistent).load()
     except (UnsafePickleError, ModelFileError):
         raise
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        TypeError,
-        ValueError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        struct.error,
-        MemoryError,
-        OverflowError,
-    ) as e:
-        # MemoryError / OverflowError: a BINBYTES8 / BYTEARRAY8 opcode declaring an absurd length.
+    except MALFORMED_PICKLE_ERRORS as e:
         raise ModelFileError(path, f"malformed torch pickle ({type(e).__name__}: {e})") from None
 
 
