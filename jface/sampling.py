@@ -46,7 +46,12 @@ def sample_pixels(image, rows, cols, *, cpu_quirk: bool = False):
             r = r0 + dr
             c = c0 + dc
             inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            value = image[jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)]
+            # Outside neighbours are sent out of bounds of a fill-mode gather (not clamped to the
+            # border): same values, and the backward's scatter drops them instead of adding
+            # zeros into the border texels (atomic contention on a GPU).
+            value = image.at[jnp.where(inside, r, height), jnp.where(inside, c, width)].get(
+                mode="fill", fill_value=0
+            )
             weight = jnp.where(inside, weight_r * weight_c, 0.0)
             out = out + weight[..., None] * value
     if cpu_quirk:

@@ -84,3 +84,50 @@ def test_barycentrics_function_and_float32():
     np.testing.assert_allclose(np.asarray(frags.bary)[same], np.asarray(ref.bary)[same], atol=1e-5)
     with pytest.raises(ValueError, match="face_index"):
         barycentrics(vertices, faces, np.zeros((3, 3), np.int32), HW)
+
+
+def _scatter_modes(jaxpr):
+    """Modes of the scatter-adds with per-pixel ``(H, W, ...)`` updates, sub-jaxprs included."""
+    modes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scatter-add" and tuple(eqn.invars[2].aval.shape[:2]) == HW:
+            modes.append(eqn.params["mode"])  # per-pixel updates only
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None and hasattr(inner, "eqns"):
+                modes += _scatter_modes(inner)
+    return modes
+
+
+def test_background_pixels_scatter_nothing_in_the_backward():
+    """The backward of the per-pixel gathers drops background pixels (no adds into face/vertex 0).
+
+    Background pixels used to gather row 0 and be masked afterwards; their transposed scatter then
+    added a zero per background pixel into row 0, which on a GPU serialises hundreds of thousands
+    of atomic adds on one address (render fwd+bwd 8.8 ms -> 3.0 ms on an H100 after the change).
+    """
+    from jax import lax
+
+    vertices, faces = _mesh()
+    attrs = np.random.default_rng(1).normal(size=(9, 3))
+    frags = rasterize(vertices, faces, HW)
+    assert np.any(np.asarray(frags.face_index) < 0) and np.any(np.asarray(frags.face_index) == 0)
+
+    def loss(v, a):
+        fr = jax.tree_util.tree_map(lambda x: x, frags)
+        fr = fr.replace(bary=barycentrics(v, faces, frags.face_index, HW))
+        return jnp.sum(interpolate(fr, a, faces) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(vertices, attrs).jaxpr
+    modes = _scatter_modes(jaxpr)
+    assert len(modes) >= 2, "expected the per-pixel gathers' transposes to be scatter-adds"
+    assert all(m == lax.GatherScatterMode.FILL_OR_DROP for m in modes), modes
+    # and the gradient is unchanged: background pixels contribute nothing to face 0's vertices
+    g_v, g_a = jax.grad(loss, argnums=(0, 1))(vertices, attrs)
+    fid = np.asarray(frags.face_index)
+    bary = np.asarray(frags.bary)
+    vals = np.einsum("hwk,hwkd->hwd", bary, attrs[faces[np.maximum(fid, 0)]]) * (fid >= 0)[..., None]
+    ref = np.zeros_like(attrs)
+    for k in range(3):
+        np.add.at(ref, faces[fid[fid >= 0], k], 2 * vals[fid >= 0] * bary[fid >= 0][:, k:k + 1])
+    np.testing.assert_allclose(np.asarray(g_a), ref, atol=1e-10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jface.render.rasterize import Fragments
+from jface.render.rasterize import Fragments, take_rows
 
 __all__ = ["interpolate", "face_attributes"]
 
@@ -53,7 +53,7 @@ def interpolate(fragments: Fragments, attributes, faces=None):
     height, width = face_index.shape
     if corner.shape[0] == 0:
         return jnp.zeros((height, width, corner.shape[-1]), dtype)
-    values = corner[jnp.maximum(face_index, 0)]  # (H, W, 3, D)
+    values = take_rows(corner, face_index)  # (H, W, 3, D); background rows are 0, backward drops them
     # An explicit sum, not einsum: a dot would run in TF32 on GPUs by default.
     out = jnp.sum(bary.astype(dtype)[..., None] * values.astype(dtype), axis=-2)
     return jnp.where((face_index >= 0)[..., None], out, 0.0)

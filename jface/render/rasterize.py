@@ -54,6 +54,7 @@ __all__ = [
     "rasterize_face_index",
     "barycentrics",
     "ndc_to_pixel",
+    "take_rows",
     "DEFAULT_TILE_SIZE",
     "DEFAULT_CAPACITY",
 ]
@@ -176,6 +177,20 @@ def _eval_chunk(params, valid, cand, cols, rows, znear):
 
 
 _NO_FACE = np.iinfo(np.int32).max
+
+
+def take_rows(table, index, fill=0):
+    """``table[index]`` along axis 0 where negative ``index`` means "none" (rows of ``fill``).
+
+    The gather is ``mode="fill"`` with the missing rows sent out of bounds, so its transpose (the
+    backward of every per-pixel / per-candidate gather in the renderer) is a scatter that *drops*
+    them. Clamping to row 0 instead (``table[max(index, 0)]`` then masking) gives the same forward,
+    but its backward adds a zero for every background pixel / empty candidate slot into row 0: on
+    a GPU that is hundreds of thousands of atomic adds to one address per item, serialised.
+    """
+    index = jnp.asarray(index)
+    out_of_range = table.shape[0]
+    return table.at[jnp.where(index >= 0, index, out_of_range)].get(mode="fill", fill_value=fill)
 
 
 def _zmin(depth, face, axis):
@@ -356,10 +371,11 @@ def barycentrics(vertices, faces, face_index, image_hw):
     if faces.shape[0] == 0:
         return jnp.zeros((height, width, 3), dtype)
     covered = face_index >= 0
-    tri = faces[jnp.maximum(face_index, 0)]  # (H, W, 3)
+    # background pixels get corners -1 ("none"), so the backward scatters nothing for them
+    tri = take_rows(faces, face_index, fill=-1)  # (H, W, 3)
     col, row = ndc_to_pixel(vertices[:, :2], (height, width))
     # one gather of (col, row) pairs: its transpose is one scatter (window 2), not two
-    cr = jnp.stack([col, row], axis=-1)[tri]  # (H, W, 3, 2)
+    cr = take_rows(jnp.stack([col, row], axis=-1), tri)  # (H, W, 3, 2)
     c, r = cr[..., 0], cr[..., 1]
     pc = jnp.arange(width, dtype=dtype)[None, :]
     pr = jnp.arange(height, dtype=dtype)[:, None]
@@ -423,7 +439,7 @@ def rasterize(
 def _fragments(vertices, faces, face_index):
     bary = barycentrics(vertices, faces, face_index, face_index.shape)
     if faces.shape[0]:
-        zc = vertices[:, 2][faces[jnp.maximum(face_index, 0)]]
+        zc = take_rows(vertices[:, 2], take_rows(faces, face_index, fill=-1))
         depth = jnp.sum(bary * zc, axis=-1)
     else:
         depth = jnp.zeros(face_index.shape, vertices.dtype)

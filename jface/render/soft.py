@@ -58,6 +58,7 @@ from jface.render.rasterize import (
     _nonzero_area,
     default_pair_budget,
     ndc_to_pixel,
+    take_rows,
 )
 
 __all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY", "DEFAULT_SOFT_TILE_SIZE"]
@@ -95,8 +96,9 @@ def _soft_part(xy, z, corner_colors, valid, cand, px, py, hyper):
     sigma, gamma, thr, eps, znear, zfar, faces = hyper
     safe = jnp.maximum(cand, 0)
     ok = (cand >= 0) & valid[safe]  # (T, C)
-    tri = faces[safe]  # (T, C, 3)
-    cx, cy, cz = xy[tri, 0], xy[tri, 1], z[tri]  # (T, C, 3)
+    tri = take_rows(faces, cand, fill=-1)  # (T, C, 3); empty slots -> -1, dropped by the backward
+    cxyz = take_rows(jnp.concatenate([xy, z[:, None]], axis=-1), tri)
+    cx, cy, cz = cxyz[..., 0], cxyz[..., 1], cxyz[..., 2]  # (T, C, 3)
 
     def corner(a, k):
         return a[:, None, :, k]  # (T, 1, C)
@@ -130,7 +132,7 @@ def _soft_part(xy, z, corner_colors, valid, cand, px, py, hyper):
     zmax = jnp.max(jnp.where(in_range, zn, -jnp.inf), axis=-1)
     zmax = lax.stop_gradient(jnp.maximum(zmax, eps))  # the shift cancels; no gradient through it
     weight = jnp.where(in_range, soft * jnp.exp((zn - zmax[..., None]) / gamma), 0.0)  # (T, P, C)
-    fc = corner_colors[safe]  # (T, C, 3, D)
+    fc = take_rows(corner_colors, cand)  # (T, C, 3, D)
     color = sum(wc[..., k, None] * fc[:, None, :, k, :] for k in range(3))  # (T, P, C, D)
     num = jnp.sum(weight[..., None] * color, axis=-2)
     den = jnp.sum(weight, axis=-1)
@@ -238,7 +240,7 @@ def _sil_part(xy, valid, cand, px, py, hyper):
     # Gather per face first, then per candidate: the backward then scatters candidates into
     # faces and faces into vertices (far less atomic contention than candidates into vertices).
     fxy = xy[faces]  # (F, 3, 2)
-    cxy = fxy[safe]  # (T, C, 3, 2)
+    cxy = take_rows(fxy, cand)  # (T, C, 3, 2); empty slots are dropped by the backward
     return _sil_log_transmit(cxy[..., 0], cxy[..., 1], ok, px, py, sigma, thr)
 
 
