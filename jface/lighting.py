@@ -8,15 +8,20 @@
   clamp(n . l_hat, 0, 1) * intensity.
 * :data:`DECA_SHAPE_LIGHTS`: the 5 grey lights of ``render_shape`` (spec §5.7).
 
-Both are pure jnp on any leading shape; float64 in gives float64 out. Sums are written out
-elementwise (no ``dot``), so float32 results do not depend on GPU TF32 settings.
+Both are pure jnp on any leading shape; float64 in gives float64 out. Forward sums are written out
+elementwise (no ``dot``), so float32 results do not depend on GPU TF32 settings. The gradient of
+:func:`sh_shading` w.r.t. the coefficients is one ``dot`` at ``Precision.HIGHEST`` (true float32,
+no TF32): autodiff of the elementwise form made XLA emit nine pixel reductions (~0.8 ms of a
+3 ms render backward at batch 32, 224², on an H100).
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 __all__ = [
@@ -80,9 +85,29 @@ def sh_shading(normals, sh):
     if sh.shape != (9, 3):
         raise ValueError(f"sh: expected (9, 3) (the 27-vector reshaped [band][rgb]), got shape {sh.shape}")
     dtype = jnp.result_type(normals.dtype, sh.dtype)
-    basis = sh_basis(normals.astype(dtype))
-    sh = sh.astype(dtype)
+    return _sh_shading(normals.astype(dtype), sh.astype(dtype))
+
+
+@jax.custom_vjp
+def _sh_shading(normals, sh):
+    basis = sh_basis(normals)
     return sum(basis[..., k, None] * sh[k] for k in range(9))
+
+
+def _sh_shading_fwd(normals, sh):
+    return _sh_shading(normals, sh), (normals, sh)
+
+
+def _sh_shading_bwd(res, g):
+    normals, sh = res
+    basis, basis_vjp = jax.vjp(sh_basis, normals)
+    # d/d basis_k = sum_c g_c sh[k, c] (elementwise); d/d sh = sum over pixels of basis (x) g
+    (d_normals,) = basis_vjp(sum(g[..., c, None] * sh[:, c] for c in range(3)))
+    d_sh = jnp.einsum("...k,...c->kc", basis, g, precision=lax.Precision.HIGHEST)
+    return d_normals, d_sh.astype(sh.dtype)
+
+
+_sh_shading.defvjp(_sh_shading_fwd, _sh_shading_bwd)
 
 
 def directional_shading(normals, directions=None, intensities=None):
