@@ -184,7 +184,7 @@ def run(args):
         "num_faces": int(head["faces"].shape[0]),
         "batch": batch,
         "image": hw,
-        "hard": {"tile_size": hard_tile, "capacity": hard_cap},
+        "hard": {"tile_size": hard_tile, "capacity": hard_cap, "impl": args.impl},
         "soft": {"tile_size": soft_tile, "capacity": soft_cap, "sigma": args.sigma},
         "timings_ms": {},
         "temp_bytes": {},
@@ -206,12 +206,12 @@ def run(args):
     )  # (B, V, 12): DECA's 12 channels (as per-vertex attributes)
 
     def raster_interp(v, a):
-        frags = rasterize(v, faces, hw, tile_size=hard_tile, capacity=hard_cap)
+        frags = rasterize(v, faces, hw, tile_size=hard_tile, capacity=hard_cap, impl=args.impl)
         return interpolate(frags, a, faces), frags.mask
 
     def render_loss(w, cam, alb, light, tgt):
         out = render(w, _ndc(w, cam), faces, uv_coords, uv_faces, alb, light, image_hw=hw,
-                     tile_size=hard_tile, capacity=hard_cap)
+                     tile_size=hard_tile, capacity=hard_cap, impl=args.impl)
         return jnp.mean((out["images"] - tgt) ** 2)
 
     def soft_loss(v):
@@ -257,6 +257,15 @@ def run(args):
             ms = 1e3 * time_fn(fn, ndc, attrs, warmup=cfg["warmup"], repeats=cfg["repeats"])
             results["sweep_ms"][f"tile{tile}_cap{cap}"] = ms
             print(f"  sweep raster_interp_fwd tile_size={tile:3d} capacity={cap:4d}: {ms:9.3f} ms", flush=True)
+    if args.impl != "jnp":
+        # the face ids of the selected z-buffer implementation against the jnp path's
+        ids = jax.jit(jax.vmap(lambda v: rasterize(v, faces, hw, tile_size=hard_tile, capacity=hard_cap,
+                                                          impl=args.impl).face_index))(ndc)
+        ref = jax.jit(jax.vmap(lambda v: rasterize(v, faces, hw, tile_size=hard_tile, capacity=hard_cap,
+                                                   impl="jnp").face_index))(ndc)
+        same = float(jnp.mean(ids == ref))
+        results["face_ids_equal_to_jnp"] = same
+        print(f"{'face ids = jnp path':>20s}: {100 * same:.4f} % of pixels ({args.impl})")
     peak = peak_memory_bytes()
     results["peak_bytes"] = peak
     print(f"{'peak memory':>20s}: {'n/a' if peak is None else f'{peak / 2**30:.3f} GiB'} (target <= 2 GB)")
@@ -279,6 +288,8 @@ def main(argv=None) -> int:
     parser.add_argument("--soft-tile-size", type=int, default=4)
     parser.add_argument("--soft-capacity", type=int, default=32)
     parser.add_argument("--sigma", type=float, default=1e-4)
+    parser.add_argument("--impl", choices=("auto", "jnp", "pallas", "interpret"), default="auto",
+                        help="hard rasterizer z-buffer pass (auto: Pallas kernel on GPUs)")
     parser.add_argument("--only", help="comma-separated subset of raster_interp_fwd,render_fwd_bwd,soft_fwd_bwd")
     parser.add_argument("--sweep", action="store_true", help="also time several (tile_size, capacity)")
     parser.add_argument("--soft-vjp-reduce", choices=("variadic", "sums"), default=None)

@@ -260,10 +260,25 @@ def _resolve_budgets(num_faces, grid, capacity, overflow_tiles, overflow_capacit
     return capacity, slots, extra, pair_budget
 
 
+IMPLS = ("auto", "jnp", "pallas", "interpret")
+
+
+def _resolve_impl(impl: str) -> str:
+    """``"auto"``: the Pallas kernel on GPUs (when Pallas imports), the jnp path elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    from jface.render.kernels import pallas_available
+
+    return "pallas" if jax.default_backend() == "gpu" and pallas_available() else "jnp"
+
+
 @functools.partial(
-    jax.jit, static_argnames=("image_hw", "tile_size", "capacity", "slots", "extra", "pair_budget", "grow")
+    jax.jit, static_argnames=("image_hw", "tile_size", "capacity", "slots", "extra", "pair_budget", "grow", "impl")
 )
-def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, slots, extra, pair_budget, grow):
+def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, slots, extra, pair_budget, grow,
+                     impl="jnp"):
     """Jitted discrete pass; returns ``(face_index (H, W), overflow flag, max tile count, pairs)``."""
     grid = binning.tile_grid(image_hw, tile_size)
     vertices = lax.stop_gradient(vertices)
@@ -274,6 +289,13 @@ def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, s
 
     def run_window(state, window):
         faces_sorted, start, count = binning.window_candidates(ft, grid, window, pair_budget)
+        if impl != "jnp":
+            # One program per tile loops over all its candidates: no capacity, no overflow rounds.
+            from jface.render.kernels import zbuffer_tiles
+
+            new = zbuffer_tiles(params, valid, faces_sorted, start, count, znear, tile_size=grid.size,
+                                nx=grid.nx, interpret=impl == "interpret")
+            return _merge(state, new), count
         every = jnp.arange(grid.num_tiles, dtype=jnp.int32)
         cand = binning.tile_candidates(faces_sorted, start, count, every, jnp.zeros_like(every), capacity)
         state = _merge(state, _eval_chunk(params, valid, cand, cols, rows, znear))
@@ -302,7 +324,8 @@ def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, s
     )
     state, count0 = run_window(init, jnp.int32(0))
     max_count, total = jnp.max(count0), ft.total
-    flag = (max_count > capacity) | (total > pair_budget)
+    # the kernel has no per-tile capacity: only more pairs than one window is an overflow
+    flag = (total > pair_budget) if impl != "jnp" else (max_count > capacity) | (total > pair_budget)
     if grow:
         num_windows = (total + pair_budget - 1) // pair_budget
 
@@ -327,6 +350,7 @@ def rasterize_face_index(
     pair_budget: Optional[int] = None,
     znear: float = -10.0,
     on_overflow: str = "grow",
+    impl: str = "auto",
 ):
     """The discrete part of :func:`rasterize`: ``(H, W)`` int32 face ids (-1 background).
 
@@ -345,7 +369,7 @@ def rasterize_face_index(
     face_index, flag, max_count, total = _face_index_core(
         vertices, faces, jnp.asarray(znear, vertices.dtype), image_hw=(height, width),
         tile_size=grid.size, capacity=capacity, slots=slots, extra=extra, pair_budget=pair_budget,
-        grow=on_overflow == "grow",
+        grow=on_overflow == "grow", impl=_resolve_impl(impl),
     )
     if on_overflow == "raise":
         if _is_concrete(flag):
@@ -403,6 +427,7 @@ def rasterize(
     pair_budget: Optional[int] = None,
     znear: float = -10.0,
     on_overflow: str = "grow",
+    impl: str = "auto",
 ) -> Fragments:
     """Hard z-buffer rasterization (spec deca.md §5.2-§5.3), per item; batch with ``jax.vmap``.
 
@@ -420,6 +445,12 @@ def rasterize(
       pair_budget: face-tile pairs per window (static); default ``max(4F, 4 tiles, 1024)``.
       znear: pixels whose interpolated z is below this are clipped (-10 = DECA's camera plane).
       on_overflow: ``"grow"`` (default, exact for any mesh) or ``"raise"``.
+      impl: the z-buffer pass: ``"jnp"`` (dense tiles of ``capacity`` candidates + overflow
+        rounds), ``"pallas"`` (:mod:`jface.render.kernels`: one Triton program per tile looping
+        over all its candidates, so ``capacity`` and the overflow rounds do not apply),
+        ``"interpret"`` (the same kernel in Pallas interpret mode, any backend; for tests) or
+        ``"auto"`` (default: ``"pallas"`` on GPUs, ``"jnp"`` elsewhere). Same face ids up to
+        one-ulp differences at exact edges/ties.
 
     Returns:
       :class:`Fragments`; ``bary``, ``depth`` and ``mask`` carry the vertices' dtype. ``bary`` and
@@ -430,7 +461,7 @@ def rasterize(
     face_index = rasterize_face_index(
         vertices, faces, (height, width), tile_size=tile_size, capacity=capacity,
         overflow_tiles=overflow_tiles, overflow_capacity=overflow_capacity,
-        pair_budget=pair_budget, znear=znear, on_overflow=on_overflow,
+        pair_budget=pair_budget, znear=znear, on_overflow=on_overflow, impl=impl,
     )
     return _fragments(vertices, faces, face_index)
 

@@ -49,7 +49,7 @@ def _hw(size, name):
 
 
 def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size=DEFAULT_TILE_SIZE,
-             capacity=DEFAULT_CAPACITY):
+             capacity=DEFAULT_CAPACITY, impl="auto"):
     """Per-vertex attributes into a UV map (spec deca.md §5.5), per item.
 
     The UV layout is rasterized as a mesh: vertices ``uv_ndc(uv_coords)`` (constant z = 1), faces
@@ -72,7 +72,7 @@ def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size=D
         raise ValueError(f"uv_faces: expected shape {faces.shape} (one uv face per face), got {uv_faces.shape}")
     hw = _hw(uv_size, "uv_size")
     uv_vertices = uv_ndc(uv_coords)
-    fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity)
+    fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
     return interpolate(fragments, attributes[faces.astype(jnp.int32)])
 
 
@@ -126,6 +126,7 @@ def render(
     background=None,
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
+    impl: str = "auto",
 ):
     """DECA's ``SRenderY.forward`` (spec deca.md §5.4), per item.
 
@@ -156,7 +157,7 @@ def render(
     hw = _hw(image_hw, "image_hw")
     normals = vertex_normals(vertices, faces)
     transformed_normals = vertex_normals(transformed_vertices, faces)
-    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity)
+    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
     uvs = uv_ndc(uv_coords).astype(vertices.dtype)[uv_faces]  # (F, 3, 3)
     # DECA interpolates 12 channels at once (uv, transformed normals, world vertices, normals).
     # Here the channels whose attributes carry no gradient (uv; the detached transformed normals)
@@ -200,6 +201,7 @@ def render_shape(
     light_intensities=None,
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
+    impl: str = "auto",
 ):
     """DECA's grey "shape" render (``render_shape``, spec deca.md §5.7), per item.
 
@@ -223,7 +225,7 @@ def render_shape(
     colors = jnp.asarray(colors, dtype)
     if colors.shape != vertices.shape:
         raise ValueError(f"colors: expected per-vertex {vertices.shape}, got {colors.shape}")
-    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity)
+    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
     attributes = jnp.concatenate(
         [colors[faces], lax.stop_gradient(transformed_normals[faces]), lax.stop_gradient(normals[faces])],
         axis=-1,
