@@ -82,6 +82,13 @@ def test_render_outputs_follow_deca(small_head):
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(world, ndc, albedo, sh_full)
     for g in grads:
         assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+    # albedo_images' gradient (background pixels take the centre sample through one sum) equals
+    # plain grid_sample's over the whole image
+    weights = np.random.default_rng(2).normal(size=hw + (3,))
+    grid = jax.lax.stop_gradient(out["grid"])
+    g_render = jax.grad(lambda a: jnp.sum(render(*args[:5], a, sh, image_hw=hw)["albedo_images"] * weights))(albedo)
+    g_plain = jax.grad(lambda a: jnp.sum(grid_sample(a, grid) * weights))(albedo)
+    np.testing.assert_allclose(np.asarray(g_render), np.asarray(g_plain), atol=1e-10)
     with pytest.raises(ValueError, match="lights"):
         render(*args, np.zeros(27), image_hw=hw)
 

@@ -110,7 +110,11 @@ def _sample_albedo(albedo, grid, covered):
     outside = jnp.asarray(-3.0, grid.dtype)  # all four neighbours outside: the backward drops them
     sampled = grid_sample(albedo, jnp.where(covered[..., None], grid, outside))
     centre = grid_sample(albedo, jnp.zeros((1, 1, 2), grid.dtype))[0, 0]
-    return jnp.where(covered[..., None], sampled, centre)
+    # background x centre as an outer product: its transpose is one GEMV over the pixels (a
+    # reduction to 3 values with the channels minor ran at ~35 GB/s on an H200: 0.56 ms)
+    background = jnp.einsum("hw,c->hwc", (~covered).astype(sampled.dtype), centre.astype(sampled.dtype),
+                            precision=lax.Precision.HIGHEST)
+    return jnp.where(covered[..., None], sampled, 0.0) + background
 
 
 def render(
