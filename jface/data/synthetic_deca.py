@@ -17,7 +17,32 @@ each) the shape β ~ N(0, 1) (``n_shape`` = 100 numbers, DECA's count) and the a
   plus N(0, 0.04) colour, a_1..3 ~ N(0, 0.25) (shared by the colours, plus N(0, 0.02)),
   a_4..8 ~ N(0, 0.04); the stored ``light`` is DECA's L = a / c (what DECA's encoder predicts);
 * a background: a smooth random colour field, a linear gradient between two colours and pixel
-  noise, blended with random weights (:func:`random_backgrounds`).
+  noise, blended with random weights (:func:`random_backgrounds`);
+* fine detail: a UV displacement map D (metres, along the coarse normal, DECA's detail
+  convention, spec deca.md §5.6) that depends on the image's expression and jaw codes plus a small
+  static part per identity (:func:`detail_patterns`, :func:`detail_amplitudes`, below).
+
+Procedural detail (what DECA's detail stage, E_detail + F_d, is meant to recover). Four UV patterns
+P_r (r = forehead creases, glabella lines, crow's feet, nasolabial folds), each a groove profile
+with min -1, are placed relative to the UV positions of the model's 68 full landmarks
+(:func:`detail_patterns`). Per image, D = sum_r a_r P_r with amplitude (metres)
+
+    a_r = depth_r * (static_r + drive_r),   static_r ~ U(0, detail_static_max) per identity,
+
+    drive_forehead  = relu(psi_2) / sigma          (brow raise on the default head)
+    drive_glabella  = relu(psi_4) / sigma          (brow frown)
+    drive_crowsfeet = relu(psi_0) / sigma + relu(psi_3) / sigma     (smile, eye close)
+    drive_nasolabial = relu(psi_0) / sigma + relu(psi_5) / sigma + jaw / jaw_max  (smile, stretch, open)
+
+with sigma = ``expression_std``, jaw the jaw axis-angle's x (radians) and depth_r =
+``detail_depth_mm`` (1.0, 0.8, 0.8, 2.0) mm: :data:`DETAIL_DRIVERS`. The static numbers come from
+their own stream (PCG64 seeded with ``[seed, identity, 1]``), so the other draws are the same as
+without detail. D becomes detail normals with DECA's own
+:func:`jface.deca.detail.displacement_to_normals` (on world2uv of the posed vertices and vertex
+normals, masked by the model's UV face/eye mask); the image's normals are the interpolated vertex
+normals plus grid_sample(n(D) - n(0)), so pixels whose UV neighbourhood has D = 0 shade exactly
+as without detail. :func:`detail_displacements` recomputes every image's D from the stored labels
+(``expression``, ``pose``, ``identity``) and the seed.
 
 Rendering (per item, vmapped over a fixed chunk so one shape compiles):
 ``jface.flame.forward`` -> ``jface.geometry.orthographic_camera`` -> ``flip_yz`` (DECA's NDC: x
@@ -60,7 +85,13 @@ from jface.lighting import SH_CONSTANTS
 
 __all__ = [
     "AFLW21_FROM_IBUG68",
+    "DETAIL_REGIONS",
+    "DETAIL_DRIVERS",
     "DecaSynthConfig",
+    "detail_patterns",
+    "detail_amplitudes",
+    "sample_detail_static",
+    "detail_displacements",
     "aflw21_from_ibug68",
     "random_backgrounds",
     "sample_pose",
@@ -112,6 +143,134 @@ class DecaSynthConfig:
     crop_scale: tuple = (1.25, 1.5)
     centre_jitter: float = 0.05
     chunk: int = 8
+    # procedural fine detail (module docstring): groove depth per unit drive, in mm, one per
+    # DETAIL_REGIONS entry; all zero switches the detail off
+    detail_depth_mm: tuple = (1.0, 0.8, 0.8, 2.0)
+    detail_static_max: float = 0.5
+
+
+DETAIL_REGIONS = ("forehead", "glabella", "crows_feet", "nasolabial")
+# Per region: the expression components whose positive part (in units of expression_std) drives
+# it, and the weight of the jaw opening (jaw axis-angle x / jaw_max_rad).
+DETAIL_DRIVERS = (
+    ((2,), 0.0),      # forehead creases: brow raise
+    ((4,), 0.0),      # glabella lines: brow frown
+    ((0, 3), 0.0),    # crow's feet: smile, eye close
+    ((0, 5), 1.0),    # nasolabial folds: smile, mouth stretch, jaw opening
+)
+
+
+def _landmark_uv(model, size):
+    """``(68, 2)`` (row, col) texel coordinates of the full landmarks in a ``size`` UV image."""
+    uv_coords = np.asarray(model.uv_coords, np.float64)
+    uv_faces = np.asarray(model.uv_faces)
+    faces = np.asarray(model.full_lmk_faces_idx)
+    bary = np.asarray(model.full_lmk_bary_coords, np.float64)
+    uv = np.einsum("lk,lkd->ld", bary, uv_coords[uv_faces[faces]])
+    return np.stack([(1.0 - uv[:, 1]) * size[0] - 0.5, uv[:, 0] * size[1] - 0.5], -1)
+
+
+def _smooth_window(t, lo, hi):
+    """sin^2 bump on [lo, hi], 0 outside."""
+    u = np.clip((t - lo) / (hi - lo), 0.0, 1.0)
+    return np.sin(np.pi * u) ** 2
+
+
+def _segment_groove(x, y, a, b, width, taper=True):
+    """exp(-d^2 / 2 width^2) of the distance to segment a -> b, times a sin^2 taper along it."""
+    ab = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    length2 = float(ab @ ab)
+    t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1]) / length2
+    px, py = a[0] + np.clip(t, 0, 1) * ab[0], a[1] + np.clip(t, 0, 1) * ab[1]
+    d2 = (x - px) ** 2 + (y - py) ** 2
+    along = np.sin(np.pi * np.clip(t, 0, 1)) ** 2 if taper else 1.0
+    return np.exp(-0.5 * d2 / width ** 2) * along
+
+
+def detail_patterns(model, uv_size=None) -> np.ndarray:
+    """``(4, H, W)`` float32 groove patterns P_r (min -1, 0 far from the region), order
+    :data:`DETAIL_REGIONS`, in the UV image layout (row 0 = v = 1), default size the model's UV mask.
+
+    Placed in face-normalised UV coordinates from the full landmarks' UV positions:
+    x = (col - c_eyes) / |c_45 - c_36| (+-0.5 at the outer eye corners),
+    y = (row - r_eyes) / (r_8 - r_eyes) (0 at the eye corners, 1 at the chin); b = the brows' mean y.
+
+    * forehead: horizontal creases (0.5 + 0.5 cos(2 pi (y - b) / 0.06))^2 in the band
+      y in [b - 0.13, b - 0.01] (sin^2 window), |x| < the brows' extent (sin^2 taper);
+    * glabella: two vertical grooves at |x| = 0.06 (Gaussian, width 0.02), y in [b - 0.06, b + 0.1];
+    * crow's feet: three grooves (width 0.02) per eye from 0.05 to 0.2 beyond the outer corner, at
+      -30, 0, +30 degrees from the horizontal;
+    * nasolabial folds: one groove (width 0.05) per side from 0.03 outside / 0.04 above the nose
+      wing (landmarks 31, 35) to 0.07 outside / 0.06 below the mouth corner (48, 54).
+    """
+    size = tuple(np.shape(model.uv_face_eye_mask)[:2]) if uv_size is None else (
+        (int(uv_size), int(uv_size)) if np.isscalar(uv_size) else tuple(int(s) for s in uv_size))
+    lmk = _landmark_uv(model, size)
+    r_eye = 0.5 * (lmk[36, 0] + lmk[45, 0])
+    c_eye = 0.5 * (lmk[36, 1] + lmk[45, 1])
+    sx = abs(lmk[45, 1] - lmk[36, 1])
+    sy = lmk[8, 0] - r_eye
+    if not (sx > 0 and sy > 0):
+        raise ValueError("model: its landmarks' UV positions do not span a face (eye corners / chin)")
+    rows, cols = np.mgrid[0:size[0], 0:size[1]].astype(np.float64)
+    x = (cols - c_eye) / sx
+    y = (rows - r_eye) / sy
+    ax = np.abs(x)
+    lm_x = (lmk[:, 1] - c_eye) / sx
+    lm_y = (lmk[:, 0] - r_eye) / sy
+    brow = float(lm_y[17:27].mean())
+    brow_x = float(np.abs(lm_x[17:27]).max())
+
+    forehead = ((0.5 + 0.5 * np.cos(2 * np.pi * (y - brow) / 0.06)) ** 2
+                * _smooth_window(y, brow - 0.13, brow - 0.01) * _smooth_window(x, -brow_x, brow_x))
+    glabella = (np.exp(-0.5 * (ax - 0.06) ** 2 / 0.02 ** 2) * _smooth_window(y, brow - 0.06, brow + 0.1))
+    corner = np.array([0.5 * (abs(lm_x[36]) + abs(lm_x[45])), 0.5 * (lm_y[36] + lm_y[45])])
+    crows = np.zeros_like(x)
+    for angle in np.radians([-30.0, 0.0, 30.0]):
+        d = np.array([np.cos(angle), np.sin(angle)])
+        crows = np.maximum(crows, _segment_groove(ax, y, corner + 0.05 * d, corner + 0.2 * d, 0.02))
+    wing = np.array([0.5 * (abs(lm_x[31]) + abs(lm_x[35])), 0.5 * (lm_y[31] + lm_y[35])])
+    mouth = np.array([0.5 * (abs(lm_x[48]) + abs(lm_x[54])), 0.5 * (lm_y[48] + lm_y[54])])
+    naso = _segment_groove(ax, y, wing + [0.03, -0.04], mouth + [0.07, 0.06], 0.05)
+    return -np.stack([forehead, glabella, crows, naso]).astype(np.float32)
+
+
+def sample_detail_static(seed: int, identity: int, config: Optional["DecaSynthConfig"] = None) -> np.ndarray:
+    """``(4,)`` static detail weights of one identity, U(0, detail_static_max), PCG64 [seed, identity, 1]."""
+    config = config or DecaSynthConfig()
+    rng = np.random.default_rng([int(seed), int(identity), 1])
+    return rng.uniform(0.0, config.detail_static_max, size=len(DETAIL_REGIONS)).astype(np.float32)
+
+
+def detail_amplitudes(expression, jaw, static, config: Optional["DecaSynthConfig"] = None) -> np.ndarray:
+    """``(M, 4)`` amplitudes a_r (metres) from ``expression (M, >= 6)``, ``jaw (M,)`` (jaw
+    axis-angle x, radians) and ``static (M, 4)`` (module docstring)."""
+    config = config or DecaSynthConfig()
+    expression = np.asarray(expression, np.float64)
+    jaw = np.asarray(jaw, np.float64)
+    static = np.asarray(static, np.float64)
+    if expression.ndim != 2 or jaw.shape != expression.shape[:1] or static.shape != (len(jaw), len(DETAIL_REGIONS)):
+        raise ValueError(f"expression / jaw / static: expected (M, E) / (M,) / (M, {len(DETAIL_REGIONS)}), got "
+                         f"{expression.shape} / {jaw.shape} / {static.shape}")
+    depth = np.asarray(config.detail_depth_mm, np.float64) * 1e-3
+    if depth.shape != (len(DETAIL_REGIONS),):
+        raise ValueError(f"detail_depth_mm: expected {len(DETAIL_REGIONS)} numbers, got {config.detail_depth_mm}")
+    drive = np.zeros_like(static)
+    for r, (components, jaw_weight) in enumerate(DETAIL_DRIVERS):
+        for k in components:
+            if k < expression.shape[1]:
+                drive[:, r] += np.maximum(expression[:, k], 0.0) / config.expression_std
+        drive[:, r] += jaw_weight * np.maximum(jaw, 0.0) / config.jaw_max_rad
+    return ((static + drive) * depth).astype(np.float32)
+
+
+def detail_displacements(model, data: dict, seed: int, config: Optional["DecaSynthConfig"] = None) -> np.ndarray:
+    """``(M, H, W)`` float32 UV displacement maps (metres) of generated ``data`` (its
+    ``expression``, ``pose`` and ``identity``) made with ``seed``: what the images were shaded with."""
+    config = config or DecaSynthConfig()
+    static = np.stack([sample_detail_static(seed, i, config) for i in np.asarray(data["identity"])])
+    amp = detail_amplitudes(data["expression"], np.asarray(data["pose"])[:, 3], static, config)
+    return np.einsum("mr,rhw->mhw", amp, detail_patterns(model)).astype(np.float32)
 
 
 def _bilinear_weights(n_out, n_in):
@@ -202,11 +361,35 @@ def _identity_draws(model, config: DecaSynthConfig, seed: int, identity: int, co
         "light": f32(light),
         "background": f32(background),
         "identity": np.full(count, identity, np.int32),
+        "detail_static": np.repeat(sample_detail_static(seed, identity, config)[None], count, 0),
     }
 
 
-def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, light, background):
+def _detail_normal_offset(model, vertices, normals, displacement, uv_mask, grid):
+    """Image-space normal offset grid_sample(n(D) - n(0), grid) of a UV displacement ``D``.
+
+    n(.) is DECA's :func:`jface.deca.detail.displacement_to_normals` on world2uv of the posed
+    vertices and vertex normals (spec deca.md §5.5, §5.6), so the difference is exactly 0 wherever
+    D vanishes on a texel's grid neighbourhood.
+    """
+    from jface import render as render_lib
+    from jface.deca.detail import displacement_to_normals
+    from jface.sampling import grid_sample
+
+    size = displacement.shape
+    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(vertices.dtype), model.uv_faces, size)
+    faces = jnp.asarray(model.faces, jnp.int32)
+    uv_pos = render_lib.interpolate(fragments, vertices[faces])
+    uv_nrm = render_lib.interpolate(fragments, normals[faces])
+    detail = displacement_to_normals(displacement, uv_pos, uv_nrm, uv_mask)
+    flat = displacement_to_normals(jnp.zeros_like(displacement), uv_pos, uv_nrm, uv_mask)
+    return grid_sample(detail - flat, grid)
+
+
+def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, light, background,
+                detail_amplitude, patterns, uv_mask):
     from jface import flame
+    from jface.lighting import sh_shading
     from jface.render import render
     from jface.sampling import grid_sample
 
@@ -228,7 +411,12 @@ def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, lig
     rend = render(vertices, trans, model.faces, model.uv_coords, model.uv_faces, albedo_uv, light,
                   image_hw=(height, width))
     alpha = rend["alpha_images"]
-    colour = jnp.clip(rend["albedo_images"] * rend["shading_images"], 0.0, 1.0)
+    shading = rend["shading_images"]
+    if patterns is not None:  # fine detail (module docstring)
+        displacement = jnp.einsum("r,rhw->hw", detail_amplitude, patterns)
+        offset = _detail_normal_offset(model, vertices, rend["normals"], displacement, uv_mask, rend["grid"])
+        shading = sh_shading(rend["normal_images"] + offset * alpha, light)
+    colour = jnp.clip(rend["albedo_images"] * shading, 0.0, 1.0)
     image = colour * alpha + background * (1.0 - alpha)
     image = jnp.clip(jnp.round(image * 255.0), 0, 255).astype(jnp.uint8)
     if model.uv_face_eye_mask is not None:
@@ -244,9 +432,11 @@ def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, lig
 
 
 @jax.jit
-def _render_chunk(model, shape, expression, pose, crop, jitter, albedo, light, background):
-    return jax.vmap(_render_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0))(
-        model, shape, expression, pose, crop, jitter, albedo, light, background)
+def _render_chunk(model, shape, expression, pose, crop, jitter, albedo, light, background, detail_amplitude,
+                  patterns, uv_mask):
+    return jax.vmap(_render_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, None))(
+        model, shape, expression, pose, crop, jitter, albedo, light, background, detail_amplitude, patterns,
+        uv_mask)
 
 
 def _check(model, num_identities, images_per_identity, image_size):
@@ -278,6 +468,14 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
     hw = (int(image_size), int(image_size))
     chunk = int(config.chunk)
     pending: list = []
+    patterns = uv_mask = None
+    if any(float(d) != 0.0 for d in config.detail_depth_mm):
+        if model.uv_face_eye_mask is None:
+            raise ValueError("model: generating fine detail needs the model's uv_face_eye_mask "
+                             "(or DecaSynthConfig(detail_depth_mm=(0, 0, 0, 0)))")
+        uv_mask = jnp.asarray(model32.uv_face_eye_mask, jnp.float32)
+        uv_mask = uv_mask[..., 0] if uv_mask.ndim == 3 else uv_mask
+        patterns = jnp.asarray(detail_patterns(model, uv_mask.shape))
 
     def flush(items):
         merged = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
@@ -285,7 +483,9 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
         pad = lambda a: np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)]) if n < chunk else a  # noqa: E731
         args = [pad(merged[k]) for k in ("shape", "expression", "pose", "crop", "jitter", "albedo", "light",
                                           "background")]
-        image, face_mask, landmarks68, cam = (np.asarray(x)[:n] for x in _render_chunk(model32, *args))
+        amplitude = detail_amplitudes(merged["expression"], merged["pose"][:, 3], merged["detail_static"], config)
+        outputs = _render_chunk(model32, *args, pad(amplitude), patterns, uv_mask)
+        image, face_mask, landmarks68, cam = (np.asarray(x)[:n] for x in outputs)
         landmarks68 = landmarks68.astype(np.float32)
         return {
             "images": image,
