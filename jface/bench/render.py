@@ -185,7 +185,7 @@ def run(args):
         "batch": batch,
         "image": hw,
         "hard": {"tile_size": hard_tile, "capacity": hard_cap, "impl": args.impl},
-        "soft": {"tile_size": soft_tile, "capacity": soft_cap, "sigma": args.sigma},
+        "soft": {"tile_size": soft_tile, "capacity": soft_cap, "sigma": args.sigma, "impl": args.soft_impl},
         "timings_ms": {},
         "temp_bytes": {},
     }
@@ -214,10 +214,13 @@ def run(args):
                      tile_size=hard_tile, capacity=hard_cap, impl=args.impl)
         return jnp.mean((out["images"] - tgt) ** 2)
 
-    def soft_loss(v):
-        sil = soft_rasterize(v, faces, hw, sigma=args.sigma, tile_size=soft_tile, capacity=soft_cap,
-                             overflow_tiles=soft_slots, overflow_capacity=soft_extra, pair_budget=soft_pairs)
-        return jnp.mean((sil - 0.5) ** 2)
+    def soft_sil(v, impl=args.soft_impl):
+        return soft_rasterize(v, faces, hw, sigma=args.sigma, tile_size=soft_tile, capacity=soft_cap,
+                              overflow_tiles=soft_slots, overflow_capacity=soft_extra, pair_budget=soft_pairs,
+                              impl=impl)
+
+    def soft_loss(v, impl=args.soft_impl):
+        return jnp.mean((soft_sil(v, impl) - 0.5) ** 2)
 
     stages = {
         "raster_interp_fwd": (jax.jit(jax.vmap(raster_interp)), (ndc, attrs)),
@@ -257,6 +260,26 @@ def run(args):
             ms = 1e3 * time_fn(fn, ndc, attrs, warmup=cfg["warmup"], repeats=cfg["repeats"])
             results["sweep_ms"][f"tile{tile}_cap{cap}"] = ms
             print(f"  sweep raster_interp_fwd tile_size={tile:3d} capacity={cap:4d}: {ms:9.3f} ms", flush=True)
+    if args.soft_impl != "jnp" and "soft_fwd_bwd" in only:
+        # the selected soft silhouette implementation against the jnp path: values and gradients
+        # (the jnp reference at its own defaults, tile 4 / capacity 32: the jnp path compiles for
+        # minutes at tile 8 and above)
+        ref_stats, ref_counts = _stats(ndc_np, head["faces"], hw, args.sigma, 4, 32)
+        ref_slots, ref_extra = plan_levels(ref_counts, 32)
+        ref_pairs = max(1024, int(ref_stats["pairs"] * 1.25))
+
+        def ref_sil(v):
+            return soft_rasterize(v, faces, hw, sigma=args.sigma, tile_size=4, capacity=32, overflow_tiles=ref_slots,
+                                  overflow_capacity=ref_extra, pair_budget=ref_pairs, impl="jnp")
+
+        sil = jax.jit(jax.vmap(soft_sil))(ndc)
+        ref = jax.jit(jax.vmap(ref_sil))(ndc)
+        grad = jax.jit(jax.vmap(jax.grad(soft_loss)))(ndc)
+        grad_ref = jax.jit(jax.vmap(jax.grad(lambda v: jnp.mean((ref_sil(v) - 0.5) ** 2))))(ndc)
+        results["soft_max_abs_diff_vs_jnp"] = float(jnp.max(jnp.abs(sil - ref)))
+        results["soft_grad_rel_diff_vs_jnp"] = float(jnp.max(jnp.abs(grad - grad_ref)) / jnp.max(jnp.abs(grad_ref)))
+        print(f"{'soft vs jnp path':>20s}: max |silhouette diff| {results['soft_max_abs_diff_vs_jnp']:.3g}, "
+              f"max |grad diff| / max |grad| {results['soft_grad_rel_diff_vs_jnp']:.3g} ({args.soft_impl})")
     if args.impl != "jnp":
         # the face ids of the selected z-buffer implementation against the jnp path's
         ids = jax.jit(jax.vmap(lambda v: rasterize(v, faces, hw, tile_size=hard_tile, capacity=hard_cap,
@@ -288,6 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--soft-tile-size", type=int, default=4)
     parser.add_argument("--soft-capacity", type=int, default=32)
     parser.add_argument("--sigma", type=float, default=1e-4)
+    parser.add_argument("--soft-impl", choices=("auto", "jnp", "pallas", "interpret"), default="auto",
+                        help="soft silhouette evaluation (auto: Pallas kernels on GPUs)")
     parser.add_argument("--impl", choices=("auto", "jnp", "pallas", "interpret"), default="auto",
                         help="hard rasterizer z-buffer pass (auto: Pallas kernel on GPUs)")
     parser.add_argument("--only", help="comma-separated subset of raster_interp_fwd,render_fwd_bwd,soft_fwd_bwd")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["zbuffer_tiles", "pallas_available"]
+__all__ = ["zbuffer_tiles", "soft_silhouette_tiles", "pallas_available"]
 
 _NO_FACE = np.iinfo(np.int32).max
 
@@ -121,3 +121,200 @@ def zbuffer_tiles(params, valid, faces_sorted, tile_start, tile_count, znear, *,
     )
     depth, face = call(flat, valid_i, faces_sorted, tile_start, tile_count, znear)
     return depth[:, :pixels], face[:, :pixels]
+
+
+# --------------------------------------------------------------------------------------------
+# Soft silhouette (SoftRas): forward and backward kernels over the soft binning's pair list.
+# --------------------------------------------------------------------------------------------
+
+
+def _sil_block(cx, cy, ok, px, py, thr):
+    """Per (pixel, candidate) silhouette geometry, term for term as
+    :func:`jface.render.soft._sil_geometry`: ``cx/cy`` lists of 3 ``(1, C)`` corner arrays,
+    ``ok (1, C)``, ``px/py (P, 1)``. Returns ``(inside, live, dist2, seg, t, dx, dy)`` ``(P, C)``."""
+    ex1, ey1 = cx[1] - cx[0], cy[1] - cy[0]
+    ex2, ey2 = cx[2] - cx[0], cy[2] - cy[0]
+    area = ex1 * ey2 - ey1 * ex2
+    inv_area = 1.0 / jnp.where(ok, area, 1.0)
+    qx, qy = px - cx[0], py - cy[0]
+    w1 = (qx * ey2 - qy * ex2) * inv_area
+    w2 = (ex1 * qy - ey1 * qx) * inv_area
+    inside = (1.0 - w1 - w2 > 0) & (w1 > 0) & (w2 > 0)
+    best = None
+    for k in range(3):
+        a, b = k, (k + 1) % 3
+        sx, sy = cx[b] - cx[a], cy[b] - cy[a]
+        len2 = sx * sx + sy * sy
+        inv_len2 = jnp.where(len2 > 0, 1.0 / jnp.where(len2 > 0, len2, 1.0), 0.0)
+        t = jnp.clip(((px - cx[a]) * sx + (py - cy[a]) * sy) * inv_len2, 0.0, 1.0)
+        dx, dy = px - cx[a] - t * sx, py - cy[a] - t * sy
+        d2 = dx * dx + dy * dy
+        if best is None:
+            best = (d2, jnp.zeros(d2.shape, jnp.int32), t, dx, dy)
+        else:
+            take = d2 < best[0]
+            best = tuple(jnp.where(take, new, old) for new, old in zip((d2, jnp.full(d2.shape, k, jnp.int32), t, dx, dy), best))
+    dist2, seg, t, dx, dy = best
+    live = ok & (inside | (dist2 < thr))
+    return inside, live, dist2, seg, t, dx, dy
+
+
+def _softplus(x):
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _sil_call(kind, fxy, valid, faces_sorted, tile_start, tile_count, g, *, tile_size, nx, image_hw, sigma, thr,
+              block, interpret, num_warps):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    height, width = image_hw
+    dtype = fxy.dtype
+    num_tiles = tile_start.shape[0]
+    lanes = _next_pow2(tile_size * tile_size)
+    num_pairs = faces_sorted.shape[0]
+    flat = fxy.reshape(-1)
+    valid_i = valid.astype(jnp.int32)
+
+    def geometry(t):
+        local = jnp.arange(lanes, dtype=jnp.int32)
+        col = ((t % nx) * tile_size + local % tile_size).astype(dtype)[:, None]
+        row = ((t // nx) * tile_size + local // tile_size).astype(dtype)[:, None]
+        px = (2.0 * col + 1.0) / width - 1.0
+        py = (2.0 * row + 1.0) / height - 1.0
+        return px, py
+
+    def load_block(refs, t, j):
+        fxy_ref, valid_ref, faces_ref, start_ref, count_ref = refs
+        start = start_ref[t]
+        k = j * block + jnp.arange(block, dtype=jnp.int32)
+        live = k < count_ref[t]
+        fid = plgpu.load(faces_ref.at[start + k], mask=live, other=0)
+        ok = live & (plgpu.load(valid_ref.at[fid], mask=live, other=0) != 0)
+        c = [plgpu.load(fxy_ref.at[fid * 6 + i], mask=live, other=0.0)[None, :] for i in range(6)]
+        return start + k, live, ok[None, :], c[0::2], c[1::2]
+
+    def n_blocks(count_ref, t):
+        return (count_ref[t] + block - 1) // block
+
+    if kind == "fwd":
+        def kernel(fxy_ref, valid_ref, faces_ref, start_ref, count_ref, out_ref):
+            refs = (fxy_ref, valid_ref, faces_ref, start_ref, count_ref)
+            t = pl.program_id(0)
+            px, py = geometry(t)
+
+            def body(j, acc):
+                _, _, ok, cx, cy = load_block(refs, t, j)
+                inside, live, dist2, *_ = _sil_block(cx, cy, ok, px, py, thr)
+                logit = jnp.where(inside, dist2, -dist2) / sigma
+                return acc + jnp.sum(jnp.where(live, -_softplus(logit), 0.0), axis=1)
+
+            out_ref[...] = lax.fori_loop(0, n_blocks(count_ref, t), body, jnp.zeros((lanes,), dtype))
+
+        out_shape = jax.ShapeDtypeStruct((num_tiles, lanes), dtype)
+        out_specs = pl.BlockSpec((None, lanes), lambda t: (t, 0))
+        operands = (flat, valid_i, faces_sorted, tile_start, tile_count)
+    else:
+        def kernel(fxy_ref, valid_ref, faces_ref, start_ref, count_ref, g_ref, out_ref):
+            refs = (fxy_ref, valid_ref, faces_ref, start_ref, count_ref)
+            t = pl.program_id(0)
+            px, py = geometry(t)
+            gp = plgpu.load(g_ref.at[t * lanes + jnp.arange(lanes)])[:, None]
+
+            def body(j, carry):
+                slot, live_k, ok, cx, cy = load_block(refs, t, j)
+                inside, live, dist2, seg, tt, dx, dy = _sil_block(cx, cy, ok, px, py, thr)
+                logit = jnp.where(inside, dist2, -dist2) / sigma
+                sig = 1.0 / (1.0 + jnp.exp(-logit))
+                gd = jnp.where(live, -sig * jnp.where(inside, 1.0, -1.0) / sigma, 0.0) * gp
+                ga, gb = -2.0 * gd * (1.0 - tt), -2.0 * gd * tt
+                for corner in range(3):
+                    coef = jnp.where(seg == corner, ga, jnp.where(seg == (corner + 2) % 3, gb, 0.0))
+                    plgpu.store(out_ref.at[slot * 6 + 2 * corner], jnp.sum(coef * dx, axis=0), mask=live_k)
+                    plgpu.store(out_ref.at[slot * 6 + 2 * corner + 1], jnp.sum(coef * dy, axis=0), mask=live_k)
+                return carry
+
+            lax.fori_loop(0, n_blocks(count_ref, t), body, jnp.int32(0))
+
+        out_shape = jax.ShapeDtypeStruct((num_pairs * 6,), dtype)
+        out_specs = None
+        operands = (flat, valid_i, faces_sorted, tile_start, tile_count, g.reshape(-1))
+    kwargs = {} if interpret else {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=1)}
+    if out_specs is not None:
+        kwargs["out_specs"] = out_specs
+    call = pl.pallas_call(kernel, out_shape=out_shape, grid=(num_tiles,), interpret=interpret, **kwargs)
+    return call(*operands)
+
+
+def _windows(ft, grid, pair_budget, body, init):
+    """Run ``body(window, faces_sorted, start, count, acc)`` over every pair window: the first one
+    unconditionally, further ones (meshes with more pairs than ``pair_budget``) in a while loop."""
+    from jface.render import binning
+
+    def step(window, acc):
+        faces_sorted, start, count = binning.window_candidates(ft, grid, window, pair_budget)
+        return body(faces_sorted, start, count, acc)
+
+    acc = step(jnp.int32(0), init)
+    num_windows = (ft.total + pair_budget - 1) // pair_budget
+    _, acc = lax.while_loop(lambda c: c[0] < num_windows, lambda c: (c[0] + 1, step(c[0], c[1])), (jnp.int32(1), acc))
+    return acc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def soft_silhouette_tiles(fxy, valid, ft, static):
+    """``sum_j log(1 - D_j)`` per pixel of every tile: ``(T, lanes)`` (lanes = tile_size² rounded
+    up to a power of two), per item, over all of each tile's candidates.
+
+    ``fxy (F, 3, 2)`` corner NDC (differentiable), ``valid (F,)``, ``ft`` the faces' tile ranges
+    (:func:`jface.render.binning.face_tiles` with the cut-off radius), ``static`` = (grid,
+    image_hw, sigma, thr, pair_budget, block, interpret, num_warps). The pairs are sorted by tile
+    one window of ``pair_budget`` at a time; log-transmittances add over windows, so any mesh is
+    exact (further windows cost one extra kernel each, and a ``while_loop`` check).
+
+    The backward kernel recomputes the geometry and reduces every candidate's corner gradient
+    over its tile's pixels into that pair's own slot (each pair belongs to one tile: plain
+    stores, no atomics); the pairs are then summed into their faces.
+    """
+    return _sil_forward(fxy, valid, ft, static)
+
+
+def _kernel_kwargs(static):
+    grid, image_hw, sigma, thr, _, block, interpret, num_warps = static
+    return dict(tile_size=grid.size, nx=grid.nx, image_hw=image_hw, sigma=sigma, thr=thr, block=block,
+                interpret=interpret, num_warps=num_warps)
+
+
+def _sil_forward(fxy, valid, ft, static):
+    grid, pair_budget = static[0], static[4]
+    lanes = _next_pow2(grid.size * grid.size)
+
+    def body(faces_sorted, start, count, acc):
+        return acc + _sil_call("fwd", fxy, valid, faces_sorted, start, count, None, **_kernel_kwargs(static))
+
+    return _windows(ft, grid, pair_budget, body, jnp.zeros((grid.num_tiles, lanes), fxy.dtype))
+
+
+def _sil_tiles_fwd(fxy, valid, ft, static):
+    return _sil_forward(fxy, valid, ft, static), (fxy, valid, ft)
+
+
+def _sil_tiles_bwd(static, res, g):
+    fxy, valid, ft = res
+    grid, pair_budget = static[0], static[4]
+    num_faces = fxy.shape[0]
+    g = g.astype(fxy.dtype)
+
+    def body(faces_sorted, start, count, acc):
+        pair = _sil_call("bwd", fxy, valid, faces_sorted, start, count, g, **_kernel_kwargs(static)).reshape(-1, 6)
+        # slots past this window's pairs were never written (uninitialised): select, don't scale
+        written = jnp.arange(pair.shape[0]) < jnp.sum(count)
+        face = jnp.where(written, faces_sorted, num_faces)
+        return acc.at[face].add(jnp.where(written[:, None], pair, 0.0), mode="drop")
+
+    grad = _windows(ft, grid, pair_budget, body, jnp.zeros((num_faces, 6), fxy.dtype))
+    zeros_ft = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, jax.dtypes.float0), ft)
+    return grad.reshape(fxy.shape), np.zeros(valid.shape, jax.dtypes.float0), zeros_ft
+
+
+soft_silhouette_tiles.defvjp(_sil_tiles_fwd, _sil_tiles_bwd)

@@ -57,6 +57,7 @@ from jface.render.rasterize import (
     _is_concrete,
     _nonzero_area,
     default_pair_budget,
+    _resolve_impl,
     ndc_to_pixel,
     take_rows,
 )
@@ -263,6 +264,7 @@ def soft_rasterize(
     overflow_capacity: Optional[int] = None,
     pair_budget: Optional[int] = None,
     on_overflow: str = "grow",
+    impl: str = "auto",
 ):
     """Soft rasterization (SoftRas), per item; batch with ``jax.vmap``.
 
@@ -279,6 +281,11 @@ def soft_rasterize(
         ``overflow_capacity[k]`` more (ints or tuples of levels; default num_tiles // (2, 4, 16,
         64) tiles x capacity * (1, 2, 4, 8)). :func:`plan_levels` sizes them from
         :func:`binning_stats`.
+      impl: the silhouette's evaluation: ``"jnp"`` (dense tiles + levels above), ``"pallas"``
+        (:func:`jface.render.kernels.soft_silhouette_tiles`: one Triton program per tile over all
+        its candidates, forward and backward; ``capacity`` and the levels do not apply, only
+        ``pair_budget``), ``"interpret"`` (the same kernels in interpret mode) or ``"auto"``
+        (Pallas on GPUs for silhouettes, jnp otherwise). Colours always take the jnp path.
 
     Returns:
       ``colors is None``: the silhouette ``(H, W)`` = 1 - prod(1 - D). Otherwise ``(H, W, D + 1)``:
@@ -342,6 +349,10 @@ def soft_rasterize(
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
     radii = (radius * width / 2.0, radius * height / 2.0)
+    impl = _resolve_impl(impl)
+    if corner_colors is None and impl != "jnp":
+        return _soft_silhouette_pallas(vertices, faces, (height, width), grid, radii, float(sigma), thr,
+                                       pair_budget, on_overflow, impl)
     budgets = dict(capacity=capacity, slots=slots, extra=extra, pair_budget=pair_budget)
     cand, levels, max_count, n_over, total, valid, flag = _soft_candidates(
         vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii, **budgets
@@ -368,6 +379,47 @@ def soft_rasterize(
         faces, valid, cand, levels, image_hw=(height, width), tile_size=grid.size, hyper=hyper,
     )
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "radii"))
+def _soft_face_tiles(vertices, faces, *, image_hw, tile_size, radii):
+    """Discrete, jitted: face validity and tile ranges within the cut-off radius."""
+    grid = binning.tile_grid(image_hw, tile_size)
+    vertices = lax.stop_gradient(vertices)
+    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
+    fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
+    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
+    valid = finite & _nonzero_area(fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0], fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0])
+    return valid, binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
+
+
+def _soft_silhouette_pallas(vertices, faces, image_hw, grid, radii, sigma, thr, pair_budget, on_overflow, impl):
+    """The silhouette through :func:`jface.render.kernels.soft_silhouette_tiles`: every pair
+    window is evaluated (exact for any mesh); ``on_overflow="raise"`` still reports more pairs than
+    ``pair_budget`` (eagerly, or at run time under jit through a host callback)."""
+    from jface.render.kernels import soft_silhouette_tiles
+
+    valid, ft = _soft_face_tiles(vertices, faces, image_hw=image_hw, tile_size=grid.size, radii=radii)
+    if on_overflow == "raise":
+        if _is_concrete(ft.total):
+            _raise_pairs(ft.total, pair_budget)
+        else:
+            jax.debug.callback(lambda n: _raise_pairs(n, pair_budget), ft.total)
+    fxy = vertices[:, :2][faces]  # (F, 3, 2); its transpose sums the corners into the vertices
+    static = (grid, image_hw, sigma, thr, pair_budget, 16, impl == "interpret", 2)
+    log_transmit = soft_silhouette_tiles(fxy, valid, ft, static)
+    pixels = grid.size * grid.size
+    return grid.untile(-jnp.expm1(log_transmit[:, :pixels]))
+
+
+def _pair_message(total, pair_budget):
+    return (f"soft_rasterize: {int(total)} (face, tile) pairs exceed pair_budget={pair_budget} "
+            "(on_overflow='raise'); pass a larger pair_budget (binning_stats gives the count)")
+
+
+def _raise_pairs(total, pair_budget):
+    if int(total) > pair_budget:
+        raise CapacityError(_pair_message(total, pair_budget))
 
 
 @functools.partial(
