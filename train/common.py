@@ -34,6 +34,7 @@ __all__ = [
     "make_mesh",
     "shard_batch",
     "replicate",
+    "map_items",
     "TrainState",
     "Checkpointer",
     "StopFlag",
@@ -113,6 +114,23 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
                 f"batch[{name!r}]: local batch {value.shape[0]} not divisible by {local} local devices")
         out[name] = jax.make_array_from_process_local_data(sharding, value)
     return out
+
+
+def map_items(fn, mesh: Optional[Mesh], *args):
+    """``jax.vmap(fn)(*args)`` over the leading (batch) axis of every argument and output; on a
+    mesh of several devices, inside ``jax.shard_map`` over ``'data'``, so each device maps its own
+    shard.
+
+    For per-item functions that contain custom calls XLA's SPMD partitioner cannot split — the
+    Pallas kernels of :mod:`jface.render` — which would otherwise be run on the all-gathered global
+    batch by every device (seen on 4 H200s: DECA's coarse step at 0.81 scaling efficiency).
+    Closed-over arrays must be replicated.
+    """
+    batched = jax.vmap(fn)
+    if mesh is None or mesh.size == 1:
+        return batched(*args)
+    spec = PartitionSpec("data")
+    return jax.shard_map(batched, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False)(*args)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

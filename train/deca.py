@@ -393,7 +393,8 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
             ops["mask_face_eye"] = grid_sample(uv_mask[..., None], _stop(ops["grid"]))
             return ops
 
-        ops = jax.vmap(render_item)(geo["verts"], geo["trans_verts"], albedo, light)
+        # per device on a mesh: the renderer's Pallas kernels are custom calls XLA cannot partition
+        ops = common.map_items(render_item, ctx.mesh, geo["verts"], geo["trans_verts"], albedo, light)
         mask = ops["mask_face_eye"] * ops["alpha_images"]
         if stage.name == "coarse":
             predicted = ops["images"] * mask
