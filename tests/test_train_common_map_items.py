@@ -23,23 +23,26 @@ verts = rng.uniform(-1, 1, (4, 30, 3)).astype(np.float32)
 colors = rng.uniform(0, 1, (4, 30, 3)).astype(np.float32)
 hw = (16, 20)
 
-def item(v, c):
-    frags = rasterize(v, faces, hw, impl="interpret")  # a pallas_call inside shard_map
-    return {"image": interpolate(frags, c, faces), "ids": frags.face_index}
+def item(f, v, c):
+    frags = rasterize(v, f, hw, impl="interpret")  # a pallas_call inside shard_map
+    return {"image": interpolate(frags, c, f), "ids": frags.face_index}
 
 sharded = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (verts, colors)]
-got = jax.jit(lambda v, c: common.map_items(item, mesh, v, c))(*sharded)
-ref = jax.vmap(item)(verts, colors)
+faces_r = jax.device_put(faces, NamedSharding(mesh, P()))
+# the faces are a traced argument of the jitted function, passed as `shared`
+got = jax.jit(lambda f, v, c: common.map_items(item, mesh, v, c, shared=(f,)))(faces_r, *sharded)
+ref = jax.vmap(item, in_axes=(None, 0, 0))(faces, verts, colors)
 assert got["image"].sharding.spec[0] == "data", got["image"].sharding
 np.testing.assert_array_equal(np.asarray(got["ids"]), np.asarray(ref["ids"]))
 np.testing.assert_allclose(np.asarray(got["image"]), np.asarray(ref["image"]), atol=1e-6)
 loss = lambda fn: (lambda v, c: jnp.sum(fn(v, c)["image"] ** 2))
-g = jax.jit(jax.grad(loss(lambda v, c: common.map_items(item, mesh, v, c)), argnums=(0, 1)))(*sharded)
-g_ref = jax.grad(loss(jax.vmap(item)), argnums=(0, 1))(verts, colors)
+g = jax.jit(jax.grad(loss(lambda v, c: common.map_items(item, mesh, v, c, shared=(faces_r,))), argnums=(0, 1)))(
+    *sharded)
+g_ref = jax.grad(loss(lambda v, c: jax.vmap(item, in_axes=(None, 0, 0))(faces, v, c)), argnums=(0, 1))(verts, colors)
 for a, b in zip(g, g_ref):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 # one device / no mesh: plain vmap
-one = common.map_items(item, None, verts, colors)
+one = common.map_items(item, None, verts, colors, shared=(faces,))
 np.testing.assert_array_equal(np.asarray(one["ids"]), np.asarray(ref["ids"]))
 print("ok")
 """

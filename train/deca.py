@@ -387,14 +387,14 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
         if uv_mask.ndim == 3:
             uv_mask = uv_mask[..., 0]
 
-        def render_item(verts, trans_verts, alb, lit):
-            ops = render_lib.render(verts, trans_verts, model.faces, model.uv_coords, model.uv_faces,
-                                    alb, lit, image_hw=size)
-            ops["mask_face_eye"] = grid_sample(uv_mask[..., None], _stop(ops["grid"]))
+        def render_item(faces, uv_coords, uv_faces, face_eye, verts, trans_verts, alb, lit):
+            ops = render_lib.render(verts, trans_verts, faces, uv_coords, uv_faces, alb, lit, image_hw=size)
+            ops["mask_face_eye"] = grid_sample(face_eye[..., None], _stop(ops["grid"]))
             return ops
 
         # per device on a mesh: the renderer's Pallas kernels are custom calls XLA cannot partition
-        ops = common.map_items(render_item, ctx.mesh, geo["verts"], geo["trans_verts"], albedo, light)
+        ops = common.map_items(render_item, ctx.mesh, geo["verts"], geo["trans_verts"], albedo, light,
+                               shared=(model.faces, model.uv_coords, model.uv_faces, uv_mask))
         mask = ops["mask_face_eye"] * ops["alpha_images"]
         if stage.name == "coarse":
             predicted = ops["images"] * mask
