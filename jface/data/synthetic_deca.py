@@ -159,6 +159,10 @@ DETAIL_DRIVERS = (
     ((0, 5), 1.0),    # nasolabial folds: smile, mouth stretch, jaw opening
 )
 
+# Groove widths (Gaussian sigma) and the forehead creases' period, in the face-normalised UV
+# coordinates of detail_patterns.
+DETAIL_WIDTHS = {"forehead_period": 0.06, "glabella": 0.02, "crows_feet": 0.02, "nasolabial": 0.05}
+
 
 def _landmark_uv(model, size):
     """``(68, 2)`` (row, col) texel coordinates of the full landmarks in a ``size`` UV image."""
@@ -221,17 +225,17 @@ def detail_patterns(model, uv_size=None) -> np.ndarray:
     brow = float(lm_y[17:27].mean())
     brow_x = float(np.abs(lm_x[17:27]).max())
 
-    forehead = ((0.5 + 0.5 * np.cos(2 * np.pi * (y - brow) / 0.06)) ** 2
+    forehead = ((0.5 + 0.5 * np.cos(2 * np.pi * (y - brow) / DETAIL_WIDTHS["forehead_period"])) ** 2
                 * _smooth_window(y, brow - 0.13, brow - 0.01) * _smooth_window(x, -brow_x, brow_x))
-    glabella = (np.exp(-0.5 * (ax - 0.06) ** 2 / 0.02 ** 2) * _smooth_window(y, brow - 0.06, brow + 0.1))
+    glabella = (np.exp(-0.5 * (ax - 0.06) ** 2 / DETAIL_WIDTHS["glabella"] ** 2) * _smooth_window(y, brow - 0.06, brow + 0.1))
     corner = np.array([0.5 * (abs(lm_x[36]) + abs(lm_x[45])), 0.5 * (lm_y[36] + lm_y[45])])
     crows = np.zeros_like(x)
     for angle in np.radians([-30.0, 0.0, 30.0]):
         d = np.array([np.cos(angle), np.sin(angle)])
-        crows = np.maximum(crows, _segment_groove(ax, y, corner + 0.05 * d, corner + 0.2 * d, 0.02))
+        crows = np.maximum(crows, _segment_groove(ax, y, corner + 0.05 * d, corner + 0.2 * d, DETAIL_WIDTHS["crows_feet"]))
     wing = np.array([0.5 * (abs(lm_x[31]) + abs(lm_x[35])), 0.5 * (lm_y[31] + lm_y[35])])
     mouth = np.array([0.5 * (abs(lm_x[48]) + abs(lm_x[54])), 0.5 * (lm_y[48] + lm_y[54])])
-    naso = _segment_groove(ax, y, wing + [0.03, -0.04], mouth + [0.07, 0.06], 0.05)
+    naso = _segment_groove(ax, y, wing + [0.03, -0.04], mouth + [0.07, 0.06], DETAIL_WIDTHS["nasolabial"])
     return -np.stack([forehead, glabella, crows, naso]).astype(np.float32)
 
 
