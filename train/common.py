@@ -124,9 +124,9 @@ def map_items(fn, mesh: Optional[Mesh], *args, shared=()):
     replicated on the mesh) — pass traced arrays such as the model's faces here rather than
     closing over them (closed-over traced arrays carry the outer mesh's sharding).
 
-    For per-item functions that contain custom calls XLA's SPMD partitioner cannot split — the
-    Pallas kernels of :mod:`jface.render` — which would otherwise be run on the all-gathered global
-    batch by every device (seen on 4 H200s: DECA's coarse step at 0.81 scaling efficiency).
+    For per-item functions that contain custom calls XLA's SPMD partitioner has no rule for — the
+    Pallas kernels of :mod:`jface.render` — whose operands it would otherwise replicate, so that
+    every device would run them on the global batch.
     """
     shared = tuple(shared)
     batched = jax.vmap(fn, in_axes=(None,) * len(shared) + (0,) * len(args))
