@@ -129,9 +129,13 @@ def zbuffer_tiles(params, valid, faces_sorted, tile_start, tile_count, znear, *,
 
 
 def _sil_block(cx, cy, ok, px, py, thr):
-    """Per (pixel, candidate) silhouette geometry, term for term as
-    :func:`jface.render.soft._sil_geometry`: ``cx/cy`` lists of 3 ``(1, C)`` corner arrays,
-    ``ok (1, C)``, ``px/py (P, 1)``. Returns ``(inside, live, dist2, seg, t, dx, dy)`` ``(P, C)``."""
+    """Per (pixel, candidate) silhouette geometry, shared by the kernels and the jnp path
+    (:func:`jface.render.soft._sil_geometry`): ``cx/cy`` lists of 3 corner arrays broadcasting
+    against the pixels ``px/py`` (``(1, C)`` and ``(P, 1)`` in a kernel), ``ok`` like the corners.
+    Returns ``(inside, live, dist2, seg, t, dx, dy)`` of the broadcast shape: the squared distance
+    to the nearest edge ``seg`` (0: corners 0-1, 1: 1-2, 2: 2-0), its clamped parameter ``t`` and
+    ``(dx, dy) = p - a - t e``. Inside is strict (w0, w1, w2 > 0); a zero-length edge measures
+    the distance to its first corner."""
     ex1, ey1 = cx[1] - cx[0], cy[1] - cy[0]
     ex2, ey2 = cx[2] - cx[0], cy[2] - cy[0]
     area = ex1 * ey2 - ey1 * ex2

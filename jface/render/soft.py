@@ -145,45 +145,15 @@ def _sil_geometry(cx, cy, ok, px, py, thr):
 
     Returns ``(inside, live, dist2, seg, t, dx, dy)``: the squared distance to the nearest edge
     ``seg`` (0: corners 0-1, 1: 1-2, 2: 2-0), its clamped parameter ``t`` and the offset
-    ``(dx, dy) = p - a - t e`` from the nearest point.
+    ``(dx, dy) = p - a - t e`` from the nearest point. The formulas are the Pallas kernels' own
+    (:func:`jface.render.kernels._sil_block`, broadcasting ``(T, 1, C)`` corners against
+    ``(T, P, 1)`` pixels), so both paths evaluate the same expressions.
     """
+    from jface.render.kernels import _sil_block
 
-    def corner(a, k):
-        return a[:, None, :, k]  # (T, 1, C)
-
-    # Per-candidate reciprocals (T, C) once, so the per-pixel work has no divisions.
-    ex1, ey1 = cx[..., 1] - cx[..., 0], cy[..., 1] - cy[..., 0]
-    ex2, ey2 = cx[..., 2] - cx[..., 0], cy[..., 2] - cy[..., 0]
-    area = _cross(ex1, ey1, ex2, ey2)
-    inv_area = 1.0 / jnp.where(ok, area, 1.0)
-    x0, x1, x2 = corner(cx, 0), corner(cx, 1), corner(cx, 2)
-    y0, y1, y2 = corner(cy, 0), corner(cy, 1), corner(cy, 2)
-    pxe, pye = px[:, :, None], py[:, :, None]
-    qx, qy = pxe - x0, pye - y0
-    ia = inv_area[:, None, :]
-    w1 = _cross(qx, qy, ex2[:, None, :], ey2[:, None, :]) * ia
-    w2 = _cross(ex1[:, None, :], ey1[:, None, :], qx, qy) * ia
-    inside = (1.0 - w1 - w2 > 0) & (w1 > 0) & (w2 > 0)
-    best = None
-    for k in range(3):
-        a, b = k, (k + 1) % 3
-        sx, sy = cx[..., b] - cx[..., a], cy[..., b] - cy[..., a]  # (T, C)
-        len2 = sx * sx + sy * sy
-        inv_len2 = jnp.where(len2 > 0, 1.0 / jnp.where(len2 > 0, len2, 1.0), 0.0)[:, None, :]
-        sx, sy = sx[:, None, :], sy[:, None, :]
-        ax, ay = corner(cx, a), corner(cy, a)
-        t = jnp.clip(((pxe - ax) * sx + (pye - ay) * sy) * inv_len2, 0.0, 1.0)
-        dx, dy = pxe - ax - t * sx, pye - ay - t * sy
-        d2 = dx * dx + dy * dy
-        if best is None:
-            best = (d2, jnp.zeros(d2.shape, jnp.int32), t, dx, dy)
-        else:
-            take = d2 < best[0]
-            best = (jnp.where(take, d2, best[0]), jnp.where(take, k, best[1]), jnp.where(take, t, best[2]),
-                    jnp.where(take, dx, best[3]), jnp.where(take, dy, best[4]))
-    dist2, seg, t, dx, dy = best
-    live = ok[:, None, :] & (inside | (dist2 < thr))
-    return inside, live, dist2, seg, t, dx, dy
+    corners_x = [cx[:, None, :, k] for k in range(3)]
+    corners_y = [cy[:, None, :, k] for k in range(3)]
+    return _sil_block(corners_x, corners_y, ok[:, None, :], px[:, :, None], py[:, :, None], thr)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
