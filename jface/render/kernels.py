@@ -7,10 +7,10 @@ to the lower face index). Unlike the dense jnp pass (:func:`jface.render.rasteri
 over a static ``capacity`` plus overflow rounds in a ``while_loop``), the loop runs exactly as many
 blocks as the tile holds, so there is no capacity, no overflow round and no host round trip.
 
-The arithmetic is :func:`~jface.render.rasterize._eval_chunk`'s, term for term (w1, w2 relative
-to corner 0, w0 = 1 - w1 - w2, inside = w2 >= 0, w1 >= 0, w0 > 0, z >= znear), so the two paths
-agree except where a compiler's fused multiply-add moves a value across an edge or a depth tie by
-one ulp. Interpret mode (``interpret=True``) runs the same kernel on any backend; the tests use
+The arithmetic is :func:`jface.render.rasterize.plane_depth_key`, the jnp pass's own (w1, w2
+relative to corner 0, w0 = 1 - w1 - w2, inside = w2 >= 0, w1 >= 0, w0 > 0, z >= znear), so the
+two paths agree except where a compiler's fused multiply-add moves a value across an edge or a
+depth tie by one ulp. Interpret mode (``interpret=True``) runs the same kernel on any backend; the tests use
 it on the CPU against the jnp path, and :func:`jface.render.rasterize` uses the compiled kernel
 only on GPUs (``impl="auto"``).
 """
@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jface.render.rasterize import plane_depth_key
 
 __all__ = ["zbuffer_tiles", "soft_silhouette_tiles", "pallas_available"]
 
@@ -90,14 +92,7 @@ def zbuffer_tiles(params, valid, faces_sorted, tile_start, tile_count, znear, *,
             fid = plgpu.load(faces_ref.at[start + k], mask=live, other=0)
             ok = live & (plgpu.load(valid_ref.at[fid], mask=live, other=0) != 0)
             p = [plgpu.load(params_ref.at[fid * 9 + i], mask=live, other=0.0)[None, :] for i in range(9)]
-            dc = col - p[0]
-            dr = row - p[1]
-            w1 = p[2] * dc + p[3] * dr
-            w2 = p[4] * dc + p[5] * dr
-            w0 = 1.0 - w1 - w2
-            z = p[6] + w1 * p[7] + w2 * p[8]
-            inside = ok[None, :] & (w1 >= 0) & (w2 >= 0) & (w0 > 0) & (z >= zn)
-            key = jnp.where(inside, z, jnp.inf)
+            key = plane_depth_key(p, ok[None, :], col, row, zn)
             zmin = jnp.min(key, axis=1)
             fmin = jnp.min(jnp.where(key == zmin[:, None], fid[None, :], _NO_FACE), axis=1)
             # later blocks hold higher face ids: strictly nearer only, so ties keep the lower id

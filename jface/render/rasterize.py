@@ -154,6 +154,24 @@ def _face_planes(vertices, faces, image_hw):
     return params, valid, fc, fr
 
 
+def plane_depth_key(p, ok, col, row, znear):
+    """Depth of each (pixel, face) where the pixel centre is inside the face, inf elsewhere.
+
+    ``p``: the nine plane parameters of :func:`_face_planes` as a list of arrays broadcasting
+    against the pixel ``col``/``row`` (pixel units), ``ok`` the faces' validity. Inside (spec §5.3):
+    w2 >= 0, w1 >= 0, w0 > 0 (strict) and z >= znear. Shared by the jnp pass and the Pallas kernel
+    (:mod:`jface.render.kernels`), so both evaluate the same expressions.
+    """
+    dc = col - p[0]
+    dr = row - p[1]
+    w1 = p[2] * dc + p[3] * dr
+    w2 = p[4] * dc + p[5] * dr
+    w0 = 1.0 - w1 - w2
+    z = p[6] + w1 * p[7] + w2 * p[8]
+    inside = ok & (w1 >= 0) & (w2 >= 0) & (w0 > 0) & (z >= znear)
+    return jnp.where(inside, z, jnp.inf)
+
+
 def _eval_chunk(params, valid, cand, cols, rows, znear):
     """Dense z-test of candidates ``cand (T, C)`` at pixels ``cols/rows (T, P)``.
 
@@ -162,14 +180,8 @@ def _eval_chunk(params, valid, cand, cols, rows, znear):
     safe = jnp.maximum(cand, 0)
     p = params[safe]  # (T, C, 9)
     ok = (cand >= 0) & valid[safe]
-    dc = cols[:, :, None] - p[:, None, :, 0]
-    dr = rows[:, :, None] - p[:, None, :, 1]
-    w1 = p[:, None, :, 2] * dc + p[:, None, :, 3] * dr
-    w2 = p[:, None, :, 4] * dc + p[:, None, :, 5] * dr
-    w0 = 1.0 - w1 - w2
-    z = p[:, None, :, 6] + w1 * p[:, None, :, 7] + w2 * p[:, None, :, 8]
-    inside = ok[:, None, :] & (w1 >= 0) & (w2 >= 0) & (w0 > 0) & (z >= znear)
-    key = jnp.where(inside, z, jnp.inf)
+    key = plane_depth_key([p[:, None, :, i] for i in range(9)], ok[:, None, :], cols[:, :, None],
+                          rows[:, :, None], znear)
     ids = jnp.broadcast_to(jnp.where(cand >= 0, cand, _NO_FACE)[:, None, :], key.shape)
     depth, face = _zmin(key, ids, axis=2)
     face = jnp.where(depth < jnp.inf, face, -1)
