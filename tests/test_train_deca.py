@@ -47,6 +47,18 @@ def test_bad_config_fields_are_named():
         deca.parse_args(["--stage", "everything"])
     with pytest.raises(ValueError, match="preset"):
         deca.parse_args(["--preset", "huge"])
+    with pytest.raises(ValueError, match="stage_lr_scale"):
+        deca.parse_args(["--stage_lr_scale", "1,2"])
+
+
+def test_stage_learning_rates():
+    from train import deca
+
+    _, config = deca.parse_args(["--learning_rate", "0.01", "--stage_lr_scale", "1,0.5,2"])
+    assert [config.stage_learning_rate(s) for s in deca.STAGES] == pytest.approx([0.01, 0.005, 0.02])
+    default = deca.Config.preset("default")
+    assert default.stage_learning_rate("coarse") < default.stage_learning_rate("pretrain")
+    assert deca.Config.preset("paper").stage_learning_rate("detail") == pytest.approx(1e-4)
 
 
 _PER_DEVICE_BN = r'''

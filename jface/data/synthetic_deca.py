@@ -87,6 +87,7 @@ __all__ = [
     "AFLW21_FROM_IBUG68",
     "DETAIL_REGIONS",
     "DETAIL_DRIVERS",
+    "DETAIL_WIDTHS",
     "DecaSynthConfig",
     "detail_patterns",
     "detail_amplitudes",
@@ -180,14 +181,14 @@ def _smooth_window(t, lo, hi):
     return np.sin(np.pi * u) ** 2
 
 
-def _segment_groove(x, y, a, b, width, taper=True):
+def _segment_groove(x, y, a, b, width):
     """exp(-d^2 / 2 width^2) of the distance to segment a -> b, times a sin^2 taper along it."""
     ab = np.asarray(b, np.float64) - np.asarray(a, np.float64)
     length2 = float(ab @ ab)
     t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1]) / length2
     px, py = a[0] + np.clip(t, 0, 1) * ab[0], a[1] + np.clip(t, 0, 1) * ab[1]
     d2 = (x - px) ** 2 + (y - py) ** 2
-    along = np.sin(np.pi * np.clip(t, 0, 1)) ** 2 if taper else 1.0
+    along = np.sin(np.pi * np.clip(t, 0, 1)) ** 2
     return np.exp(-0.5 * d2 / width ** 2) * along
 
 
@@ -227,12 +228,14 @@ def detail_patterns(model, uv_size=None) -> np.ndarray:
 
     forehead = ((0.5 + 0.5 * np.cos(2 * np.pi * (y - brow) / DETAIL_WIDTHS["forehead_period"])) ** 2
                 * _smooth_window(y, brow - 0.13, brow - 0.01) * _smooth_window(x, -brow_x, brow_x))
-    glabella = (np.exp(-0.5 * (ax - 0.06) ** 2 / DETAIL_WIDTHS["glabella"] ** 2) * _smooth_window(y, brow - 0.06, brow + 0.1))
+    glabella = (np.exp(-0.5 * (ax - 0.06) ** 2 / DETAIL_WIDTHS["glabella"] ** 2)
+                * _smooth_window(y, brow - 0.06, brow + 0.1))
     corner = np.array([0.5 * (abs(lm_x[36]) + abs(lm_x[45])), 0.5 * (lm_y[36] + lm_y[45])])
     crows = np.zeros_like(x)
     for angle in np.radians([-30.0, 0.0, 30.0]):
         d = np.array([np.cos(angle), np.sin(angle)])
-        crows = np.maximum(crows, _segment_groove(ax, y, corner + 0.05 * d, corner + 0.2 * d, DETAIL_WIDTHS["crows_feet"]))
+        ray = _segment_groove(ax, y, corner + 0.05 * d, corner + 0.2 * d, DETAIL_WIDTHS["crows_feet"])
+        crows = np.maximum(crows, ray)
     wing = np.array([0.5 * (abs(lm_x[31]) + abs(lm_x[35])), 0.5 * (lm_y[31] + lm_y[35])])
     mouth = np.array([0.5 * (abs(lm_x[48]) + abs(lm_x[54])), 0.5 * (lm_y[48] + lm_y[54])])
     naso = _segment_groove(ax, y, wing + [0.03, -0.04], mouth + [0.07, 0.06], DETAIL_WIDTHS["nasolabial"])
