@@ -406,7 +406,7 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
             ops["mask_face_eye"] = grid_sample(face_eye[..., None], _stop(ops["grid"]))
             return ops
 
-        # per device on a mesh: the renderer's Pallas kernels are custom calls XLA cannot partition
+        # per device on a mesh: the renderer's Pallas kernels are custom calls with no SPMD partitioning rule
         ops = common.map_items(render_item, ctx.mesh, geo["verts"], geo["trans_verts"], albedo, light,
                                shared=(model.faces, model.uv_coords, model.uv_faces, uv_mask))
         mask = ops["mask_face_eye"] * ops["alpha_images"]
