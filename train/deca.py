@@ -456,28 +456,17 @@ def _sh(normals, light):
 
 
 def uv_targets(model, geo, images, face_mask, uv_mask, image_hw):
-    """The detail stage's UV targets (spec §7.5 step 2): the image sampled at every texel's
-    projected position, and uv_vis = GT mask ⊙ self-occlusion (world2uv(transformed normals).z <
-    -0.05) ⊙ the UV face/eye mask."""
-    from jface import render as render_lib
-    from jface.sampling import grid_sample
+    """The detail stage's UV targets (spec §7.5 step 2) through :func:`jface.deca.model.detail_uv_maps`:
+    the image sampled at every texel's projected position, and uv_vis = (GT mask > 0.5) ⊙
+    self-occlusion (world2uv(transformed normals).z < -0.05) ⊙ the UV face/eye mask."""
+    from jface.deca.model import detail_uv_maps
 
-    size = uv_mask.shape
-    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(jnp.float32), model.uv_faces, size)
-    faces = jnp.asarray(model.faces, jnp.int32)
     mask_img = face_mask[..., None]
     if face_mask.shape[1:3] != tuple(image_hw):
         mask_img = jax.image.resize(mask_img, (mask_img.shape[0],) + tuple(image_hw) + (1,), "linear")
-
-    def item(trans_verts, t_normals, image, mask):
-        uv_xyz = render_lib.interpolate(fragments, _stop(trans_verts)[faces])
-        uv_nrm = render_lib.interpolate(fragments, _stop(t_normals)[faces])
-        sampled = grid_sample(jnp.concatenate([image, mask], -1), uv_xyz[..., :2])
-        occlusion = (uv_nrm[..., 2] < -0.05).astype(jnp.float32)
-        return sampled[..., :3], (sampled[..., 3] > 0.5) * occlusion * uv_mask
-
-    uv_gt, uv_vis = jax.vmap(item)(geo["trans_verts"], geo["transformed_normals"], images, mask_img)
-    return uv_gt, uv_vis[..., None]
+    maps = detail_uv_maps(model, _stop(geo["trans_verts"]), images, mask_img, uv_size=tuple(uv_mask.shape),
+                          transformed_normals=_stop(geo["transformed_normals"]), mask_threshold=0.5)
+    return maps["uv_texture_gt"], maps["uv_vis_mask"]
 
 
 def train_step(ctx: StepContext, state: common.TrainState, batch, model):

@@ -251,7 +251,8 @@ def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=N
     return result
 
 
-def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, occlusion_threshold=-0.05):
+def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, occlusion_threshold=-0.05,
+                   transformed_normals=None, mask_threshold=None):
     """The detail stage's UV targets (spec §7.5 step 2), batched and detached.
 
     ``trans_verts (B, V, 3)`` (DECA NDC), ``images (B, H, W, 3)``, ``seg_masks (B, H, W[, 1])`` or
@@ -259,7 +260,9 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
     grid_sample([I, M_seg], P'[..., :2]) (align_corners=False); the self-occlusion mask
     world2uv(normals of trans_verts).z < −0.05; ``uv_vis_mask`` = uv_mask_gt ⊙ self-occlusion ⊙
     uv_face_eye_mask. Returns ``uv_texture_gt (B,S,S,3)``, ``uv_mask_gt``, ``uv_vis_mask``
-    ``(B,S,S,1)``.
+    ``(B,S,S,1)``. ``transformed_normals (B, V, 3)``: the vertex normals of ``trans_verts`` when
+    the caller has them (not recomputed); ``mask_threshold``: binarise uv_mask_gt (> threshold)
+    inside ``uv_vis_mask``.
     """
     from jface import render as render_lib
 
@@ -284,16 +287,19 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
     fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
     faces = jnp.asarray(model.faces, jnp.int32)
 
-    def item(tv, image, seg):
+    if transformed_normals is None:
+        transformed_normals = jax.vmap(vertex_normals, (0, None))(trans_verts, faces)
+
+    def item(tv, tn, image, seg):
         uv_pverts = render_lib.interpolate(fragments, tv[faces])
         sampled = grid_sample(jnp.concatenate([image.astype(dtype), seg], axis=-1), uv_pverts[..., :2])
-        tn = vertex_normals(tv, faces)
         uv_pnorm = render_lib.interpolate(fragments, tn[faces])
         occlusion = (uv_pnorm[..., 2:3] < occlusion_threshold).astype(dtype)
         mask_gt = sampled[..., 3:4]
-        return sampled[..., :3], mask_gt, mask_gt * occlusion * uv_mask[..., None]
+        seen = mask_gt if mask_threshold is None else (mask_gt > mask_threshold).astype(dtype)
+        return sampled[..., :3], mask_gt, seen * occlusion * uv_mask[..., None]
 
-    tex, mask_gt, vis = jax.vmap(item)(trans_verts, images, seg_masks)
+    tex, mask_gt, vis = jax.vmap(item)(trans_verts, jnp.asarray(transformed_normals), images, seg_masks)
     stop = jax.lax.stop_gradient
     return {"uv_texture_gt": stop(tex), "uv_mask_gt": stop(mask_gt), "uv_vis_mask": stop(vis)}
 
