@@ -351,16 +351,20 @@ def soft_rasterize(
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "radii"))
-def _soft_face_tiles(vertices, faces, *, image_hw, tile_size, radii):
-    """Discrete, jitted: face validity and tile ranges within the cut-off radius."""
-    grid = binning.tile_grid(image_hw, tile_size)
+def _faces_in_tiles(vertices, faces, image_hw, grid, radii):
+    """Face validity (finite, non-zero screen area) and tile ranges within the cut-off radius."""
     vertices = lax.stop_gradient(vertices)
     col, row = ndc_to_pixel(vertices[:, :2], image_hw)
     fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
     finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
     valid = finite & _nonzero_area(fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0], fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0])
     return valid, binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
+
+
+@functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "radii"))
+def _soft_face_tiles(vertices, faces, *, image_hw, tile_size, radii):
+    """Discrete, jitted: :func:`_faces_in_tiles` on the soft tile grid."""
+    return _faces_in_tiles(vertices, faces, image_hw, binning.tile_grid(image_hw, tile_size), radii)
 
 
 def _soft_silhouette_pallas(vertices, faces, image_hw, grid, radii, sigma, thr, pair_budget, on_overflow, impl):
@@ -398,14 +402,7 @@ def _raise_pairs(total, pair_budget):
 def _soft_candidates(vertices, faces, *, image_hw, tile_size, radii, capacity, slots, extra, pair_budget):
     """Discrete, jitted: which faces each tile (and each overflow tile) evaluates."""
     grid = binning.tile_grid(image_hw, tile_size)
-    vertices = lax.stop_gradient(vertices)
-    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
-    fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
-    e1c, e1r = fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0]
-    e2c, e2r = fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0]
-    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
-    valid = finite & _nonzero_area(e1c, e1r, e2c, e2r)
-    ft = binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
+    valid, ft = _faces_in_tiles(vertices, faces, image_hw, grid, radii)
     faces_sorted, start, count = binning.window_candidates(ft, grid, jnp.int32(0), pair_budget)
     every = jnp.arange(grid.num_tiles, dtype=jnp.int32)
     cand = binning.tile_candidates(faces_sorted, start, count, every, jnp.zeros_like(every), capacity)
@@ -527,13 +524,7 @@ def binning_stats(vertices, faces, image_hw, *, sigma: float = 1e-4, dist_eps: f
 @functools.partial(jax.jit, static_argnames=("image_hw", "tile_size", "radii", "pair_budget"))
 def _tile_counts(vertices, faces, image_hw, tile_size, radii, pair_budget):
     grid = binning.tile_grid(image_hw, tile_size)
-    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
-    fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
-    e1c, e1r = fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0]
-    e2c, e2r = fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0]
-    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
-    valid = finite & _nonzero_area(e1c, e1r, e2c, e2r)
-    ft = binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
+    _, ft = _faces_in_tiles(vertices, faces, image_hw, grid, radii)
     return binning.window_candidates(ft, grid, jnp.int32(0), pair_budget)[2]
 
 
