@@ -464,6 +464,33 @@ def _float32_model(model):
         lambda x: x.astype(jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model)
 
 
+def chunked_draws(draw_identity, identities, images_per_identity: int, chunk: int):
+    """Group per-identity draws into render chunks (shared by the DECA and STN generators).
+
+    ``draw_identity(identity)`` returns a dict of arrays with ``images_per_identity`` rows. Yields
+    ``(merged, n, pad)`` for consecutive groups of at most ``chunk`` images: ``merged`` the rows
+    concatenated, ``n`` their number and ``pad(a)`` that repeats ``a``'s last row up to ``chunk``
+    rows, so every chunk renders with one compiled shape.
+    """
+    pending: list = []
+
+    def emit(items):
+        merged = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
+        n = len(items)
+        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)]) if n < chunk else a  # noqa: E731
+        return merged, n, pad
+
+    for ident in identities:
+        draws = draw_identity(ident)
+        for i in range(int(images_per_identity)):
+            pending.append({k: v[i:i + 1] for k, v in draws.items()})
+            if len(pending) == chunk:
+                yield emit(pending)
+                pending = []
+    if pending:
+        yield emit(pending)
+
+
 def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
               *, config: Optional[DecaSynthConfig] = None, identity_offset: int = 0) -> Iterator[dict]:
     """Yield chunks (dicts of numpy arrays, see the module docstring) of at most ``config.chunk``
@@ -474,7 +501,6 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
     model32 = _float32_model(model)
     hw = (int(image_size), int(image_size))
     chunk = int(config.chunk)
-    pending: list = []
     patterns = uv_mask = None
     if any(float(d) != 0.0 for d in config.detail_depth_mm):
         if model.uv_face_eye_mask is None:
@@ -484,10 +510,7 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
         uv_mask = uv_mask[..., 0] if uv_mask.ndim == 3 else uv_mask
         patterns = jnp.asarray(detail_patterns(model, uv_mask.shape))
 
-    def flush(items):
-        merged = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
-        n = merged["identity"].shape[0]
-        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)]) if n < chunk else a  # noqa: E731
+    def render(merged, n, pad):
         args = [pad(merged[k]) for k in ("shape", "expression", "pose", "crop", "jitter", "albedo", "light",
                                           "background")]
         amplitude = detail_amplitudes(merged["expression"], merged["pose"][:, 3], merged["detail_static"], config)
@@ -509,15 +532,13 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
             "identity": merged["identity"],
         }
 
-    for ident in range(identity_offset, identity_offset + int(num_identities)):
-        draws = _identity_draws(model32, config, seed, ident, int(images_per_identity), hw)
-        for i in range(int(images_per_identity)):
-            pending.append({k: v[i:i + 1] for k, v in draws.items()})
-            if len(pending) == chunk:
-                yield flush(pending)
-                pending = []
-    if pending:
-        yield flush(pending)
+    identities = range(identity_offset, identity_offset + int(num_identities))
+
+    def draw(ident):
+        return _identity_draws(model32, config, seed, ident, int(images_per_identity), hw)
+
+    for merged, n, pad in chunked_draws(draw, identities, images_per_identity, chunk):
+        yield render(merged, n, pad)
 
 
 def generate_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jface import geometry
-from jface.data.synthetic_deca import random_backgrounds, sample_pose, sample_sh_light
+from jface.data.synthetic_deca import chunked_draws, random_backgrounds, sample_pose, sample_sh_light
 
 __all__ = ["StnSynthConfig", "stn_to_ndc", "iter_stn", "generate_stn"]
 
@@ -185,12 +185,8 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
     base_scale = config.face_width * image_size / span
     chunk = int(config.chunk)
     keys = ("theta", "albedo", "light", "background")
-    pending: list = []
 
-    def flush(items):
-        merged = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
-        n = merged["identity"].shape[0]
-        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)]) if n < chunk else a  # noqa: E731
+    def render(merged, n, pad):
         out = _render_chunk(model32, *[pad(merged[k]) for k in keys], idx21, idx68)
         image, face_mask, lm21, lm68 = (np.asarray(x)[:n] for x in out)
         return {
@@ -205,15 +201,13 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
             "identity": merged["identity"],
         }
 
-    for ident in range(identity_offset, identity_offset + int(num_identities)):
-        draws = _identity_draws(model32, config, seed, ident, int(images_per_identity), int(image_size), base_scale)
-        for i in range(int(images_per_identity)):
-            pending.append({k: v[i:i + 1] for k, v in draws.items()})
-            if len(pending) == chunk:
-                yield flush(pending)
-                pending = []
-    if pending:
-        yield flush(pending)
+    identities = range(identity_offset, identity_offset + int(num_identities))
+
+    def draw(ident):
+        return _identity_draws(model32, config, seed, ident, int(images_per_identity), int(image_size), base_scale)
+
+    for merged, n, pad in chunked_draws(draw, identities, images_per_identity, chunk):
+        yield render(merged, n, pad)
 
 
 def generate_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
