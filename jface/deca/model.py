@@ -251,6 +251,17 @@ def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=N
     return result
 
 
+def _uv_inputs(model, trans_verts, images, caller: str, channels: str):
+    """Checked ``(trans_verts, images, dtype)`` of the functions that sample images into UV space."""
+    trans_verts = jnp.asarray(trans_verts)
+    images = jnp.asarray(images)
+    if model.uv_coords is None or model.uv_faces is None:
+        raise ValueError(f"model: {caller} needs the FLAME UV layout (uv_coords, uv_faces)")
+    if images.ndim != 4 or images.shape[0] != trans_verts.shape[0]:
+        raise ValueError(f"images: expected (B, H, W, {channels}) with B = {trans_verts.shape[0]}, got {images.shape}")
+    return trans_verts, images, jnp.result_type(trans_verts.dtype, images.dtype)
+
+
 def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, occlusion_threshold=-0.05,
                    transformed_normals=None, mask_threshold=None):
     """The detail stage's UV targets (spec §7.5 step 2), batched and detached.
@@ -266,13 +277,7 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
     """
     from jface import render as render_lib
 
-    trans_verts = jnp.asarray(trans_verts)
-    images = jnp.asarray(images)
-    if model.uv_coords is None or model.uv_faces is None:
-        raise ValueError("model: detail_uv_maps needs the FLAME UV layout (uv_coords, uv_faces)")
-    if images.ndim != 4 or images.shape[0] != trans_verts.shape[0]:
-        raise ValueError(f"images: expected (B, H, W, 3) with B = {trans_verts.shape[0]}, got {images.shape}")
-    dtype = jnp.result_type(trans_verts.dtype, images.dtype)
+    trans_verts, images, dtype = _uv_inputs(model, trans_verts, images, "detail_uv_maps", "3")
     if seg_masks is None:
         seg_masks = jnp.ones(images.shape[:3] + (1,), dtype)
     seg_masks = jnp.asarray(seg_masks, dtype)
@@ -314,13 +319,7 @@ def extract_texture(model, trans_verts, images, fill=None, uv_size=256):
     """
     from jface import render as render_lib
 
-    trans_verts = jnp.asarray(trans_verts)
-    images = jnp.asarray(images)
-    if model.uv_coords is None or model.uv_faces is None:
-        raise ValueError("model: extract_texture needs the FLAME UV layout (uv_coords, uv_faces)")
-    if images.ndim != 4 or images.shape[0] != trans_verts.shape[0]:
-        raise ValueError(f"images: expected (B, H, W, C) with B = {trans_verts.shape[0]}, got {images.shape}")
-    dtype = jnp.result_type(trans_verts.dtype, images.dtype)
+    trans_verts, images, dtype = _uv_inputs(model, trans_verts, images, "extract_texture", "C")
     size = (uv_size, uv_size) if isinstance(uv_size, int) else tuple(uv_size)
     mask = jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
     mask = (mask[..., 0] if mask.ndim == 3 else mask)[..., None]
