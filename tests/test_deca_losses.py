@@ -203,6 +203,26 @@ def test_swap_within_identity():
         L.swap_within_identity(codes, jax.random.PRNGKey(1), 2, k)
 
 
+def test_swap_within_identity_identity_layout_is_a_row_permutation_of_concat():
+    """layout="identity": the same 2·B·K rows as DECA's concat order, grouped per identity."""
+    b, k = 3, 4
+    rng = np.random.default_rng(0)
+    codes = {"shape": rng.normal(size=(b * k, 5)), "images": rng.normal(size=(b * k, 2, 3, 3))}
+    cat, order = L.swap_within_identity(codes, jax.random.PRNGKey(7), b, k)
+    grp, order_g = L.swap_within_identity(codes, jax.random.PRNGKey(7), b, k, layout="identity")
+    np.testing.assert_array_equal(order, order_g)
+    order = np.asarray(order)
+    # row 2·K·i + j is original j of identity i; row 2·K·i + K + j its swapped copy
+    rows = np.concatenate([np.concatenate([np.arange(i * k, (i + 1) * k), b * k + np.arange(i * k, (i + 1) * k)])
+                           for i in range(b)])
+    for name in codes:
+        np.testing.assert_array_equal(np.asarray(grp[name]), np.asarray(cat[name])[rows])
+    np.testing.assert_array_equal(np.asarray(grp["shape"])[k:2 * k], codes["shape"][order[:k]])
+    np.testing.assert_array_equal(np.asarray(grp["images"])[k:2 * k], codes["images"][:k])
+    with pytest.raises(ValueError, match="layout"):
+        L.swap_within_identity(codes, jax.random.PRNGKey(7), b, k, layout="interleaved")
+
+
 def test_jit_matches_eager_and_bad_inputs():
     pred = RNG.uniform(-1, 1, (2, 68, 2))
     gt = RNG.uniform(-1, 1, (2, 68, 3))

@@ -372,7 +372,9 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
     extras = {"images": images, "landmarks68": lmk_gt, "face_mask": batch["face_mask"].astype(jnp.float32)}
     if stage.k > 1:
         both = {**codes, **{f"_{k}": v for k, v in extras.items()}}
-        both, _ = L.swap_within_identity(both, key, stage.num_identities, stage.k, swap=swap)
+        # grouped per identity (the same rows as DECA's concat order; every loss is a mean over them),
+        # so on a mesh each device's identities stay on it: no resharding of images or codes
+        both, _ = L.swap_within_identity(both, key, stage.num_identities, stage.k, swap=swap, layout="identity")
         codes = {k: v for k, v in both.items() if not k.startswith("_")}
         extras = {k[1:]: v for k, v in both.items() if k.startswith("_")}
     images, lmk_gt = extras["images"], extras["landmarks68"]

@@ -416,7 +416,7 @@ def detail_photometric_loss(uv_texture, uv_texture_gt, uv_vis_mask):
 # consistency by swapping (spec §7.2)
 
 
-def swap_within_identity(codes, key, num_identities, k, *, swap="shape"):
+def swap_within_identity(codes, key, num_identities, k, *, swap="shape", layout="concat"):
     """DECA's shape / detail consistency batch (spec §7.2).
 
     ``codes``: dict of arrays with a leading axis B·K in identity-major order (codes and, if the
@@ -424,24 +424,48 @@ def swap_within_identity(codes, key, num_identities, k, *, swap="shape"):
     each identity (new_order = concat_i(perm(K) + i·K)); every entry is duplicated to 2·B·K, and
     the second copy of ``codes[swap]`` is permuted: ``swap="shape"`` (coarse stage) or
     ``"detail"`` (detail stage). ``num_identities`` and ``k`` are static.
+
+    ``layout`` orders the 2·B·K rows:
+
+    * ``"concat"`` (DECA's ``torch.cat([x, x_swapped])``): the B·K originals, then the B·K
+      swapped copies;
+    * ``"identity"``: per identity, its K originals then its K swapped copies
+      (row ``2·K·i + j`` is original j of identity i, row ``2·K·i + K + j`` its copy). The same rows
+      in another order, so every sum or mean over the batch is unchanged; but each identity's
+      rows stay together, so on a batch sharded by identities (a multiple of K rows per device)
+      nothing moves between devices — with ``"concat"`` XLA's partitioner reshards every entry
+      (images included) through all-to-alls, all-gathers and collective-permutes.
+
     Returns ``(new_codes, new_order (B·K,) int32)``.
     """
     if swap not in codes:
         raise ValueError(f"swap: {swap!r} is not a key of codes (keys: {sorted(codes)})")
-    n = int(num_identities) * int(k)
+    if layout not in ("concat", "identity"):
+        raise ValueError(f"layout: expected 'concat' or 'identity', got {layout!r}")
+    b, k = int(num_identities), int(k)
+    n = b * k
     for name, value in codes.items():
         if jnp.shape(value)[0] != n:
             raise ValueError(
                 f"codes[{name!r}]: expected leading axis num_identities·k = {n}, got shape {jnp.shape(value)}"
             )
-    keys = jax.random.split(key, int(num_identities))
-    perms = jax.vmap(lambda kk: jax.random.permutation(kk, int(k)))(keys)
-    new_order = (perms + jnp.arange(int(num_identities))[:, None] * int(k)).reshape(-1).astype(jnp.int32)
+    keys = jax.random.split(key, b)
+    perms = jax.vmap(lambda kk: jax.random.permutation(kk, k))(keys)
+    new_order = (perms + jnp.arange(b)[:, None] * k).reshape(-1).astype(jnp.int32)
     out = {}
     for name, value in codes.items():
         value = jnp.asarray(value)
-        second = value[new_order] if name == swap else value
-        out[name] = jnp.concatenate([value, second], axis=0)
+        if layout == "concat":
+            second = value[new_order] if name == swap else value
+            out[name] = jnp.concatenate([value, second], axis=0)
+            continue
+        grouped = value.reshape((b, k) + value.shape[1:])
+        if name == swap:  # a gather batched over identities: local to each identity's device
+            index = perms.reshape((b, k) + (1,) * (value.ndim - 1))
+            second = jnp.take_along_axis(grouped, index, axis=1)
+        else:
+            second = grouped
+        out[name] = jnp.concatenate([grouped, second], axis=1).reshape((2 * n,) + value.shape[1:])
     return out, new_order
 
 
