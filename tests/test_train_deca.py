@@ -96,3 +96,34 @@ def test_per_device_batchnorm_statistics_on_a_two_device_mesh():
     proc = subprocess.run([sys.executable, "-c", _PER_DEVICE_BN], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_encoder_input_size_resizes_before_the_encoders_only():
+    import jax
+    import numpy as np
+    from jface.deca import networks as nets
+    from train import deca
+
+    for bad in ("48", "-32", "16"):
+        with pytest.raises(ValueError, match="encoder_input_size"):
+            deca.parse_args(["--encoder_input_size", bad])
+    with pytest.raises(ValueError, match="input_size"):
+        nets.ResNetEncoder(8, stage_sizes=(1, 1, 1, 1), width=2, hidden=4, input_size=100).init(
+            jax.random.PRNGKey(0), np.zeros((1, 100, 100, 3), np.float32))
+    _, config = deca.parse_args(["--preset", "tiny", "--encoder_input_size", "64"])
+    images = np.random.default_rng(0).uniform(size=(2, 224, 224, 3)).astype(np.float32)
+    small = np.asarray(deca.encoder_images(config, images))
+    assert small.shape == (2, 64, 64, 3)
+    # antialiased: each output pixel is (close to) the mean of its 3.5 x 3.5 input block
+    np.testing.assert_allclose(small.mean(), images.mean(), atol=2e-3)
+    assert small.std() < 0.5 * images.std()
+    assert deca.encoder_images(config.replace(encoder_input_size=0), images) is images
+    assert deca.Config.preset("paper").encoder_size() == 224
+    networks = deca.make_networks(config)
+    variables = deca.init_variables(config, networks, jax.random.PRNGKey(0))
+    mean, std = np.zeros(236, np.float32), np.ones(236, np.float32)
+    ctx = deca.make_context(config, "pretrain", networks, mean, std)
+    codes, _ = deca.predict_codes(ctx, variables["E_flame"], images, train=False)
+    assert codes["shape"].shape == (2, 100) and np.all(np.isfinite(np.asarray(codes["cam"])))
+    with pytest.raises(ValueError, match="images"):  # the encoder itself takes only its input size
+        networks.coarse.apply(variables["E_flame"], images, train=False)

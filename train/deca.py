@@ -67,6 +67,9 @@ class Config:
     encoder: str = "small"
     encoder_width: int = 8
     encoder_hidden: int = 128
+    # square size the encoders (E_coarse, E_detail) see: 0 = the images' own (224, as DECA);
+    # otherwise a multiple of 32 the images are resized to (antialiased) before the encoders only
+    encoder_input_size: int = 0
     compute_dtype: str = "float32"  # "bfloat16" for the convolutional networks
     render_size: int = 224
     # BatchNorm batch statistics in training: "per_device" (each device's own batch, as torch DDP
@@ -126,8 +129,8 @@ class Config:
         if name == "tiny":
             return cls(
                 num_identities=6, images_per_identity=2, eval_identities=2, eval_images_per_identity=2,
-                encoder_width=4, encoder_hidden=32, learning_rate=1e-3, pretrain_steps=3, coarse_steps=2,
-                detail_steps=2, pretrain_batch=(4, 1), coarse_batch=(2, 2), detail_batch=(2, 2),
+                encoder_width=4, encoder_hidden=32, encoder_input_size=64, learning_rate=1e-3, pretrain_steps=3,
+                coarse_steps=2, detail_steps=2, pretrain_batch=(4, 1), coarse_batch=(2, 2), detail_batch=(2, 2),
                 render_size=32, checkpoint_every=2, log_every=1, image_every=0, eval_batch=4,
                 workdir="runs/deca_tiny")
         raise ValueError(f"preset: expected 'default', 'paper' or 'tiny', got {name!r}")
@@ -144,6 +147,14 @@ class Config:
             raise ValueError(f"stage_lr_scale: expected {len(STAGES)} numbers (pretrain, coarse, detail), "
                              f"got {self.stage_lr_scale}")
         return float(self.learning_rate) * float(self.stage_lr_scale[STAGES.index(stage)])
+
+    def encoder_size(self, image_size: int = 224) -> int:
+        """The encoders' square input size: ``encoder_input_size``, or ``image_size`` when it is 0."""
+        size = self.encoder_input_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (size != 0 and (size < 32 or size % 32)):
+            raise ValueError(f"encoder_input_size: expected 0 (the images' own size) or a positive multiple "
+                             f"of 32 (the ResNet's stride), got {size!r}")
+        return int(size) if size else int(image_size)
 
     def batch(self, stage: str) -> tuple:
         ids, k = getattr(self, f"{stage}_batch")
@@ -166,6 +177,7 @@ def parse_args(argv):
         raise ValueError(f"--stage: expected all, pretrain, coarse or detail, got {config.stage!r}")
     for stage in STAGES:
         config.stage_learning_rate(stage)  # raises naming stage_lr_scale when malformed
+    config.encoder_size()  # raises naming encoder_input_size when malformed
     return args, config
 
 
@@ -235,6 +247,7 @@ def make_networks(config: Config, *, identity=None) -> Networks:
         from jface.weights.convert import load_variables
 
         vgg19 = (nets.VGG19Features(dtype=dtype), load_variables(config.vgg19_weights, kind="vgg19"))
+    kwargs["input_size"] = config.encoder_size()
     return Networks(
         coarse=nets.ResNetEncoder(236, dtype=dtype, **kwargs),
         detail=nets.ResNetEncoder(128, dtype=dtype, **kwargs),
@@ -246,7 +259,8 @@ def make_networks(config: Config, *, identity=None) -> Networks:
 
 def init_variables(config: Config, networks: Networks, key):
     k1, k2, k3 = jax.random.split(key, 3)
-    images = jnp.zeros((1, 224, 224, 3), jnp.float32)
+    size = config.encoder_size()
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
     return {
         "E_flame": jax.jit(networks.coarse.init)(k1, images),
         "E_detail": jax.jit(networks.detail.init)(k2, images),
@@ -316,12 +330,23 @@ def apply_train_mode(ctx: StepContext, module, variables, inputs):
         variables, inputs)
 
 
+def encoder_images(config: Config, images):
+    """``images (B, H, W, 3)`` -> the encoders' input: resized (linear, antialiased) to
+    ``config.encoder_input_size`` when that is set and differs from H, W; unchanged otherwise."""
+    size = config.encoder_size(images.shape[1])
+    if images.shape[1:3] == (size, size):
+        return images
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "linear", antialias=True)
+
+
 def predict_codes(ctx: StepContext, variables, images, *, train: bool):
     """E_coarse -> DECA's code dict. The raw output is read through a fixed affine map
     (mean + std * raw) so that the freshly initialised encoder predicts the training-set mean
-    face, pose and camera (the evaluation baseline); the map is a constant of the run."""
+    face, pose and camera (the evaluation baseline); the map is a constant of the run.
+    ``images`` are the full-size images; :func:`encoder_images` resizes them for the encoder."""
     from jface.deca import networks as nets
 
+    images = encoder_images(ctx.config, images)
     if train:
         raw, mutated = apply_train_mode(ctx, ctx.networks.coarse, variables, images)
     else:
@@ -362,7 +387,8 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
     if stage.name == "detail":
         if coarse_training:
             raise AssertionError
-        detail_raw, mutated = apply_train_mode(ctx, ctx.networks.detail, variables["E_detail"], images)
+        detail_raw, mutated = apply_train_mode(ctx, ctx.networks.detail, variables["E_detail"],
+                                               encoder_images(cfg, images))
         updates["E_detail"] = mutated["batch_stats"]
         codes = dict(codes, detail=detail_raw.astype(jnp.float32))
 
@@ -607,7 +633,8 @@ def _uv_errors(ctx, model, params, codes, images, face_mask):
     from jface.deca.model import decode_geometry, detail_outputs
 
     images = images.astype(jnp.float32) / 255.0
-    detail = ctx.networks.detail.apply(params["E_detail"], images, train=False).astype(jnp.float32)
+    detail = ctx.networks.detail.apply(params["E_detail"], encoder_images(ctx.config, images),
+                                       train=False).astype(jnp.float32)
     geo = jax.vmap(decode_geometry, in_axes=(None, 0, 0, 0, 0))(
         model, codes["shape"], codes["exp"], codes["pose"], codes["cam"])
     albedo = jax.vmap(lambda t: appearance.albedo(model, t, truncate=True))(codes["tex"])

@@ -73,13 +73,19 @@ def _compute_dtype(dtype: Dtype | None, x) -> Dtype:
     return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
 
 
+def _check_input_size(size, name: str) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32 or size % 32:
+        raise ValueError(f"{name}: expected a positive multiple of 32 (DECA: 224), got {size!r}")
+
+
 def _check_images(images, name: str, size: int | None = 224) -> None:
     shape = tuple(np.shape(images))
     if len(shape) != 4 or shape[-1] != 3 or (size is not None and shape[1:3] != (size, size)):
         want = f"(B, {size}, {size}, 3)" if size is not None else "(B, H, W, 3)"
         raise ValueError(
             f"{name}: expected NHWC images of shape {want}"
-            + (" (the network ends in AvgPool2d(7) on a 7x7 map, spec deca.md §6.1)" if size else "")
+            + (" (the network ends in AvgPool2d(7) on a 7x7 map, spec deca.md §6.1)" if size == 224
+               else " (the network's input_size)" if size else "")
             + f", got shape {shape}"
         )
 
@@ -231,18 +237,23 @@ class ResNet50(nn.Module):
     any other spatial size raises ``ValueError``. Returns (B, 8 * 4 * width) features (2048 for the
     real network).
 
-    ``width`` and ``stage_sizes`` exist only for small CPU test configurations; converted weights need
-    the defaults. ``caffe_style=True`` gives the VGGFace2 variant (see :class:`VGGFace2ResNet50`).
+    ``width``, ``stage_sizes`` and ``input_size`` exist only for small CPU configurations; converted
+    weights need the defaults. ``input_size`` (a multiple of 32; DECA: 224) is the square input the
+    network accepts; the final map is then ``input_size / 32`` square and is averaged over (for 224
+    exactly DECA's ``AvgPool2d(7)`` on the 7x7 map). ``caffe_style=True`` gives the VGGFace2
+    variant (see :class:`VGGFace2ResNet50`).
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     width: int = 64
     caffe_style: bool = False
     dtype: Dtype | None = None
+    input_size: int = 224
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        _check_images(images, f"{type(self).__name__}: images")
+        _check_input_size(self.input_size, f"{type(self).__name__}: input_size")
+        _check_images(images, f"{type(self).__name__}: images", self.input_size)
         x = jnp.asarray(images)
         x = x.astype(_compute_dtype(self.dtype, x))
         x = _conv(self.width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
@@ -261,8 +272,9 @@ class ResNet50(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
-        if x.shape[1:3] != (7, 7):  # cannot happen for 224 input; guards edits of the layout
-            raise ValueError(f"{type(self).__name__}: expected a 7x7 final map, got {x.shape[1:3]}")
+        final = self.input_size // 32
+        if x.shape[1:3] != (final, final):  # cannot happen; guards edits of the layout
+            raise ValueError(f"{type(self).__name__}: expected a {final}x{final} final map, got {x.shape[1:3]}")
         return jnp.mean(x, axis=(1, 2))
 
 
@@ -285,7 +297,8 @@ class ResNetEncoder(nn.Module):
     No output activation. E_coarse (``E_flame``): ``outsize=236``; E_detail: ``outsize=128``.
     Torch names: ``encoder.*``, ``layers.0``, ``layers.2``.
 
-    Call: ``images`` (B, 224, 224, 3) RGB in [0, 1], NHWC, no mean/std normalisation -> (B, outsize).
+    Call: ``images`` (B, 224, 224, 3) RGB in [0, 1], NHWC, no mean/std normalisation -> (B, outsize);
+    (B, input_size, input_size, 3) for a small CPU configuration (see :class:`ResNet50`).
     """
 
     outsize: int
@@ -293,10 +306,12 @@ class ResNetEncoder(nn.Module):
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     width: int = 64
     dtype: Dtype | None = None
+    input_size: int = 224
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        features = ResNet50(self.stage_sizes, self.width, dtype=self.dtype, name="encoder")(images, train)
+        features = ResNet50(self.stage_sizes, self.width, dtype=self.dtype, input_size=self.input_size,
+                            name="encoder")(images, train)
         dense = lambda n, name: nn.Dense(  # noqa: E731
             n, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_torch_default_init, name=name
         )
