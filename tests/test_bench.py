@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def test_scaling_bench_four_cpu_devices(tmp_path):
         assert jax.device_count() == 4, jax.devices()
         from jface.bench import scaling
         raise SystemExit(scaling.main(["--size", "small", "--repeats", "1", "--only", "stn",
-                                       "--json", {str(out)!r}]))
+                                       "--launch", "thread", "--json", {str(out)!r}]))
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_blocked_env(tmp_path, 4),
                           capture_output=True, text=True, timeout=600)
@@ -93,6 +94,47 @@ def test_scaling_bench_four_cpu_devices(tmp_path):
     assert [r["global_batch"] for r in rows] == [4, 8, 16]
     assert all(_positive(r["img_per_s"]) and _positive(r["efficiency"]) for r in rows)
     assert rows[0]["efficiency"] == 1.0
+
+
+@pytest.mark.slow
+def test_scaling_bench_one_process_per_device(tmp_path):
+    """--launch process: N jax.distributed peers on localhost (gloo on CPU), one device each; the
+    rows come from rank 0, the global batch spans the processes, both timings are reported."""
+    out = tmp_path / "scaling.json"
+    env = _blocked_env(tmp_path)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jface.bench", "scaling", "--size", "small", "--repeats", "1", "--only", "stn",
+         "--num-devices", "2", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["launch"] == "process" and result["counts"] == [1, 2]
+    rows = result["stn"]
+    assert [(r["devices"], r["processes"], r["global_batch"]) for r in rows] == [(1, 1, 4), (2, 2, 8)]
+    for r in rows:
+        assert _positive(r["step_s"]) and _positive(r["pipelined_step_s"]) and len(r["pipelined_windows_s"]) == 3
+        assert r["img_per_s"] == pytest.approx(r["global_batch"] / r["pipelined_step_s"])
+        assert r["img_per_s_blocking"] == pytest.approx(r["global_batch"] / r["step_s"])
+    assert rows[0]["efficiency"] == 1.0
+    assert rows[1]["efficiency"] == pytest.approx(rows[1]["img_per_s"] / (2 * rows[0]["img_per_s"]))
+    assert "N=2 (2 process(es))" in proc.stdout
+
+
+def test_process_rows_slices_this_process_rows(monkeypatch):
+    import jax
+
+    from jface.bench.deca import process_rows
+
+    batch = {"images": np.arange(8), "labels": np.arange(8) * 10}
+    assert process_rows(batch) is batch  # one process: everything
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    monkeypatch.setattr(jax, "process_index", lambda: 2)
+    rows = process_rows(batch)
+    np.testing.assert_array_equal(rows["images"], [4, 5])
+    np.testing.assert_array_equal(rows["labels"], [40, 50])
+    with pytest.raises(ValueError, match=r"batch\['images'\]: 6 rows not divisible by 4 processes"):
+        process_rows({"images": np.arange(6)})
 
 
 def test_device_counts_and_all_summary():

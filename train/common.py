@@ -55,12 +55,14 @@ def _on_cloud_tpu_vm() -> bool:
 
 
 def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
+                           process_id: Optional[int] = None, local_device_ids=None) -> None:
     """Start multi-process JAX when asked.
 
     With ``coordinator`` ("host:port"), ``num_processes`` and ``process_id`` given, call
     ``jax.distributed.initialize`` with them (CPU processes use gloo collectives). On a Cloud TPU
     VM with none given, call it without arguments (it discovers the pod). Otherwise: one process.
+    ``local_device_ids`` (GPUs: the devices of this host this process drives, e.g. ``[rank]`` for
+    one process per GPU) is passed through; None lets each process use every visible device.
     """
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
@@ -69,7 +71,7 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
         if num_processes > 1:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, local_device_ids=local_device_ids)
     elif _on_cloud_tpu_vm():
         jax.distributed.initialize()
 

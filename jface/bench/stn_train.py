@@ -80,7 +80,9 @@ def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "defaul
     state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
         step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
         rng=np.asarray(key))), mesh)
-    data = common.shard_batch({"images": images, "labels": labels}, mesh)
+    from jface.bench.deca import process_rows
+
+    data = common.shard_batch(process_rows({"images": images, "labels": labels}), mesh)
     parts = {"image": image, "localiser": localiser, "key": key, "dummy": dummy, "images": images,
              "model": model3d, "rng": rng}
     return stn.make_train_step(ctx, mesh), state, (data,), parts
