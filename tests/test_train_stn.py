@@ -209,6 +209,19 @@ def test_config_overrides_and_errors():
         stn.parse_args(["--preset", "huge"])
 
 
+def test_local_device_ids_flag():
+    from train import common, deca, stn
+
+    args, _ = stn.parse_args(["--local_device_ids", "2"])
+    assert args.local_device_ids == [2]
+    args, _ = deca.parse_args(["--local_device_ids", "0,3"])
+    assert args.local_device_ids == [0, 3]
+    assert stn.parse_args([])[0].local_device_ids is None
+    for bad in ("a", "1,1", "-1", "0,,1"):
+        with pytest.raises(ValueError, match="--local_device_ids: expected distinct non-negative integers"):
+            common.parse_device_ids(bad)
+
+
 def test_paper_optimizer_is_matconvnet_sgd():
     """v = 0.9 v - (wd_p w + g); w += lr_p v, with lr x4/x8 and wd 0 on the theta bias (spec §5-§6)."""
     import jax.numpy as jnp

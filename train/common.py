@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "initialize_distributed",
+    "parse_device_ids",
     "make_mesh",
     "shard_batch",
     "replicate",
@@ -74,6 +75,20 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
                                    process_id=process_id, local_device_ids=local_device_ids)
     elif _on_cloud_tpu_vm():
         jax.distributed.initialize()
+
+
+def parse_device_ids(text: Optional[str]) -> Optional[list]:
+    """``--local_device_ids``: ``"0,1"`` -> ``[0, 1]``; None or empty -> None (every visible device)."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        ids = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        ids = None
+    if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"--local_device_ids: expected distinct non-negative integers separated by commas "
+                         f"(e.g. 0 or 0,1), got {text!r}")
+    return ids
 
 
 def barrier(name: str, timeout_s: float = 1800.0) -> None:

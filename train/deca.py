@@ -171,7 +171,11 @@ def parse_args(argv):
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--local_device_ids", default=None, metavar="IDS",
+                        help="this host's devices this process drives, comma-separated (one process per "
+                             "GPU: its local rank); default: every visible device")
     args, rest = parser.parse_known_args(argv)
+    args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     config = common.apply_overrides(Config.preset(args.preset), common.override_pairs(args.set, rest))
     if config.stage not in ("all",) + STAGES:
         raise ValueError(f"--stage: expected all, pretrain, coarse or detail, got {config.stage!r}")
@@ -803,7 +807,8 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"train.deca: {exc}", file=sys.stderr)
         return 2
-    common.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    common.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                  local_device_ids=args.local_device_ids)
     try:
         if args.eval:
             saved = Path(args.eval) / "metrics.json"

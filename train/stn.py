@@ -143,7 +143,11 @@ def parse_args(argv):
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--local_device_ids", default=None, metavar="IDS",
+                        help="this host's devices this process drives, comma-separated (one process per "
+                             "GPU: its local rank); default: every visible device")
     args, rest = parser.parse_known_args(argv)
+    args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     pairs = common.override_pairs(args.set, rest)
     config = apply_overrides(Config.preset(args.preset), pairs)
     return args, config
@@ -595,7 +599,8 @@ def evaluate(config: Config, checkpoint: str) -> dict:
 
 def main(argv=None) -> int:
     args, config = parse_args(sys.argv[1:] if argv is None else argv)
-    common.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    common.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                  local_device_ids=args.local_device_ids)
     _log(f"jax {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
          f"({jax.devices()[0].platform})")
     try:
