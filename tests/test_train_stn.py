@@ -222,6 +222,23 @@ def test_local_device_ids_flag():
             common.parse_device_ids(bad)
 
 
+def test_one_step_late_hands_over_previous_metrics():
+    import jax.numpy as jnp
+
+    from train import common
+
+    seen = []
+    late = common.OneStepLate(lambda i, m: seen.append((i, m)))
+    late.settle()  # nothing pending: nothing handed over
+    late.push(0, {"loss": jnp.float32(1.5)})
+    assert seen == []  # step 0's metrics wait until step 1 is dispatched
+    late.push(1, {"loss": jnp.float32(2.5)})
+    assert seen == [(0, {"loss": 1.5})] and isinstance(seen[0][1]["loss"], float)
+    late.settle()
+    late.settle()
+    assert seen == [(0, {"loss": 1.5}), (1, {"loss": 2.5})]
+
+
 def test_paper_optimizer_is_matconvnet_sgd():
     """v = 0.9 v - (wd_p w + g); w += lr_p v, with lr x4/x8 and wd 0 on the theta bias (spec §5-§6)."""
     import jax.numpy as jnp

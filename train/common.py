@@ -22,7 +22,7 @@ import signal
 import struct as _struct
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.struct
 import jax
@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "initialize_distributed",
+    "OneStepLate",
     "parse_device_ids",
     "make_mesh",
     "shard_batch",
@@ -289,6 +290,30 @@ def check_finite(metrics: Mapping[str, Any], step: int, last_checkpoint: Optiona
         raise NonFiniteLossError(
             f"non-finite training metrics at step {step}: {bad}; stopping without saving this "
             f"state ({where}). Lower the learning rate or check the data, then resume.")
+
+
+class OneStepLate:
+    """Reads a train step's metrics one step late, so the host never waits for the step it has just
+    dispatched: ``push(i, metrics)`` right after dispatching step i hands step i-1's metrics (now
+    fetched, as floats) to ``handle(index, metrics)``, while step i runs; ``settle()`` hands over
+    the pending ones now — call it before saving a state (so a saved state's own metrics were
+    checked), before anything that reads the state, and after the loop.
+    """
+
+    def __init__(self, handle: Callable[[int, dict], None]):
+        self._handle = handle
+        self._pending = None
+
+    def push(self, index: int, device_metrics) -> None:
+        self.settle()
+        self._pending = (index, device_metrics)
+
+    def settle(self) -> None:
+        if self._pending is None:
+            return
+        index, device_metrics = self._pending
+        self._pending = None
+        self._handle(index, {k: float(v) for k, v in jax.device_get(device_metrics).items()})
 
 
 # --- logging -------------------------------------------------------------------------------------

@@ -732,29 +732,36 @@ def run_stage(config: Config, stage_name: str, mesh, networks, model, data, vari
     writer = common.MetricWriter(workdir / "tensorboard")
     stop = common.StopFlag()
     bar = common.progress(steps, initial=step, desc=stage_name)
+
+    def on_metrics(index, metrics):  # one step late (common.OneStepLate), as in train.stn
+        common.check_finite(metrics, index, last_saved, ckpt.directory)
+        bar.update(1)
+        if (index + 1) % config.log_every == 0 or index + 1 == steps:
+            writer.scalars(index + 1, metrics, prefix=stage_name)
+            bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+
+    late = common.OneStepLate(on_metrics)
     try:
         while step < steps:
             if stop.should_stop():
+                late.settle()
                 if step != last_saved:  # the periodic save may have just written this step
                     ckpt.save(step, state, loader.get_state())
                 bar.close()
                 _log(f"signal {stop.signum}: checkpoint saved at {stage_name} step {step}; exiting")
                 raise SystemExit(TERMINATED_EXIT_CODE)
             batch = next(loader)
-            new_state, metrics = step_fn(state, common.shard_batch(batch, mesh), model_on_mesh)
+            new_state, device_metrics = step_fn(state, common.shard_batch(batch, mesh), model_on_mesh)
             if first_step:  # processes compile at different speeds; meet before the next collective
                 common.barrier(f"{stage_name}_compiled")
                 first_step = False
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            common.check_finite(metrics, step, last_saved, ckpt.directory)
+            late.push(step, device_metrics)  # reads the previous step's metrics while this one runs
             state, step = new_state, step + 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == steps:
-                writer.scalars(step, metrics, prefix=stage_name)
-                bar.set_postfix(loss=f"{metrics['loss']:.4g}")
             if step % config.checkpoint_every == 0 or step == steps:
+                late.settle()  # a state is saved only after its own metrics were found finite
                 ckpt.save(step, state, loader.get_state())
                 last_saved = step
+        late.settle()
         bar.close()
     finally:
         stop.restore_handlers()

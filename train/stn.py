@@ -489,19 +489,12 @@ def train(config: Config) -> dict:
     step = int(jax.device_get(state.step))
     bar = common.progress(config.steps, initial=step, desc="stn")
     t_start, steps_done = time.time(), 0
-    # Metrics are read one step late: step i+1 is dispatched before the host waits for step i's
-    # metrics, so argument handling and kernel launches overlap the devices' work (the pipelined
-    # timing of `python -m jface.bench scaling`). A state is saved only after its own metrics were
-    # read and found finite; a non-finite step stops the run before anything after it is saved.
-    pending = None  # (index of the step, its metrics on the devices)
+    # Metrics are read one step late (common.OneStepLate): step i+1 is dispatched before the host
+    # waits for step i's metrics, so argument handling and kernel launches overlap the devices'
+    # work (the pipelined timing of `python -m jface.bench scaling`). A state is saved only after
+    # its own metrics were read and found finite.
 
-    def settle():
-        nonlocal pending
-        if pending is None:
-            return
-        index, device_metrics = pending
-        pending = None
-        metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    def on_metrics(index, metrics):
         common.check_finite(metrics, index, last_saved, ckpt.directory)
         bar.update(1)
         done = index + 1
@@ -510,10 +503,11 @@ def train(config: Config) -> dict:
             writer.scalars(done, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4g}", lmk_px=f"{metrics['landmark_px']:.2f}")
 
+    late = common.OneStepLate(on_metrics)
     try:
         while step < config.steps:
             if stop.should_stop():
-                settle()
+                late.settle()
                 if step != last_saved:  # the periodic save may have just written this step
                     ckpt.save(step, state, loader.get_state())
                 bar.close()
@@ -525,20 +519,19 @@ def train(config: Config) -> dict:
                 compiled = step_fn.lower(state, global_batch).compile()
                 common.barrier("compiled")
             new_state, device_metrics = compiled(state, global_batch)
-            settle()  # the previous step's metrics, while this one runs
-            pending = (step, device_metrics)
+            late.push(step, device_metrics)  # reads the previous step's metrics while this one runs
             state, step, steps_done = new_state, step + 1, steps_done + 1
             if config.image_every and step % config.image_every == 0 and common.is_main_process():
-                settle()
+                late.settle()
                 _sample_textures(ctx, jax.device_get(state.params), batch,
                                  workdir / "textures" / f"step_{step:07d}.png")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                settle()
+                late.settle()
                 ckpt.save(step, state, loader.get_state())
                 last_saved = step
             if config.step_delay:
                 time.sleep(config.step_delay)
-        settle()
+        late.settle()
         bar.close()
     finally:
         stop.restore_handlers()
