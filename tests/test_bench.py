@@ -137,6 +137,68 @@ def test_process_rows_slices_this_process_rows(monkeypatch):
         process_rows({"images": np.arange(6)})
 
 
+def _write_trace(path, events):
+    import gzip
+
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7, "args": {"name": "py_xla_execute/0"}}]
+    with gzip.open(path, "wt") as handle:
+        json.dump({"traceEvents": meta + events}, handle)
+
+
+def test_trace_summary_per_step_busy_idle_gaps_and_launches(tmp_path, capsys):
+    from jface.bench import trace
+
+    x = lambda pid, tid, name, ts, dur: {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}  # noqa: E731
+    events = [  # two "steps" on GPU 0 (µs): kernels a, b (b overlaps a on another stream), a gap, then c
+        x(1, 10, "a", 0, 1000), x(1, 11, "b", 500, 1000), x(1, 10, "c", 4500, 500),
+        x(1, 10, "a", 6000, 1000),
+        x(2, 7, "[0] GpuExecutable::ExecuteThunks", 0, 3000), x(2, 7, "[0] GpuExecutable::ExecuteThunks", 5000, 1000),
+    ]
+    folder = tmp_path / "prof" / "plugins" / "profile" / "run1"
+    folder.mkdir(parents=True)
+    _write_trace(folder / "perfetto_trace.json.gz", events)
+    assert trace.main([str(tmp_path / "prof"), "--steps", "2", "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    gpu = summary["devices"]["/device:GPU:0"]
+    assert gpu["busy_ms"] == pytest.approx((1.5 + 0.5 + 1.0) / 2)  # overlap of a and b counted once
+    assert gpu["span_ms"] == pytest.approx(7.0 / 2) and gpu["idle_ms"] == pytest.approx(4.0 / 2)
+    assert gpu["largest_gaps"][0]["ms"] == pytest.approx(3.0) and gpu["largest_gaps"][0]["after"] == "b"
+    assert gpu["largest_gaps"][0]["before"] == "c" and gpu["kernels"] == 2
+    assert gpu["top_kernels"][0] == {"name": "a", "ms": pytest.approx(1.0)}
+    host = summary["host"]["/host:CPU py_xla_execute/0"]
+    assert host["launch_ms"] == pytest.approx(2.0) and host["wait_ms"] == 0
+    assert "busy 1.50 ms" in capsys.readouterr().out
+
+
+def test_profile_calls_writes_a_trace_the_summary_reads(tmp_path, capsys):
+    import jax
+    import jax.numpy as jnp
+
+    from jface.bench import trace
+    from jface.bench.deca import profile_calls
+
+    fn = jax.jit(lambda x: jnp.sin(x) @ x)
+    profile_calls(fn, (jnp.ones((64, 64)),), tmp_path / "prof", calls=2)
+    assert trace.main([str(tmp_path / "prof"), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "perfetto_trace.json.gz" in out and "per step (trace of 2 steps)" in out
+
+
+def test_trace_summary_bad_inputs(tmp_path, capsys):
+    from jface.bench import trace
+
+    assert trace.main([str(tmp_path / "missing")]) == 2
+    assert "neither a trace file nor a folder" in capsys.readouterr().err
+    assert trace.main([str(tmp_path)]) == 2
+    assert "no perfetto_trace.json.gz under" in capsys.readouterr().err
+    bad = tmp_path / "perfetto_trace.json.gz"
+    bad.write_bytes(b"not gzip")
+    assert trace.main([str(bad)]) == 2
+    assert "is not a (gzipped) Chrome/Perfetto trace JSON" in capsys.readouterr().err
+
+
 def test_device_counts_and_all_summary():
     from jface.bench import all as bench_all
     from jface.bench.scaling import device_counts

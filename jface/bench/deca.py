@@ -102,9 +102,10 @@ def process_rows(batch: dict) -> dict:
 
 
 def profile_steps(step, state, args, directory, steps: int = 3):
-    """Write a ``jax.profiler`` trace of ``steps`` calls into ``directory``; returns the state."""
+    """Write a ``jax.profiler`` trace of ``steps`` calls into ``directory`` (with a Perfetto JSON
+    that ``python -m jface.bench trace DIR`` summarises); returns the state."""
     jax.block_until_ready(state)
-    jax.profiler.start_trace(str(directory))
+    jax.profiler.start_trace(str(directory), create_perfetto_trace=True)
     try:
         for i in range(steps):
             with jax.profiler.StepTraceAnnotation("step", step_num=i):
@@ -119,7 +120,7 @@ def profile_steps(step, state, args, directory, steps: int = 3):
 def profile_calls(fn, args, directory, calls: int = 3) -> None:
     """Write a ``jax.profiler`` trace of ``calls`` calls of a stateless ``fn(*args)``."""
     jax.block_until_ready(fn(*args))
-    jax.profiler.start_trace(str(directory))
+    jax.profiler.start_trace(str(directory), create_perfetto_trace=True)
     try:
         for i in range(calls):
             with jax.profiler.StepTraceAnnotation("call", step_num=i):
