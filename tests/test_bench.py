@@ -121,6 +121,19 @@ def test_scaling_bench_one_process_per_device(tmp_path):
     assert "N=2 (2 process(es))" in proc.stdout
 
 
+def test_scaling_process_launch_reports_a_failed_worker(tmp_path):
+    """A worker that fails (an odd STN batch) makes the launcher exit 1 with one message naming the
+    benchmark, the process count and the exit codes."""
+    env = _blocked_env(tmp_path)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jface.bench", "scaling", "--size", "small", "--repeats", "1", "--only", "stn",
+         "--num-devices", "1", "--stn-batch", "3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "jface.bench scaling: stn with 1 processes: worker exit codes [1]" in proc.stderr
+    assert "batch: expected an even number" in proc.stderr  # rank 0's own error is shown
+
+
 def test_process_rows_slices_this_process_rows(monkeypatch):
     import jax
 

@@ -174,22 +174,35 @@ def run_processes(argv_common: list, which, counts: list, timeout_s: float = 900
             rows = []
             for n in counts:
                 port, out = _free_port(), os.path.join(tmp, f"{name}_{n}.json")
-                procs = []
+                procs, logs = [], []
                 for rank in range(n):
                     cmd = [sys.executable, "-u", "-m", "jface.bench", "scaling", *argv_common, "--only", name,
                            "--worker", f"{n},{rank},{port}"]
                     if rank == 0:
                         cmd += ["--json", out]
-                    procs.append(subprocess.Popen(cmd, stdout=None if rank == 0 else subprocess.DEVNULL,
-                                                  stderr=None if rank == 0 else subprocess.DEVNULL))
+                    # rank 0 prints here; the others' output goes to a log shown if they fail
+                    logs.append(None if rank == 0 else open(os.path.join(tmp, f"{name}_{n}_rank{rank}.log"), "w+"))
+                    procs.append(subprocess.Popen(cmd, stdout=logs[-1], stderr=subprocess.STDOUT if rank else None))
                 try:
                     codes = [p.wait(timeout=timeout_s) for p in procs]
                 except subprocess.TimeoutExpired:
                     for p in procs:
                         p.kill()
-                    raise RuntimeError(f"scaling: {name} with {n} processes did not finish in {timeout_s:.0f}s")
+                    codes = None
+                tails = []
+                for rank, handle in enumerate(logs):
+                    if handle is not None:
+                        handle.seek(0)
+                        text = handle.read()
+                        handle.close()
+                        if codes is None or codes[rank]:
+                            tails.append(f"--- rank {rank} (last lines) ---\n" + "\n".join(text.splitlines()[-15:]))
+                if codes is None:
+                    raise RuntimeError(f"scaling: {name} with {n} processes did not finish in {timeout_s:.0f}s\n"
+                                       + "\n".join(tails))
                 if any(codes):
-                    raise RuntimeError(f"scaling: {name} with {n} processes: worker exit codes {codes}")
+                    raise RuntimeError(f"scaling: {name} with {n} processes: worker exit codes {codes}\n"
+                                       + "\n".join(tails))
                 with open(out) as handle:
                     worker = json.load(handle)
                 rows.append(worker[name][0])
@@ -273,8 +286,12 @@ def main(argv=None) -> int:
                             ("--cache", args.cache), ("--profile", args.profile)):
             if value is not None:
                 passed += [flag, str(value)]
-        result = run_processes(passed, which, device_counts(total, args.max_devices),
-                               on_result=lambda r: write_json(args.json, r))
+        try:
+            result = run_processes(passed, which, device_counts(total, args.max_devices),
+                                   on_result=lambda r: write_json(args.json, r))
+        except RuntimeError as exc:  # a worker failed or hung: its message, no traceback of ours
+            print(f"jface.bench {exc}", file=sys.stderr)
+            return 1
     else:
         result = run(args.size, args.dtype, args.stn_batch, args.deca_ids, args.repeats, args.model,
                      args.max_devices, which, args.profile, on_result=lambda r: write_json(args.json, r))
