@@ -355,7 +355,8 @@ def predict_codes(ctx: StepContext, variables, images, *, train: bool):
     """E_coarse -> DECA's code dict. The raw output is read through a fixed affine map
     (mean + std * raw) so that the freshly initialised encoder predicts the training-set mean
     face, pose and camera (the evaluation baseline); the map is a constant of the run.
-    ``images`` are the full-size images; :func:`encoder_images` resizes them for the encoder."""
+    ``images``: full-size images (resized here by :func:`encoder_images`) or already the
+    encoder's size (left as they are)."""
     from jface.deca import networks as nets
 
     images = encoder_images(ctx.config, images)
@@ -391,7 +392,8 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
     updates = {}
     metrics = {}
     coarse_training = stage.name in ("pretrain", "coarse")
-    codes, mutated = predict_codes(ctx, variables["E_flame"], images, train=coarse_training)
+    encoder_in = encoder_images(cfg, images)  # once for E_coarse and E_detail
+    codes, mutated = predict_codes(ctx, variables["E_flame"], encoder_in, train=coarse_training)
     if coarse_training:
         updates["E_flame"] = mutated["batch_stats"]
     else:
@@ -399,8 +401,7 @@ def loss_fn(ctx: StepContext, model, trainable, frozen, batch, key):
     if stage.name == "detail":
         if coarse_training:
             raise AssertionError
-        detail_raw, mutated = apply_train_mode(ctx, ctx.networks.detail, variables["E_detail"],
-                                               encoder_images(cfg, images))
+        detail_raw, mutated = apply_train_mode(ctx, ctx.networks.detail, variables["E_detail"], encoder_in)
         updates["E_detail"] = mutated["batch_stats"]
         codes = dict(codes, detail=detail_raw.astype(jnp.float32))
 

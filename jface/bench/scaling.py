@@ -62,10 +62,21 @@ def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "defaul
     return step, state, args
 
 
+def _deca_k(size: str) -> int:
+    """Images per identity of the DECA step (full: DECA's 4)."""
+    return 4 if size == "full" else 2
+
+
 def _per_device(name: str, size: str, stn_batch: int | None, deca_ids: int | None):
     if name == "stn":
         return stn_batch or (64 if size == "full" else 4)
-    return (deca_ids or (8 if size == "full" else 1)) * (4 if size == "full" else 2)
+    return (deca_ids or (8 if size == "full" else 1)) * _deca_k(size)
+
+
+def _header(size: str, dtype: str, repeats: int, stn_batch: int | None, deca_ids: int | None) -> dict:
+    return {"size": size, "dtype": dtype, "repeats": repeats,
+            "stn_batch_per_device": _per_device("stn", size, stn_batch, deca_ids),
+            "deca_batch_per_device": _per_device("deca", size, stn_batch, deca_ids)}
 
 
 def measure(name: str, devices, *, size: str = "full", dtype: str = "bfloat16", stn_batch: int | None = None,
@@ -83,7 +94,7 @@ def measure(name: str, devices, *, size: str = "full", dtype: str = "bfloat16", 
     if name == "stn":
         step, state, args = build_stn_step(size, dtype, mesh, per_device * n)
     else:
-        k = 4 if size == "full" else 2
+        k = _deca_k(size)
         step, state, args = build_deca_step(size, dtype, mesh, per_device // k * n, k, model=flame,
                                             identity=size == "full")
     step, state, compile_s, step_s, _ = time_step(step, state, args, repeats=repeats)
@@ -130,10 +141,8 @@ def run(size: str = "full", dtype: str = "bfloat16", stn_batch: int | None = Non
 
     devices = jax.devices()
     counts = device_counts(len(devices), max_devices)
-    result = {"bench": "scaling", "launch": "thread", "size": size, "dtype": dtype, "counts": counts,
-              "stn_batch_per_device": _per_device("stn", size, stn_batch, deca_ids),
-              "deca_batch_per_device": _per_device("deca", size, stn_batch, deca_ids),
-              "repeats": repeats, **device_info(devices)}
+    result = {"bench": "scaling", "launch": "thread", "counts": counts,
+              **_header(size, dtype, repeats, stn_batch, deca_ids), **device_info(devices)}
     flame = load_flame(model) if "deca" in which else None
     for name in which:
         rows = []
@@ -232,9 +241,7 @@ def _worker(args, which) -> dict:
     row = measure(name, jax.devices(), size=args.size, dtype=args.dtype, stn_batch=args.stn_batch,
                   deca_ids=args.deca_ids, repeats=args.repeats, flame=flame,
                   profile=f"{args.profile}/rank{rank}" if args.profile else None)
-    return {"size": args.size, "dtype": args.dtype, "repeats": args.repeats,
-            "stn_batch_per_device": _per_device("stn", args.size, args.stn_batch, args.deca_ids),
-            "deca_batch_per_device": _per_device("deca", args.size, args.stn_batch, args.deca_ids),
+    return {**_header(args.size, args.dtype, args.repeats, args.stn_batch, args.deca_ids),
             **device_info(jax.devices()), name: [row]}
 
 

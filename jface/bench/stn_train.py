@@ -46,6 +46,7 @@ def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "defaul
     """``train.stn``'s train step on ``mesh`` for ``batch`` images (image/mirror pairs) with random
     inputs. Returns ``(step, state, args, parts)``; ``parts`` holds what the baseline step reuses
     (config, localiser, init key and dummy input, host images, model)."""
+    from jface.bench.deca import process_rows
     from train import common, stn
 
     if batch % 2:
@@ -80,8 +81,6 @@ def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "defaul
     state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
         step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
         rng=np.asarray(key))), mesh)
-    from jface.bench.deca import process_rows
-
     data = common.shard_batch(process_rows({"images": images, "labels": labels}), mesh)
     parts = {"image": image, "localiser": localiser, "key": key, "dummy": dummy, "images": images,
              "model": model3d, "rng": rng}
