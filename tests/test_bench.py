@@ -228,6 +228,26 @@ def test_device_counts_and_all_summary():
     assert rows[1][0] == "scaling" and rows[1][4] == 1.0
 
 
+def test_scaling_counts_option_and_efficiency_base(capsys):
+    """``--counts``: explicit device counts, increasing; efficiency is per-device throughput against
+    the first row's, whatever its device count."""
+    from jface.bench import scaling
+
+    assert scaling._counts(None, 4, None) == [1, 2, 4]
+    assert scaling._counts([1, 4], 4, None) == [1, 4]
+    with pytest.raises(SystemExit, match="--counts 8 exceeds the 4 device"):
+        scaling._counts([1, 8], 4, None)
+    for bad in ("4,1", "0,2", "1,1", "a", ","):
+        with pytest.raises(SystemExit):
+            scaling.main(["--counts", bad])
+        assert "--counts: expected increasing positive integers" in capsys.readouterr().err
+    rows = [{"devices": 2, "img_per_s": 200.0, "img_per_s_blocking": 100.0},
+            {"devices": 4, "img_per_s": 360.0, "img_per_s_blocking": 200.0}]
+    scaling._add_efficiency(rows)
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["efficiency"] == pytest.approx(0.9)
+    assert rows[1]["efficiency_blocking"] == pytest.approx(1.0)
+
+
 def test_all_rejects_unknown_part(capsys):
     from jface.bench import all as bench_all
 

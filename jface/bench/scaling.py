@@ -53,6 +53,15 @@ def device_counts(total: int, largest: int | None = None) -> list:
     return counts
 
 
+def _counts(explicit, total: int, largest: int | None) -> list:
+    """``--counts`` if given (each at most ``total``), else :func:`device_counts`."""
+    if explicit is None:
+        return device_counts(total, largest)
+    if explicit[-1] > total:
+        raise SystemExit(f"jface.bench scaling: --counts {explicit[-1]} exceeds the {total} device(s) here")
+    return list(explicit)
+
+
 def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "default"):
     """``train.stn``'s train step on ``mesh`` for ``batch`` images, as ``jface.bench.stn_train``
     builds it; returns ``(step, state, args)``."""
@@ -109,9 +118,11 @@ def measure(name: str, devices, *, size: str = "full", dtype: str = "bfloat16", 
 
 
 def _add_efficiency(rows: list) -> None:
+    """Per-device throughput against the first row's (one device unless ``--counts`` says otherwise)."""
+    base = rows[0]
     for row in rows:
-        row["efficiency"] = row["img_per_s"] / (row["devices"] * rows[0]["img_per_s"])
-        row["efficiency_blocking"] = row["img_per_s_blocking"] / (row["devices"] * rows[0]["img_per_s_blocking"])
+        for key, out in (("img_per_s", "efficiency"), ("img_per_s_blocking", "efficiency_blocking")):
+            row[out] = (row[key] / row["devices"]) / (base[key] / base["devices"])
 
 
 def _log_row(name: str, row: dict) -> None:
@@ -133,14 +144,15 @@ def _finish(result: dict, which) -> dict:
 
 def run(size: str = "full", dtype: str = "bfloat16", stn_batch: int | None = None,
         deca_ids: int | None = None, repeats: int = 10, model: str = "default", max_devices: int | None = None,
-        which=("stn", "deca"), profile: str | None = None, on_result=None) -> dict:
-    """``--launch thread``: every N in this process, on ``jax.devices()[:N]``."""
+        which=("stn", "deca"), profile: str | None = None, on_result=None, counts=None) -> dict:
+    """``--launch thread``: every N in ``counts`` (default :func:`device_counts`) in this process,
+    on ``jax.devices()[:N]``."""
     import jax
 
     from jface.bench.deca import device_info, load_flame
 
     devices = jax.devices()
-    counts = device_counts(len(devices), max_devices)
+    counts = device_counts(len(devices), max_devices) if counts is None else list(counts)
     result = {"bench": "scaling", "launch": "thread", "counts": counts,
               **_header(size, dtype, repeats, stn_batch, deca_ids), **device_info(devices)}
     flame = load_flame(model) if "deca" in which else None
@@ -253,6 +265,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stn-batch", type=int, default=None, help="STN images per device (full: 64)")
     parser.add_argument("--deca-ids", type=int, default=None, help="DECA identities (x4 images) per device (full: 8)")
     parser.add_argument("--max-devices", type=int, default=None)
+    parser.add_argument("--counts", default=None, metavar="N,N,...",
+                        help="device counts to measure (default 1, 2, 4, ... up to --max-devices or all); "
+                             "the first is the efficiency baseline")
     parser.add_argument("--only", default="stn,deca", help="comma-separated: stn, deca")
     parser.add_argument("--min-devices", type=int, default=1, help="skip (exit 0) with fewer devices")
     parser.add_argument("--launch", default="process", choices=("process", "thread"),
@@ -262,6 +277,14 @@ def main(argv=None) -> int:
                              "host's device count; on CPU, any number of processes)")
     parser.add_argument("--worker", default=None, metavar="N,RANK,PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    counts = None
+    if args.counts is not None:
+        try:
+            counts = [int(v) for v in args.counts.split(",") if v.strip()]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1 or counts != sorted(set(counts)):
+            parser.error(f"--counts: expected increasing positive integers such as 1,4, got {args.counts!r}")
     which = tuple(w for w in args.only.split(",") if w)
     bad = [w for w in which if w not in ("stn", "deca")]
     if bad:
@@ -294,14 +317,15 @@ def main(argv=None) -> int:
             if value is not None:
                 passed += [flag, str(value)]
         try:
-            result = run_processes(passed, which, device_counts(total, args.max_devices),
+            result = run_processes(passed, which, _counts(counts, total, args.max_devices),
                                    on_result=lambda r: write_json(args.json, r))
         except RuntimeError as exc:  # a worker failed or hung: its message, no traceback of ours
             print(f"jface.bench {exc}", file=sys.stderr)
             return 1
     else:
         result = run(args.size, args.dtype, args.stn_batch, args.deca_ids, args.repeats, args.model,
-                     args.max_devices, which, args.profile, on_result=lambda r: write_json(args.json, r))
+                     args.max_devices, which, args.profile, on_result=lambda r: write_json(args.json, r),
+                     counts=_counts(counts, total, args.max_devices))
     print(json.dumps(result), flush=True)
     write_json(args.json, result)
     return 0
