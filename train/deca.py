@@ -325,21 +325,30 @@ def apply_train_mode(ctx: StepContext, module, variables, inputs):
     With ``bn_stats="per_device"`` on a mesh of several devices the BatchNorm statistics are each
     device's own batch (``jax.shard_map`` over ``data``), and the updated running statistics are
     averaged over the devices so they stay replicated; parameter gradients are summed by the
-    shard_map's transpose as usual. One device (or ``"global"``): the plain call.
+    shard_map's transpose, in one all-reduce (below). One device (or ``"global"``): the plain call.
     """
     mesh = ctx.mesh
     if mesh is None or mesh.size == 1 or ctx.config.bn_stats == "global":
         return module.apply(variables, inputs, train=True, mutable=["batch_stats"])
     if ctx.config.bn_stats != "per_device":
         raise ValueError(f"bn_stats: expected 'per_device' or 'global', got {ctx.config.bn_stats!r}")
+    from jax.flatten_util import ravel_pytree
     from jax.sharding import PartitionSpec as P
 
-    def local(v, x):
-        out, mutated = module.apply(v, x, train=True, mutable=["batch_stats"])
+    # The parameters enter as one flat float32 vector, so the transpose of the shard_map sums their
+    # gradients over the devices as ONE all-reduce at its boundary (check_vma=False: the psum of a
+    # replicated input's cotangent happens there, once, after the network's whole backward pass).
+    # Passed as a tree, XLA's GPU pipeline kept ~65 small synchronous all-reduces interleaved with the
+    # backward pass (the convolution kernels' in bfloat16), 2.9 ms of NCCL per step on 4 H200s.
+    flat, unravel = ravel_pytree(variables["params"])
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def local(flat, rest, x):
+        out, mutated = module.apply(dict(rest, params=unravel(flat)), x, train=True, mutable=["batch_stats"])
         return out, jax.lax.pmean(mutated, "data")
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()))(
-        variables, inputs)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P("data"), P()),
+                         check_vma=False)(flat, rest, inputs)
 
 
 def encoder_images(config: Config, images):
