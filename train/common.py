@@ -31,6 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "initialize_distributed",
+    "add_distributed_args",
+    "initialize_from_args",
     "OneStepLate",
     "parse_device_ids",
     "make_mesh",
@@ -76,6 +78,25 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
                                    process_id=process_id, local_device_ids=local_device_ids)
     elif _on_cloud_tpu_vm():
         jax.distributed.initialize()
+
+
+def add_distributed_args(parser) -> None:
+    """The multi-process flags every training script takes: ``--coordinator host:port
+    --num_processes N --process_id I`` and ``--local_device_ids IDS`` (read back by
+    :func:`initialize_from_args`)."""
+    parser.add_argument("--coordinator", default=None)
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--local_device_ids", default=None, metavar="IDS",
+                        help="this host's devices this process drives, comma-separated (one process per "
+                             "GPU: its local rank); default: every visible device")
+
+
+def initialize_from_args(args) -> None:
+    """:func:`initialize_distributed` with the flags of :func:`add_distributed_args` (the device ids
+    already parsed by :func:`parse_device_ids`)."""
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                           local_device_ids=args.local_device_ids)
 
 
 def parse_device_ids(text: Optional[str]) -> Optional[list]:

@@ -174,12 +174,7 @@ def parse_args(argv):
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval", default=None, metavar="WORKDIR")
-    parser.add_argument("--coordinator", default=None)
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--local_device_ids", default=None, metavar="IDS",
-                        help="this host's devices this process drives, comma-separated (one process per "
-                             "GPU: its local rank); default: every visible device")
+    common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     config = common.apply_overrides(Config.preset(args.preset), common.override_pairs(args.set, rest))
@@ -832,8 +827,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"train.deca: {exc}", file=sys.stderr)
         return 2
-    common.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                                  local_device_ids=args.local_device_ids)
+    common.initialize_from_args(args)
     try:
         if args.eval:
             saved = Path(args.eval) / "metrics.json"

@@ -140,12 +140,7 @@ def parse_args(argv):
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval", default=None, metavar="CKPT")
-    parser.add_argument("--coordinator", default=None)
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--local_device_ids", default=None, metavar="IDS",
-                        help="this host's devices this process drives, comma-separated (one process per "
-                             "GPU: its local rank); default: every visible device")
+    common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     pairs = common.override_pairs(args.set, rest)
@@ -592,8 +587,7 @@ def evaluate(config: Config, checkpoint: str) -> dict:
 
 def main(argv=None) -> int:
     args, config = parse_args(sys.argv[1:] if argv is None else argv)
-    common.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                                  local_device_ids=args.local_device_ids)
+    common.initialize_from_args(args)
     _log(f"jax {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
          f"({jax.devices()[0].platform})")
     try:

@@ -3,7 +3,8 @@
 For N in 1, 2, 4, ... (and the device count), a 1-D ``'data'`` mesh over N devices
 (``train.common.make_mesh``), the batch sharded along it (``shard_batch``) and the state
 replicated; the per-device batch stays constant (weak scaling), so the global batch is N times
-it. Efficiency = throughput_N / (N · throughput_1) (issue 12 target >= 0.9 at 4 GPUs).
+it. Efficiency = throughput_N / (N · throughput_1), or per-device throughput against the first of
+``--counts`` (issue 12 target >= 0.9 at 4 GPUs).
 
 Two ways to drive N devices (``--launch``):
 
