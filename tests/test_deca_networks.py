@@ -97,6 +97,40 @@ def test_vgg19_layer_names_follow_deca():
     assert names[-1] == "pool_5" and len(names) == 37
 
 
+def test_detail_generator_init_schemes():
+    """'torch' (DECA's): the eps-0.8 BatchNorms let the activations shrink block by block, so D
+    starts near zero through a vanishing signal; 'he': the blocks keep std ~1 and the zero output
+    conv makes D exactly 0, with the output layer's gradient fed by unit-scale activations."""
+    z = jax.random.normal(jax.random.PRNGKey(1), (4, 181))
+
+    def stats(scheme):
+        gen = nw.DetailGenerator(init_channels=16, block_channels=(16, 16, 8, 8, 8), init_scheme=scheme)
+        variables = gen.init(jax.random.PRNGKey(0), z)
+        (out, state) = gen.apply(variables, z, True, mutable=["batch_stats", "intermediates"],
+                                 capture_intermediates=True)
+        last_act = state["intermediates"]["conv_blocks_19"]["__call__"][0]
+        grad = jax.grad(lambda p: jnp.sum(gen.apply({**variables, "params": p}, z, True,
+                                                    mutable=["batch_stats"])[0] * jnp.sin(jnp.arange(256.0))[:, None]))(
+            variables["params"])
+        return variables, out, float(jnp.std(jax.nn.leaky_relu(last_act, 0.2))), grad
+
+    v_t, out_t, act_t, _ = stats("torch")
+    v_h, out_h, act_h, grad_h = stats("he")
+    assert act_t < 0.05 and act_h > 0.15 and act_h > 20 * act_t  # the signal reaching the output conv
+    assert 0 < float(jnp.max(jnp.abs(out_t))) < 1e-3  # small (< 1 mm) but non-zero D (metres)
+    assert float(jnp.max(jnp.abs(out_h))) == 0.0
+    assert not np.any(np.asarray(v_h["params"]["conv_blocks_21"]["kernel"]))
+    # same shapes and the same random draws, rescaled by the He / torch bound ratio sqrt(3 * 1.923)
+    ratio = np.asarray(v_h["params"]["conv_blocks_6"]["kernel"]) / np.asarray(v_t["params"]["conv_blocks_6"]["kernel"])
+    np.testing.assert_allclose(ratio, np.sqrt(3 * 2 / 1.04), rtol=1e-5)
+    np.testing.assert_array_equal(v_h["params"]["l1_0"]["kernel"], v_t["params"]["l1_0"]["kernel"])
+    # at D = 0 only the output conv has a gradient, and it is not zero
+    assert float(jnp.max(jnp.abs(grad_h["conv_blocks_21"]["kernel"]))) > 0
+    assert float(jnp.max(jnp.abs(grad_h["conv_blocks_18"]["kernel"]))) == 0.0
+    with pytest.raises(ValueError, match="init_scheme must be one of"):
+        jax.eval_shape(nw.DetailGenerator(init_scheme="kaiming").init, jax.random.PRNGKey(0), z)
+
+
 def test_input_errors():
     enc = nw.ResNetEncoder(236, hidden=4, stage_sizes=(1, 1, 1, 1), width=2)
     with pytest.raises(ValueError, match=r"images.*224, 224, 3"):

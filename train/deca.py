@@ -14,7 +14,8 @@ Stages (spec deca.md §7.1; each trains only its own networks, Adam):
 Presets: ``paper`` is spec §7's hyperparameters (Adam 1e-4; pretrain 64 x 1, coarse 32 x 4,
 detail 6 x 3 as the paper says, not the duplicate-key yml; full ResNet-50 encoders; 224 renders;
 user files for the FLAME model and the identity / VGG-19 weights). ``default`` runs every stage
-on the embedded FLAME-structured model and generated data with small encoders, data included, in
+on the embedded FLAME-structured model and generated data with small encoders and a small F_d
+(He-initialised, soft symmetry off: see BUILD_NOTES), data included, in
 a few minutes on 2 CPU cores, and ends by printing held-out metrics next to the mean-face
 baseline. ``tiny`` is for tests.
 
@@ -71,6 +72,12 @@ class Config:
     # square size the encoders (E_coarse, E_detail) see: 0 = the images' own (224, as DECA);
     # otherwise a multiple of 32 the images are resized to (antialiased) before the encoders only
     encoder_input_size: int = 0
+    # F_d's initialisation from scratch (DetailGenerator.init_scheme): "torch" (DECA's defaults) or
+    # "he" (variance-preserving blocks, zero output conv: D = 0 at the start)
+    detail_init: str = "torch"
+    # F_d's widths: "full" (DECA's: 128 channels at 8x8, blocks 128, 64, 64, 32, 16) or "small"
+    # (the same structure at a quarter of the widths: 32; 32, 16, 16, 8, 8; 3.4x cheaper per step)
+    detail_generator: str = "full"
     compute_dtype: str = "float32"  # "bfloat16" for the convolutional networks
     render_size: int = 224
     # BatchNorm batch statistics in training: "per_device" (each device's own batch, as torch DDP
@@ -126,11 +133,16 @@ class Config:
                 # which buys a wider encoder and 3000 pretraining steps of 32 in the CPU budget
                 num_identities=768, eval_identities=32, image_size=112, render_size=112,
                 encoder_input_size=64, encoder_width=16, encoder_hidden=256,
-                learning_rate=3e-3, lr_schedule="cosine", pretrain_steps=3000, coarse_steps=40, detail_steps=40,
+                learning_rate=3e-3, lr_schedule="cosine", pretrain_steps=3000, coarse_steps=40, detail_steps=120,
                 # the coarse stage fine-tunes the pretrained encoder: at 3e-3 its fresh Adam state
                 # undoes part of the pretraining (held-out NME ratio 0.46 -> 0.48-0.50); ~1e-3 keeps it
                 stage_lr_scale=(1.0, 0.33, 1.0),
                 pretrain_batch=(32, 1), coarse_batch=(4, 2), detail_batch=(2, 2),
+                # F_d from scratch in 120 steps: DECA's torch-default init lets the eps-0.8 BNs shrink
+                # the signal ~100x before the output conv, and the soft-symmetry sum (0.005 and 5e-4
+                # alike) outweighs the photometric gradient; with either, the detail stage learns
+                # nothing in this budget (BUILD_NOTES, train.deca "fifth pass")
+                detail_init="he", detail_generator="small", w_sym=0.0,
                 checkpoint_every=500, log_every=50, image_every=0)
         if name == "tiny":
             return cls(
@@ -183,6 +195,10 @@ def parse_args(argv):
     for stage in STAGES:
         config.stage_learning_rate(stage)  # raises naming stage_lr_scale when malformed
     config.encoder_size()  # raises naming encoder_input_size when malformed
+    if config.detail_init not in ("torch", "he"):
+        raise ValueError(f"detail_init: expected 'torch' (DECA's) or 'he', got {config.detail_init!r}")
+    if config.detail_generator not in _GENERATOR_WIDTHS:
+        raise ValueError(f"detail_generator: expected 'full' (DECA's) or 'small', got {config.detail_generator!r}")
     return args, config
 
 
@@ -231,6 +247,12 @@ class Networks:
     vgg19: Optional[object] = None  # (module, variables) of VGG-19 features
 
 
+_GENERATOR_WIDTHS = {
+    "full": dict(init_channels=128, block_channels=(128, 64, 64, 32, 16)),
+    "small": dict(init_channels=32, block_channels=(32, 16, 16, 8, 8)),
+}
+
+
 def make_networks(config: Config, *, identity=None) -> Networks:
     """The stage networks of ``config``. ``identity``: a ``(module, variables)`` identity network
     used instead of loading ``config.identity_weights`` (e.g. random weights for benchmarks)."""
@@ -258,7 +280,8 @@ def make_networks(config: Config, *, identity=None) -> Networks:
     return Networks(
         coarse=nets.ResNetEncoder(236, dtype=dtype, **kwargs),
         detail=nets.ResNetEncoder(128, dtype=dtype, **kwargs),
-        generator=nets.DetailGenerator(dtype=dtype),
+        generator=nets.DetailGenerator(dtype=dtype, init_scheme=config.detail_init,
+                                       **_GENERATOR_WIDTHS[config.detail_generator]),
         identity=identity,
         vgg19=vgg19,
     )
@@ -698,6 +721,8 @@ def _announce(config: Config):
         _log("train.deca: no --identity_weights (converted VGGFace2 ResNet-50): the identity loss is OFF")
     if not config.vgg19_weights:
         _log("train.deca: no --vgg19_weights (converted VGG-19): the ID-MRF loss is OFF")
+    if config.stage in ("all", "detail") and config.w_sym == 0:
+        _log("train.deca: w_sym = 0: the detail stage's soft-symmetry loss is OFF")
 
 
 def run_stage(config: Config, stage_name: str, mesh, networks, model, data, variables, code_stats):

@@ -354,6 +354,13 @@ def detail_latent(jaw_pose, expression, detail_code):
     )
 
 
+# F_d's (block conv, output conv) kernel initialisers per ``DetailGenerator.init_scheme``.
+_GENERATOR_INITS = {
+    "torch": (_torch_default_init, _torch_default_init),
+    "he": (nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), "fan_in", "uniform"), nn.initializers.zeros),
+}
+
+
 class DetailGenerator(nn.Module):
     """DECA's detail decoder F_d (``models/decoders.py: Generator``, spec deca.md §6.2).
 
@@ -365,6 +372,16 @@ class DetailGenerator(nn.Module):
     Call: ``z`` (B, 181) from :func:`detail_latent` -> (B, 256, 256, 1) UV displacement in
     (-out_scale, out_scale). Torch names ``l1.0``, ``conv_blocks.{0,2,3,6,7,...,18,19,21}``.
     ``init_size``/``init_channels``/``block_channels`` exist for small test configurations.
+
+    ``init_scheme`` (training from scratch only; converted weights replace every parameter):
+
+    * ``"torch"`` (DECA's): every kernel U(±1/sqrt(fan_in)). With the eps-0.8 BatchNorms, which
+      do not rescale activations whose variance is far below 0.8, each block shrinks the activations
+      (std 1.0 after the first BN, 0.01 before the output conv), so D starts at ~3e-5 and the
+      output layer's effective learning rate is ~100x below the nominal one.
+    * ``"he"``: the block convs He-uniform for LeakyReLU(0.2) (variance 2 / (1.04 fan_in): the
+      activations keep std ~1 through the blocks) and the output conv zero, so D = 0 exactly at
+      initialisation and the first steps move it along the photometric gradient.
     """
 
     latent_dim: int = 181
@@ -374,9 +391,14 @@ class DetailGenerator(nn.Module):
     out_channels: int = 1
     out_scale: float = 0.01
     dtype: Dtype | None = None
+    init_scheme: str = "torch"
 
     @nn.compact
     def __call__(self, z, train: bool = False):
+        if self.init_scheme not in _GENERATOR_INITS:
+            raise ValueError(f"DetailGenerator: init_scheme must be one of {sorted(_GENERATOR_INITS)}, "
+                             f"got {self.init_scheme!r}")
+        block_init, out_init = _GENERATOR_INITS[self.init_scheme]
         z = jnp.asarray(z)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(
@@ -397,11 +419,11 @@ class DetailGenerator(nn.Module):
         for channels in self.block_channels:
             b, h, w, c = x.shape
             x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear", antialias=False)
-            x = _conv(channels, 3, 1, 1, True, self.dtype, f"conv_blocks_{idx + 1}", _torch_default_init)(x)
+            x = _conv(channels, 3, 1, 1, True, self.dtype, f"conv_blocks_{idx + 1}", block_init)(x)
             x = BatchNorm(0.8, dtype=self.dtype, name=f"conv_blocks_{idx + 2}")(x, train)
             x = nn.leaky_relu(x, 0.2)
             idx += 4
-        x = _conv(self.out_channels, 3, 1, 1, True, self.dtype, f"conv_blocks_{idx}", _torch_default_init)(x)
+        x = _conv(self.out_channels, 3, 1, 1, True, self.dtype, f"conv_blocks_{idx}", out_init)(x)
         return jnp.tanh(x) * jnp.asarray(self.out_scale, x.dtype)
 
 
