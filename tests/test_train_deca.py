@@ -49,6 +49,29 @@ def test_bad_config_fields_are_named():
         deca.parse_args(["--preset", "huge"])
     with pytest.raises(ValueError, match="stage_lr_scale"):
         deca.parse_args(["--stage_lr_scale", "1,2"])
+    with pytest.raises(ValueError, match="detail_init"):
+        deca.parse_args(["--detail_init", "xavier"])
+    with pytest.raises(ValueError, match="detail_generator"):
+        deca.parse_args(["--detail_generator", "huge"])
+
+
+def test_detail_networks_per_preset(capsys):
+    """The paper preset builds DECA's F_d with torch's initialisation and the spec's soft symmetry;
+    the default preset the small He-initialised F_d with soft symmetry off, and says so."""
+    from train import deca
+
+    paper, default = deca.Config.preset("paper"), deca.Config.preset("default")
+    gen = deca.make_networks(paper).generator
+    assert (gen.init_scheme, gen.init_channels, tuple(gen.block_channels)) == ("torch", 128, (128, 64, 64, 32, 16))
+    assert paper.w_sym == 0.005
+    gen = deca.make_networks(default).generator
+    assert (gen.init_scheme, gen.init_channels, tuple(gen.block_channels)) == ("he", 32, (32, 16, 16, 8, 8))
+    deca._announce(paper)
+    assert "soft-symmetry loss is OFF" not in capsys.readouterr().out
+    deca._announce(default)
+    assert "soft-symmetry loss is OFF" in capsys.readouterr().out
+    deca._announce(default.replace(stage="pretrain"))
+    assert "soft-symmetry" not in capsys.readouterr().out
 
 
 def test_stage_learning_rates():
