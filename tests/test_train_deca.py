@@ -32,6 +32,22 @@ def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path):
     for stage in ("pretrain", "coarse", "detail"):
         steps = sorted(p.name for p in (workdir / stage / "checkpoints").iterdir() if p.name.isdigit())
         assert steps, f"no checkpoint for {stage}"
+    # jface.reconstruct reads the run (--weights RUN_DIR): both encoders take DECA's 224 crops,
+    # resized to the run's encoder size (64 here) as in training; F_d is the run's.
+    import numpy as np
+
+    from jface.reconstruct import load_train_deca
+    from train import deca
+
+    params, encode, generator = load_train_deca(workdir)
+    crops = np.random.default_rng(0).uniform(size=(2, 224, 224, 3)).astype(np.float32)
+    codes = encode(crops)
+    assert codes["detail"].shape == (2, 128) and codes["exp"].shape == (2, 50)
+    config = deca.Config.preset("tiny")
+    small = deca.encoder_images(config, crops)
+    expected = deca.make_networks(config).detail.apply(params["E_detail"], small, train=False)
+    np.testing.assert_allclose(np.asarray(codes["detail"]), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert generator == deca.make_networks(config).generator
     # --eval reads the finished run's metrics.
     ev = subprocess.run([sys.executable, "-m", "train.deca", "--eval", str(workdir)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)

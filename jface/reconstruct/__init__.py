@@ -166,7 +166,9 @@ def load_train_deca(path):
     def encode(images):
         codes, _ = train_deca.predict_codes(ctx, params["E_flame"], images, train=False)
         codes = dict(codes)
-        codes["detail"] = networks.detail.apply(params["E_detail"], images, train=False)
+        # E_detail sees what it saw in training: the images resized to the run's encoder size
+        codes["detail"] = networks.detail.apply(params["E_detail"], train_deca.encoder_images(config, images),
+                                                train=False)
         return codes
 
     return params, encode, networks.generator
