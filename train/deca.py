@@ -76,7 +76,8 @@ class Config:
     # "he" (variance-preserving blocks, zero output conv: D = 0 at the start)
     detail_init: str = "torch"
     # F_d's widths: "full" (DECA's: 128 channels at 8x8, blocks 128, 64, 64, 32, 16) or "small"
-    # (the same structure at a quarter of the widths: 32; 32, 16, 16, 8, 8; 3.4x cheaper per step)
+    # (the same structure at a quarter of the widths: 32; 32, 16, 16, 8, 8; its forward + backward
+    # 3.4x cheaper)
     detail_generator: str = "full"
     compute_dtype: str = "float32"  # "bfloat16" for the convolutional networks
     render_size: int = 224
