@@ -196,8 +196,11 @@ def parse_args(argv):
     for stage in STAGES:
         config.stage_learning_rate(stage)  # raises naming stage_lr_scale when malformed
     config.encoder_size()  # raises naming encoder_input_size when malformed
-    if config.detail_init not in ("torch", "he"):
-        raise ValueError(f"detail_init: expected 'torch' (DECA's) or 'he', got {config.detail_init!r}")
+    from jface.deca.networks import DETAIL_INIT_SCHEMES
+
+    if config.detail_init not in DETAIL_INIT_SCHEMES:
+        raise ValueError(f"detail_init: expected one of {DETAIL_INIT_SCHEMES} ('torch' is DECA's), "
+                         f"got {config.detail_init!r}")
     if config.detail_generator not in _GENERATOR_WIDTHS:
         raise ValueError(f"detail_generator: expected 'full' (DECA's) or 'small', got {config.detail_generator!r}")
     return args, config
@@ -248,8 +251,8 @@ class Networks:
     vgg19: Optional[object] = None  # (module, variables) of VGG-19 features
 
 
-_GENERATOR_WIDTHS = {
-    "full": dict(init_channels=128, block_channels=(128, 64, 64, 32, 16)),
+_GENERATOR_WIDTHS = {  # DetailGenerator keyword arguments per ``detail_generator``
+    "full": {},  # the module's defaults: DECA's widths
     "small": dict(init_channels=32, block_channels=(32, 16, 16, 8, 8)),
 }
 

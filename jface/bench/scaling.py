@@ -153,7 +153,7 @@ def run(size: str = "full", dtype: str = "bfloat16", stn_batch: int | None = Non
     from jface.bench.deca import device_info, load_flame
 
     devices = jax.devices()
-    counts = device_counts(len(devices), max_devices) if counts is None else list(counts)
+    counts = _counts(counts, len(devices), max_devices)
     result = {"bench": "scaling", "launch": "thread", "counts": counts,
               **_header(size, dtype, repeats, stn_batch, deca_ids), **device_info(devices)}
     flame = load_flame(model) if "deca" in which else None
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     else:
         result = run(args.size, args.dtype, args.stn_batch, args.deca_ids, args.repeats, args.model,
                      args.max_devices, which, args.profile, on_result=lambda r: write_json(args.json, r),
-                     counts=_counts(counts, total, args.max_devices))
+                     counts=counts)
     print(json.dumps(result), flush=True)
     write_json(args.json, result)
     return 0

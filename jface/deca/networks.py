@@ -359,6 +359,7 @@ _GENERATOR_INITS = {
     "torch": (_torch_default_init, _torch_default_init),
     "he": (nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), "fan_in", "uniform"), nn.initializers.zeros),
 }
+DETAIL_INIT_SCHEMES = tuple(_GENERATOR_INITS)  # the values ``DetailGenerator.init_scheme`` takes
 
 
 class DetailGenerator(nn.Module):
@@ -395,8 +396,8 @@ class DetailGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z, train: bool = False):
-        if self.init_scheme not in _GENERATOR_INITS:
-            raise ValueError(f"DetailGenerator: init_scheme must be one of {sorted(_GENERATOR_INITS)}, "
+        if self.init_scheme not in DETAIL_INIT_SCHEMES:
+            raise ValueError(f"DetailGenerator: init_scheme must be one of {sorted(DETAIL_INIT_SCHEMES)}, "
                              f"got {self.init_scheme!r}")
         block_init, out_init = _GENERATOR_INITS[self.init_scheme]
         z = jnp.asarray(z)
