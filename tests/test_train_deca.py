@@ -104,7 +104,8 @@ _PER_DEVICE_BN = r'''
 import dataclasses, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from jface.deca.networks import BatchNorm
-from train import common, deca
+from jface import training as common
+from train import deca
 
 mesh = common.make_mesh()
 assert mesh.size == 2

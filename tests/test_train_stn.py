@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -164,7 +166,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, jax_cache):
 def test_failed_checkpoint_write_leaves_previous(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from train import common
+    from jface import training as common
 
     mesh = common.make_mesh()
     state = common.replicate(common.TrainState(
@@ -210,7 +212,8 @@ def test_config_overrides_and_errors():
 
 
 def test_local_device_ids_flag():
-    from train import common, deca, stn
+    from jface import training as common
+    from train import deca, stn
 
     args, _ = stn.parse_args(["--local_device_ids", "2"])
     assert args.local_device_ids == [2]
@@ -225,7 +228,7 @@ def test_local_device_ids_flag():
 def test_one_step_late_hands_over_previous_metrics():
     import jax.numpy as jnp
 
-    from train import common
+    from jface import training as common
 
     seen = []
     late = common.OneStepLate(lambda i, m: seen.append((i, m)))
@@ -259,27 +262,21 @@ def test_paper_optimizer_is_matconvnet_sgd():
     np.testing.assert_allclose(updates2["conv"]["kernel"], 1.9 * expect["conv"], rtol=1e-6)
 
 
-def test_fallback_event_writer_files_parse(tmp_path):
-    """The built-in writer (used without tensorboardX) writes valid TFRecord-framed Event protos."""
-    import struct
+def test_metric_writer_event_files_parse(tmp_path):
+    """MetricWriter's event files (tensorboardX) hold the scalars under ``prefix/name`` at their step."""
+    from tensorboardX.proto import event_pb2
 
-    from train import common
+    from jface import training
 
-    writer = common.MetricWriter(tmp_path, use_tensorboardx=False)
-    writer.scalars(7, {"loss": 1.5})
+    writer = training.MetricWriter(tmp_path)
+    writer.scalars(7, {"loss": 1.5}, prefix="train")
     writer.close()
     data = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
     records, offset = [], 0
-    while offset < len(data):
-        header = data[offset:offset + 8]
-        (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[offset + 8:offset + 12])[0] == common._masked_crc32c(header)
-        payload = data[offset + 12:offset + 12 + length]
-        assert struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])[0] == common._masked_crc32c(payload)
-        records.append(payload)
+    while offset < len(data):  # TFRecord framing: length, its crc, payload, its crc
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        records.append(data[offset + 12:offset + 12 + length])
         offset += 16 + length
-    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
-    first, scalar = (event_pb2.Event.FromString(r) for r in records)
-    assert first.file_version == "brain.Event:2"
-    assert scalar.step == 7 and scalar.summary.value[0].tag == "train/loss"
-    assert scalar.summary.value[0].simple_value == 1.5
+    events = [event_pb2.Event.FromString(r) for r in records]
+    scalars = [(e.step, v.tag, v.simple_value) for e in events for v in e.summary.value]
+    assert scalars == [(7, "train/loss", 1.5)]

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train import common
+from jface import training as common
 
 __all__ = ["Config", "StageSpec", "make_context", "loss_fn", "train_step", "train", "held_out_metrics", "main"]
 

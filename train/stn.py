@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train import common
+from jface import training as common
 
 __all__ = ["Config", "train_step", "make_train_step", "train", "evaluate", "main"]
 

@@ -1,4 +1,4 @@
-"""train.common.map_items: per-device mapping of per-item functions (Pallas kernels inside)."""
+"""jface.training.map_items: per-device mapping of per-item functions (Pallas kernels inside)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from train import common
+from jface import training as common
 from jface.render import rasterize, interpolate
 
 assert jax.device_count() == 2
