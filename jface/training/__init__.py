@@ -31,6 +31,7 @@ from jface.training.loop import (
     StopFlag,
     check_finite,
     progress,
+    train_loop,
 )
 from jface.training.metrics import MetricWriter, save_image_grid
 from jface.training.state import TrainState
@@ -39,6 +40,6 @@ __all__ = [
     "Checkpointer", "restore_state_only", "apply_overrides", "override_pairs", "parse_value",
     "add_distributed_args", "barrier", "initialize_distributed", "initialize_from_args", "is_main_process",
     "make_mesh", "map_items", "parse_device_ids", "replicate", "shard_batch", "TERMINATED_EXIT_CODE",
-    "NonFiniteLossError", "OneStepLate", "StopFlag", "check_finite", "progress", "MetricWriter",
+    "NonFiniteLossError", "OneStepLate", "StopFlag", "check_finite", "progress", "train_loop", "MetricWriter",
     "save_image_grid", "TrainState",
 ]

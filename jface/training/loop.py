@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import math
 import signal
-from typing import Any, Callable, Mapping, Optional
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jface.training.distributed import is_main_process
+from jface.training.distributed import barrier, is_main_process, shard_batch
 
-__all__ = ["TERMINATED_EXIT_CODE", "StopFlag", "NonFiniteLossError", "check_finite", "OneStepLate", "progress"]
+__all__ = ["TERMINATED_EXIT_CODE", "StopFlag", "NonFiniteLossError", "check_finite", "OneStepLate", "progress", "train_loop"]
 
 TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM: what a run stopped by a signal exits with, after saving
 
@@ -94,3 +96,82 @@ def progress(total: int, initial: int = 0, desc: str = "train"):
     """A tqdm bar on process 0 (a disabled one elsewhere)."""
     return tqdm(total=total, initial=initial, desc=desc, disable=not is_main_process(),
                 dynamic_ncols=True, mininterval=2.0)
+
+
+def train_loop(state, step_fn: Callable, loader, mesh, checkpointer, *, steps: int, checkpoint_every: int,
+               log_every: int, writer=None, desc: str = "train", prefix: str = "train",
+               run: Optional[Mapping] = None, last_saved: Optional[int] = None, images_per_step: int = 0,
+               postfix: Optional[Callable[[dict], dict]] = None,
+               periodic: Sequence[Tuple[int, Callable[[int, Any, Mapping], None]]] = (),
+               step_delay: float = 0.0, log: Callable[[str], None] = print):
+    """The generic training loop: ``state <- step_fn(state, sharded batch)`` until ``steps``.
+
+    * ``loader``: ``next(loader)`` -> a host batch (dict of arrays, this process's slice);
+      ``loader.get_state()`` -> its JSON state, saved with every checkpoint so a resumed run sees
+      the same batches.
+    * ``step_fn``: a jitted ``(state, batch) -> (state, metrics)``; compiled ahead on the first
+      batch, then the processes meet at a barrier before the first collective.
+    * Metrics are read one step late (:class:`OneStepLate`): step i+1 is dispatched before the host
+      waits for step i's. Every step's metrics go through :func:`check_finite`; every
+      ``log_every`` steps they go to ``writer`` (under ``prefix``) and the progress bar.
+    * Every ``checkpoint_every`` steps and at the end: a checkpoint of the state, the loader's state
+      and ``run`` (only after the state's own metrics were found finite).
+    * SIGTERM / SIGINT (:class:`StopFlag`): the state is saved and ``SystemExit(143)`` raised.
+    * ``periodic``: ``(every, callback(step, state, batch))`` pairs, called on process 0 after the
+      step (metrics settled first), e.g. sample images.
+
+    Returns ``(state, step)``.
+    """
+    step = int(jax.device_get(state.step))
+    bar = progress(steps, initial=step, desc=desc)
+    stop = StopFlag()
+    compiled = None
+    t_start, steps_done = time.time(), 0
+    saved = {"step": last_saved}
+
+    def on_metrics(index, metrics):
+        check_finite(metrics, index, saved["step"], checkpointer.directory)
+        bar.update(1)
+        done = index + 1
+        if done % log_every == 0 or done == steps:
+            if images_per_step:
+                metrics["img_per_s"] = steps_done * images_per_step / max(time.time() - t_start, 1e-9)
+            if writer is not None:
+                writer.scalars(done, metrics, prefix=prefix)
+            shown = postfix(metrics) if postfix is not None else {"loss": f"{metrics['loss']:.4g}"}
+            bar.set_postfix(**shown)
+
+    late = OneStepLate(on_metrics)
+    try:
+        while step < steps:
+            if stop.should_stop():
+                late.settle()
+                if step != saved["step"]:  # the periodic save may have just written this step
+                    checkpointer.save(step, state, loader.get_state(), run=run)
+                bar.close()
+                log(f"signal {stop.signum}: checkpoint saved at {desc} step {step} in {checkpointer.directory}; "
+                    f"exiting")
+                raise SystemExit(TERMINATED_EXIT_CODE)
+            batch = next(loader)
+            global_batch = shard_batch(batch, mesh)
+            if compiled is None:  # compile ahead, then line the processes up for the first collective
+                compiled = step_fn.lower(state, global_batch).compile()
+                barrier(f"{desc}_compiled")
+            new_state, device_metrics = compiled(state, global_batch)
+            late.push(step, device_metrics)  # reads the previous step's metrics while this one runs
+            state, step, steps_done = new_state, step + 1, steps_done + 1
+            for every, callback in periodic:
+                if every and step % every == 0 and is_main_process():
+                    late.settle()
+                    callback(step, state, batch)
+            if step % checkpoint_every == 0 or step == steps:
+                late.settle()  # a state is saved only after its own metrics were found finite
+                checkpointer.save(step, state, loader.get_state(), run=run)
+                saved["step"] = step
+            if step_delay:
+                time.sleep(step_delay)
+        late.settle()
+        bar.close()
+    finally:
+        stop.restore_handlers()
+    return state, step
