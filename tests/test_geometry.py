@@ -1,4 +1,4 @@
-"""jface.geometry against float64 numpy references written from the specs."""
+"""jface.geometry against float64 numpy references written from the originals' conventions."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ RNG = np.random.default_rng(0)
 
 # ---------------------------------------------------------------- numpy references (float64)
 def ref_rodrigues(r):
-    """3DMM-STN vl_nnr2R (spec 3dmm_stn.md §2.3): I at exactly 0, else the closed form."""
+    """3DMM-STN vl_nnr2R.m: I at exactly 0, else the closed form."""
     r = np.asarray(r, np.float64)
     if not np.any(r):
         return np.eye(3)
@@ -28,7 +28,7 @@ def ref_rodrigues(r):
 
 
 def ref_gallego_yezzi(r):
-    """dR/dr_i = (r_i [r]x + [r x ((I - R) e_i)]x) R / |r|^2 (spec 3dmm_stn.md §2.3)."""
+    """dR/dr_i = (r_i [r]x + [r x ((I - R) e_i)]x) R / |r|^2 (vl_nnr2R.m, after Gallego & Yezzi 2015)."""
     r = np.asarray(r, np.float64)
     rot = ref_rodrigues(r)
 
@@ -91,7 +91,7 @@ def test_rodrigues_batch_jit_vmap():
 
 
 def _deca_batch_rodrigues_numpy_f32(r):
-    """DECA lbs.batch_rodrigues transcribed op by op in float32 numpy (spec deca.md §1.4)."""
+    """DECA lbs.batch_rodrigues transcribed op by op in float32 numpy (decalib/models/lbs.py)."""
     r = np.asarray(r, np.float32)
     angle = np.sqrt(np.sum(np.square(r + np.float32(1e-8)), axis=1, keepdims=True))
     rot_dir = r / angle
@@ -119,7 +119,7 @@ def test_rodrigues_deca_bit_exact_against_torch():
     torch = pytest.importorskip("torch")
 
     def batch_rodrigues(rot_vecs):
-        # DECA decalib/models/lbs.py batch_rodrigues, written from spec deca.md §1.4.
+        # DECA decalib/models/lbs.py batch_rodrigues, transcribed.
         batch_size = rot_vecs.shape[0]
         angle = torch.norm(rot_vecs + 1e-8, dim=1, keepdim=True)
         rot_dir = rot_vecs / angle
@@ -161,7 +161,7 @@ def test_euler_convention_and_deca_yaw():
         ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
         np.testing.assert_allclose(m, rz @ ry @ rx, atol=1e-14)
-        # DECA rot_mat_to_euler (spec deca.md §1.5 step 3)
+        # DECA rot_mat_to_euler (decalib/models/lbs.py)
         yaw = math.atan2(-m[2, 0], math.sqrt(m[0, 0] ** 2 + m[1, 0] ** 2))
         assert abs(yaw - a[1]) < 1e-12
     np.testing.assert_allclose(np.asarray(g.matrix_to_euler(jnp.asarray(rot))), angles, atol=1e-12)
@@ -196,7 +196,8 @@ def test_stn_scale_law_is_power_of_099():
 
 
 def test_stn_chain_matches_reference_frame():
-    """rotate -> project -> scale -> translate (spec 3dmm_stn.md §2.4-§2.8), float64."""
+    """rotate -> project -> scale -> translate (vl_nnrotate3D, vl_nnprojection, vl_nnscale2D,
+    vl_nntranslate2D), float64."""
     pts = RNG.normal(size=(7, 3)) * 50
     r, t, logs = np.array([0.1, 0.4, -0.2]), np.array([112.0, 100.0]), 3.0
     rot = ref_rodrigues(r)
@@ -246,3 +247,56 @@ def test_vertex_normals_gradient_finite_on_degenerate_faces():
     faces = jnp.array([[0, 1, 2], [0, 1, 3]])
     grad = jax.grad(lambda v: jnp.sum(g.vertex_normals(v, faces) * jnp.arange(3.0)))(verts)
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+# ---------------------------------------------------------------- argument checks (issue 23)
+@pytest.mark.parametrize("r", [np.zeros(2), np.zeros(4), np.zeros((5, 2))])
+def test_axis_angle_to_matrix_rejects_wrong_shape(r):
+    for deca in (False, True):
+        with pytest.raises(ValueError, match=r"r: expected shape \(\.\.\., 3\)"):
+            g.axis_angle_to_matrix(r, deca=deca)
+
+
+def test_euler_and_matrix_shapes_are_checked():
+    with pytest.raises(ValueError, match=r"angles: expected shape \(\.\.\., 3\)"):
+        g.euler_to_matrix(np.zeros(2))
+    with pytest.raises(ValueError, match=r"angles: expected shape \(\.\.\., 3\)"):
+        g.deca_euler_to_axis_angle(np.zeros(4))
+    with pytest.raises(ValueError, match=r"rotation: expected shape \(\.\.\., 3, 3\), got \(3, 2\)"):
+        g.matrix_to_euler(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"rotation: expected shape \(\.\.\., 3, 3\)"):
+        g.matrix_to_axis_angle(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"rotation: expected shape \(\.\.\., 3, 3\)"):
+        g.rotate_points(np.zeros((4, 3)), np.zeros((3,)))
+    with pytest.raises(ValueError, match=r"points: expected shape \(\.\.\., N, 3\)"):
+        g.rotate_points(np.zeros((4, 2)), np.eye(3))
+    with pytest.raises(ValueError, match=r"cam: expected shape \(\.\.\., 3\)"):
+        g.orthographic_camera(np.zeros((4, 3)), np.zeros(2))
+    with pytest.raises(ValueError, match=r"translation: expected shape \(\.\.\., 2\)"):
+        g.translate_points(np.zeros((4, 2)), np.zeros(3))
+
+
+@pytest.mark.parametrize("faces, match", [
+    (np.array([[0, 1, 99]]), r"faces: vertex indices must lie in \[0, 4\).*99"),
+    (np.array([[0, -7, 2]]), r"faces: vertex indices must lie in \[0, 4\).*-7"),
+    (np.array([[0.0, 1.0, 2.0]]), r"faces: expected an integer dtype"),
+    (np.array([0, 1, 2]), r"faces: expected shape \(F, 3\)"),
+])
+def test_vertex_normals_rejects_bad_faces(faces, match):
+    with pytest.raises(ValueError, match=match):
+        g.vertex_normals(np.zeros((4, 3)), faces)
+
+
+def test_checks_leave_jit_vmap_and_grad_working():
+    """Shape checks are static; the index check skips traced faces, so tracing is untouched."""
+    r = jnp.asarray(RNG.normal(size=(5, 3)))
+    np.testing.assert_allclose(np.asarray(jax.jit(g.axis_angle_to_matrix)(r)),
+                               np.asarray(g.axis_angle_to_matrix(r)), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(jax.vmap(g.euler_to_matrix)(r)), np.asarray(g.euler_to_matrix(r)),
+                               atol=1e-12)
+    grad = jax.grad(lambda a: jnp.sum(g.matrix_to_euler(g.euler_to_matrix(a))))(r[0])
+    assert grad.shape == (3,) and np.all(np.isfinite(np.asarray(grad)))
+    verts = jnp.asarray(RNG.normal(size=(4, 3)))
+    faces = jnp.array([[0, 1, 2], [0, 3, 1]])
+    traced = jax.jit(g.vertex_normals)(verts, faces)  # faces traced: no value check, same result
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(g.vertex_normals(verts, faces)), atol=1e-12)
