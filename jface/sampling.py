@@ -1,34 +1,45 @@
 """Bilinear image sampling with the two conventions the originals use.
 
-* :func:`bilinear_sample`: MatConvNet's ``vl_nnbilinearsampler`` as used by 3DMM-STN
-  (spec 3dmm_stn.md §2.11): grid channel 0 vertical, channel 1 horizontal, align-corners
+* :func:`bilinear_sample`: MatConvNet's ``vl_nnbilinearsampler`` (``dagnn.BilinearSampler``) as
+  used by 3DMM-STN: grid channel 0 vertical, channel 1 horizontal, align-corners
   (-1/+1 are the centres of the border pixels), zero padding. The default ``padding="symmetric"``
   is the GPU/cuDNN behaviour (= PyTorch ``grid_sample(align_corners=True)`` with swapped
   channels); ``padding="matconvnet_cpu"`` reproduces the CPU build's quirk, where a sample whose
   floor is -1 (within one pixel outside the top or left edge) gives 0 output and 0 gradient.
 * :func:`grid_sample`: PyTorch ``F.grid_sample(..., mode='bilinear', padding_mode='zeros',
-  align_corners=False)`` as DECA uses it (spec deca.md §5.4): grid channel 0 is x (columns),
+  align_corners=False)`` as DECA uses it (``decalib/utils/renderer.py``, ``SRenderY.forward``): grid channel 0 is x (columns),
   channel 1 is y (rows); -1/+1 are the outer *edges* of the border pixels.
 
 Both are per item: ``image (H, W, C)``, ``grid (H', W', 2)`` -> ``(H', W', C)``. Gradients flow to
 the image and to the grid (through the bilinear weights; the floor is piecewise constant, so at
 exact integer positions the derivative is the one-sided one from the right, as in MatConvNet).
+An image with no pixels (H or W = 0) or a wrong rank raises a ``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 __all__ = ["bilinear_sample", "grid_sample", "sample_pixels"]
 
 
-def sample_pixels(image, rows, cols, *, cpu_quirk: bool = False):
+def _check_image(image: jax.Array) -> None:
+    if image.ndim != 3:
+        raise ValueError(f"image: expected (H, W, C), got shape {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image: expected at least one pixel (H, W >= 1), got shape {tuple(image.shape)}")
+
+
+def sample_pixels(image: ArrayLike, rows: ArrayLike, cols: ArrayLike, *, cpu_quirk: bool = False) -> jax.Array:
     """Bilinear sample at 0-based pixel coordinates (pixel centres at integers), zero padding.
 
     ``image (H, W, C)``, ``rows``/``cols`` any shape S -> ``S + (C,)``. Neighbours outside the
     image contribute 0.
     """
     image = jnp.asarray(image)
+    _check_image(image)
     dtype = jnp.result_type(image.dtype, jnp.asarray(rows).dtype, jnp.float32)
     image = image.astype(dtype)
     rows = jnp.asarray(rows, dtype)
@@ -61,8 +72,8 @@ def sample_pixels(image, rows, cols, *, cpu_quirk: bool = False):
     return out
 
 
-def bilinear_sample(image, grid, *, padding: str = "symmetric"):
-    """MatConvNet bilinear sampler (3DMM-STN, spec 3dmm_stn.md §2.11), per item.
+def bilinear_sample(image: ArrayLike, grid: ArrayLike, *, padding: str = "symmetric") -> jax.Array:
+    """MatConvNet bilinear sampler (3DMM-STN, ``vl_nnbilinearsampler``), per item.
 
     ``image (H, W, C)``; ``grid (H', W', 2)`` with channel 0 = vertical, channel 1 = horizontal,
     both in [-1, 1], align-corners: row = (g0 + 1)/2 (H - 1), col = (g1 + 1)/2 (W - 1).
@@ -73,8 +84,7 @@ def bilinear_sample(image, grid, *, padding: str = "symmetric"):
         raise ValueError(f"padding: expected 'symmetric' or 'matconvnet_cpu', got {padding!r}")
     image = jnp.asarray(image)
     grid = jnp.asarray(grid)
-    if image.ndim != 3:
-        raise ValueError(f"image: expected (H, W, C), got shape {image.shape}")
+    _check_image(image)
     if grid.ndim != 3 or grid.shape[-1] != 2:
         raise ValueError(f"grid: expected (H', W', 2), got shape {grid.shape}")
     height, width = image.shape[0], image.shape[1]
@@ -83,7 +93,7 @@ def bilinear_sample(image, grid, *, padding: str = "symmetric"):
     return sample_pixels(image, rows, cols, cpu_quirk=padding == "matconvnet_cpu")
 
 
-def grid_sample(image, grid_xy):
+def grid_sample(image: ArrayLike, grid_xy: ArrayLike) -> jax.Array:
     """PyTorch ``grid_sample(bilinear, zeros, align_corners=False)`` as in DECA, per item.
 
     ``image (H, W, C)``; ``grid_xy (H', W', 2)`` with channel 0 = x (columns), 1 = y (rows), in
@@ -92,8 +102,7 @@ def grid_sample(image, grid_xy):
     """
     image = jnp.asarray(image)
     grid_xy = jnp.asarray(grid_xy)
-    if image.ndim != 3:
-        raise ValueError(f"image: expected (H, W, C), got shape {image.shape}")
+    _check_image(image)
     if grid_xy.shape[-1] != 2:
         raise ValueError(f"grid_xy: expected (..., 2), got shape {grid_xy.shape}")
     height, width = image.shape[0], image.shape[1]

@@ -1,4 +1,4 @@
-"""jface.sampling: MatConvNet bilinear sampler (spec 3dmm_stn.md §2.11) and DECA's grid_sample."""
+"""jface.sampling: MatConvNet bilinear sampler (vl_nnbilinearsampler) and DECA's grid_sample."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jface.sampling import bilinear_sample, grid_sample
+from jface.sampling import bilinear_sample, grid_sample, sample_pixels
 
 # One compiled function per convention, reused with the same shapes (compiles dominate test time).
 _sample = jax.jit(bilinear_sample, static_argnames="padding")
@@ -17,7 +17,7 @@ _grid_sample = jax.jit(grid_sample)
 
 
 def ref_matconvnet(image, grid, cpu=False):
-    """Literal per-pixel transcription of vl_nnbilinearsampler (spec §2.11), float64."""
+    """Literal per-pixel transcription of vl_nnbilinearsampler (MatConvNet), float64."""
     height, width, channels = image.shape
     out = np.zeros(grid.shape[:2] + (channels,))
     for j in range(grid.shape[0]):
@@ -111,7 +111,7 @@ def _central_fd(f, x, eps=1e-6):
 
 @pytest.mark.parametrize("padding", ["symmetric", "matconvnet_cpu"])
 def test_bilinear_sample_gradients_vs_finite_differences(data, padding):
-    """Autodiff gradients (image and grid) vs central differences of the numpy spec reference."""
+    """Autodiff gradients (image and grid) vs central differences of the numpy reference."""
     image, grid = data
     height, width, _ = image.shape
     # move every sample away from integer pixel positions (the floor's kinks)
@@ -149,7 +149,7 @@ def _sample_grads(image, grid, weights, padding):
 
 
 def test_bilinear_sample_grid_gradient_matches_spec_backward():
-    """dG formula of spec §2.11: (1-wy)(I[sy,sx+1]-I[sy,sx]) + wy(...) times (W-1)/2."""
+    """dG formula of vl_nnbilinearsampler's backward: (1-wy)(I[sy,sx+1]-I[sy,sx]) + wy(...) times (W-1)/2."""
     rng = np.random.default_rng(2)
     image = rng.uniform(0, 1, (4, 5, 1))
     py, px = 1.3, 2.6
