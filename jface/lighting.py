@@ -1,12 +1,12 @@
 """Lighting: DECA's spherical-harmonics shading and its directional "shape" lights.
 
-* :func:`sh_shading`: ``SRenderY.add_SHlight`` (spec deca.md §4): 9 SH bands in the basis order
+* :func:`sh_shading`: ``SRenderY.add_SHlight`` (``decalib/utils/renderer.py``): 9 SH bands in the basis order
   [1, x, y, z, xy, xz, yz, x^2 - y^2, 3z^2 - 1] with DECA's constants, evaluated on normals in
   **world (FLAME) coordinates** (y up, +z towards the camera, i.e. before the y/z flip). No
   clamping, no renormalisation of the normals, no gamma.
-* :func:`directional_shading`: ``add_directionlight`` (spec §4, §5.7): mean over the lights of
+* :func:`directional_shading`: ``SRenderY.add_directionlight``: mean over the lights of
   clamp(n . l_hat, 0, 1) * intensity.
-* :data:`DECA_SHAPE_LIGHTS`: the 5 grey lights of ``render_shape`` (spec §5.7).
+* :data:`DECA_SHAPE_LIGHT_DIRECTIONS`: the 5 grey lights of ``SRenderY.render_shape``.
 
 Both are pure jnp on any leading shape; float64 in gives float64 out. Forward sums are written out
 elementwise (no ``dot``), so float32 results do not depend on GPU TF32 settings. The gradient of
@@ -21,8 +21,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from jface.arrays import as_float
 
 __all__ = [
     "SH_CONSTANTS",
@@ -33,7 +36,7 @@ __all__ = [
     "DECA_SHAPE_LIGHT_INTENSITY",
 ]
 
-# c_k of spec deca.md §4 (same values as SRenderY.constant_factor).
+# c_k of the SH basis: SRenderY.constant_factor (decalib/utils/renderer.py).
 SH_CONSTANTS = np.array(
     [
         1.0 / math.sqrt(4.0 * math.pi),
@@ -48,24 +51,17 @@ SH_CONSTANTS = np.array(
     ]
 )
 
-# render_shape's lights (spec §5.7): directions (normalised when used) and RGB intensity 1.7.
+# SRenderY.render_shape's lights: directions (normalised when used) and RGB intensity 1.7.
 DECA_SHAPE_LIGHT_DIRECTIONS = np.array(
     [[-1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 1.0]]
 )
 DECA_SHAPE_LIGHT_INTENSITY = 1.7
 
 
-def _float(x):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
-
-def sh_basis(normals):
+def sh_basis(normals: ArrayLike) -> jax.Array:
     """``(..., 3) -> (..., 9)``: c_k H_k(n), DECA's order [1, x, y, z, xy, xz, yz, x²−y², 3z²−1]."""
-    normals = _float(normals)
-    if normals.shape[-1] != 3:
+    normals = as_float(normals)
+    if normals.shape[-1:] != (3,):
         raise ValueError(f"normals: expected (..., 3), got shape {normals.shape}")
     x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
     basis = [jnp.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0]
@@ -73,14 +69,16 @@ def sh_basis(normals):
     return jnp.stack([float(c[k]) * b for k, b in enumerate(basis)], axis=-1)
 
 
-def sh_shading(normals, sh):
-    """DECA's SH shading (spec deca.md §4): ``normals (..., 3)``, ``sh (9, 3)`` -> ``(..., 3)``.
+def sh_shading(normals: ArrayLike, sh: ArrayLike) -> jax.Array:
+    """DECA's SH shading (``SRenderY.add_SHlight``): ``normals (..., 3)``, ``sh (9, 3)`` -> ``(..., 3)``.
 
     ``normals`` in world (FLAME) coordinates, used as given (not renormalised). ``sh[k, c]`` is the
     coefficient of band k for colour c, i.e. the light code (27,) reshaped row-major to (9, 3).
     shading[..., c] = sum_k sh[k, c] c_k H_k(n). No clamping.
     """
-    normals = _float(normals)
+    normals = as_float(normals)
+    if normals.shape[-1:] != (3,):
+        raise ValueError(f"normals: expected (..., 3), got shape {normals.shape}")
     sh = jnp.asarray(sh)
     if sh.shape != (9, 3):
         raise ValueError(f"sh: expected (9, 3) (the 27-vector reshaped [band][rgb]), got shape {sh.shape}")
@@ -110,15 +108,16 @@ def _sh_shading_bwd(res, g):
 _sh_shading.defvjp(_sh_shading_fwd, _sh_shading_bwd)
 
 
-def directional_shading(normals, directions=None, intensities=None):
-    """Directional lights as DECA's ``add_directionlight`` (spec §4, §5.7).
+def directional_shading(normals: ArrayLike, directions: ArrayLike | None = None,
+                        intensities: ArrayLike | None = None) -> jax.Array:
+    """Directional lights as DECA's ``SRenderY.add_directionlight``.
 
     ``normals (..., 3)`` (world frame, used as given), ``directions (L, 3)`` (normalised here;
     default :data:`DECA_SHAPE_LIGHT_DIRECTIONS`), ``intensities (L, 3)`` RGB (default 1.7 each).
     Returns ``(..., 3)`` = mean_l clamp(n . l_hat, 0, 1) * intensity_l.
     """
-    normals = _float(normals)
-    if normals.shape[-1] != 3:
+    normals = as_float(normals)
+    if normals.shape[-1:] != (3,):
         raise ValueError(f"normals: expected (..., 3), got shape {normals.shape}")
     dtype = normals.dtype
     if directions is None:

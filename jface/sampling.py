@@ -7,8 +7,9 @@
   channels); ``padding="matconvnet_cpu"`` reproduces the CPU build's quirk, where a sample whose
   floor is -1 (within one pixel outside the top or left edge) gives 0 output and 0 gradient.
 * :func:`grid_sample`: PyTorch ``F.grid_sample(..., mode='bilinear', padding_mode='zeros',
-  align_corners=False)`` as DECA uses it (``decalib/utils/renderer.py``, ``SRenderY.forward``): grid channel 0 is x (columns),
-  channel 1 is y (rows); -1/+1 are the outer *edges* of the border pixels.
+  align_corners=False)`` as DECA uses it (``decalib/utils/renderer.py``, ``SRenderY.forward``):
+  grid channel 0 is x (columns), channel 1 is y (rows); -1/+1 are the outer *edges* of the border
+  pixels.
 
 Both are per item: ``image (H, W, C)``, ``grid (H', W', 2)`` -> ``(H', W', C)``. Gradients flow to
 the image and to the grid (through the bilinear weights; the floor is piecewise constant, so at

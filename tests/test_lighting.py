@@ -1,4 +1,5 @@
-"""jface.lighting vs numpy references written from spec deca.md §4, §5.7."""
+"""jface.lighting vs numpy references written from DECA's ``SRenderY`` (``decalib/utils/renderer.py``:
+``add_SHlight``, ``add_directionlight``, ``render_shape``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-
-from jface.lighting import SH_CONSTANTS, directional_shading, sh_shading
 from test_render_reference import SH_CONSTANTS as REF_CONSTANTS
 from test_render_reference import sh_shading as ref_sh_shading
+
+from jface.lighting import SH_CONSTANTS, directional_shading, sh_shading
 
 
 def test_constants_match_spec():
@@ -67,3 +68,13 @@ def test_directional_shading_reference():
     assert np.all(np.isfinite(g))
     with pytest.raises(ValueError, match="intensities"):
         directional_shading(normals, dirs, np.ones((2, 3)))
+
+
+def test_normals_shape_is_checked():
+    for bad in (np.zeros(()), np.zeros((4, 2))):
+        with pytest.raises(ValueError, match=r"normals: expected \(\.\.\., 3\)"):
+            sh_shading(bad, np.zeros((9, 3)))
+        with pytest.raises(ValueError, match=r"normals: expected \(\.\.\., 3\)"):
+            directional_shading(bad)
+    with pytest.raises(ValueError, match=r"sh: expected \(9, 3\)"):
+        sh_shading(np.zeros((4, 3)), np.zeros(27))

@@ -184,3 +184,15 @@ def test_sampling_errors():
         bilinear_sample(image, np.zeros((2, 2, 3)))
     with pytest.raises(ValueError, match="grid_xy"):
         grid_sample(image, np.zeros((2, 2, 3)))
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 4, 3), (4, 0, 1)])
+def test_empty_image_is_a_clear_error(shape):
+    """An image without pixels names the argument (not a gather error from inside XLA)."""
+    image = np.zeros(shape)
+    with pytest.raises(ValueError, match=r"image: expected at least one pixel"):
+        bilinear_sample(image, np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match=r"image: expected at least one pixel"):
+        grid_sample(image, np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match=r"image: expected at least one pixel"):
+        sample_pixels(image, np.zeros(3), np.zeros(3))
