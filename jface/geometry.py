@@ -62,12 +62,13 @@ def _trailing(x: ArrayLike, name: str, tail: tuple[int, ...], layout: str) -> ja
     return x
 
 
-def check_faces(faces: ArrayLike, num_vertices: int, name: str = "faces") -> jax.Array:
+def check_faces(faces: ArrayLike, num_vertices: int, name: str = "faces", rows: str | None = None) -> jax.Array:
     """``faces`` as an int32 ``(F, 3)`` array of indices into ``num_vertices`` rows.
 
     The shape and the integer dtype are checked always (static); the index range [0, V) only when
     ``faces`` is concrete (a traced ``faces`` under ``jit``/``vmap`` passes untouched, so the check
-    costs nothing there). Raises ``ValueError`` naming ``name``.
+    costs nothing there). Raises ``ValueError`` naming ``name``; ``rows`` says what the V rows are
+    (default "V vertices").
     """
     if not hasattr(faces, "dtype"):
         faces = np.asarray(faces)
@@ -81,8 +82,8 @@ def check_faces(faces: ArrayLike, num_vertices: int, name: str = "faces") -> jax
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= num_vertices:
             raise ValueError(
-                f"{name}: vertex indices must lie in [0, {num_vertices}) ({num_vertices} vertices), "
-                f"got indices from {low} to {high}"
+                f"{name}: vertex indices must lie in [0, {num_vertices}) "
+                f"({rows or f'{num_vertices} vertices'}), got indices from {low} to {high}"
             )
     return jnp.asarray(faces, jnp.int32)
 

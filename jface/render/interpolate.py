@@ -1,24 +1,35 @@
-"""Barycentric attribute interpolation (spec deca.md §5.4)."""
+"""Barycentric attribute interpolation (DECA's ``SRenderY.forward``, ``decalib/utils/renderer.py``)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
+from jface.render.checks import check_faces
 from jface.render.rasterize import Fragments, take_rows
 
 __all__ = ["interpolate", "face_attributes"]
 
 
-def face_attributes(attributes, faces):
-    """Vertex attributes ``(V, D)`` -> per-face-corner ``(F, 3, D)`` (DECA's ``face_vertices``)."""
+def _vertex_rows(attributes: jax.Array, faces: ArrayLike) -> jax.Array:
+    """Checked int32 faces for per-vertex ``attributes (V, D)``: every index must name a row."""
+    rows = attributes.shape[0]
+    return check_faces(faces, rows, rows=f"attributes has {rows} rows, one per vertex")
+
+
+def face_attributes(attributes: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Vertex attributes ``(V, D)`` -> per-face-corner ``(F, 3, D)`` (DECA's ``face_vertices``).
+
+    ``faces (F, 3)`` int must index rows of ``attributes`` (checked when concrete).
+    """
     attributes = jnp.asarray(attributes)
-    faces = jnp.asarray(faces, jnp.int32)
     if attributes.ndim != 2:
         raise ValueError(f"attributes: expected (V, D), got shape {attributes.shape}")
-    return attributes[faces]
+    return attributes[_vertex_rows(attributes, faces)]
 
 
-def interpolate(fragments: Fragments, attributes, faces=None):
+def interpolate(fragments: Fragments, attributes: ArrayLike, faces: ArrayLike | None = None) -> jax.Array:
     """Interpolate attributes with the fragments' screen-space barycentrics, per item.
 
     Args:
@@ -26,7 +37,9 @@ def interpolate(fragments: Fragments, attributes, faces=None):
         :func:`jface.render.barycentrics`).
       attributes: per-vertex ``(V, D)`` (then ``faces (F, 3)`` is required) or per-face-corner
         ``(F, 3, D)`` (DECA's layout; ``faces`` is then ignored and may be None).
-      faces: ``(F, 3)`` int.
+      faces: ``(F, 3)`` int, indices into the rows of per-vertex ``attributes``. Float faces, a wrong
+        shape or (when ``faces`` is concrete) an index outside [0, V) raise ``ValueError``: fewer
+        attribute rows than the vertices the faces use is an error, never a silent zero.
 
     Returns:
       ``(H, W, D)`` = sum_k bary_k * attr[face, k] (affine, no perspective correction, as in DECA);
@@ -37,10 +50,7 @@ def interpolate(fragments: Fragments, attributes, faces=None):
     if attributes.ndim == 2:
         if faces is None:
             raise ValueError("faces: required for per-vertex attributes (V, D)")
-        faces = jnp.asarray(faces)
-        if faces.ndim != 2 or faces.shape[-1] != 3:
-            raise ValueError(f"faces: expected (F, 3) int, got shape {faces.shape}")
-        corner = attributes[faces.astype(jnp.int32)]
+        corner = attributes[_vertex_rows(attributes, faces)]
     elif attributes.ndim == 3 and attributes.shape[1] == 3:
         corner = attributes
     else:

@@ -7,7 +7,7 @@ to the lower face index). Unlike the dense jnp pass (:func:`jface.render.rasteri
 over a static ``capacity`` plus overflow rounds in a ``while_loop``), the loop runs exactly as many
 blocks as the tile holds, so there is no capacity, no overflow round and no host round trip.
 
-The arithmetic is :func:`jface.render.rasterize.plane_depth_key`, the jnp pass's own (w1, w2
+The arithmetic is :func:`jface.render.planes.plane_depth_key`, the jnp pass's own (w1, w2
 relative to corner 0, w0 = 1 - w1 - w2, inside = w2 >= 0, w1 >= 0, w0 > 0, z >= znear), so the
 two paths agree except where a compiler's fused multiply-add moves a value across an edge or a
 depth tie by one ulp. Interpret mode (``interpret=True``) runs the same kernel on any backend; the tests use
@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jface.render.rasterize import plane_depth_key
+from jface.render import binning
+from jface.render.planes import NO_FACE, plane_depth_key
 
 __all__ = ["zbuffer_tiles", "soft_silhouette_tiles", "pallas_available"]
-
-_NO_FACE = np.iinfo(np.int32).max
 
 
 def pallas_available() -> bool:
@@ -51,7 +50,7 @@ def zbuffer_tiles(params, valid, faces_sorted, tile_start, tile_count, znear, *,
     """Nearest inside face per pixel of every tile, per item (batch with ``jax.vmap``).
 
     Args:
-      params: ``(F, 9)`` face planes of :func:`jface.render.rasterize._face_planes` (pixel units).
+      params: ``(F, 9)`` face planes of :func:`jface.render.planes.face_planes` (pixel units).
       valid: ``(F,)`` bool.
       faces_sorted, tile_start, tile_count: the binning of one pair window; tile t's candidates
         are ``faces_sorted[tile_start[t] : tile_start[t] + tile_count[t]]`` in ascending face order.
@@ -94,12 +93,12 @@ def zbuffer_tiles(params, valid, faces_sorted, tile_start, tile_count, znear, *,
             p = [plgpu.load(params_ref.at[fid * 9 + i], mask=live, other=0.0)[None, :] for i in range(9)]
             key = plane_depth_key(p, ok[None, :], col, row, zn)
             zmin = jnp.min(key, axis=1)
-            fmin = jnp.min(jnp.where(key == zmin[:, None], fid[None, :], _NO_FACE), axis=1)
+            fmin = jnp.min(jnp.where(key == zmin[:, None], fid[None, :], NO_FACE), axis=1)
             # later blocks hold higher face ids: strictly nearer only, so ties keep the lower id
             better = zmin < best_z
             return jnp.where(better, zmin, best_z), jnp.where(better, fmin, best_f)
 
-        init = (jnp.full((lanes,), jnp.inf, dtype), jnp.full((lanes,), _NO_FACE, jnp.int32))
+        init = (jnp.full((lanes,), jnp.inf, dtype), jnp.full((lanes,), NO_FACE, jnp.int32))
         best_z, best_f = lax.fori_loop(0, (count + block - 1) // block, body, init)
         depth_ref[...] = best_z
         face_ref[...] = jnp.where(best_z < jnp.inf, best_f, -1)
@@ -108,7 +107,8 @@ def zbuffer_tiles(params, valid, faces_sorted, tile_start, tile_count, znear, *,
     kwargs = {} if interpret else {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=1)}
     call = pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((num_tiles, lanes), dtype), jax.ShapeDtypeStruct((num_tiles, lanes), jnp.int32)),
+        out_shape=(jax.ShapeDtypeStruct((num_tiles, lanes), dtype),
+                   jax.ShapeDtypeStruct((num_tiles, lanes), jnp.int32)),
         grid=(num_tiles,),
         out_specs=(row_spec, row_spec),
         interpret=interpret,
@@ -152,7 +152,8 @@ def _sil_block(cx, cy, ok, px, py, thr):
             best = (d2, jnp.zeros(d2.shape, jnp.int32), t, dx, dy)
         else:
             take = d2 < best[0]
-            best = tuple(jnp.where(take, new, old) for new, old in zip((d2, jnp.full(d2.shape, k, jnp.int32), t, dx, dy), best))
+            candidate = (d2, jnp.full(d2.shape, k, jnp.int32), t, dx, dy)
+            best = tuple(jnp.where(take, new, old) for new, old in zip(candidate, best))
     dist2, seg, t, dx, dy = best
     live = ok & (inside | (dist2 < thr))
     return inside, live, dist2, seg, t, dx, dy
@@ -248,8 +249,6 @@ def _sil_call(kind, fxy, valid, faces_sorted, tile_start, tile_count, g, *, tile
 def _windows(ft, grid, pair_budget, body, init):
     """Run ``body(window, faces_sorted, start, count, acc)`` over every pair window: the first one
     unconditionally, further ones (meshes with more pairs than ``pair_budget``) in a while loop."""
-    from jface.render import binning
-
     def step(window, acc):
         faces_sorted, start, count = binning.window_candidates(ft, grid, window, pair_budget)
         return body(faces_sorted, start, count, acc)

@@ -1,9 +1,13 @@
-"""Hard z-buffer rasterization in DECA's NDC (spec deca.md §5.2-§5.3), tiled and deterministic.
+"""Hard z-buffer rasterization in DECA's NDC, tiled and deterministic.
+
+Reproduces DECA's hard rasterizers (``decalib/utils/renderer.py``: pytorch3d's ``rasterize_meshes``
+and the standard kernel ``decalib/utils/rasterizer/standard_rasterize_cuda_kernel.cu``).
 
 Frames
 ------
-``vertices (V, 3)`` are DECA's ``trans_verts`` *after* the y/z flip (spec §3): x right, y down,
-z smaller = closer, all in NDC. Pixel centres (spec §5.2):
+``vertices (V, 3)`` are DECA's ``trans_verts`` *after* the y/z flip (``decalib/deca.py``,
+``decode``): x right, y down, z smaller = closer, all in NDC. Pixel centres (the standard kernel's
+mapping, :func:`jface.render.planes.ndc_to_pixel`):
 
     col = (x + 1) W/2 - 0.5,   row = (y + 1) H/2 - 0.5,
 
@@ -14,7 +18,7 @@ standard kernel keys on the harmonic interpolation 1/sum(w/z); for orthographic 
 DECA's training rasterizer, keys on the affine one, as here.) ``Fragments.depth`` is in the input
 frame (no +10).
 
-Rules (spec §5.3): a pixel is inside when w2 >= 0, w1 >= 0 and w0 > 0 (strict), with
+Rules (the standard kernel's): a pixel is inside when w2 >= 0, w1 >= 0 and w0 > 0 (strict), with
 (w0, w1, w2) the screen-space barycentrics of corners (0, 1, 2); the smallest depth wins; exact
 depth ties go to the lower face index (DECA's kernel is racy there). No back-face culling.
 Triangles whose screen area is exactly 0 cover nothing (DECA's kernel paints their bounding box,
@@ -26,26 +30,30 @@ Algorithm
 The discrete part (which face wins each pixel) runs on ``stop_gradient`` inputs with static
 shapes: faces are binned into ``tile_size`` tiles (:mod:`jface.render.binning`), and each tile
 evaluates a dense ``(tile pixels x capacity)`` block of candidates, taking the z-min with one
-variadic reduction over (depth, face id) that breaks exact ties to the lower face id. Tiles with more than ``capacity`` candidates, or meshes with more
-(face, tile) pairs than ``pair_budget``, are handled by further rounds/windows inside a
-``lax.while_loop`` whose trip count is zero in the common case (``on_overflow="grow"``), or raise
-:class:`CapacityError` (``on_overflow="raise"``). The barycentrics are then recomputed
-differentiably from the vertices for the chosen faces (:func:`barycentrics`), so gradients flow to
-vertex positions as in pytorch3d.
+variadic reduction over (depth, face id) that breaks exact ties to the lower face id. Tiles with
+more than ``capacity`` candidates, or meshes with more (face, tile) pairs than ``pair_budget``, are
+handled by further rounds/windows inside a ``lax.while_loop`` whose trip count is zero in the common
+case (``on_overflow="grow"``), or raise :class:`CapacityError` (``on_overflow="raise"``). The
+barycentrics are then recomputed differentiably from the vertices for the chosen faces
+(:func:`barycentrics`), so gradients flow to vertex positions as in pytorch3d.
+
+Arguments are checked before tracing (:mod:`jface.render.checks`): shapes, an integer face dtype
+and a positive image size always; face indices in [0, V) when ``faces`` is concrete.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 from jax import lax
+from jax.typing import ArrayLike
 
-from jface.render import binning
+from jface.render import binning, kernels
+from jface.render.checks import check_image_hw, check_mesh, is_concrete
+from jface.render.planes import NO_FACE, face_planes, ndc_to_pixel, nonzero_area, plane_depth_key
 
 __all__ = [
     "Fragments",
@@ -84,94 +92,6 @@ class Fragments:
     mask: jax.Array
 
 
-def _float(x):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
-
-def _check_mesh(vertices, faces):
-    vertices = _float(vertices)
-    faces = jnp.asarray(faces)
-    if vertices.ndim != 2 or vertices.shape[-1] != 3:
-        raise ValueError(f"vertices: expected (V, 3), got shape {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[-1] != 3:
-        raise ValueError(f"faces: expected (F, 3) int, got shape {faces.shape}")
-    if not jnp.issubdtype(faces.dtype, jnp.integer):
-        raise ValueError(f"faces: expected an integer dtype, got {faces.dtype}")
-    if faces.shape[0] and vertices.shape[0] == 0:
-        raise ValueError("vertices: got 0 vertices for a non-empty faces array")
-    return vertices, faces.astype(jnp.int32)
-
-
-def _check_hw(image_hw):
-    try:
-        height, width = (int(s) for s in image_hw)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"image_hw: expected (H, W) ints, got {image_hw!r}") from err
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image_hw: expected positive sizes, got {image_hw!r}")
-    return height, width
-
-
-def ndc_to_pixel(xy, image_hw):
-    """DECA's pixel-centre mapping (spec §5.2): NDC ``(..., 2)`` (x, y down) -> (col, row)."""
-    height, width = image_hw
-    col = (xy[..., 0] + 1.0) * (width / 2.0) - 0.5
-    row = (xy[..., 1] + 1.0) * (height / 2.0) - 0.5
-    return col, row
-
-
-def _nonzero_area(e1c, e1r, e2c, e2r):
-    """Exact "screen area != 0" test. Comparing the two products (rather than testing their
-    difference) keeps exactly degenerate faces degenerate when XLA contracts a*b - c*d into an
-    FMA, which leaves a rounding residue instead of 0 (e.g. faces with a repeated vertex)."""
-    return (e1c * e2r) != (e1r * e2c)
-
-
-def _face_planes(vertices, faces, image_hw):
-    """Per-face affine planes in pixel units: ``(F, 9)`` params and ``(F,)`` validity.
-
-    params = (c0, r0, a1, b1, a2, b2, z0, z1 - z0, z2 - z0) with, for d = p - p0,
-    w1 = a1 dc + b1 dr, w2 = a2 dc + b2 dr (relative to corner 0 for float32 accuracy).
-    """
-    col, row = ndc_to_pixel(vertices[:, :2], image_hw)
-    z = vertices[:, 2]
-    fc, fr, fz = col[faces], row[faces], z[faces]
-    e1c, e1r = fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0]
-    e2c, e2r = fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0]
-    area = e1c * e2r - e1r * e2c
-    finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
-    valid = finite & _nonzero_area(e1c, e1r, e2c, e2r)
-    inv = jnp.where(valid, 1.0 / jnp.where(valid, area, 1.0), 0.0)
-    params = jnp.stack(
-        [fc[:, 0], fr[:, 0], e2r * inv, -e2c * inv, -e1r * inv, e1c * inv,
-         fz[:, 0], fz[:, 1] - fz[:, 0], fz[:, 2] - fz[:, 0]],
-        axis=1,
-    )
-    params = jnp.where(valid[:, None], params, 0.0)
-    return params, valid, fc, fr
-
-
-def plane_depth_key(p, ok, col, row, znear):
-    """Depth of each (pixel, face) where the pixel centre is inside the face, inf elsewhere.
-
-    ``p``: the nine plane parameters of :func:`_face_planes` as a list of arrays broadcasting
-    against the pixel ``col``/``row`` (pixel units), ``ok`` the faces' validity. Inside (spec §5.3):
-    w2 >= 0, w1 >= 0, w0 > 0 (strict) and z >= znear. Shared by the jnp pass and the Pallas kernel
-    (:mod:`jface.render.kernels`), so both evaluate the same expressions.
-    """
-    dc = col - p[0]
-    dr = row - p[1]
-    w1 = p[2] * dc + p[3] * dr
-    w2 = p[4] * dc + p[5] * dr
-    w0 = 1.0 - w1 - w2
-    z = p[6] + w1 * p[7] + w2 * p[8]
-    inside = ok & (w1 >= 0) & (w2 >= 0) & (w0 > 0) & (z >= znear)
-    return jnp.where(inside, z, jnp.inf)
-
-
 def _eval_chunk(params, valid, cand, cols, rows, znear):
     """Dense z-test of candidates ``cand (T, C)`` at pixels ``cols/rows (T, P)``.
 
@@ -182,13 +102,10 @@ def _eval_chunk(params, valid, cand, cols, rows, znear):
     ok = (cand >= 0) & valid[safe]
     key = plane_depth_key([p[:, None, :, i] for i in range(9)], ok[:, None, :], cols[:, :, None],
                           rows[:, :, None], znear)
-    ids = jnp.broadcast_to(jnp.where(cand >= 0, cand, _NO_FACE)[:, None, :], key.shape)
+    ids = jnp.broadcast_to(jnp.where(cand >= 0, cand, NO_FACE)[:, None, :], key.shape)
     depth, face = _zmin(key, ids, axis=2)
     face = jnp.where(depth < jnp.inf, face, -1)
     return depth, face
-
-
-_NO_FACE = np.iinfo(np.int32).max
 
 
 def take_rows(table, index, fill=0):
@@ -214,7 +131,7 @@ def _zmin(depth, face, axis):
         take_b = (zb < za) | ((zb == za) & (fb < fa))
         return jnp.where(take_b, zb, za), jnp.where(take_b, fb, fa)
 
-    init = (jnp.array(jnp.inf, depth.dtype), jnp.array(_NO_FACE, face.dtype))
+    init = (jnp.array(jnp.inf, depth.dtype), jnp.array(NO_FACE, face.dtype))
     return lax.reduce((depth, face), init, pick, (axis,))
 
 
@@ -238,16 +155,6 @@ def _overflow_message(max_count, total, capacity, pair_budget):
 def _raise_if(flag, max_count, total, capacity, pair_budget):
     if bool(flag):
         raise CapacityError(_overflow_message(max_count, total, capacity, pair_budget))
-
-
-def _is_concrete(*arrays):
-    """True when the values are known now (not traced under jit/vmap/grad)."""
-    try:
-        for a in arrays:
-            bool(jnp.any(a))
-    except jax.errors.ConcretizationTypeError:  # includes TracerBoolConversionError
-        return False
-    return True
 
 
 def default_pair_budget(num_faces: int, grid: binning.TileGrid) -> int:
@@ -281,9 +188,7 @@ def _resolve_impl(impl: str) -> str:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    from jface.render.kernels import pallas_available
-
-    return "pallas" if jax.default_backend() == "gpu" and pallas_available() else "jnp"
+    return "pallas" if jax.default_backend() == "gpu" and kernels.pallas_available() else "jnp"
 
 
 @functools.partial(
@@ -294,7 +199,7 @@ def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, s
     """Jitted discrete pass; returns ``(face_index (H, W), overflow flag, max tile count, pairs)``."""
     grid = binning.tile_grid(image_hw, tile_size)
     vertices = lax.stop_gradient(vertices)
-    params, valid, fc, fr = _face_planes(vertices, faces, image_hw)
+    params, valid, fc, fr = face_planes(vertices, faces, image_hw)
     ft = binning.face_tiles(fc, fr, valid, grid)
     cols, rows = grid.pixel_centres(params.dtype)
     znear = znear.astype(params.dtype)
@@ -303,9 +208,7 @@ def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, s
         faces_sorted, start, count = binning.window_candidates(ft, grid, window, pair_budget)
         if impl != "jnp":
             # One program per tile loops over all its candidates: no capacity, no overflow rounds.
-            from jface.render.kernels import zbuffer_tiles
-
-            new = zbuffer_tiles(params, valid, faces_sorted, start, count, znear, tile_size=grid.size,
+            new = kernels.zbuffer_tiles(params, valid, faces_sorted, start, count, znear, tile_size=grid.size,
                                 nx=grid.nx, interpret=impl == "interpret")
             return _merge(state, new), count
         every = jnp.arange(grid.num_tiles, dtype=jnp.int32)
@@ -351,27 +254,27 @@ def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, s
 
 
 def rasterize_face_index(
-    vertices,
-    faces,
-    image_hw,
+    vertices: ArrayLike,
+    faces: ArrayLike,
+    image_hw: tuple[int, int],
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
-    overflow_tiles: Optional[int] = None,
-    overflow_capacity: Optional[int] = None,
-    pair_budget: Optional[int] = None,
+    overflow_tiles: int | None = None,
+    overflow_capacity: int | None = None,
+    pair_budget: int | None = None,
     znear: float = -10.0,
     on_overflow: str = "grow",
     impl: str = "auto",
-):
+) -> jax.Array:
     """The discrete part of :func:`rasterize`: ``(H, W)`` int32 face ids (-1 background).
 
     Not differentiable (inputs are ``stop_gradient``-ed). See :func:`rasterize` for arguments.
     """
     if on_overflow not in ("grow", "raise"):
         raise ValueError(f"on_overflow: expected 'grow' or 'raise', got {on_overflow!r}")
-    vertices, faces = _check_mesh(vertices, faces)
-    height, width = _check_hw(image_hw)
+    vertices, faces = check_mesh(vertices, faces)
+    height, width = check_image_hw(image_hw)
     grid = binning.tile_grid((height, width), tile_size)
     capacity, slots, extra, pair_budget = _resolve_budgets(
         faces.shape[0], grid, capacity, overflow_tiles, overflow_capacity, pair_budget
@@ -384,22 +287,23 @@ def rasterize_face_index(
         grow=on_overflow == "grow", impl=_resolve_impl(impl),
     )
     if on_overflow == "raise":
-        if _is_concrete(flag):
+        if is_concrete(flag):
             _raise_if(flag, max_count, total, capacity, pair_budget)
         else:
             jax.debug.callback(_raise_if, flag, max_count, total, capacity, pair_budget)
     return face_index
 
 
-def barycentrics(vertices, faces, face_index, image_hw):
+def barycentrics(vertices: ArrayLike, faces: ArrayLike, face_index: ArrayLike,
+                 image_hw: tuple[int, int]) -> jax.Array:
     """Differentiable screen-space barycentrics of the given faces at every pixel centre.
 
     ``vertices (V, 3)`` NDC (the frame of :func:`rasterize`), ``faces (F, 3)``, ``face_index (H, W)``
     int (-1 background) -> ``(H, W, 3)`` weights (w0, w1, w2) of corners (0, 1, 2), 0 on the
     background. Gradients flow to the vertex positions (face_index is a constant).
     """
-    vertices, faces = _check_mesh(vertices, faces)
-    height, width = _check_hw(image_hw)
+    vertices, faces = check_mesh(vertices, faces)
+    height, width = check_image_hw(image_hw)
     face_index = jnp.asarray(face_index)
     if face_index.shape != (height, width):
         raise ValueError(f"face_index: expected shape {(height, width)}, got {face_index.shape}")
@@ -419,7 +323,7 @@ def barycentrics(vertices, faces, face_index, image_hw):
     e2c, e2r = c[..., 2] - c[..., 0], r[..., 2] - r[..., 0]
     dc, dr = pc - c[..., 0], pr - r[..., 0]
     area = e1c * e2r - e1r * e2c
-    ok = covered & _nonzero_area(e1c, e1r, e2c, e2r)
+    ok = covered & nonzero_area(e1c, e1r, e2c, e2r)
     area = jnp.where(ok, area, 1.0)
     w1 = (dc * e2r - dr * e2c) / area
     w2 = (e1c * dr - e1r * dc) / area
@@ -428,24 +332,25 @@ def barycentrics(vertices, faces, face_index, image_hw):
 
 
 def rasterize(
-    vertices,
-    faces,
-    image_hw,
+    vertices: ArrayLike,
+    faces: ArrayLike,
+    image_hw: tuple[int, int],
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
-    overflow_tiles: Optional[int] = None,
-    overflow_capacity: Optional[int] = None,
-    pair_budget: Optional[int] = None,
+    overflow_tiles: int | None = None,
+    overflow_capacity: int | None = None,
+    pair_budget: int | None = None,
     znear: float = -10.0,
     on_overflow: str = "grow",
     impl: str = "auto",
 ) -> Fragments:
-    """Hard z-buffer rasterization (spec deca.md §5.2-§5.3), per item; batch with ``jax.vmap``.
+    """Hard z-buffer rasterization (DECA's hard rasterizers), per item; batch with ``jax.vmap``.
 
     Args:
       vertices: ``(V, 3)`` DECA NDC after the y/z flip (x right, y down, smaller z = closer).
-      faces: ``(F, 3)`` int vertex indices (F may be 0: all background).
+      faces: ``(F, 3)`` int vertex indices in [0, V) (F may be 0: all background). Float faces, a
+        wrong shape or (when ``faces`` is concrete) an index outside [0, V) raise ``ValueError``.
       image_hw: static ``(H, W)``.
       tile_size: screen tile edge in pixels (static).
       capacity: candidate faces every tile evaluates in the dense first pass (static).
@@ -468,8 +373,8 @@ def rasterize(
       :class:`Fragments`; ``bary``, ``depth`` and ``mask`` carry the vertices' dtype. ``bary`` and
       ``depth`` are differentiable w.r.t. ``vertices`` (through :func:`barycentrics`).
     """
-    vertices, faces = _check_mesh(vertices, faces)
-    height, width = _check_hw(image_hw)
+    vertices, faces = check_mesh(vertices, faces)
+    height, width = check_image_hw(image_hw)
     face_index = rasterize_face_index(
         vertices, faces, (height, width), tile_size=tile_size, capacity=capacity,
         overflow_tiles=overflow_tiles, overflow_capacity=overflow_capacity,

@@ -2,7 +2,7 @@
 
 Frame: ``vertices (V, 3)`` in DECA's NDC after the y/z flip (x right, y down, smaller z = closer),
 as for :func:`jface.render.rasterize`. Pixel (row, col) has its centre at NDC
-x = (2 col + 1)/W - 1, y = (2 row + 1)/H - 1 (spec deca.md §5.2); SoftRas uses the same centres
+x = (2 col + 1)/W - 1, y = (2 row + 1)/H - 1 (DECA's standard kernel); SoftRas uses the same centres
 (with y up). Distances are measured in NDC units, so ``sigma`` means what it means in SoftRas.
 
 For every pixel p and face j (SoftRas' ``dist_func='euclidean'``, ``aggr_func_alpha='prod'``,
@@ -42,25 +42,17 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
-from jface.render import binning
-from jface.render.rasterize import (
-    CapacityError,
-    _check_hw,
-    _check_mesh,
-    _is_concrete,
-    _nonzero_area,
-    default_pair_budget,
-    _resolve_impl,
-    ndc_to_pixel,
-    take_rows,
-)
+from jface.render import binning, kernels
+from jface.render.checks import check_image_hw, check_mesh, is_concrete
+from jface.render.planes import ndc_to_pixel, nonzero_area
+from jface.render.rasterize import CapacityError, _resolve_impl, default_pair_budget, take_rows
 
 __all__ = ["soft_rasterize", "binning_stats", "plan_levels", "DEFAULT_SOFT_CAPACITY", "DEFAULT_SOFT_TILE_SIZE"]
 
@@ -149,11 +141,9 @@ def _sil_geometry(cx, cy, ok, px, py, thr):
     (:func:`jface.render.kernels._sil_block`, broadcasting ``(T, 1, C)`` corners against
     ``(T, P, 1)`` pixels), so both paths evaluate the same expressions.
     """
-    from jface.render.kernels import _sil_block
-
     corners_x = [cx[:, None, :, k] for k in range(3)]
     corners_y = [cy[:, None, :, k] for k in range(3)]
-    return _sil_block(corners_x, corners_y, ok[:, None, :], px[:, :, None], py[:, :, None], thr)
+    return kernels._sil_block(corners_x, corners_y, ok[:, None, :], px[:, :, None], py[:, :, None], thr)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -216,10 +206,10 @@ def _sil_part(xy, valid, cand, px, py, hyper):
 
 
 def soft_rasterize(
-    vertices,
-    faces,
-    image_hw,
-    colors=None,
+    vertices: ArrayLike,
+    faces: ArrayLike,
+    image_hw: tuple[int, int],
+    colors: ArrayLike | None = None,
     *,
     sigma: float = 1e-4,
     gamma: float = 1e-4,
@@ -227,20 +217,21 @@ def soft_rasterize(
     eps: float = 1e-3,
     znear: float = -10.0,
     zfar: float = 10.0,
-    background=None,
+    background: ArrayLike | None = None,
     tile_size: int = DEFAULT_SOFT_TILE_SIZE,
     capacity: int = DEFAULT_SOFT_CAPACITY,
-    overflow_tiles: Optional[int] = None,
-    overflow_capacity: Optional[int] = None,
-    pair_budget: Optional[int] = None,
+    overflow_tiles: int | tuple[int, ...] | None = None,
+    overflow_capacity: int | tuple[int, ...] | None = None,
+    pair_budget: int | None = None,
     on_overflow: str = "grow",
     impl: str = "auto",
-):
+) -> jax.Array:
     """Soft rasterization (SoftRas), per item; batch with ``jax.vmap``.
 
     Args:
       vertices: ``(V, 3)`` DECA NDC after the y/z flip.
-      faces: ``(F, 3)`` int.
+      faces: ``(F, 3)`` int vertex indices in [0, V) (checked when concrete, as in
+        :func:`jface.render.rasterize`).
       image_hw: static ``(H, W)``.
       colors: None (silhouette only), per-vertex ``(V, D)`` or per-face-corner ``(F, 3, D)``.
       sigma, gamma, dist_eps, eps, znear, zfar: see the module docstring.
@@ -271,8 +262,8 @@ def soft_rasterize(
         raise ValueError(f"dist_eps: expected in (0, 0.5), got {dist_eps!r}")
     if not float(zfar) > float(znear):
         raise ValueError(f"zfar: expected > znear, got znear={znear!r}, zfar={zfar!r}")
-    vertices, faces = _check_mesh(vertices, faces)
-    height, width = _check_hw(image_hw)
+    vertices, faces = check_mesh(vertices, faces)
+    height, width = check_image_hw(image_hw)
     dtype = vertices.dtype
     corner_colors = None
     if colors is not None:
@@ -327,7 +318,7 @@ def soft_rasterize(
     cand, levels, max_count, n_over, total, valid, flag = _soft_candidates(
         vertices, faces, image_hw=(height, width), tile_size=grid.size, radii=radii, **budgets
     )
-    if _is_concrete(flag):
+    if is_concrete(flag):
         if bool(flag):
             if on_overflow == "raise":
                 raise CapacityError(_message(max_count, n_over, total, capacity, slots, extra, pair_budget))
@@ -357,7 +348,7 @@ def _faces_in_tiles(vertices, faces, image_hw, grid, radii):
     col, row = ndc_to_pixel(vertices[:, :2], image_hw)
     fc, fr, fz = col[faces], row[faces], vertices[:, 2][faces]
     finite = jnp.all(jnp.isfinite(fc) & jnp.isfinite(fr) & jnp.isfinite(fz), axis=1)
-    valid = finite & _nonzero_area(fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0], fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0])
+    valid = finite & nonzero_area(fc[:, 1] - fc[:, 0], fr[:, 1] - fr[:, 0], fc[:, 2] - fc[:, 0], fr[:, 2] - fr[:, 0])
     return valid, binning.face_tiles(fc, fr, valid, grid, radii[0], radii[1])
 
 
@@ -371,17 +362,15 @@ def _soft_silhouette_pallas(vertices, faces, image_hw, grid, radii, sigma, thr, 
     """The silhouette through :func:`jface.render.kernels.soft_silhouette_tiles`: every pair
     window is evaluated (exact for any mesh); ``on_overflow="raise"`` still reports more pairs than
     ``pair_budget`` (eagerly, or at run time under jit through a host callback)."""
-    from jface.render.kernels import soft_silhouette_tiles
-
     valid, ft = _soft_face_tiles(vertices, faces, image_hw=image_hw, tile_size=grid.size, radii=radii)
     if on_overflow == "raise":
-        if _is_concrete(ft.total):
+        if is_concrete(ft.total):
             _raise_pairs(ft.total, pair_budget)
         else:
             jax.debug.callback(lambda n: _raise_pairs(n, pair_budget), ft.total)
     fxy = vertices[:, :2][faces]  # (F, 3, 2); its transpose sums the corners into the vertices
     static = (grid, image_hw, sigma, thr, pair_budget, 16, impl == "interpret", 2)
-    log_transmit = soft_silhouette_tiles(fxy, valid, ft, static)
+    log_transmit = kernels.soft_silhouette_tiles(fxy, valid, ft, static)
     pixels = grid.size * grid.size
     return grid.untile(-jnp.expm1(log_transmit[:, :pixels]))
 
@@ -494,16 +483,17 @@ def _raise_if(flag, max_count, n_over, total, *, capacity, slots, extra, pair_bu
         raise CapacityError(_message(max_count, n_over, total, capacity, slots, extra, pair_budget))
 
 
-def binning_stats(vertices, faces, image_hw, *, sigma: float = 1e-4, dist_eps: float = 1e-4,
-                  tile_size: int = DEFAULT_SOFT_TILE_SIZE, capacity: int = DEFAULT_SOFT_CAPACITY):
+def binning_stats(vertices: ArrayLike, faces: ArrayLike, image_hw: tuple[int, int], *, sigma: float = 1e-4,
+                  dist_eps: float = 1e-4, tile_size: int = DEFAULT_SOFT_TILE_SIZE,
+                  capacity: int = DEFAULT_SOFT_CAPACITY) -> dict:
     """Concrete binning statistics of one item, to size the static budgets before ``jit``.
 
     Returns a dict of ints: ``max_count`` (most candidates in a tile), ``over`` (tiles with more
     than ``capacity``), ``pairs`` (face-tile pairs), ``num_tiles``. ``sigma=0`` gives the hard
     rasterizer's binning (no cut-off radius).
     """
-    vertices, faces = _check_mesh(vertices, faces)
-    height, width = _check_hw(image_hw)
+    vertices, faces = check_mesh(vertices, faces)
+    height, width = check_image_hw(image_hw)
     grid = binning.tile_grid((height, width), tile_size)
     if faces.shape[0] == 0:
         return dict(max_count=0, over=0, pairs=0, num_tiles=grid.num_tiles)
@@ -528,7 +518,7 @@ def _tile_counts(vertices, faces, image_hw, tile_size, radii, pair_budget):
     return binning.window_candidates(ft, grid, jnp.int32(0), pair_budget)[2]
 
 
-def plan_levels(counts_per_item, capacity: int, granularity: int = 8):
+def plan_levels(counts_per_item, capacity: int, granularity: int = 8) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Static overflow levels that fit every item: ``(overflow_tiles, overflow_capacity)`` tuples.
 
     ``counts_per_item``: per-tile candidate counts of each item (``binning_stats(...)["counts"]``).
