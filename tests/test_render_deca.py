@@ -1,4 +1,4 @@
-"""DECA renderer stages: world2uv, render, render_shape, composite (spec deca.md §5.4-§5.7)."""
+"""DECA renderer stages (``SRenderY`` in ``decalib/utils/renderer.py``): world2uv, render, render_shape, composite."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jface.deca.render import composite, pos_mask, render, render_shape
+from jface.flame.heads import deca_camera, demo_head, procedural_head
 from jface.lighting import SH_CONSTANTS, directional_shading
-from jface.render import composite, pos_mask, procedural_head, render, render_shape, world2uv
-from jface.render.mesh import deca_camera, demo_head
+from jface.render import world2uv
 from jface.sampling import grid_sample
 
 
@@ -59,10 +60,13 @@ def test_render_outputs_follow_deca(small_head):
     alpha = np.asarray(out["alpha_images"])
     assert alpha.shape == hw + (1,) and 0.3 < alpha.mean() < 0.9
     np.testing.assert_array_equal(alpha[..., 0], np.asarray(out["fragments"].mask))
-    np.testing.assert_allclose(np.asarray(out["albedo_images"]), np.asarray(grid_sample(albedo, out["grid"])), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(out["albedo_images"]), np.asarray(grid_sample(albedo, out["grid"])),
+                               atol=1e-12)
     # band 0 only: shading = c0 L0 everywhere, images = albedo * shading * alpha
-    np.testing.assert_allclose(np.asarray(out["shading_images"]), np.broadcast_to(SH_CONSTANTS[0] * sh[0], hw + (3,)), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(out["images"]), np.asarray(out["albedo_images"]) * SH_CONSTANTS[0] * sh[0] * alpha, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(out["shading_images"]), np.broadcast_to(SH_CONSTANTS[0] * sh[0], hw + (3,)),
+                               atol=1e-12)
+    np.testing.assert_allclose(np.asarray(out["images"]),
+                               np.asarray(out["albedo_images"]) * SH_CONSTANTS[0] * sh[0] * alpha, atol=1e-12)
     # interpolated normals are not renormalised (shorter than 1 inside faces)
     n = np.linalg.norm(np.asarray(out["normal_images"]), axis=-1)[alpha[..., 0] > 0]
     assert n.max() <= 1 + 1e-9 and n.min() < 0.999

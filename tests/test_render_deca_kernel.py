@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jface.render import rasterize, render
-from jface.render.mesh import deca_camera, procedural_head
+from jface.deca.render import render
+from jface.flame.heads import deca_camera, procedural_head
+from jface.render import rasterize
 
 HW = (112, 112)
 
@@ -104,7 +105,7 @@ def _meshes(realdata_dir):
     out = [("procedural", head["vertices"].astype(np.float64), head["faces"], head["uv_coords"], head["uv_faces"])]
     template = realdata_dir / "deca" / "head_template.obj" if realdata_dir is not None else None  # real DECA file
     if template is not None and template.exists():
-        from jface.models.io import load_obj
+        from jface.files.obj import load_obj
 
         obj = load_obj(template)
         out.append(("head_template.obj", obj.vertices, obj.faces, obj.uv_coords, obj.uv_faces))

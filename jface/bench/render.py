@@ -1,8 +1,8 @@
 """Renderer benchmark: ``python -m jface.bench render [--size full|small] [--json PATH]``.
 
 Times (median of ``--repeats`` after ``--warmup`` calls, each blocked until ready) on a batch of
-FLAME-sized heads (``jface.models.default_flame_model()`` when it exists, else the procedural
-5023-vertex / 9976-face head of :mod:`jface.render.mesh`), framed like DECA's face crop, each item
+FLAME-sized heads (``jface.models.default_flame_model()`` when it can be built, else the procedural
+5023-vertex / 9976-face head of :mod:`jface.flame.heads`), framed like DECA's face crop, each item
 with its own pose (yaw, pitch, scale, shift), vmapped:
 
 * ``raster_interp_fwd``: :func:`~jface.render.rasterize` + :func:`~jface.render.interpolate` of
@@ -22,14 +22,25 @@ plus the compiled temporary buffer size of each (``memory_analysis``), the devic
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
 import platform
 import sys
+import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jface.bench import peak_memory_bytes, time_fn
+from jface.deca.render import render
+from jface.flame.heads import demo_head, procedural_albedo, procedural_head
+from jface.geometry import vertex_normals
+from jface.render import interpolate, rasterize, soft, soft_rasterize
+from jface.render.soft import binning_stats, plan_levels
 
 SIZES = {
     "full": dict(batch=32, image=224, mesh="flame", repeats=50, warmup=5),
@@ -37,9 +48,7 @@ SIZES = {
 }
 
 
-def _heads(mesh: str):
-    from jface.render.mesh import demo_head, procedural_albedo, procedural_head
-
+def _heads(mesh: str) -> dict:
     if mesh == "flame":
         return demo_head()
     head = dict(procedural_head(n_rings=12, n_lon=16, num_vertices=0), albedo=procedural_albedo(64),
@@ -72,8 +81,6 @@ def _batch_world(head, batch):
 
 
 def _ndc(world, cam):
-    import jax.numpy as jnp
-
     xy = cam[0] * (world[:, :2] + cam[1:3])
     z = cam[0] * world[:, 2]
     return jnp.stack([xy[:, 0], -xy[:, 1], -z], axis=-1)
@@ -88,8 +95,6 @@ def _temp_bytes(jitted, *args):
 
 
 def _stats(ndc_batch, faces, hw, sigma, tile_size, capacity):
-    from jface.render.soft import binning_stats
-
     per = [binning_stats(v, faces, hw, sigma=sigma, tile_size=tile_size, capacity=capacity) for v in ndc_batch]
     out = {k: max(p[k] for p in per) for k in per[0] if k != "counts"}
     out["mean_count"] = float(np.mean([np.mean(p["counts"]) for p in per]))
@@ -98,13 +103,6 @@ def _stats(ndc_batch, faces, hw, sigma, tile_size, capacity):
 
 def _profile(fn, fargs, calls: int = 3, top: int = 15):
     """Top device ops of ``fn`` (µs per call) from a ``jax.profiler`` perfetto trace; [] if none."""
-    import collections
-    import glob
-    import gzip
-    import tempfile
-
-    import jax
-
     try:
         folder = tempfile.mkdtemp(prefix="jface_prof_")
         with jax.profiler.trace(folder, create_perfetto_trace=True):
@@ -127,7 +125,7 @@ def _profile(fn, fargs, calls: int = 3, top: int = 15):
             text = ""
         lines = {}
         for line in text.splitlines():
-            head = line.strip().lstrip("ROOT ").split(" = ", 1)
+            head = line.strip().removeprefix("ROOT ").split(" = ", 1)
             if len(head) == 2:
                 lines[head[0].lstrip("%")] = head[1][:90]
         out = []
@@ -140,17 +138,9 @@ def _profile(fn, fargs, calls: int = 3, top: int = 15):
         return [(f"profile failed: {err!r}", 0.0)]
 
 
-def run(args):
-    import jax
-    import jax.numpy as jnp
-
-    from jface.geometry import vertex_normals
-    from jface.render import interpolate, rasterize, render, soft_rasterize
-
+def run(args: argparse.Namespace) -> dict:
     if args.soft_vjp_reduce:
-        from jface.render import soft as _soft
-
-        _soft._VJP_REDUCE = args.soft_vjp_reduce
+        soft._VJP_REDUCE = args.soft_vjp_reduce
     cfg = dict(SIZES[args.size])
     for key in ("batch", "image", "repeats", "warmup"):
         if getattr(args, key) is not None:
@@ -194,15 +184,13 @@ def run(args):
     soft_stats, soft_counts = _stats(ndc_np, head["faces"], hw, args.sigma, soft_tile, soft_cap)
     results["soft"]["binning"] = soft_stats
     # Size the soft rasterizer's static overflow levels from the data (it cannot grow under jit).
-    from jface.render.soft import plan_levels
-
     soft_slots, soft_extra = plan_levels(soft_counts, soft_cap)
     soft_pairs = max(1024, int(soft_stats["pairs"] * 1.25))
     results["soft"].update(overflow_tiles=soft_slots, overflow_capacity=soft_extra, pair_budget=soft_pairs)
 
+    normals = jax.vmap(vertex_normals, (0, None))
     attrs = jnp.concatenate(
-        [ndc, world, jax.vmap(vertex_normals, (0, None))(world, faces), jax.vmap(vertex_normals, (0, None))(ndc, faces)],
-        axis=-1,
+        [ndc, world, normals(world, faces), normals(ndc, faces)], axis=-1
     )  # (B, V, 12): DECA's 12 channels (as per-vertex attributes)
 
     def raster_interp(v, a):
@@ -299,7 +287,7 @@ def run(args):
     return results
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jface.bench render", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--batch", type=int)

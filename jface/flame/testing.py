@@ -3,13 +3,14 @@
 * :func:`random_flame_model`: a tiny random model with FLAME's kinematic tree (5 joints,
   parents [-1, 0, 1, 1, 1]) and a random landmark embedding, for fast gradient / jit tests.
 * :func:`flame_model_from_arrays`: a :class:`FlameModel` from arrays in the layouts of FLAME
-  2020's ``generic_model.pkl`` and DECA's landmark embedding (spec deca.md §2.2, §2.3).
+  2020's ``generic_model.pkl`` and DECA's ``landmark_embedding.npy`` (``decalib/models/FLAME.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from jface.flame.heads import procedural_head
 from jface.models.morphable import FlameModel
 
 __all__ = ["random_flame_model", "flame_model_from_arrays"]
@@ -20,7 +21,7 @@ def flame_model_from_arrays(
 ):
     """Build a FlameModel from a ``generic_model.pkl``-style mapping (``f``, ``v_template``,
     ``shapedirs``, ``posedirs``, ``J_regressor`` dense, ``kintree_table``, ``weights``) and an
-    optional landmark-embedding mapping (DECA's field names, spec §2.3).
+    optional landmark-embedding mapping (the field names DECA's ``FLAME.__init__`` reads).
     """
     parents = [int(p) for p in np.asarray(model_arrays["kintree_table"])[0]]
     parents[0] = -1
@@ -61,7 +62,7 @@ def random_flame_model(
     landmark embedding (51 static, 79×17 dynamic, 68 full).
 
     ``head=None``: a noisy sphere of ``num_vertices`` points (no UVs). ``head=(n_rings, n_lon)``:
-    :func:`jface.render.procedural_head` geometry with its UV layout, plus a random UV albedo model
+    :func:`jface.flame.heads.procedural_head` geometry with its UV layout, plus a random UV albedo model
     (``uv_size``², ``n_albedo`` components) and a soft UV face/eye mask, for decode tests.
     """
     rng = np.random.default_rng(seed)
@@ -112,8 +113,6 @@ def random_flame_model(
 
 
 def _random_head_model(rng, head, n_shape, n_expression, dtype, uv_size, n_albedo):
-    from jface.render.mesh import procedural_head
-
     mesh = procedural_head(int(head[0]), int(head[1]), num_vertices=0)
     base = random_flame_model(
         int(rng.integers(1 << 30)), num_vertices=8, n_shape=n_shape, n_expression=n_expression, dtype=dtype

@@ -1,19 +1,20 @@
-"""Differentiable rasterization and DECA's renderer (``jface.render``), pure JAX.
+"""Differentiable rasterization primitives (``jface.render``), pure JAX.
 
 Pipeline pieces (per item; batch with ``jax.vmap``), in DECA's NDC after the y/z flip
-(x right, y down, smaller z = closer; spec deca.md §3, §5.2):
+(x right, y down, smaller z = closer; BUILD_NOTES.md, Frames and conventions):
 
 * :func:`rasterize` -> :class:`Fragments` (hard z-buffer, tiled, deterministic);
   :func:`barycentrics` recomputes differentiable barycentrics for given face ids.
 * :func:`interpolate` vertex or face-corner attributes with the fragments.
 * :func:`soft_rasterize` SoftRas soft silhouettes / colours.
-* :func:`world2uv`, :func:`render`, :func:`render_shape`, :func:`composite`, :func:`pos_mask`:
-  DECA's ``SRenderY`` stages (spec §5.4-§5.7).
-* :func:`procedural_head`: a FLAME-sized procedural head mesh with UVs (demos, benchmarks).
+* :func:`uv_ndc`, :func:`world2uv`: the UV layout as a mesh, attributes into UV maps. DECA's
+  shading stages built on these primitives live in :mod:`jface.deca.render`.
+
+The primitives know nothing of heads or models: the procedural and demo heads used by the demo,
+the benchmarks and the tests are in :mod:`jface.flame.heads`.
 """
 
 from jface.render.interpolate import face_attributes, interpolate
-from jface.render.mesh import procedural_head, demo_head
 from jface.render.rasterize import (
     CapacityError,
     Fragments,
@@ -22,8 +23,8 @@ from jface.render.rasterize import (
     rasterize,
     rasterize_face_index,
 )
-from jface.render.renderer import composite, pos_mask, render, render_shape, uv_ndc, world2uv
 from jface.render.soft import soft_rasterize
+from jface.render.uv import uv_ndc, world2uv
 
 __all__ = [
     "Fragments",
@@ -37,10 +38,4 @@ __all__ = [
     "soft_rasterize",
     "uv_ndc",
     "world2uv",
-    "composite",
-    "pos_mask",
-    "render",
-    "render_shape",
-    "procedural_head",
-    "demo_head",
 ]

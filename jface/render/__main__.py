@@ -1,8 +1,8 @@
 """``python -m jface.render demo -o DIR``: render a head to PNGs.
 
 Writes shaded (SH), albedo, normals, depth, DECA's grey shape render and soft silhouettes at
-several sigma. Uses ``jface.models.default_flame_model()`` when it exists, else the procedural head
-(:func:`jface.render.mesh.demo_head`).
+several sigma. Uses ``jface.models.default_flame_model()`` when it can be built, else the procedural
+head (:func:`jface.flame.heads.demo_head`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ import argparse
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from jface.deca.render import render, render_shape
+from jface.flame.heads import deca_camera, demo_head
+from jface.geometry import axis_angle_to_matrix
+from jface.render import soft_rasterize
 
 
 def _save(path, image):
@@ -23,14 +30,7 @@ def _save(path, image):
     Image.fromarray(np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)).save(path)
 
 
-def demo(out_dir, size=224, yaw_deg=25.0):
-    import jax
-    import jax.numpy as jnp
-
-    from jface.geometry import axis_angle_to_matrix
-    from jface.render import render, render_shape, soft_rasterize
-    from jface.render.mesh import deca_camera, demo_head
-
+def demo(out_dir: str, size: int = 224, yaw_deg: float = 25.0) -> None:
     os.makedirs(out_dir, exist_ok=True)
     head = demo_head()
     rot = np.asarray(axis_angle_to_matrix(jnp.asarray([0.0, np.deg2rad(yaw_deg), 0.0])))
@@ -69,7 +69,7 @@ def demo(out_dir, size=224, yaw_deg=25.0):
         print(os.path.join(out_dir, name))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jface.render")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="render a head to PNGs")

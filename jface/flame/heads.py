@@ -1,4 +1,4 @@
-"""A procedural, FLAME-sized head mesh with UVs, for demos, benchmarks and tests.
+"""Head meshes for demos, benchmarks and tests: a procedural FLAME-sized head, and the demo head.
 
 :func:`procedural_head` builds a latitude/longitude ellipsoid "head" (with a nose bump) in FLAME's
 world frame (metres; x to the subject's left, y up, +z towards the camera) with 5023 vertices
@@ -6,17 +6,22 @@ and 9976 counter-clockwise (outward) faces by default, the sizes of FLAME 2020, 
 (v up, a seam at u = 0/1) and a procedural 256x256 albedo.
 
 :func:`demo_head` returns the embedded FLAME-structured head (``jface.models.default_flame_model``)
-when that exists, and the procedural head otherwise.
+when it can be built, and the procedural head otherwise. :func:`deca_camera` frames either like
+DECA's face crops. (They live in the models layer because the demo head reads the default FLAME
+model; the render primitives know nothing of heads.)
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+
+from jface.models import default_flame_model
 
 __all__ = ["procedural_head", "procedural_albedo", "demo_head", "deca_camera"]
 
 
-def procedural_head(n_rings: int = 58, n_lon: int = 86, num_vertices: int = 5023):
+def procedural_head(n_rings: int = 58, n_lon: int = 86, num_vertices: int = 5023) -> dict:
     """Ellipsoid head: dict of numpy arrays ``vertices (V, 3)`` float32 (metres),
     ``faces (F, 3)`` int32 (F = 2 n_rings n_lon), ``uv_coords (T, 2)``, ``uv_faces (F, 3)``.
 
@@ -85,7 +90,7 @@ def procedural_head(n_rings: int = 58, n_lon: int = 86, num_vertices: int = 5023
     }
 
 
-def procedural_albedo(size: int = 256):
+def procedural_albedo(size: int = 256) -> np.ndarray:
     """``(size, size, 3)`` float32 skin-toned albedo with a faint grid (row 0 = v = 1)."""
     t = (np.arange(size) + 0.5) / size
     v, u = np.meshgrid(1.0 - t, t, indexing="ij")
@@ -98,23 +103,22 @@ def procedural_albedo(size: int = 256):
 
 
 def deca_camera(vertices, scale: float = 8.0, tx: float = 0.0, ty: float = 0.0):
-    """DECA's camera and flip (spec deca.md §3) in numpy/jnp: s (X + t) then (x, -y, -z)."""
-    xp = np if isinstance(vertices, np.ndarray) else __import__("jax.numpy", fromlist=["x"])
+    """DECA's camera and flip (``batch_orth_proj`` then the y/z flip of ``decalib/deca.py``) in
+    numpy (numpy in) or jnp: ``(..., 3)`` world -> NDC s (X + t) then (x, -y, -z)."""
+    xp = np if isinstance(vertices, np.ndarray) else jnp
     x = scale * (vertices[..., 0] + tx)
     y = scale * (vertices[..., 1] + ty)
     z = scale * vertices[..., 2]
     return xp.stack([x, -y, -z], axis=-1)
 
 
-def demo_head():
+def demo_head() -> dict:
     """The default FLAME-structured head when available, else :func:`procedural_head`.
 
     Returns a dict of numpy arrays: ``vertices (V, 3)`` (world, metres), ``faces``, ``uv_coords``,
     ``uv_faces``, ``albedo (256, 256, 3)``, and ``name`` ("default_flame_model" or "procedural").
     """
     try:
-        from jface.models import default_flame_model
-
         model = default_flame_model()
         head = {
             "vertices": np.asarray(model.v_template, np.float32),
@@ -126,7 +130,7 @@ def demo_head():
         }
         if head["uv_coords"] is None or head["uv_faces"] is None:
             raise ValueError("default_flame_model has no UV layout")
-    except Exception:  # noqa: BLE001 - the default model is optional (written in parallel)
+    except Exception:  # noqa: BLE001 - any failure to build the default model falls back
         head = dict(procedural_head(), albedo=None, name="procedural")
     if head["albedo"] is None:
         head["albedo"] = procedural_albedo(256)
