@@ -1,7 +1,9 @@
-"""FLAME as DECA uses it (spec deca.md §1): linear blend skinning and the 68 landmarks.
+"""FLAME as DECA uses it (``decalib/models/FLAME.py``, ``decalib/models/lbs.py``): linear blend
+skinning and the 68 landmarks.
 
 Public entry point: :func:`forward` (per item; batch with ``jax.vmap``). Frames: FLAME world
-(metres; x to the subject's left, y up, +z towards the camera).
+(metres; x to the subject's left, y up, +z towards the camera). :mod:`jface.flame.heads` holds the
+procedural and demo head meshes; :mod:`jface.flame.testing` tiny random models for tests.
 """
 
 from jface.flame.layer import (

@@ -1,4 +1,5 @@
-"""The FLAME layer as DECA calls it (spec deca.md §1): parameters -> vertices, joints, landmarks.
+"""The FLAME layer as DECA calls it (``decalib/models/FLAME.py``): parameters -> vertices, joints,
+landmarks.
 
 Frame of every output: FLAME world (metres; x to the subject's left, y up, +z towards the
 camera), before DECA's camera (jface.geometry.orthographic_camera) and y/z flip.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
 
 from jface.flame.lbs import lbs
-from jface.geometry import axis_angle_to_matrix, matrix_to_euler
+from jface.geometry import axis_angle_to_matrix, check_faces, matrix_to_euler
 from jface.models.morphable import FlameModel
 
 __all__ = [
@@ -23,9 +26,9 @@ __all__ = [
     "landmark_visibility",
 ]
 
-# DECA's neck_kin_chain: the ancestors of the neck up to the root (spec §1.2).
+# DECA's neck_kin_chain (FLAME.__init__): the ancestors of the neck up to the root.
 NECK_KIN_CHAIN = (1, 0)
-# Yaw clamp of DECA's contour LUT, in degrees (spec §1.5).
+# Yaw clamp of DECA's contour LUT, in degrees (FLAME._find_dynamic_lmk_idx_and_bcoords).
 _YAW_LIMIT = 39
 
 
@@ -45,8 +48,8 @@ def _vector(x, name, dtype=None):
     return x
 
 
-def full_pose(pose, neck_pose=None, eye_pose=None):
-    """FLAME's 15-number pose [global, neck, jaw, eye0, eye1] from DECA's parameters (spec §1.1).
+def full_pose(pose: ArrayLike, neck_pose: ArrayLike | None = None, eye_pose: ArrayLike | None = None) -> jax.Array:
+    """FLAME's 15-number pose [global, neck, jaw, eye0, eye1] from DECA's parameters (``FLAME.forward``).
 
     ``pose (6,)`` = [global aa, jaw aa] (DECA's network output; neck and eyes are zero unless
     ``neck_pose (3,)`` / ``eye_pose (6,)`` are given), or ``pose (15,)``, already the full pose (then
@@ -77,18 +80,36 @@ def full_pose(pose, neck_pose=None, eye_pose=None):
     )
 
 
-def barycentric_landmarks(vertices, faces, face_idx, bary_coords):
-    """DECA's ``vertices2landmarks``: l = Σ_k bc_k V[F[face_idx, k]] (spec §1.5).
+def barycentric_landmarks(vertices: ArrayLike, faces: ArrayLike, face_idx: ArrayLike,
+                          bary_coords: ArrayLike) -> jax.Array:
+    """DECA's ``vertices2landmarks`` (``decalib/models/lbs.py``): l = Σ_k bc_k V[F[face_idx, k]].
 
     ``vertices (V, D)``, ``faces (F, 3)``, ``face_idx (L,)`` int, ``bary_coords (L, 3)`` ->
-    ``(L, D)``. Works for any per-vertex attribute (positions, normals).
+    ``(L, D)``. Works for any per-vertex attribute (positions, normals). Shapes are checked
+    always, the indices (faces into V, face_idx into F) when they are concrete (not traced).
     """
+    vertices = jnp.asarray(vertices)
+    if vertices.ndim != 2:
+        raise ValueError(f"vertices: expected (V, D), got shape {vertices.shape}")
+    faces = check_faces(faces, vertices.shape[0])
+    face_idx = jnp.asarray(face_idx) if isinstance(face_idx, jax.core.Tracer) else np.asarray(face_idx)
+    bary_coords = jnp.asarray(bary_coords)
+    if face_idx.ndim != 1 or not jnp.issubdtype(face_idx.dtype, jnp.integer):
+        raise ValueError(f"face_idx: expected (L,) int face indices, got shape {face_idx.shape}, {face_idx.dtype}")
+    if bary_coords.shape != (face_idx.shape[0], 3):
+        raise ValueError(f"bary_coords: expected shape ({face_idx.shape[0]}, 3), got {bary_coords.shape}")
+    if face_idx.size and isinstance(face_idx, np.ndarray):
+        low, high = int(face_idx.min()), int(face_idx.max())
+        if low < 0 or high >= faces.shape[0]:
+            raise ValueError(f"face_idx: face indices must lie in [0, {faces.shape[0]}) ({faces.shape[0]} faces), "
+                             f"got indices from {low} to {high}")
     corners = vertices[faces[face_idx]]  # (L, 3, D)
     return jnp.einsum("lkd,lk->ld", corners, bary_coords.astype(vertices.dtype))
 
 
-def dynamic_contour_row(full_pose_aa):
-    """Row of DECA's dynamic-contour LUT for a full pose ``(15,)`` (spec §1.5; an int32 scalar).
+def dynamic_contour_row(full_pose_aa: ArrayLike) -> jax.Array:
+    """Row of DECA's dynamic-contour LUT for a full pose ``(15,)`` (an int32 scalar), as
+    ``FLAME._find_dynamic_lmk_idx_and_bcoords``.
 
     rel = R_root · R_neck (DECA's batch_rodrigues), γ = Euler-y of rel in degrees (no minus sign),
     a = round(min(γ, 39)) half to even; row = a if a >= 0, 78 if a < -39, else 39 - a.
@@ -102,8 +123,9 @@ def dynamic_contour_row(full_pose_aa):
     return contour_row_from_yaw(matrix_to_euler(rel)[1] * (180.0 / jnp.pi))
 
 
-def contour_row_from_yaw(yaw_degrees):
-    """DECA's LUT row rule (spec §1.5 steps 4-5) for a yaw γ in degrees (any shape, int32).
+def contour_row_from_yaw(yaw_degrees: ArrayLike) -> jax.Array:
+    """DECA's LUT row rule (``FLAME._find_dynamic_lmk_idx_and_bcoords``) for a yaw γ in degrees
+    (any shape, int32).
 
     a = round(min(γ, 39)) with round half to even (torch.round == jnp.round); the row is a if
     a >= 0, 78 if a < -39, else 39 - a. Only the upper clamp exists in DECA.
@@ -113,8 +135,8 @@ def contour_row_from_yaw(yaw_degrees):
     return jnp.where(a < 0, negative, a)
 
 
-def dynamic_landmark_embedding(model: FlameModel, full_pose_aa):
-    """``(face_idx (17,), bary (17, 3))`` of the contour row chosen for this pose (spec §1.5)."""
+def dynamic_landmark_embedding(model: FlameModel, full_pose_aa: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """``(face_idx (17,), bary (17, 3))`` of the contour row chosen for this pose."""
     row = dynamic_contour_row(full_pose_aa)
     return jnp.asarray(model.dynamic_lmk_faces_idx)[row], jnp.asarray(model.dynamic_lmk_bary_coords)[row]
 
@@ -132,8 +154,9 @@ def _check_coeffs(model, shape, expression):
         )
 
 
-def forward(model: FlameModel, shape, expression, pose, *, neck_pose=None, eye_pose=None):
-    """DECA's FLAME forward pass for one item (spec deca.md §1.1-§1.5).
+def forward(model: FlameModel, shape: ArrayLike, expression: ArrayLike, pose: ArrayLike, *,
+            neck_pose: ArrayLike | None = None, eye_pose: ArrayLike | None = None) -> dict[str, jax.Array]:
+    """DECA's FLAME forward pass for one item (``decalib/models/FLAME.py``, ``FLAME.forward``).
 
     Args:
       model: a :class:`jface.models.FlameModel` (FLAME 2020 layouts).
@@ -149,7 +172,7 @@ def forward(model: FlameModel, shape, expression, pose, *, neck_pose=None, eye_p
     Returns a dict (FLAME world frame, metres), dtype = the promoted dtype of the inputs:
       ``vertices (V, 3)``; ``joints (5, 3)`` posed joints; and, if the model has a landmark
       embedding, ``landmarks2d (68, 3)`` = [17 dynamic contour points (the LUT row for the head's
-      yaw, §1.5), 51 static points] and ``landmarks3d (68, 3)`` (the fixed full embedding).
+      yaw), 51 static points] and ``landmarks3d (68, 3)`` (the fixed full embedding).
     """
     shape = _vector(shape, "shape")
     expression = _vector(expression, "expression")
@@ -196,8 +219,8 @@ def forward(model: FlameModel, shape, expression, pose, *, neck_pose=None, eye_p
     return out
 
 
-def landmark_visibility(model: FlameModel, transformed_normals, threshold=0.1):
-    """DECA's ``visofp`` (spec §1.5): ``(68,)`` 1.0 where a full landmark faces the camera.
+def landmark_visibility(model: FlameModel, transformed_normals: ArrayLike, threshold: float = 0.1) -> jax.Array:
+    """DECA's ``DECA.visofp`` (``decalib/deca.py``): ``(68,)`` 1.0 where a full landmark faces the camera.
 
     ``transformed_normals (V, 3)``: vertex normals of ``trans_verts`` (DECA's NDC after the y/z
     flip, where visible surfaces have z < 0). The normals are interpolated at the 68 full

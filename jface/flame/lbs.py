@@ -1,4 +1,4 @@
-"""FLAME linear blend skinning exactly as DECA's ``models/lbs.py`` (spec deca.md §1.3, §1.4).
+"""FLAME linear blend skinning exactly as DECA's ``decalib/models/lbs.py`` (``lbs``, ``batch_rodrigues``).
 
 Frames: FLAME world (metres; x to the subject's left, y up, +z towards the camera). Rotations
 act on column vectors (x' = R x); points are row-major ``(V, 3)``.
@@ -6,6 +6,7 @@ act on column vectors (x' = R x); points are row-major ``(V, 3)``.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jface.geometry import axis_angle_to_matrix
@@ -13,13 +14,14 @@ from jface.geometry import axis_angle_to_matrix
 __all__ = ["blend_shapes", "pose_feature", "pose_offsets", "rigid_transforms", "skin", "lbs"]
 
 
-def blend_shapes(v_template, shapedirs, coeffs):
-    """Step 1 of §1.3: ``T̄ (V,3) + Σ_l b_l S[:, :, l]`` with ``shapedirs (V,3,L)``, ``coeffs (L,)``."""
+def blend_shapes(v_template: jax.Array, shapedirs: jax.Array, coeffs: jax.Array) -> jax.Array:
+    """Step 1 of ``lbs`` (``blend_shapes``): ``T̄ (V,3) + Σ_l b_l S[:, :, l]`` with
+    ``shapedirs (V,3,L)``, ``coeffs (L,)``."""
     return v_template + jnp.einsum("vcl,l->vc", shapedirs, coeffs)
 
 
-def pose_feature(rotations):
-    """Step 4 of §1.3: ``rotations (J,3,3) -> (9(J-1),)`` = concat_{j>=1} vec(R_j - I), row-major.
+def pose_feature(rotations: jax.Array) -> jax.Array:
+    """``lbs``'s pose feature: ``rotations (J,3,3) -> (9(J-1),)`` = concat_{j>=1} vec(R_j - I), row-major.
 
     The root (joint 0) is excluded, as in DECA/SMPL.
     """
@@ -27,19 +29,20 @@ def pose_feature(rotations):
     return (rotations[1:] - eye).reshape(-1)
 
 
-def pose_offsets(posedirs, feature):
+def pose_offsets(posedirs: jax.Array, feature: jax.Array) -> jax.Array:
     """Pose-corrective offsets ``(V, 3)`` from ``posedirs (V,3,P)`` in the pkl layout.
 
     DECA reshapes ``posedirs`` to ``(3V, P)`` (row index 3v + c) and transposes it to ``(P, 3V)``
-    (spec §1.2); the offsets are ``feature (P,) @ posedirs_T``, reshaped to ``(V, 3)``.
+    (``FLAME.__init__``); the offsets are ``feature (P,) @ posedirs_T``, reshaped to ``(V, 3)``.
     """
     num_vertices = posedirs.shape[0]
     posedirs_t = posedirs.reshape(num_vertices * 3, -1).T
     return (feature @ posedirs_t).reshape(num_vertices, 3)
 
 
-def rigid_transforms(rotations, joints, parents):
-    """DECA's ``batch_rigid_transform`` (spec §1.3 steps 5-6), for one item.
+def rigid_transforms(rotations: jax.Array, joints: jax.Array,
+                     parents: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """DECA's ``batch_rigid_transform``, for one item.
 
     ``rotations (J,3,3)``, rest ``joints (J,3)``, ``parents`` a static tuple with -1 for the root.
     Returns ``(posed_joints (J,3), relative (J,4,4))``: the world transforms G_j (G_0 = T_0,
@@ -67,17 +70,19 @@ def rigid_transforms(rotations, joints, parents):
     return posed_joints, relative
 
 
-def skin(v_posed, lbs_weights, relative):
-    """Step 7 of §1.3: M_v = Σ_j w_vj A_j and V_v = M_v[:3,:3] v + M_v[:3,3]; ``(V,3)``."""
+def skin(v_posed: jax.Array, lbs_weights: jax.Array, relative: jax.Array) -> jax.Array:
+    """The skinning step of ``lbs``: M_v = Σ_j w_vj A_j and V_v = M_v[:3,:3] v + M_v[:3,3]; ``(V,3)``."""
     blended = jnp.einsum("vj,jab->vab", lbs_weights, relative)
     return jnp.einsum("vab,vb->va", blended[:, :3, :3], v_posed) + blended[:, :3, 3]
 
 
-def lbs(coeffs, full_pose, v_template, shapedirs, posedirs, j_regressor, parents, lbs_weights):
-    """DECA's ``lbs`` for one item (spec §1.3), all arrays of one floating dtype.
+def lbs(coeffs: jax.Array, full_pose: jax.Array, v_template: jax.Array, shapedirs: jax.Array, posedirs: jax.Array,
+        j_regressor: jax.Array, parents: tuple[int, ...],
+        lbs_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """DECA's ``lbs`` for one item, all arrays of one floating dtype.
 
     ``coeffs (L,)`` blendshape weights for ``shapedirs (V,3,L)``; ``full_pose (J*3,)`` axis-angle
-    per joint (DECA's ``batch_rodrigues``, 1e-8 added to every component, §1.4).
+    per joint (DECA's ``batch_rodrigues``, 1e-8 added to every component).
     Returns ``(vertices (V,3), posed_joints (J,3), rotations (J,3,3))``.
     """
     v_shaped = blend_shapes(v_template, shapedirs, coeffs)
