@@ -35,8 +35,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from jface.data.real import ImageReadError, read_image, read_landmarks
-from jface.models import io as mio
-from jface.models.errors import ModelFileError
+from jface.errors import ModelFileError
+from jface.files.obj import load_obj
+from jface.files.pickles import load_numpy_pickle
+from jface.files.torch_save import load_torch_file
+from jface.models import loaders as mio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +222,7 @@ def test_fuzz_obj_text(tmp_path_factory, lines):
     path = _fresh(tmp_path_factory, "obj") / "m.obj"
     path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
     try:
-        out = mio.load_obj(path)
+        out = load_obj(path)
     except ModelFileError as exc:
         assert str(path) in str(exc)
         return
@@ -346,7 +349,7 @@ def test_read_image_decompression_bomb_is_an_image_read_error(tmp_path):
 
 
 # ================================================================================================
-# 3. torch-free weight readers (jface.weights)
+# 3. torch-free weight readers (jface.files)
 # ================================================================================================
 
 _GOOD_PKL = pickle.dumps({"step": 3, "name": "x", "list": [1.5, None, (2, 3)]}, protocol=2)
@@ -374,8 +377,6 @@ def _zip_member(draw):
 @given(members=st.lists(_zip_member(), min_size=1, max_size=4),
        deflate=st.booleans())
 def test_fuzz_torch_zip_random_members(tmp_path_factory, members, deflate):
-    from jface.weights import load_torch_file
-
     path = _fresh(tmp_path_factory, "tzip") / "w.tar"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as zf:
         for name, data in dict(members).items():
@@ -395,8 +396,6 @@ def _write_archive(path, deflate=False):
 
 
 def test_corrupted_torch_zip_container_is_a_model_file_error(tmp_path):
-    from jface.weights import load_torch_file
-
     clean = _write_archive(tmp_path / "clean.tar", deflate=True).read_bytes()
     rng = np.random.default_rng(0)
     leaked = []
@@ -418,8 +417,6 @@ def test_corrupted_torch_zip_container_is_a_model_file_error(tmp_path):
 @pytest.mark.parametrize("opcode", [b"\x80\x04\x8e" + (2**62).to_bytes(8, "little"),
                                     b"\x80\x05\x96" + (2**63 + 5).to_bytes(8, "little")], ids=["binbytes8", "bytearray8"])
 def test_pickle_length_bombs_are_refused(tmp_path, opcode):
-    from jface.weights import load_numpy_pickle, load_torch_file
-
     (tmp_path / "p.pkl").write_bytes(opcode)
     with zipfile.ZipFile(tmp_path / "z.tar", "w") as zf:
         zf.writestr("archive/data.pkl", opcode)

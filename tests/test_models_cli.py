@@ -12,8 +12,8 @@ import scipy.io
 
 from jface.models import FlameModel, MorphableModel
 from jface.models import __main__ as cli
-from jface.models import format as fmt
-from jface.models import io as mio
+from jface.models import loaders as mio
+from jface.models import store as fmt
 
 DATA = Path(__file__).resolve().parent / "data"
 CHUMPY_PKL = DATA / "tiny_flame_chumpy.pkl"

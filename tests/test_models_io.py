@@ -1,4 +1,5 @@
-"""Loaders of the original model files and the project's own npz format (jface.models.io/format)."""
+"""Loaders of the original model files and the project's own npz format (jface.models.loaders /
+jface.models.store, jface.files.obj)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jface.errors import ModelFileError
+from jface.files.obj import load_obj
 from jface.models import FlameModel, MorphableModel
-from jface.models import format as fmt
-from jface.models import io as mio
-from jface.models.errors import ModelFileError
+from jface.models import loaders as mio
+from jface.models import store as fmt
 
 # ----------------------------------------------------------------------------------------------
 # tiny files in the real layouts (made-up numbers)
@@ -99,7 +101,7 @@ def test_map_uv_and_landmarks_realdata(realdata):
 
 
 def test_head_template_obj(realdata):
-    obj = mio.load_obj(realdata / "deca" / "head_template.obj")
+    obj = load_obj(realdata / "deca" / "head_template.obj")
     assert obj.vertices.shape == (5023, 3) and obj.uv_coords.shape == (5118, 2)
     assert obj.faces.shape == (9976, 3) and obj.uv_faces.shape == (9976, 3)
     assert obj.faces.dtype == obj.uv_faces.dtype == np.int32
@@ -115,11 +117,11 @@ def test_obj_polygons_negative_indices_and_no_uv(tmp_path):
     path = tmp_path / "quad.obj"
     path.write_text("# quad\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\n"
                     "f -4/-4 -3/-3 -2/-2 -1/-1\n")
-    obj = mio.load_obj(path)
+    obj = load_obj(path)
     np.testing.assert_array_equal(obj.faces, [[0, 1, 2], [0, 2, 3]])
     np.testing.assert_array_equal(obj.uv_faces, obj.faces)
     path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1//1 2//1 3//1\n")
-    obj = mio.load_obj(path)
+    obj = load_obj(path)
     assert obj.uv_coords is None and obj.uv_faces is None
 
 
@@ -297,7 +299,7 @@ _LOADERS = {
     "map": mio.load_map_tddfa_to_basel,
     "uv": mio.load_bfm_uv,
     "anl": mio.load_anl,
-    "obj": mio.load_obj,
+    "obj": load_obj,
     "flame": mio.load_flame,
     "flame_pkl": mio.load_flame_pkl,
     "embedding": mio.load_landmark_embedding,
@@ -410,17 +412,17 @@ def test_obj_errors(tmp_path, realdata):
     path = tmp_path / "bad.obj"
     path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 4\n")
     with pytest.raises(ModelFileError, match="line 4"):
-        mio.load_obj(path)
+        load_obj(path)
     path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nvt 0 0\nf 1/1 2/1 3\n")
     with pytest.raises(ModelFileError, match="texture index"):
-        mio.load_obj(path)
+        load_obj(path)
     path.write_text("v 0 0 zero\n")
     with pytest.raises(ModelFileError, match="line 1"):
-        mio.load_obj(path)
+        load_obj(path)
     data = (realdata / "deca" / "head_template.obj").read_bytes()
     path.write_bytes(data[: data.index(b"\nvt ")])  # truncated before the faces
     with pytest.raises(ModelFileError, match="no faces"):
-        mio.load_obj(path)
+        load_obj(path)
 
 
 def test_landmark_embedding_bad_layouts(tmp_path, realdata):

@@ -1,4 +1,5 @@
-"""Safe unpickling of FLAME's generic_model.pkl layout and DECA's torch-pickled landmark file.
+"""Safe unpickling (jface.files.pickles) of FLAME's generic_model.pkl layout and DECA's torch-pickled
+landmark file.
 
 The FLAME-layout fixture ``tests/data/tiny_flame_chumpy.pkl`` was pickled by the real chumpy 0.70
 (made-up 12-vertex model; ``tests/data/make_chumpy_fixture.py`` regenerates it).
@@ -17,10 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jface.errors import ModelFileError, UnsafePickleError
+from jface.files import pickles as safe_pickle
+from jface.files.npy import read_npy_header
+from jface.files.torch_save import loads_with_tensors
 from jface.models import FlameModel
-from jface.models import io as mio
-from jface.models import safe_pickle
-from jface.models.errors import ModelFileError, UnsafePickleError
+from jface.models import loaders as mio
 
 DATA = Path(__file__).resolve().parent / "data"
 CHUMPY_PKL = DATA / "tiny_flame_chumpy.pkl"
@@ -342,8 +345,8 @@ def test_torch_tensors_rebuilt_without_torch(tmp_path):
     path = tmp_path / "tensors.npy"
     np.save(path, tensors, allow_pickle=True)
     data = path.read_bytes()
-    _, offset = mio._read_npy_header(data, path)
-    out = safe_pickle.safe_loads(data[offset:], path, allow_torch=True)[()]
+    _, offset = read_npy_header(data, path)
+    out = loads_with_tensors(data[offset:], path)[()]
     for key, tensor in tensors.items():
         expected = tensor.numpy()
         assert out[key].dtype == expected.dtype, key
@@ -427,6 +430,6 @@ def test_zip_format_torch_storage():
     data = (b"\x80\x03ctorch._utils\n_rebuild_tensor_v2\n(ctorch.storage\n_load_from_bytes\nB"
             + struct.pack("<I", len(stream)) + stream + b"\x85R"
             + b"K\x01K\x02K\x02\x86K\x02K\x01\x86\x89ccollections\nOrderedDict\n)RtR.")
-    out = safe_pickle.safe_loads(data, "zip.pkl", allow_torch=True)
+    out = loads_with_tensors(data, "zip.pkl")
     np.testing.assert_array_equal(out, [[1.0, 2.0], [3.0, 4.0]])
     assert out.dtype == np.float32

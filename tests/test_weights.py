@@ -1,4 +1,5 @@
-"""jface.weights: the torch-free torch.save reader, the numpy-pickle reader, converters and the CLI.
+"""The torch-free torch.save reader and the numpy-pickle reader (jface.files), the converters
+(jface.files.weights, jface.deca.weights) and the CLI (python -m jface.weights).
 
 The archives here are written by a small helper (zipfile + a protocol-2 pickle with persistent ids),
 so the reader is tested without torch; a second set compares against real ``torch.save`` files when
@@ -19,9 +20,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from jface.models.errors import ModelFileError, UnsafePickleError
-from jface.weights import convert as cv
-from jface.weights import load_numpy_pickle, load_torch_file
+from jface.deca import weights as dw
+from jface.errors import ModelFileError, UnsafePickleError, WeightConversionError
+from jface.files import weights as fw
+from jface.files.pickles import load_numpy_pickle
+from jface.files.torch_save import load_torch_file
 from jface.weights.__main__ import main as cli_main
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ def test_truncated_and_unsupported_files(tmp_path):
     junk.write_bytes(b"hello world")
     with pytest.raises(ModelFileError, match="not a torch.save file"):
         load_torch_file(junk)
-    with pytest.raises(ModelFileError, match="file not found"):
+    with pytest.raises(ModelFileError, match="no such file"):
         load_torch_file(tmp_path / "missing.tar")
     nopkl = tmp_path / "nopkl.zip"
     with zipfile.ZipFile(nopkl, "w") as zf:
@@ -334,7 +337,7 @@ def test_convert_state_dict_lists_all_problems():
         "bn.running_var": np.ones(4),
         "bn.num_batches_tracked": np.array(3),
     }
-    out = cv.convert_state_dict(good, template)
+    out = fw.convert_state_dict(good, template)
     assert out["params"]["conv"]["kernel"].shape == (3, 3, 2, 4)
     np.testing.assert_array_equal(out["params"]["fc_0"]["kernel"], np.arange(30.0).reshape(6, 5).T)
     assert out["params"]["fc_0"]["kernel"].dtype == np.float32
@@ -342,13 +345,13 @@ def test_convert_state_dict_lists_all_problems():
     del bad["bn.running_var"]
     bad["conv.weight"] = np.ones((4, 2, 5, 5))
     bad["head.weight"] = np.ones(3)
-    with pytest.raises(cv.WeightConversionError) as err:
-        cv.convert_state_dict(bad, template, source="ckpt.tar")
+    with pytest.raises(WeightConversionError) as err:
+        fw.convert_state_dict(bad, template, source="ckpt.tar")
     msg = str(err.value)
     assert "ckpt.tar" in msg and "unexpected key(s): head.weight" in msg
     assert "missing leaf/leaves: batch_stats/bn/var" in msg and "conv.weight: (4, 2, 5, 5)" in msg
-    assert cv.torch_module_path("encoder.layer1.0.downsample.0") == ("encoder", "layer1_0", "downsample_0")
-    assert cv.strip_prefix({"module.a": 1, "module.b": 2}) == {"a": 1, "b": 2}
+    assert fw.torch_module_path("encoder.layer1.0.downsample.0") == ("encoder", "layer1_0", "downsample_0")
+    assert fw.strip_prefix({"module.a": 1, "module.b": 2}) == {"a": 1, "b": 2}
 
 
 def _tiny_deca_modules():
@@ -378,7 +381,7 @@ def _torch_names_for(module):
     template = nw.init_variables(module, shapes_only=True)
     sd = {}
     rng = np.random.default_rng(2)
-    for path, leaf in cv._flatten(template["params"]).items():
+    for path, leaf in fw.flatten_tree(template["params"]).items():
         mod = _torch_module(path[:-1])
         shape = leaf.shape
         if path[-1] == "kernel":
@@ -386,7 +389,7 @@ def _torch_names_for(module):
         sd[f"{mod}.{ {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}[path[-1]] }"] = rng.normal(
             size=shape
         ).astype(np.float32)
-    for path, leaf in cv._flatten(template["batch_stats"]).items():
+    for path, leaf in fw.flatten_tree(template["batch_stats"]).items():
         mod = _torch_module(path[:-1])
         sd[f"{mod}.running_{path[-1]}"] = rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
         sd[f"{mod}.num_batches_tracked"] = np.array(1, np.int64)
@@ -395,7 +398,7 @@ def _torch_names_for(module):
 
 def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
     modules = _tiny_deca_modules()
-    monkeypatch.setattr(cv, "deca_modules", lambda: modules)
+    monkeypatch.setattr(dw, "deca_modules", lambda: modules)
     sds = {name: _torch_names_for(m) for name, m in modules.items()}
     assert (
         "encoder.layer1.0.downsample.0.weight" in sds["E_flame"]
@@ -409,8 +412,8 @@ def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
     src = write_torch_zip(tmp_path / "deca_model.tar", obj, root="deca_model")
     dst = tmp_path / "out" / "deca.npz"
     assert cli_main(["convert", "deca", str(src), "-o", str(dst)]) == 0
-    weights, meta = cv.load_variables(dst, kind="deca", with_meta=True)
-    assert meta == {"format_version": cv.FORMAT_VERSION, "kind": "deca", "source": "deca_model.tar"}
+    weights, meta = fw.load_variables(dst, kind="deca", with_meta=True)
+    assert meta == {"format_version": fw.FORMAT_VERSION, "kind": "deca", "source": "deca_model.tar"}
     np.testing.assert_array_equal(
         weights["E_flame"]["params"]["encoder"]["conv1"]["kernel"],
         sds["E_flame"]["encoder.conv1.weight"].transpose(2, 3, 1, 0),
@@ -420,13 +423,13 @@ def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
         sds["D_detail"]["conv_blocks.3.running_var"],
     )
     with pytest.raises(ModelFileError, match="kind 'deca', expected 'vgg19'"):
-        cv.load_variables(dst, kind="vgg19")
+        fw.load_variables(dst, kind="vgg19")
     # a state dict missing a group / with a wrong shape -> exit status 1 and the reason on stderr
     del obj["E_detail"]
     bad = write_torch_zip(tmp_path / "bad.tar", obj)
     assert cli_main(["convert", "deca", str(bad), "-o", str(tmp_path / "x.npz")]) == 1
-    with pytest.raises(cv.WeightConversionError, match=r"missing state dict\(s\) \['E_detail'\]"):
-        cv.convert_deca(bad)
+    with pytest.raises(WeightConversionError, match=r"missing state dict\(s\) \['E_detail'\]"):
+        dw.convert_deca(bad)
 
 
 def test_cli_matconvnet_dispatch(tmp_path, monkeypatch, capsys):
@@ -495,14 +498,14 @@ def test_vgg19_converter_accepts_features_only_state_dict(tmp_path):
     )
     path = tmp_path / "features.pth"
     torch.save(feats.state_dict(), path)
-    out = cv.convert_vgg19(path, module=nw.VGG19Features(layers=("relu1_4",)))
+    out = dw.convert_vgg19(path, module=nw.VGG19Features(layers=("relu1_4",)))
     np.testing.assert_array_equal(
         out["params"]["features_2"]["kernel"], feats[2].weight.detach().numpy().transpose(2, 3, 1, 0)
     )
-    full = cv.convert_vgg19  # the default template wants all 16 convs: a clear listing otherwise
-    with pytest.raises(cv.WeightConversionError, match="missing leaf/leaves: .*params/features_5/kernel"):
+    full = dw.convert_vgg19  # the default template wants all 16 convs: a clear listing otherwise
+    with pytest.raises(WeightConversionError, match="missing leaf/leaves: .*params/features_5/kernel"):
         full(path)
-    sub = cv.subset_vgg19({"params": {**out["params"], "features_99": {}}}, ("relu1_2",))
+    sub = dw.subset_vgg19({"params": {**out["params"], "features_99": {}}}, ("relu1_2",))
     assert list(sub["params"]) == ["features_0"]
 
 

@@ -9,7 +9,8 @@ Commands:
 
 Adding a command: one entry in :data:`COMMANDS`, ``name: (help, "module:function")``, where
 ``function(parser)`` adds its arguments to the ``argparse`` sub-parser and returns
-``run(args) -> int``. Only the chosen command's module is imported.
+``run(args) -> int``. Commands of other modules (the default models' ``regenerate`` / ``show``)
+are imported only when chosen.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ import importlib
 import sys
 import time
 from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from jface.errors import ModelFileError
+from jface.files.mat import load_mat
+from jface.files.npy import read_npy_header
+from jface.files.npz import npz_member_names, read_npz
+from jface.files.obj import load_obj
+from jface.files.paths import read_file_bytes
+from jface.models import loaders, prepare, store
+from jface.models.morphable import MorphableModel
 
 COMMANDS = {
     "info": ("describe a model file (type, fields, shapes)", "jface.models.__main__:info_command"),
@@ -53,8 +66,6 @@ def build_parser(argv=None):
 
 
 def main(argv=None) -> int:
-    from jface.models.errors import ModelFileError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, runners = build_parser(argv)
     args = parser.parse_args(argv)
@@ -70,8 +81,6 @@ def main(argv=None) -> int:
 
 
 def _describe(value) -> str:
-    import numpy as np
-
     if isinstance(value, np.ndarray):
         return f"{value.dtype} {tuple(value.shape)}"
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -81,27 +90,18 @@ def _describe(value) -> str:
 
 def identify(path) -> tuple[str, dict]:
     """(kind, {field: description}) for a model file, read with the safe loaders."""
-    import numpy as np
-
-    from jface.models import io as mio
-    from jface.models.errors import ModelFileError
-
     path = Path(path)
-    data_head = mio.read_file_bytes(path)[:600]
+    data_head = read_file_bytes(path)[:600]
     suffix = path.suffix.lower()
     if data_head.startswith(b"PK"):
-        from jface.models import format as fmt
-
-        with np.load(path, allow_pickle=False) as z:
-            files = list(z.files)
-        if fmt.META_KEY in files:
-            meta = fmt.read_metadata(path)
+        if store.META_KEY in npz_member_names(path):
+            meta = store.read_metadata(path)
             fields = {k: f"{v['dtype']} {tuple(v['shape'])}" for k, v in meta["arrays"].items()}
             fields["(static)"] = str(meta.get("static"))
             fields["(sources)"] = ", ".join(s["name"] for s in meta.get("sources", [])) or "-"
             kind = f"jface model file v{meta['version']}: {meta['model_type']} ({meta['units']})"
             return kind, fields
-        arrays = mio._npz_arrays(path)
+        arrays = read_npz(path)
         fields = {k: _describe(v) for k, v in arrays.items()}
         if "v_template" in arrays and "shapedirs" in arrays:
             return "FLAME arrays with generic_model.pkl field names (npz)", fields
@@ -109,44 +109,44 @@ def identify(path) -> tuple[str, dict]:
             return "DECA landmark embedding (npz)", fields
         return "npz archive", fields
     if data_head.startswith(b"\x93NUMPY"):
-        header, _ = mio._read_npy_header(mio.read_file_bytes(path), path)
+        header, _ = read_npy_header(read_file_bytes(path), path)
         if header["descr"] == "|O":
-            emb = mio.load_landmark_embedding(path)
+            emb = loaders.load_landmark_embedding(path)
             return "DECA landmark_embedding.npy (pickled dict, torch tensors rebuilt)", {
                 k: _describe(v) for k, v in emb.items()}
         return "npy array", {"array": f"{header['descr']} {header['shape']}"}
     if data_head.startswith(b"\x80"):
-        fields = mio.read_flame_fields(path)
+        fields = loaders.read_flame_fields(path)
         kind = "FLAME generic_model.pkl" if "shapedirs" in fields else "pickle"
         return kind + " (read safely)", {k: _describe(v) for k, v in fields.items()}
     if suffix == ".mat" or data_head.startswith(b"MATLAB"):
-        raw = mio.load_mat(path)
+        raw = load_mat(path)
         names = {k for k in raw if not k.startswith("__")}
         fields = {k: _describe(raw[k]) for k in sorted(names)}
         if {"shapeMU", "shapePC", "shapeEV", "tl"} <= names:
-            bfm = mio.load_bfm2009(path)
+            bfm = loaders.load_bfm2009(path)
             kind = (f"BFM 2009 01_MorphableModel.mat: {bfm['mean'].shape[0]} vertices, "
                     f"{bfm['shape_basis'].shape[2]} shape PCs, {bfm['faces'].shape[0]} faces, µm"
                     + (", with texture" if "tex_mean" in bfm else ""))
         elif "w_exp" in names:
-            e = mio.load_tddfa_expression(path)
+            e = loaders.load_tddfa_expression(path)
             kind = (f"3DDFA Model_Expression.mat: {e['w_exp'].shape[0]} vertices, "
                     f"{e['w_exp'].shape[2]} expression PCs, µm")
         elif "map_tddfa_to_basel" in names:
-            m = mio.load_map_tddfa_to_basel(path)
+            m = loaders.load_map_tddfa_to_basel(path)
             kind = f"map_tddfa_to_basel.mat: {m.shape[0]} 0-based BFM indices"
         elif names == {"UV"}:
-            kind = f"BFM_UV.mat: {mio.load_bfm_uv(path).shape[0]} per-vertex UVs in [0, 1]"
+            kind = f"BFM_UV.mat: {loaders.load_bfm_uv(path).shape[0]} per-vertex UVs in [0, 1]"
         elif {"Images", "Labels"} <= names:
             kind = "3DMM-STN demodata.mat"
         else:
             kind = "MATLAB .mat file"
         return kind, fields
     if suffix == ".obj":
-        obj = mio.load_obj(path)
+        obj = load_obj(path)
         return "Wavefront OBJ", {k: _describe(v) for k, v in obj.items() if k != "source"}
     if suffix == ".anl":
-        idx = mio.load_anl(path)
+        idx = loaders.load_anl(path)
         return f"3DMM-STN landmark file: {idx.shape[0]} indices (1-based in file)", {
             "indices (0-based)": " ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")}
     raise ModelFileError(
@@ -174,23 +174,15 @@ def info_command(parser):
 
 def convert_file(path, output, *, landmark_embedding=None, n_shape=None):
     """Convert a FLAME pkl / pkl-named npz or a BFM 2009 .mat to the jface npz format."""
-    from jface.models import format as fmt
-    from jface.models import io as mio
-    from jface.models.errors import ModelFileError
-
     path = Path(path)
-    head = mio.read_file_bytes(path)[:128]
+    head = read_file_bytes(path)[:128]
     sources = [path]
     if head.startswith(b"\x80") or head.startswith(b"PK"):
-        model = mio.load_flame(path, landmark_embedding, n_shape=n_shape)
+        model = loaders.load_flame(path, landmark_embedding, n_shape=n_shape)
         if landmark_embedding is not None and not isinstance(landmark_embedding, dict):
             sources.append(Path(landmark_embedding))
     elif path.suffix.lower() == ".mat" or head.startswith(b"MATLAB"):
-        import jax.numpy as jnp
-
-        from jface.models.morphable import MorphableModel
-
-        bfm = mio.load_bfm2009(path)
+        bfm = loaders.load_bfm2009(path)
         n = bfm["mean"].shape[0]
         kwargs = {}
         if "tex_mean" in bfm:
@@ -207,7 +199,7 @@ def convert_file(path, output, *, landmark_embedding=None, n_shape=None):
         )
     else:
         raise ModelFileError(path, "convert understands FLAME .pkl/.npz and BFM 2009 .mat files")
-    return fmt.save_model(model, output, sources=sources)
+    return store.save_model(model, output, sources=sources)
 
 
 def convert_command(parser):
@@ -247,12 +239,6 @@ def prepare_stn_command(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
     def run(args):
-        import jax.numpy as jnp
-
-        from jface.models import format as fmt
-        from jface.models import io as mio
-        from jface.models.prepare import prepare_stn_model
-
         t0 = time.perf_counter()
 
         def say(message):
@@ -266,18 +252,18 @@ def prepare_stn_command(parser):
                 parser.error(f"--landmarks expects NAME=FILE.anl, got {item!r}")
             landmark_files[name] = file
         say(f"reading {args.bfm}")
-        bfm = mio.load_bfm2009(args.bfm)
+        bfm = loaders.load_bfm2009(args.bfm)
         say(f"reading {args.expression}")
-        expression = mio.load_tddfa_expression(args.expression)
+        expression = loaders.load_tddfa_expression(args.expression)
         say(f"reading {args.uv} and {args.map}")
-        uv = mio.load_bfm_uv(args.uv, n_vertices=bfm["mean"].shape[0])
-        index = mio.load_map_tddfa_to_basel(args.map, n_vertices=bfm["mean"].shape[0])
-        landmarks = {name: mio.load_anl(file) for name, file in landmark_files.items()}
+        uv = loaders.load_bfm_uv(args.uv, n_vertices=bfm["mean"].shape[0])
+        index = loaders.load_map_tddfa_to_basel(args.map, n_vertices=bfm["mean"].shape[0])
+        landmarks = {name: loaders.load_anl(file) for name, file in landmark_files.items()}
         for name, idx in landmarks.items():
             if idx.max() >= args.res ** 2:
                 parser.error(f"--landmarks {name}: index {idx.max() + 1} (1-based) exceeds the "
                              f"{args.res}x{args.res} grid; use the *_{args.res}.anl file")
-        model = prepare_stn_model(bfm, expression, uv, index, res=args.res, n_shape=args.n_shape,
+        model = prepare.prepare_stn_model(bfm, expression, uv, index, res=args.res, n_shape=args.n_shape,
                                   n_expression=args.n_expression, progress=say)
         if landmarks:
             merged = dict(model.landmarks or {})
@@ -285,7 +271,7 @@ def prepare_stn_command(parser):
             model = model.replace(landmarks=merged)
         sources = [args.bfm, args.expression, args.uv, args.map, *landmark_files.values()]
         say(f"writing {args.output}")
-        out = fmt.save_model(model, args.output, sources=sources,
+        out = store.save_model(model, args.output, sources=sources,
                              extra={"prepared_with": {"res": args.res, "n_shape": args.n_shape,
                                                       "n_expression": args.n_expression}})
         say(f"done: {model.num_vertices} vertices, {model.num_shape}+{model.num_expression} "

@@ -3,40 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from jface.models.errors import ModelFileError
+from jface.deca import weights as deca_weights
+from jface.errors import ModelFileError
+from jface.files.weights import flatten_tree, save_variables
+from jface.stn import localiser
 
 KINDS = ("deca", "vggface2", "vgg19", "vggface-matconvnet")
 
 
 def _convert(kind: str, src: str, dst: str) -> str:
-    from jface.weights import convert as cv
-
     if kind == "deca":
-        tree = cv.convert_deca(src)
+        tree = deca_weights.convert_deca(src)
     elif kind == "vggface2":
-        tree = cv.convert_vggface2(src)
+        tree = deca_weights.convert_vggface2(src)
     elif kind == "vgg19":
-        tree = cv.convert_vgg19(src)
+        tree = deca_weights.convert_vgg19(src)
     elif kind == "vggface-matconvnet":
-        # Owned by jface.stn.localiser (3DMM-STN's localiser); dispatched only if it exists.
-        try:
-            localiser = importlib.import_module("jface.stn.localiser")
-        except ImportError:
-            localiser = None
+        # 3DMM-STN's localiser owns its MatConvNet layout and writes the file itself.
         fn = getattr(localiser, "convert_matconvnet", None)
         if fn is None:
             raise SystemExit(
-                "vggface-matconvnet: jface.stn.localiser.convert_matconvnet is not available in this version"
+                "vggface-matconvnet: jface.stn.localiser.convert_matconvnet is not available in "
+                "this version"
             )
         result = fn(src, dst)
         return f"converted {src} -> {dst} ({kind})" if result is None else str(result)
     else:  # argparse restricts choices; kept for callers of main()
         raise SystemExit(f"unknown KIND {kind!r}; expected one of {KINDS}")
-    cv.save_variables(dst, tree, kind=kind, source=src)
-    leaves = cv._flatten(tree)
+    save_variables(dst, tree, kind=kind, source=src)
+    leaves = flatten_tree(tree)
     n = sum(v.size for v in leaves.values())
     return f"converted {src} -> {dst} ({kind}: {len(leaves)} arrays, {n} values)"
 

@@ -1,6 +1,9 @@
-"""Errors raised for bad model files."""
+"""The errors jface raises for bad files: every reader and loader of :mod:`jface.files` and
+:mod:`jface.models` raises these, and every command line turns them into one line on stderr."""
 
 from __future__ import annotations
+
+__all__ = ["ModelFileError", "UnsafePickleError", "WeightConversionError"]
 
 
 class ModelFileError(ValueError):
@@ -18,3 +21,7 @@ class ModelFileError(ValueError):
 
 class UnsafePickleError(ModelFileError):
     """A pickle asked for a global outside the allow-list; nothing was executed."""
+
+
+class WeightConversionError(ModelFileError):
+    """A state dict does not fit the Flax module: lists unexpected keys, missing leaves, bad shapes."""

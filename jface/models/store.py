@@ -1,4 +1,5 @@
-"""The project's own model file: an ``.npz`` of plain arrays plus one JSON metadata entry.
+"""The project's own model file: an ``.npz`` container of plain arrays plus one JSON metadata entry
+(:func:`jface.files.npz.write_container` / :func:`~jface.files.npz.read_container`).
 
 Layout (format version 1), readable with ``np.load(path, allow_pickle=False)``:
 
@@ -14,24 +15,23 @@ Layout (format version 1), readable with ``np.load(path, allow_pickle=False)``:
 * one entry per non-None array field, named as the dataclass field (``mean``, ``shapedirs``, ...);
 * ``landmarks/<name>`` for each entry of ``MorphableModel.landmarks``.
 
-No pickles anywhere, so loading a model file cannot run code. Files are written to a temporary file
-in the destination folder and renamed over the target, so a failed save never destroys an existing
-model file.
+No pickles anywhere, so loading a model file cannot run code; members are read with their declared
+sizes checked first. Files are written to a temporary file in the destination folder and renamed
+over the target, so a failed save never destroys an existing model file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import tempfile
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterable, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
-from jface.models.errors import ModelFileError
+from jface.errors import ModelFileError
+from jface.files.npz import read_container, sha256_file, write_container
+from jface.models.morphable import FlameModel, MorphableModel
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "META_KEY", "save_model", "load_model",
            "read_metadata", "sha256_file"]
@@ -64,22 +64,11 @@ _SPEC = {
 }
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_MODEL_CLASSES = {"MorphableModel": MorphableModel, "FlameModel": FlameModel}
 
 
-def _model_classes():
-    from jface.models.morphable import FlameModel, MorphableModel
-
-    return {"MorphableModel": MorphableModel, "FlameModel": FlameModel}
-
-
-def save_model(model, path, *, sources: Iterable = (), licence: Optional[str] = None,
-               extra: Optional[dict] = None) -> Path:
+def save_model(model, path, *, sources: Iterable = (), licence: str | None = None,
+               extra: dict | None = None) -> Path:
     """Write a :class:`MorphableModel` or :class:`FlameModel` to ``path`` (npz, format v1).
 
     Args:
@@ -92,8 +81,8 @@ def save_model(model, path, *, sources: Iterable = (), licence: Optional[str] = 
 
     The write is atomic: temporary file in the same folder, fsync, then ``os.replace``.
     """
-    classes = _model_classes()
-    model_type = next((name for name, cls in classes.items() if isinstance(model, cls)), None)
+    model_type = next((name for name, cls in _MODEL_CLASSES.items() if isinstance(model, cls)),
+                      None)
     if model_type is None:
         raise TypeError(
             f"model: expected a MorphableModel or FlameModel, got {type(model).__name__}"
@@ -129,16 +118,14 @@ def save_model(model, path, *, sources: Iterable = (), licence: Optional[str] = 
         else:
             source_list.append({"name": Path(src).name, "sha256": sha256_file(src)})
     try:
-        from importlib.metadata import version
-
         creator = f"jface {version('jface')}"
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except PackageNotFoundError:  # not installed as a distribution
         creator = "jface"
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "model_type": model_type,
-        "units": getattr(model, "units"),
+        "units": model.units,
         "static": static,
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
         "landmarks": landmark_names,
@@ -148,28 +135,7 @@ def save_model(model, path, *, sources: Iterable = (), licence: Optional[str] = 
     }
     if extra:
         meta["extra"] = extra
-    payload = np.frombuffer(json.dumps(meta, indent=1).encode("utf-8"), dtype=np.uint8)
-
-    path = Path(os.fspath(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ModelFileError(path, "is a directory; give a file name for the model")
-    if not folder.is_dir():
-        raise ModelFileError(path, f"cannot write: folder {str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{META_KEY: payload}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_container(path, arrays, meta, META_KEY)
 
 
 def read_metadata(path) -> dict:
@@ -179,51 +145,10 @@ def read_metadata(path) -> dict:
 
 
 def _open(path, *, arrays: bool):
-    from jface.models.io import read_file_bytes
-
-    data = read_file_bytes(path)
-    if not data.startswith(b"PK"):
-        raise ModelFileError(path, "not an .npz (zip) file; expected a jface model file")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if META_KEY not in z.files:
-                raise ModelFileError(
-                    path,
-                    f"no {META_KEY!r} entry: not a jface model file (for FLAME's pkl-named npz or "
-                    "the original files use jface.models.load_flame / the load_* loaders)",
-                    META_KEY,
-                )
-            raw = z[META_KEY]
-            content = {k: z[k] for k in z.files if k != META_KEY} if arrays else None
-    except ModelFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(path, f"unreadable .npz ({type(exc).__name__}: {exc})") from None
-    # NpzFile hands back raw bytes for members that are not .npy data
-    for name, value in [(META_KEY, raw), *(content or {}).items()]:
-        if not isinstance(value, np.ndarray):
-            raise ModelFileError(path, "entry is not an .npy array", name)
-    try:
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise ValueError("metadata is not a uint8 byte array")
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelFileError(path, f"corrupt metadata ({exc})", META_KEY) from None
-    if meta.get("format") != FORMAT_NAME:
-        raise ModelFileError(path, f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}",
-                             META_KEY)
-    version = meta.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise ModelFileError(path, f"invalid format version {version!r}", META_KEY)
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            path,
-            f"format version {version} is newer than this jface supports ({FORMAT_VERSION}); "
-            "upgrade jface or regenerate the file",
-            META_KEY,
-        )
+    meta, content = read_container(
+        path, META_KEY, format_name=FORMAT_NAME, max_version=FORMAT_VERSION, arrays=arrays,
+        missing_hint=" (for FLAME's pkl-named npz or the original files use "
+                     "jface.models.load_flame / the load_* loaders)")
     if meta.get("model_type") not in _SPEC:
         raise ModelFileError(path, f"unknown model_type {meta.get('model_type')!r}; expected one "
                              f"of {sorted(_SPEC)}", META_KEY)
@@ -238,8 +163,6 @@ def load_model(path):
     ranges), and rebuilds the static fields. Raises :class:`ModelFileError` naming the file and
     field otherwise.
     """
-    import jax.numpy as jnp
-
     meta, arrays = _open(path, arrays=True)
     model_type = meta["model_type"]
     spec = _SPEC[model_type]
@@ -270,10 +193,8 @@ def load_model(path):
 
     static = dict(meta.get("static", {}))
     if model_type == "MorphableModel":
-        model = _build_morphable(path, arrays, static, jnp)
-    else:
-        model = _build_flame(path, arrays, static, jnp)
-    return model
+        return _build_morphable(path, arrays, static)
+    return _build_flame(path, arrays, static)
 
 
 def _check(cond, path, field, message):
@@ -290,9 +211,7 @@ def _check_faces(path, faces, n_vertices, field="faces"):
                f"0-based indices must lie in [0, {n_vertices})")
 
 
-def _build_morphable(path, arrays, static, jnp):
-    from jface.models.morphable import MorphableModel
-
+def _build_morphable(path, arrays, static):
     mean = arrays["mean"]
     _check(mean.ndim == 2 and mean.shape[1] == 3, path, "mean",
            f"expected (N, 3), got {mean.shape}")
@@ -327,9 +246,7 @@ def _build_morphable(path, arrays, static, jnp):
                           grid_hw=grid_hw)
 
 
-def _build_flame(path, arrays, static, jnp):
-    from jface.models.morphable import FlameModel
-
+def _build_flame(path, arrays, static):
     v = arrays["v_template"]
     _check(v.ndim == 2 and v.shape[1] == 3, path, "v_template", f"expected (V, 3), got {v.shape}")
     n_v = v.shape[0]
