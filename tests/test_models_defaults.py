@@ -1,4 +1,5 @@
-"""Tests of the synthetic default models (jface.models.defaults) and jface.landmarks.
+"""Tests of the synthetic default models (jface.models.defaults), the landmark tables
+(jface.models.landmarks) and the painter (jface.models.paint).
 
 Generation happens once per test session into the cache folder that conftest.py sets; the
 determinism test regenerates into two temporary folders and compares hashes.
@@ -11,8 +12,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from jface import landmarks as L
-from jface.models import defaults
+from jface.models import defaults, paint
+from jface.models import landmarks as L
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,35 @@ def _np(x):
 def test_mirror_permutations_are_involutions():
     for perm in (L.AFLW21_MIRROR, L.IBUG68_MIRROR):
         assert np.array_equal(perm[perm], np.arange(len(perm)))
-    # spec 3dmm_stn.md §6 lookup, 1-based
+    # refineData's lookup (dagnn_3dmmasstn.m), 1-based
     lookup = [6, 5, 4, 3, 2, 1, 12, 11, 10, 9, 8, 7, 17, 16, 15, 14, 13, 20, 19, 18, 21]
     assert np.array_equal(L.AFLW21_MIRROR + 1, lookup)
     assert L.IBUG68_MIRROR[0] == 16 and L.IBUG68_MIRROR[36] == 45 and L.IBUG68_MIRROR[30] == 30
     assert L.IBUG68_MIRROR[48] == 54 and L.IBUG68_MIRROR[66] == 66
     with pytest.raises(ValueError, match="layout"):
         L.mirror_permutation("dlib5")
+
+
+def test_aflw21_from_ibug68_commutes_with_mirroring():
+    table = L.AFLW21_FROM_IBUG68
+    assert len(table) == 21 and all(0 <= i < 68 for group in table for i in group)
+    for k, group in enumerate(table):
+        # the AFLW point of the mirrored face is the mean of the mirrored iBUG points
+        assert sorted(table[L.AFLW21_MIRROR[k]]) == sorted(int(L.IBUG68_MIRROR[i]) for i in group), k
+    a, b = L.AFLW21_OUTER_EYE_CORNERS
+    assert (table[a], table[b]) == tuple((i,) for i in L.IBUG68_OUTER_EYE_CORNERS)
+    assert L.AFLW21_NAMES[a] == "eye_left_outer" and L.AFLW21_NAMES[b] == "eye_right_outer"
+    assert [L.AFLW21_NAMES[k] for k in L.AFLW21_EARS] == ["ear_left", "ear_right"]
+    assert L.IBUG68_MIRROR[L.IBUG68_OUTER_EYE_CORNERS[0]] == L.IBUG68_OUTER_EYE_CORNERS[1]
+
+
+def test_landmark_tables_are_defined_once():
+    from jface.data import loader, synthetic_deca, synthetic_stn
+    from jface.stn import losses
+
+    assert losses.AFLW21_MIRROR is L.AFLW21_MIRROR and synthetic_stn.AFLW21_MIRROR is L.AFLW21_MIRROR
+    assert loader.AFLW21_MIRROR is L.AFLW21_MIRROR
+    assert synthetic_deca.AFLW21_FROM_IBUG68 is L.AFLW21_FROM_IBUG68
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,7 +79,7 @@ def test_stn_structure(stn):
     assert stn.shape_basis.shape[:2] == (n, 3) and stn.num_shape >= 20
     assert stn.expression_basis.shape[:2] == (n, 3) and stn.num_expression >= 10
     assert stn.faces.shape == (2 * 111 * 111, 3)
-    # the original resampleModel's face order (spec 3dmm_stn.md §7.2): [1 2 113], [114 113 2]
+    # the original resampleModel.m's face order: [1 2 113], [114 113 2]
     assert _np(stn.faces[:2]).tolist() == [[0, 1, 112], [113, 112, 1]]
     assert stn.albedo_mean.shape == (n, 3) and stn.albedo_basis.shape[:2] == (n, 3)
     assert set(stn.landmarks) == {"aflw21", "ibug68"}
@@ -270,9 +293,7 @@ def test_flame_landmarks_anatomy(flame):
     assert x[48] < 0 < x[54] and abs(x[48] + x[54]) < 1e-6
     assert y[8] == y[:17].min()  # chin lowest on the contour
     assert np.all(np.diff(x[17:22]) > 0) and np.all(np.diff(x[22:27]) > 0)
-    from jface.landmarks import IBUG68_MIRROR
-
-    flipped = p[IBUG68_MIRROR] * np.array([-1.0, 1.0, 1.0])
+    flipped = p[L.IBUG68_MIRROR] * np.array([-1.0, 1.0, 1.0])
     assert np.abs(flipped - p).max() < 1e-6  # the embedding is mirror-symmetric
 
 
@@ -321,7 +342,7 @@ def test_flame_forward_matches_numpy_lbs(flame):
     out = flame_layer.forward(flame, shape, expr, pose)
     ref, _ = lbs_numpy(flame, shape, expr, pose)
     assert np.abs(_np(out["vertices"]) - ref).max() < 2e-6
-    # yaw 0.3 rad = 17.2 degrees -> DECA picks contour row 17 (spec deca.md §1.5)
+    # yaw 0.3 rad = 17.2 degrees -> DECA picks contour row 17 (FLAME._find_dynamic_lmk_idx_and_bcoords)
     expected = _lmk(flame, ref, yaw=17)
     assert np.abs(_np(out["landmarks2d"]) - expected).max() < 2e-6
 
@@ -336,7 +357,6 @@ def _vertex_normals(v, f):
 
 
 def test_flame_contour_table_follows_yaw(flame):
-    from jface.landmarks import IBUG68_MIRROR
     from jface.models.defaults.cli import _rodrigues
 
     v = _np(flame.v_template).astype(np.float64)
@@ -359,7 +379,7 @@ def test_flame_contour_table_follows_yaw(flame):
     for yaw in range(1, 40):
         rot = _rodrigues([0.0, np.deg2rad(yaw), 0.0])  # positive yaw: nose towards +x
         p, n = row_points(yaw)
-        pr, nr = p @ rot.T, n @ rot.T
+        nr = n @ rot.T
         away = np.arange(9, 17)
         assert np.all(nr[:, 2] > -0.15)  # contour points are visible (or on the silhouette)
         # away side: on the silhouette or still the frontal jaw point; moving inwards with yaw
@@ -371,7 +391,7 @@ def test_flame_contour_table_follows_yaw(flame):
         assert np.allclose(p[:9], p0[:9])
         # negative yaw (row 39 - a) is the mirror image
         pm, _ = row_points(39 + yaw)
-        assert np.abs(pm[IBUG68_MIRROR[:17]] * np.array([-1.0, 1.0, 1.0]) - p).max() < 1e-6
+        assert np.abs(pm[L.IBUG68_MIRROR[:17]] * np.array([-1.0, 1.0, 1.0]) - p).max() < 1e-6
     inward = np.abs(p0[9:16, 0]) - np.abs(row_points(39)[0][9:16, 0])
     assert np.all(inward >= 0) and inward.mean() > 0.005  # > 5 mm towards the nose at 39 deg
 
@@ -428,7 +448,8 @@ def test_flame_albedo_and_mask(flame):
 
 
 def test_flame_files_load_through_real_loaders(flame_folder, flame):
-    from jface.models.io import load_flame, load_landmark_embedding, load_obj
+    from jface.files.obj import load_obj
+    from jface.models.loaders import load_flame, load_landmark_embedding
 
     folder = flame_folder
     emb = load_landmark_embedding(folder / "landmark_embedding.npy")
@@ -455,7 +476,7 @@ def test_flame_files_load_through_real_loaders(flame_folder, flame):
 
 
 def test_flame_embedding_layout_matches_real_file(realdata, flame_folder):
-    from jface.models.io import load_landmark_embedding
+    from jface.models.loaders import load_landmark_embedding
 
     real = load_landmark_embedding(realdata / "deca" / "landmark_embedding.npy")
     ours = load_landmark_embedding(flame_folder / "landmark_embedding.npy")
@@ -487,10 +508,45 @@ def test_cli_registration_and_regenerate(tmp_path, capsys):
 
 
 def test_painter_draws_a_triangle():
-    from jface.models.defaults import paint
-
     v = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     img, _ = paint.paint_mesh(v, np.array([[0, 1, 2]]), extent=(0.5, 0.5, 0.6), size=32)
     assert img.shape == (32, 32, 3) and (img < 255).any() and (img == 255).any()
     # lower-left half is covered (y up in the model = up in the picture)
     assert (img[28, 4] < 255).any() and (img[4, 28] == 255).all()
+
+
+def test_splat_keeps_the_nearest_sample_in_numpy_and_jax():
+    import jax
+    import jax.numpy as jnp
+
+    # three samples on pixel (1, 2), the middle one nearest; one on (0, 0); two outside the image
+    cols = np.array([2.2, 1.6, 2.4, 0.3, -0.6, 3.0])
+    rows = np.array([0.9, 1.2, 1.4, -0.2, 1.0, 4.5])
+    depth = np.array([1.0, 5.0, 3.0, 0.0, 9.0, 9.0])
+    colours = np.arange(18.0).reshape(6, 3)
+    background = np.full((4, 4, 3), -1.0)
+    want = background.copy()
+    want[1, 2] = colours[1]
+    want[0, 0] = colours[3]
+    out = paint.splat(cols, rows, depth, colours, background)
+    assert out.dtype == np.float64 and np.array_equal(out, want)
+    jitted = jax.jit(paint.splat)(*(jnp.asarray(a, jnp.float32) for a in (cols, rows, depth, colours, background)))
+    assert np.array_equal(np.asarray(jitted), want.astype(np.float32))
+    # numpy: of equal depths, the later sample wins
+    tie = paint.splat(np.array([0.0, 0.0]), np.array([0.0, 0.0]), np.array([2.0, 2.0]),
+                      np.array([[1.0], [2.0]]), np.zeros((1, 1, 1)))
+    assert tie[0, 0, 0] == 2.0
+
+
+def test_sampling_grids():
+    import jax.numpy as jnp
+
+    bary = paint.barycentric_grid(4)
+    assert bary.shape == (15, 3) and np.allclose(bary.sum(1), 1.0) and bary.min() >= 0
+    assert {tuple(b) for b in bary} >= {(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)}
+    values = np.arange(12.0).reshape(6, 2)  # a 2 x 3 grid of 2 channels
+    dense = np.asarray(paint.supersample_grid(jnp.asarray(values), (2, 3), 2))
+    assert dense.shape == (3 * 5, 2)
+    grid = dense.reshape(3, 5, 2)
+    assert np.array_equal(grid[::2, ::2], values.reshape(2, 3, 2))  # the grid points themselves
+    assert np.allclose(grid[1, 1], values.reshape(2, 3, 2)[:, :2].mean((0, 1)))  # a cell centre

@@ -14,43 +14,42 @@ Options:
 
 * ``group_key`` + ``images_per_group`` = K: identity-grouped batches, ``batch_size / K`` groups
   (identities, permuted per epoch) times K items of each (drawn without replacement per group).
-* ``mirror``: the 3DMM-STN augmentation (spec 3dmm_stn.md §6): every item is followed by its
-  left-right mirror (images flipped along width; ``labels`` through ``mirror_labels``), so the
-  local batch doubles and positions (2i, 2i + 1) are (image, mirror). Keys other than ``images`` /
-  ``labels`` are repeated, and a boolean ``mirrored`` is added.
+* ``mirror``: the 3DMM-STN augmentation (``refineData`` in ``dagnn_3dmmasstn.m``): every item is
+  followed by its left-right mirror (images flipped along width; ``labels`` through
+  :func:`jface.stn.mirror_labels`), so the local batch doubles and positions (2i, 2i + 1) are
+  (image, mirror). Keys other than ``images`` / ``labels`` are repeated, and a boolean
+  ``mirrored`` is added.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
+import jax
 import numpy as np
 
-__all__ = ["BatchLoader", "mirror_labels_np"]
+from jface.models.landmarks import AFLW21_MIRROR
+from jface.stn.losses import mirror_labels
 
-_AFLW21_MIRROR = np.array([5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 16, 15, 14, 13, 12, 19, 18, 17, 20])
+__all__ = ["BatchLoader", "mirror_labels_np"]
 
 
 def mirror_labels_np(labels, image_width: int = 224):
     """Numpy mirror of AFLW-21 labels ``(..., 21, 3)`` (x, y, vis) in the y-up pixel frame.
 
     x' = (W + 1 - x) where x != 0 (missing points stay 0), y kept, landmarks and visibility
-    reordered by the original's lookup (spec 3dmm_stn.md §6).
+    reordered by the original's lookup (:data:`jface.models.landmarks.AFLW21_MIRROR`).
     """
     labels = np.asarray(labels)
     if labels.shape[-2:] != (21, 3):
         raise ValueError(f"labels: expected (..., 21, 3) AFLW-21 (x, y, vis), got {labels.shape}")
     out = labels.copy()
     out[..., 0] = np.where(labels[..., 0] != 0, image_width + 1 - labels[..., 0], 0)
-    return out[..., _AFLW21_MIRROR, :]
+    return out[..., AFLW21_MIRROR, :]
 
 
 def _default_mirror(labels, image_width):
-    try:
-        from jface.stn import mirror_labels  # the library's version, when present
-    except ImportError:
-        return mirror_labels_np(labels, image_width)
     xy, vis = mirror_labels(labels[..., :2], labels[..., 2], image_width=image_width)
     return np.concatenate([np.asarray(xy), np.asarray(vis)[..., None]], -1).astype(labels.dtype)
 
@@ -70,13 +69,13 @@ class BatchLoader:
         batch_size: int,
         seed: int = 0,
         shuffle: bool = True,
-        process_index: Optional[int] = None,
-        process_count: Optional[int] = None,
-        group_key: Optional[str] = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        group_key: str | None = None,
         images_per_group: int = 1,
         mirror: bool = False,
-        mirror_fn: Optional[Callable] = None,
-        use_grain: Optional[bool] = None,
+        mirror_fn: Callable | None = None,
+        use_grain: bool | None = None,
         num_threads: int = 2,
         prefetch: int = 4,
     ):
@@ -84,8 +83,6 @@ class BatchLoader:
         if not lengths or len(set(lengths.values())) != 1:
             raise ValueError(f"arrays: expected a non-empty dict of equal-length arrays, got lengths {lengths}")
         if process_index is None or process_count is None:
-            import jax
-
             process_index, process_count = jax.process_index(), jax.process_count()
         if batch_size <= 0 or batch_size % process_count:
             raise ValueError(

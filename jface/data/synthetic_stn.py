@@ -3,23 +3,26 @@
 Every image is drawn from the model itself, so each label is exact: random identity and
 expression coefficients alpha, a pose (yaw within +-``yaw_deg``, small pitch and roll), scale and
 translation jitter, per-identity albedo tint, Lambertian shading from a random light, and a random
-smooth background. Labels are in the 3DMM-STN's own frame (spec 3dmm_stn.md §0):
+smooth background. Labels are in the 3DMM-STN's own frame (BUILD_NOTES.md, Frames and
+conventions):
 
 * ``theta (M, 6 + D)``: the generating [r(3), t(2), logs(1), alpha(D)], so the localiser's target
   is literally its own output space (r axis-angle, x' = R x; s = 0.99**logs; t in pixels).
 * ``labels (M, L, 3)``: (x, y, vis) of the model's ``landmarks[landmark_set]`` vertices in the
   y-up pixel frame of the image: x = 1-based column, y = H + 1 - (1-based row). A landmark that
   falls outside the image is missing (x = y = vis = 0, as AFLW labels are).
-* ``images (M, H, W, 3)`` uint8 RGB (0-255; the STN reads raw 0-255 values, spec §5).
+* ``images (M, H, W, 3)`` uint8 RGB (0-255; the STN reads raw 0-255 values, as the original's
+  ``dagnn_3dmmasstn.m`` does: no mean subtraction).
 * ``identity (M,)`` int32: identity id (for identity-grouped batches); ``pose_deg (M, 3)``
   (yaw, pitch, roll) with R = Ry(yaw) Rx(pitch) Rz(roll); ``light (M, 3)`` unit light direction.
 
-Rendering is a z-buffered splat of the surface: the UV-grid mesh (vertex k <-> texel
-(k // W', k % W')) is bilinearly supersampled ``supersample`` times per cell edge and every sample is
-written to its nearest pixel if it is the closest to the camera there (+z is towards the camera).
-This needs no rasteriser and is exact enough for landmark training; the pixel a sample lands in
-is the same y-up frame the labels use. Visibility of landmarks uses the original's per-vertex
-normal sign test (spec §2.12, true angle sum) and the z-buffer is not consulted.
+Rendering is the z-buffered splat of :mod:`jface.models.paint`: the UV-grid mesh (vertex k <->
+texel (k // W', k % W')) is bilinearly supersampled ``supersample`` times per cell edge and every
+sample is written to its nearest pixel if it is the closest to the camera there (+z is towards the
+camera). This needs no rasteriser and is exact enough for landmark training; the pixel a sample
+lands in is the same y-up frame the labels use. Visibility of landmarks uses the original's
+per-vertex normal sign test (``vl_nnvisibilitymask.m``, with the true angle sum) and the z-buffer
+is not consulted.
 
 Splits are made by seed: the held-out split uses identities and poses from a different seed.
 """
@@ -28,13 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jface import geometry
+from jface.models import paint
+from jface.models.landmarks import AFLW21_MIRROR
 from jface.models.morphable import MorphableModel
 
 __all__ = [
@@ -46,9 +50,6 @@ __all__ = [
     "pose_error_deg",
     "AFLW21_MIRROR",
 ]
-
-# spec §6: mirrored landmark k <- old lookup[k] (0-based).
-AFLW21_MIRROR = (5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 16, 15, 14, 13, 12, 19, 18, 17, 20)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +70,15 @@ class SyntheticConfig:
     expression_std: float = 0.7
     landmark_set: str = "aflw21"
     # Samples per grid-cell edge in the splat; None: ceil(2 W / grid width) (no cracks at yaw 0).
-    supersample: Optional[int] = None
+    supersample: int | None = None
     chunk: int = 32
 
 
 def project(model: MorphableModel, theta):
     """Per item: theta (6+D,) -> (points (N, 2) y-up pixel frame, rotated (N, 3), shape (N, 3)).
 
-    The 3DMM-STN forward (spec §2.2-§2.8): X = mean + basis alpha, X' = R X, p = s X'_xy + t.
+    The 3DMM-STN forward (its layers ``vl_nnmodel`` .. ``vl_nntranslate2D``): X = mean + basis
+    alpha, X' = R X, p = s X'_xy + t.
     """
     r, t, logs, alpha = theta[0:3], theta[3:5], theta[5], theta[6:]
     shape = model.mean + jnp.einsum("nck,k->nc", model.basis.astype(theta.dtype), alpha)
@@ -87,23 +89,9 @@ def project(model: MorphableModel, theta):
 
 def _outward_normals(rotated, faces):
     # vertex_normals uses (v1 - v0) x (v2 - v0); on the STN grid's face order that points away
-    # from the camera for a frontal face (spec §2.12), so the outward normal is its negative.
+    # from the camera for a frontal face (util/visibilityNotSelf.m), so the outward normal is its
+    # negative.
     return -geometry.vertex_normals(rotated, faces)
-
-
-def _supersample_grid(values, grid_hw, factor):
-    """Bilinear supersampling of per-vertex ``(N, C)`` values laid out on the UV grid."""
-    height, width = grid_hw
-    grid = values.reshape(height, width, -1)
-    rows = jnp.linspace(0.0, height - 1.0, (height - 1) * factor + 1)
-    cols = jnp.linspace(0.0, width - 1.0, (width - 1) * factor + 1)
-    r0 = jnp.clip(jnp.floor(rows).astype(jnp.int32), 0, height - 2)
-    c0 = jnp.clip(jnp.floor(cols).astype(jnp.int32), 0, width - 2)
-    fr = (rows - r0)[:, None, None]
-    fc = (cols - c0)[None, :, None]
-    top = grid[r0][:, c0] * (1 - fc) + grid[r0][:, c0 + 1] * fc
-    bottom = grid[r0 + 1][:, c0] * (1 - fc) + grid[r0 + 1][:, c0 + 1] * fc
-    return (top * (1 - fr) + bottom * fr).reshape(-1, values.shape[-1])
 
 
 def render(model: MorphableModel, theta, albedo, light, background, *, supersample: int = 4):
@@ -118,19 +106,10 @@ def render(model: MorphableModel, theta, albedo, light, background, *, supersamp
     colour = 255.0 * albedo * shade[:, None]
     attrs = jnp.concatenate([points, rotated[:, 2:3], colour], axis=-1)
     if model.grid_hw is not None and supersample > 1:
-        attrs = _supersample_grid(attrs, model.grid_hw, supersample)
-    height, width = background.shape[:2]
-    cols = jnp.round(attrs[:, 0] - 1.0).astype(jnp.int32)
-    rows = jnp.round(height - attrs[:, 1]).astype(jnp.int32)
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
-    pixel = jnp.where(inside, rows * width + cols, height * width)  # dump slot for outside samples
-    depth = jnp.where(inside, attrs[:, 2], -jnp.inf)
-    zbuffer = jnp.full((height * width + 1,), -jnp.inf, depth.dtype).at[pixel].max(depth)
-    winner = inside & (depth >= zbuffer[pixel])
-    pixel = jnp.where(winner, pixel, height * width)
-    flat = jnp.concatenate([background.reshape(-1, 3), jnp.zeros((1, 3), background.dtype)])
-    flat = flat.at[pixel].set(attrs[:, 3:6].astype(background.dtype))
-    return flat[:-1].reshape(height, width, 3)
+        attrs = paint.supersample_grid(attrs, model.grid_hw, supersample)
+    height = background.shape[0]
+    # y-up frame (x = 1-based column, y = H + 1 - 1-based row) -> 0-based pixel coordinates
+    return paint.splat(attrs[:, 0] - 1.0, height - attrs[:, 1], attrs[:, 2], attrs[:, 3:6], background)
 
 
 def _landmark_labels(model, theta, landmark_idx, image_hw):
@@ -181,7 +160,7 @@ def _mean_scale(model, landmark_idx, face_width, image_width):
 
 
 def generate(model: MorphableModel, config: SyntheticConfig = SyntheticConfig(), *, seed: int = 0,
-             albedo: Optional[np.ndarray] = None, render_images: bool = True) -> dict:
+             albedo: np.ndarray | None = None, render_images: bool = True) -> dict:
     """Draw ``num_identities * images_per_identity`` labelled images (numpy arrays, see module doc).
 
     Deterministic in ``seed`` (numpy PCG64 for every random choice; rendering is jitted JAX).
@@ -245,7 +224,10 @@ def generate(model: MorphableModel, config: SyntheticConfig = SyntheticConfig(),
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
         pad = chunk - (stop - start)  # one jit shape for every chunk
-        sl = lambda a: np.concatenate([a[start:stop], np.repeat(a[stop - 1:stop], pad, 0)], 0)
+
+        def sl(a, start=start, stop=stop, pad=pad):
+            return np.concatenate([a[start:stop], np.repeat(a[stop - 1:stop], pad, 0)], 0)
+
         if not render_images:
             labels[start:stop] = np.asarray(label_chunk(sl(theta)))[: stop - start]
             continue
@@ -263,8 +245,9 @@ def toy_model(res: int = 24, dtype=np.float32) -> MorphableModel:
 
     An ellipsoidal head (azimuth +-120 deg across u, elevation +-72 deg across v) with a nose,
     brows and a chin; 5 identity and 5 expression components of smooth displacement fields;
-    dark brows/eyes and red lips in ``albedo_mean``; 21 AFLW-ordered landmarks (spec §3) and the
-    3DMM-STN grid face order (spec §7.2, step 5), vertex k <-> texel (k // res, k % res).
+    dark brows/eyes and red lips in ``albedo_mean``; 21 AFLW-ordered landmarks
+    (:data:`jface.models.landmarks.AFLW21_NAMES`) and the 3DMM-STN grid face order
+    (``resampleModel.m``), vertex k <-> texel (k // res, k % res).
     """
     cols, rows = np.meshgrid(np.arange(res), np.arange(res))
     u = cols / (res - 1.0)
@@ -302,7 +285,7 @@ def toy_model(res: int = 24, dtype=np.float32) -> MorphableModel:
     shape_basis = np.stack(shape_cols, -1)
     expression_basis = np.stack(expr_cols, -1)
     faces = []
-    for i in range(res - 1):  # spec §7.2 step 5 order, 0-based k = col + res * row
+    for i in range(res - 1):  # resampleModel.m's face order, 0-based k = col + res * row
         for j in range(res - 1):
             n = lambda ii, jj: ii + res * jj
             faces.append([n(i, j), n(i + 1, j), n(i, j + 1)])

@@ -1,30 +1,32 @@
 """A small procedural UV-grid face model and a simple image renderer, for tests, demos and CPU runs.
 
 :func:`toy_grid_model` builds a :class:`~jface.models.MorphableModel` with the 3DMM-STN layout
-(spec 3dmm_stn.md §0, §7.2): res x res vertices on the UV grid (vertex k <-> texel (k // res,
-k % res), U = col/(res-1) to the right, V = 1 - row/(res-1) up), ``resampleModel``'s face order,
-millimetres, BFM axes (x to the subject's left, y up, z to the camera), 21 AFLW-ordered landmarks
-placed by hand, a smooth random identity basis and a mouth/brow expression basis. The geometry is
+(``resampleModel.m``; BUILD_NOTES.md, Frames and conventions): res x res vertices on the UV grid
+(vertex k <-> texel (k // res, k % res), U = col/(res-1) to the right, V = 1 - row/(res-1) up), its
+face order, millimetres, BFM axes (x to the subject's left, y up, z to the camera), 21 AFLW-ordered
+landmarks placed by hand, a smooth random identity basis and a mouth/brow expression basis. The geometry is
 made up (an ellipsoidal face with a nose, brows and eye sockets); it is *not* derived from any
 licensed model.
 
 :func:`render_image` draws a model into a raw 0-255 RGB image in the 224-pixel y-up frame of the STN
-(a z-buffered barycentric point-splat rasteriser with Lambert shading of the model's albedo): enough
-to produce honest synthetic inputs whose landmarks are known exactly.
+(barycentric samples of every triangle through the z-buffered splat of :mod:`jface.models.paint`,
+Lambert shading of the model's albedo): enough to produce honest synthetic inputs whose landmarks
+are known exactly.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from jface.models import paint
 from jface.models.morphable import MorphableModel
 from jface.stn.layers import grid_faces, project
 
 __all__ = ["toy_grid_model", "render_image", "AFLW21_UV"]
 
-# (u, v) of the 21 AFLW points (spec §3.1 order: brows image-left -> right, eye corners/centres,
-# left ear, nose left/tip/right, right ear, mouth left/centre/right, chin). Mirror-symmetric under
-# u -> 1 - u with the reorder of jface.stn.losses.AFLW21_MIRROR.
+# (u, v) of the 21 AFLW points (jface.models.landmarks.AFLW21_NAMES order: brows image-left ->
+# right, eye corners/centres, left ear, nose left/tip/right, right ear, mouth left/centre/right,
+# chin). Mirror-symmetric under u -> 1 - u with the reorder of jface.models.landmarks.AFLW21_MIRROR.
 AFLW21_UV = (
     (0.28, 0.68), (0.36, 0.70), (0.44, 0.68), (0.56, 0.68), (0.64, 0.70), (0.72, 0.68),
     (0.29, 0.60), (0.35, 0.60), (0.41, 0.60), (0.59, 0.60), (0.65, 0.60), (0.71, 0.60),
@@ -134,22 +136,11 @@ def render_image(model, theta, image_hw=(224, 224), *, background=(70.0, 80.0, 9
     tri = points[faces]
     edge = max(np.abs(tri[:, 1] - tri[:, 0]).max(), np.abs(tri[:, 2] - tri[:, 0]).max(),
                np.abs(tri[:, 2] - tri[:, 1]).max())
-    steps = int(np.ceil(2.0 * edge)) + 1
-    a, b = np.meshgrid(np.arange(steps + 1), np.arange(steps + 1), indexing="ij")
-    keep = a + b <= steps
-    bary = np.stack([a[keep], b[keep], steps - a[keep] - b[keep]], -1) / steps  # (S, 3)
+    bary = paint.barycentric_grid(int(np.ceil(2.0 * edge)) + 1)  # (S, 3), spacing < 0.5 px
     sx = np.einsum("sc,fc->fs", bary, tri[..., 0]).ravel()
     sy = np.einsum("sc,fc->fs", bary, tri[..., 1]).ravel()
     sz = np.einsum("sc,fc->fs", bary, rotated[faces][..., 2]).ravel()
     scol = np.einsum("sc,fcd->fsd", bary, colour[faces]).reshape(-1, 3)
-    col = np.round(sx - 1.0).astype(np.int64)
-    row = np.round(height - sy).astype(np.int64)
-    inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
-    pix = (row * width + col)[inside]
-    sz, scol = sz[inside], scol[inside]
-    order = np.lexsort((sz, pix))  # by pixel, then depth ascending: the last per pixel is nearest
-    pix, scol = pix[order], scol[order]
-    last = np.r_[pix[1:] != pix[:-1], True]
-    image = np.tile(np.asarray(background, np.float64), (height * width, 1))
-    image[pix[last]] = scol[last]
-    return np.clip(image.reshape(height, width, 3), 0, 255).astype(np.float32)
+    background = np.tile(np.asarray(background, np.float64), (height, width, 1))
+    image = paint.splat(sx - 1.0, height - sy, sz, scol, background)  # y-up frame -> 0-based pixels
+    return np.clip(image, 0, 255).astype(np.float32)

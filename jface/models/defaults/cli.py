@@ -1,7 +1,7 @@
 """``python -m jface.models show|regenerate``: pictures and cache rebuilds of the default models.
 
 ``show default-stn|default-flame -o DIR`` writes PNGs drawn with the tiny numpy painter
-(:mod:`jface.models.defaults.paint`): the mean shape from three views, +-3 sigma of the first
+(:mod:`jface.models.paint`): the mean shape from three views, +-3 sigma of the first
 identity components, each expression, the UV layout (and albedo / mask) and the landmarks.
 ``regenerate [--only stn|flame] [--dir DIR]`` rebuilds the cached files.
 """
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jface.models.defaults import paint
+from jface.models import paint
+from jface.models.defaults import default_flame_model, default_stn_model, load_stn_arrays, regenerate
+from jface.models.defaults.flame_default import FLAME_EXPRESSION_NAMES, lmk_points
 
 __all__ = ["show_command", "regenerate_command", "show_stn", "show_flame", "lbs_numpy"]
 
@@ -42,7 +44,8 @@ def _rodrigues(r):
 
 
 def lbs_numpy(model, shape=None, expression=None, pose15=None):
-    """FLAME linear blend skinning in numpy (spec deca.md §1.3) for a FlameModel-like object.
+    """FLAME linear blend skinning in numpy (DECA's ``lbs`` in ``decalib/models/lbs.py``) for a
+    FlameModel-like object.
 
     ``shape (n_shape,)``/``expression (n_expr,)`` may be shorter (zero-padded); ``pose15`` is
     [global, neck, jaw, eye3, eye4] axis-angles. Returns ``(vertices (V, 3), joints (J, 3))``.
@@ -91,8 +94,6 @@ def _views(vertices, faces, colors=None, extent=None, size=320, angles=(0, 45, 9
 
 def show_stn(out_dir):
     """PNGs of :func:`jface.models.default_stn_model` into ``out_dir``; returns the paths."""
-    from jface.models.defaults import default_stn_model, load_stn_arrays
-
     model = default_stn_model()
     arrays = load_stn_arrays()
     mean = np.asarray(model.mean, np.float64)
@@ -165,9 +166,6 @@ def _flame_vertex_colors(model):
 
 def show_flame(out_dir):
     """PNGs of :func:`jface.models.default_flame_model` into ``out_dir``; returns the paths."""
-    from jface.models.defaults import default_flame_model
-    from jface.models.defaults.flame_default import FLAME_EXPRESSION_NAMES
-
     model = default_flame_model()
     faces = np.asarray(model.faces)
     v0 = np.asarray(model.v_template, np.float64) * 1000.0  # pictures in mm
@@ -225,8 +223,6 @@ def show_flame(out_dir):
     alb = _label(np.asarray(Image.fromarray(alb).resize((448, 448), Image.NEAREST)), "albedo mean")
     save("flame_uv.png", paint.tile([uv_img, alb], 2))
     # landmarks at yaw 0 / +30 / -30 with the dynamic contour row DECA would pick
-    from jface.models.defaults.flame_default import lmk_points
-
     imgs = []
     for yaw in (0, 30, -30):
         rot = paint.rotation_y(yaw)
@@ -264,8 +260,6 @@ def regenerate_command(parser):
                         help="cache folder (default: $JFACE_CACHE or ~/.cache/jface)")
 
     def run(args):
-        from jface.models.defaults import regenerate
-
         which = ("stn", "flame") if args.only is None else (args.only,)
         t0 = time.perf_counter()
         for p in regenerate(args.dir, which=which):

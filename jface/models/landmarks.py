@@ -1,5 +1,6 @@
-"""Landmark conventions: the 21-point AFLW and 68-point iBUG/300-W layouts, their mirror
-permutations, and the landmark vertices of jface's synthetic default 3DMM-STN model.
+"""Landmark tables, defined once: the 21-point AFLW and 68-point iBUG/300-W layouts, their mirror
+permutations, the AFLW-from-iBUG mapping, the outer eye corners, and the landmark vertices of
+jface's synthetic default 3DMM-STN model.
 
 All indices are 0-based. "Left"/"right" in point names are **image** left/right of a frontal face
 (the AFLW and iBUG annotation convention): image left is the subject's right, i.e. the model's
@@ -7,7 +8,8 @@ All indices are 0-based. "Left"/"right" in point names are **image** left/right 
 
 Mirror permutations: for a horizontally flipped image, landmark k of the flipped image is landmark
 ``MIRROR[k]`` of the original (``new[k] = old[MIRROR[k]]``; every permutation here is an
-involution). The AFLW one is the 3DMM-STN's ``lookup`` (spec 3dmm_stn.md §6) minus 1.
+involution). The AFLW one is the 3DMM-STN's ``lookup`` (``refineData`` in ``dagnn_3dmmasstn.m``)
+minus 1.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import numpy as np
 __all__ = [
     "AFLW21_NAMES",
     "AFLW21_MIRROR",
+    "AFLW21_FROM_IBUG68",
+    "AFLW21_EARS",
+    "AFLW21_OUTER_EYE_CORNERS",
     "IBUG68_MIRROR",
+    "IBUG68_OUTER_EYE_CORNERS",
     "IBUG68_GROUPS",
     "IBUG68_CONTOUR",
     "IBUG68_STATIC",
@@ -26,8 +32,9 @@ __all__ = [
     "mirror_permutation",
 ]
 
-# spec 3dmm_stn.md §3 (objective 1): 1-6 brows, 7-12 eye corners and centres, 13 left ear,
-# 14 nose left, 15 nose tip, 16 nose right, 17 right ear, 18-20 mouth, 21 chin.
+# The order of the original's Landmarks21_112.anl (the landmark loss, objective1 of
+# dagnn_3dmmasstn_init.m): 1-6 brows, 7-12 eye corners and centres, 13 left ear, 14 nose left,
+# 15 nose tip, 16 nose right, 17 right ear, 18-20 mouth, 21 chin (1-based).
 AFLW21_NAMES = (
     "brow_left_outer", "brow_left_centre", "brow_left_inner",
     "brow_right_inner", "brow_right_centre", "brow_right_outer",
@@ -37,10 +44,30 @@ AFLW21_NAMES = (
     "mouth_left", "mouth_centre", "mouth_right", "chin",
 )
 
-# lookup = [6 5 4 3 2 1 12 11 10 9 8 7 17 16 15 14 13 20 19 18 21] (1-based, spec §6)
+# refineData's lookup = [6 5 4 3 2 1 12 11 10 9 8 7 17 16 15 14 13 20 19 18 21] (1-based,
+# dagnn_3dmmasstn.m), 0-based here: mirrored landmark k takes old landmark AFLW21_MIRROR[k].
 AFLW21_MIRROR = np.array(
     [5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 16, 15, 14, 13, 12, 19, 18, 17, 20], dtype=np.int32
 )
+# Outer eye corners (the NME normaliser): AFLW 7 and 12, iBUG 36 and 45 (0-based).
+AFLW21_OUTER_EYE_CORNERS = (6, 11)
+IBUG68_OUTER_EYE_CORNERS = (36, 45)
+
+# Each AFLW-21 point as the mean of these 0-based iBUG-68 points. The ears (AFLW 13 and 17,
+# AFLW21_EARS) have no iBUG counterpart: the contour points at ear level (1 and 15) stand in for
+# them where a label is needed (generated DECA data); a fit to iBUG points leaves them out.
+AFLW21_FROM_IBUG68 = (
+    (17,), (19,), (21,),          # 1-3  image-left brow: outer end, centre, inner end
+    (22,), (24,), (26,),          # 4-6  image-right brow: inner end, centre, outer end
+    (36,), (37, 38, 40, 41), (39,),  # 7-9 image-left eye: outer corner, centre, inner corner
+    (42,), (43, 44, 46, 47), (45,),  # 10-12 image-right eye: inner corner, centre, outer corner
+    (1,),                         # 13 image-left ear: the contour point at ear level
+    (31,), (30,), (35,),          # 14-16 nose left, nose tip, nose right
+    (15,),                        # 17 image-right ear
+    (48,), (62, 66), (54,),       # 18-20 mouth left corner, mouth centre (inner lips), right corner
+    (8,),                         # 21 chin
+)
+AFLW21_EARS = (12, 16)
 
 
 def _ibug_mirror():
@@ -69,7 +96,7 @@ IBUG68_GROUPS = {
     "lips_outer": tuple(range(48, 60)),
     "lips_inner": tuple(range(60, 68)),
 }
-# DECA's split (spec deca.md §1.5): 17 dynamic contour points then 51 static ones
+# DECA's split (decalib/models/FLAME.py, FLAME.forward): 17 dynamic contour points then 51 static ones
 IBUG68_CONTOUR = np.arange(0, 17, dtype=np.int32)
 IBUG68_STATIC = np.arange(17, 68, dtype=np.int32)
 
