@@ -54,3 +54,37 @@ def test_synthesize_rejects_wrong_sizes():
         synthesize(model, jnp.zeros(3))
     with pytest.raises(ValueError, match="expression_coeffs"):
         synthesize(model, jnp.zeros(4), jnp.zeros(5))
+
+
+def _flame(mask):
+    from jface.models import FlameModel
+
+    z = jnp.zeros((4, 3))
+    return FlameModel(v_template=z, shapedirs=jnp.zeros((4, 3, 2)), posedirs=jnp.zeros((4, 3, 36)),
+                      j_regressor=jnp.zeros((5, 4)), lbs_weights=jnp.zeros((4, 5)),
+                      faces=jnp.asarray([[0, 1, 2]], jnp.int32), n_shape=1, uv_face_eye_mask=mask)
+
+
+def test_uv_face_eye_mask():
+    from jface.models.morphable import uv_face_eye_mask
+
+    mask = np.random.default_rng(0).uniform(size=(6, 5)).astype(np.float32)
+    out = uv_face_eye_mask(_flame(jnp.asarray(mask)), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    np.testing.assert_array_equal(np.asarray(out), mask)
+    # an (H, W, C) mask gives its first channel; size does not override the model's own mask
+    rgba = np.stack([mask, 1 - mask, mask, np.ones_like(mask)], -1)
+    out = uv_face_eye_mask(_flame(jnp.asarray(rgba)), jnp.float32, size=256)
+    assert out.shape == (6, 5) and out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), mask)
+    # under jit with the model as an argument
+    jitted = jax.jit(lambda m: uv_face_eye_mask(m, jnp.bfloat16))(_flame(jnp.asarray(mask)))
+    assert jitted.dtype == jnp.bfloat16 and jitted.shape == (6, 5)
+    # no mask: ones of the given size, or a clear error
+    assert np.array_equal(np.asarray(uv_face_eye_mask(_flame(None), size=3)), np.ones((3, 3)))
+    assert uv_face_eye_mask(_flame(None), jnp.float32, size=(2, 7)).shape == (2, 7)
+    with pytest.raises(ValueError, match="uv_face_eye_mask"):
+        uv_face_eye_mask(_flame(None))
+    with pytest.raises(ValueError, match="size"):
+        uv_face_eye_mask(_flame(None), size=(0, 4))
+    with pytest.raises(ValueError, match="uv_face_eye_mask"):
+        uv_face_eye_mask(_flame(jnp.zeros((2, 2, 2, 2))))

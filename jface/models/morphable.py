@@ -6,14 +6,14 @@ as an argument), sizes and names that shape computations are static fields.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax.numpy as jnp
 from flax import struct
 
 Array = Any
 
-__all__ = ["MorphableModel", "FlameModel", "synthesize"]
+__all__ = ["MorphableModel", "FlameModel", "synthesize", "uv_face_eye_mask"]
 
 
 @struct.dataclass
@@ -33,20 +33,20 @@ class MorphableModel:
     * ``vertex_mirror`` ``(N,)`` int32 or None: index of each vertex's bilateral mirror.
     * ``units`` (static): ``"mm"`` or ``"um"``.
     * ``grid_hw`` (static) or None: (H', W') when the vertices are a UV grid (vertex k <-> texel
-      (k // W', k % W'), spec 3dmm_stn.md §0).
+      (k // W', k % W'), the layout of the original's ``resampleModel.m``).
     """
 
     mean: Array
     shape_basis: Array
     expression_basis: Array
     faces: Array
-    uv: Optional[Array] = None
+    uv: Array | None = None
     landmarks: dict = struct.field(default_factory=dict)
-    albedo_mean: Optional[Array] = None
-    albedo_basis: Optional[Array] = None
-    vertex_mirror: Optional[Array] = None
+    albedo_mean: Array | None = None
+    albedo_basis: Array | None = None
+    vertex_mirror: Array | None = None
     units: str = struct.field(pytree_node=False, default="mm")
-    grid_hw: Optional[tuple] = struct.field(pytree_node=False, default=None)
+    grid_hw: tuple | None = struct.field(pytree_node=False, default=None)
 
     @property
     def num_vertices(self) -> int:
@@ -99,7 +99,7 @@ def synthesize(model: MorphableModel, shape_coeffs, expression_coeffs=None):
 class FlameModel:
     """FLAME in its own layouts and units (metres; x to the subject's left, y up, +z to camera).
 
-    Arrays keep the layouts of ``generic_model.pkl`` (spec deca.md §2.2):
+    Arrays keep the layouts of FLAME 2020's ``generic_model.pkl``:
 
     * ``v_template`` ``(V, 3)``; ``faces`` ``(F, 3)`` int32.
     * ``shapedirs`` ``(V, 3, n_shape + n_expression)``: identity columns then expression columns
@@ -107,7 +107,7 @@ class FlameModel:
     * ``posedirs`` ``(V, 3, 36)`` as stored in the pkl (DECA reshapes it to (3V, 36) and transposes).
     * ``j_regressor`` ``(J, V)`` dense; ``lbs_weights`` ``(V, J)``.
     * ``parents`` (static tuple): kintree_table[0] with the root's parent set to -1.
-    * Landmark embedding (DECA's ``landmark_embedding.npy``, spec deca.md §2.3), or None:
+    * Landmark embedding (DECA's ``data/landmark_embedding.npy``), or None:
       ``static_lmk_faces_idx (51,)``, ``static_lmk_bary_coords (51, 3)``,
       ``dynamic_lmk_faces_idx (79, 17)``, ``dynamic_lmk_bary_coords (79, 17, 3)``,
       ``full_lmk_faces_idx (68,)``, ``full_lmk_bary_coords (68, 3)``.
@@ -124,17 +124,17 @@ class FlameModel:
     faces: Array
     parents: tuple = struct.field(pytree_node=False, default=(-1, 0, 1, 1, 1))
     n_shape: int = struct.field(pytree_node=False, default=300)
-    static_lmk_faces_idx: Optional[Array] = None
-    static_lmk_bary_coords: Optional[Array] = None
-    dynamic_lmk_faces_idx: Optional[Array] = None
-    dynamic_lmk_bary_coords: Optional[Array] = None
-    full_lmk_faces_idx: Optional[Array] = None
-    full_lmk_bary_coords: Optional[Array] = None
-    uv_coords: Optional[Array] = None
-    uv_faces: Optional[Array] = None
-    albedo_mean: Optional[Array] = None
-    albedo_basis: Optional[Array] = None
-    uv_face_eye_mask: Optional[Array] = None
+    static_lmk_faces_idx: Array | None = None
+    static_lmk_bary_coords: Array | None = None
+    dynamic_lmk_faces_idx: Array | None = None
+    dynamic_lmk_bary_coords: Array | None = None
+    full_lmk_faces_idx: Array | None = None
+    full_lmk_bary_coords: Array | None = None
+    uv_coords: Array | None = None
+    uv_faces: Array | None = None
+    albedo_mean: Array | None = None
+    albedo_basis: Array | None = None
+    uv_face_eye_mask: Array | None = None
     units: str = struct.field(pytree_node=False, default="m")
 
     @property
@@ -148,3 +148,25 @@ class FlameModel:
     @property
     def has_landmarks(self) -> bool:
         return self.static_lmk_faces_idx is not None
+
+
+def uv_face_eye_mask(model: FlameModel, dtype=jnp.float32, size=None):
+    """The model's UV face/eye mask as ``(H, W)`` ``dtype`` (the first channel of an ``(H, W, C)``
+    mask), in the UV image layout (row 0 = v = 1); ones of ``size`` (an int S for S x S, or
+    ``(H, W)``) when the model has none. ``size`` is used only then: a model's own mask keeps its
+    size. Works under ``jit`` with the model passed as an argument.
+    """
+    mask = model.uv_face_eye_mask
+    if mask is None:
+        if size is None:
+            raise ValueError("model: has no uv_face_eye_mask; pass size=(H, W) for an all-ones mask")
+        size = tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else (int(size),) * 2
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size: expected an int or (H, W) of positive ints, got {size}")
+        return jnp.ones(size, dtype)
+    mask = jnp.asarray(mask, dtype)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"model: uv_face_eye_mask must be (H, W) or (H, W, C), got shape {mask.shape}")
+    return mask
