@@ -321,8 +321,8 @@ def test_prepare_matches_octave_transcription():
 
 
 def test_private_reader_matches_io_loaders(realdata):
-    """The dicts prepare_stn_model is tested with are what jface.models.io's loaders return."""
-    io = pytest.importorskip("jface.models.io")
+    """The dicts prepare_stn_model is tested with are what jface.models.loaders return."""
+    io = pytest.importorskip("jface.models.loaders")
     path = realdata / "synthetic_bfm" / "synth_01_MorphableModel.mat"
     ours, theirs = _read_bfm(path), io.load_bfm2009(path)
     for key in ("mean", "shape_basis", "shape_ev", "faces"):

@@ -1,7 +1,8 @@
 """3DMM-STN model preparation: the original ``prepareExpressionBFM.m`` + ``resampleModel.m``.
 
-Spec: ``3dmm_stn.md`` §7.1 (expression extension by a Laplace-Beltrami least-squares fit, µm -> mm)
-and §7.2 (resampling onto the res x res UV grid, see :mod:`jface.models.resample`).
+``prepareExpressionBFM.m``: the expression extension by a Laplace-Beltrami least-squares fit
+(``LaplaceBeltrami.m``) and µm -> mm; ``resampleModel.m``: the resampling onto the res x res UV grid
+(:mod:`jface.models.resample`).
 
 Everything here is numpy/scipy in float64 (model preparation is an offline step; nothing here
 needs to be differentiable).
@@ -9,11 +10,15 @@ needs to be differentiable).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+
+from jface.models.morphable import MorphableModel
+from jface.models.resample import _check_res, resample_model
 
 __all__ = ["laplace_beltrami", "prepare_stn_model", "extend_expression", "corner_cotangents"]
 
@@ -73,7 +78,7 @@ def laplace_beltrami(vertices, faces) -> sp.csr_matrix:
     """Cotangent stiffness matrix of a triangle mesh (the original ``util/LaplaceBeltrami.m``).
 
     ``vertices (N, 3)``, ``faces (F, 3)`` (0-based) -> ``(N, N)`` ``scipy.sparse.csr_matrix``,
-    float64. Spec §7.1: ``L = sum_f 2 A_f G_f^T G_f`` with ``G_f`` the hat-function gradients of
+    float64. ``LaplaceBeltrami.m``: ``L = sum_f 2 A_f G_f^T G_f`` with ``G_f`` the hat-function gradients of
     face ``f``. Equivalently ``L_ij = -(cot a_ij + cot b_ij)`` for an edge ``ij`` (a, b the angles
     opposite the edge; one term on a boundary edge) and ``L_ii = -sum_j L_ij``: symmetric, positive
     semi-definite, zero row sums, scale-free. This is twice the common ``(cot a + cot b) / 2``
@@ -100,7 +105,7 @@ def laplace_beltrami(vertices, faces) -> sp.csr_matrix:
 
 
 # ----------------------------------------------------------------------------------------------
-# prepareExpressionBFM (spec §7.1)
+# prepareExpressionBFM.m
 # ----------------------------------------------------------------------------------------------
 
 
@@ -109,11 +114,11 @@ def _get(mapping, key, what):
         return mapping[key]
     except (KeyError, TypeError, IndexError):
         raise ValueError(f"{what}: expected a mapping with key {key!r} (as returned by "
-                         f"jface.models.io loaders)") from None
+                         f"jface.models.loaders)") from None
 
 
 def extend_expression(mean_um, faces, w_exp, map_tddfa_to_basel, *, progress=None):
-    """Extend 3DDFA expression displacements to all BFM vertices (spec §7.1 step 2).
+    """Extend 3DDFA expression displacements to all BFM vertices (``prepareExpressionBFM.m``, step 2).
 
     ``mean_um (N, 3)`` BFM mean (µm), ``faces (F, 3)``, ``w_exp (M, 3, K)`` displacements of the
     3DDFA vertices (row-major, µm), ``map_tddfa_to_basel (M,)`` 0-based BFM index per 3DDFA
@@ -166,7 +171,7 @@ def prepare_stn_model(
     res: int = 112,
     n_shape: int = 5,
     n_expression: int = 5,
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Callable[[str], None] | None = None,
     *,
     dtype=np.float32,
 ):
@@ -188,15 +193,12 @@ def prepare_stn_model(
 
     Returns:
       ``jface.models.MorphableModel`` in **mm**: ``mean (res², 3)``, ``shape_basis (res², 3,
-      n_shape)`` = BFM PCs x EV (spec §7.1 step 1), ``expression_basis (res², 3, n_expression)``
+      n_shape)`` = BFM PCs x EV (``prepareExpressionBFM.m`` step 1), ``expression_basis (res², 3, n_expression)``
       = the first ``n_expression`` ``w_exp`` columns as is, Laplacian-extended to the 275 mouth
-      vertices 3DDFA lacks (step 2), all resampled by :func:`jface.models.resample_model` (§7.2)
+      vertices 3DDFA lacks (step 2), all resampled by :func:`jface.models.resample_model`
       and divided by 1000; ``faces`` in the original's order, ``uv`` the grid UV,
       ``grid_hw = (res, res)`` (vertex k <-> texel (k // res, k % res)).
     """
-    from jface.models.morphable import MorphableModel
-    from jface.models.resample import _check_res, resample_model
-
     res = _check_res(res)
 
     say = progress or (lambda msg: None)
@@ -239,8 +241,6 @@ def prepare_stn_model(
     out = resample_model(mean, np.concatenate([identity, expr], axis=-1), faces, uv, res)
     mean_mm = out["mean"] / 1000.0
     basis_mm = out["basis"] / 1000.0
-    import jax.numpy as jnp
-
     return MorphableModel(
         mean=jnp.asarray(mean_mm.astype(dtype)),
         shape_basis=jnp.asarray(basis_mm[:, :, :n_shape].astype(dtype)),

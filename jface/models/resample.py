@@ -1,10 +1,10 @@
-"""Resampling a mesh model onto a regular UV grid: the original ``resampleModel.m`` (spec §7.2).
+"""Resampling a mesh model onto a regular UV grid: the original ``resampleModel.m``.
 
-Grid convention (spec §0, §7.2): 1-based grid vertex ``n = i + res (j - 1)`` has
-``U = (i - 1) / (res - 1)``, ``V = 1 - (j - 1) / (res - 1)``; 0-based, vertex ``k`` is texel
-``(row, col) = (k // res, k % res)`` with ``U = col / (res - 1)``, ``V = 1 - row / (res - 1)``
-(top row = V = 1). A plain C-order reshape of a per-vertex array to ``(res, res, ...)`` gives the
-texture.
+Grid convention (``resampleModel.m``; BUILD_NOTES.md, Frames and conventions): 1-based grid
+vertex ``n = i + res (j - 1)`` has ``U = (i - 1) / (res - 1)``, ``V = 1 - (j - 1) / (res - 1)``;
+0-based, vertex ``k`` is texel ``(row, col) = (k // res, k % res)`` with ``U = col / (res - 1)``,
+``V = 1 - row / (res - 1)`` (top row = V = 1). A plain C-order reshape of a per-vertex array to
+``(res, res, ...)`` gives the texture.
 
 Point location is exact and vectorised (bucket grid over the query points, bounding boxes of the
 triangles, barycentric test); it replaces MATLAB's ``triangulation`` + ``pointLocation``. The
@@ -37,7 +37,7 @@ def grid_uv(res: int) -> np.ndarray:
 
 
 def grid_faces(res: int) -> np.ndarray:
-    """``(2 (res-1)**2, 3)`` int32 grid triangles in the original's exact order (spec §7.2 step 5).
+    """``(2 (res-1)**2, 3)`` int32 grid triangles in the original's exact order (``resampleModel.m``).
 
     For ``i = 1..res-1`` (outer) and ``j = 1..res-1`` (inner), with ``n(i, j) = i + res (j - 1)``:
     ``[n(i,j), n(i+1,j), n(i,j+1)]`` then ``[n(i+1,j+1), n(i,j+1), n(i+1,j)]``; returned 0-based,
@@ -197,7 +197,7 @@ def _nearest_on_boundary(points, uv, faces, is_out, face_index, bary, chunk=4096
 
 
 def resample_model(mean, basis, faces, uv, res: int, *, outside: str = "nearest") -> dict:
-    """The original ``resampleModel`` (spec §7.2): barycentric resampling onto the UV grid.
+    """The original ``resampleModel.m``: barycentric resampling onto the UV grid.
 
     Args:
       mean: ``(N, 3)`` per-vertex positions (any per-vertex ``(N, C)`` attribute works).
@@ -223,7 +223,8 @@ def resample_model(mean, basis, faces, uv, res: int, *, outside: str = "nearest"
     if uv.shape != (n, 2):
         raise ValueError(f"uv: expected ({n}, 2) (one UV per vertex of mean), got {uv.shape}")
     if not np.all(np.isfinite(uv)):
-        raise ValueError(f"uv: {int(np.sum(~np.isfinite(uv)))} coordinates are NaN or Inf (expected finite UV in [0, 1]^2)")
+        raise ValueError(
+            f"uv: {int(np.sum(~np.isfinite(uv)))} coordinates are NaN or Inf (expected finite UV in [0, 1]^2)")
     if basis is not None:
         basis = np.asarray(basis, dtype=np.float64)
         if basis.ndim != 3 or basis.shape[:2] != mean.shape:
@@ -236,7 +237,7 @@ def resample_model(mean, basis, faces, uv, res: int, *, outside: str = "nearest"
         raise ValueError(f"faces: 0-based indices must lie in [0, {n}) (1-based MATLAB 'tl' "
                          "needs '- 1')")
 
-    # the original's boundary hack (spec §7.2 step 2)
+    # the original's boundary hack (resampleModel.m: UV 0 -> -eps, 1 -> 1 + eps)
     uv_shifted = uv.copy()
     for axis in (0, 1):
         col = uv_shifted[:, axis]

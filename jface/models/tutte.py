@@ -1,4 +1,5 @@
-"""Tutte embedding of a disc mesh onto the unit square, optionally mirror-symmetric (spec §7.3).
+"""Tutte embedding of a disc mesh onto the unit square, optionally mirror-symmetric (as the original's
+``BFM_UV.mat``, whose generating code the 3DMM-STN repository does not provide).
 
 ``BFM_UV.mat`` (3DMM-STN) is described as a Tutte embedding with conformal (cotangent) weights,
 the boundary mapped to the unit square, one half of the face flattened and the other half obtained
@@ -34,8 +35,6 @@ counter-clockwise seen from +z (BFM's convention).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -58,7 +57,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def boundary_loop(faces, num_vertices: Optional[int] = None) -> np.ndarray:
+def boundary_loop(faces, num_vertices: int | None = None) -> np.ndarray:
     """The boundary of a disc mesh as one loop of vertex indices.
 
     ``faces (F, 3)`` 0-based -> ``(B,)`` int64, following the boundary edges (edges used by
@@ -397,7 +396,7 @@ def tutte_embedding(
     mirror_tol: float = 1e-6,
     fallback: bool = True,
 ) -> np.ndarray:
-    """Fold-free Tutte embedding of a disc mesh into the unit square (spec §7.3).
+    """Fold-free Tutte embedding of a disc mesh into the unit square (the layout of ``BFM_UV.mat``).
 
     Args:
       vertices: ``(N, 3)`` model-space positions (BFM frame: x to the subject's left, y up).

@@ -5,7 +5,8 @@ therefore generates two procedural models itself, deterministically (fixed seeds
 first time they are asked for:
 
 * :func:`default_stn_model` -> :class:`~jface.models.MorphableModel`: a procedural face on the
-  112 x 112 UV grid, structured like the 3DMM-STN's prepared BFM (spec 3dmm_stn.md §7).
+  112 x 112 UV grid, structured like the 3DMM-STN's prepared BFM (``prepareExpressionBFM.m`` +
+  ``resampleModel.m``).
 * :func:`default_flame_model` -> :class:`~jface.models.FlameModel`: a FLAME-structured head
   (5 joints, 300 + 100 blendshapes, DECA's landmark embedding, UV layout and albedo), written to
   disk in the real FLAME / DECA file layouts and loaded back through jface's real-file loaders.
@@ -24,14 +25,21 @@ rebuilds the files.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+
+from jface.models.defaults.cache import atomic_savez, cache_dir, generation_lock, generator_fingerprint
+from jface.models.defaults.flame_default import (
+    FLAME_VERSION,
+    ensure_flame_files,
+    load_flame_files,
+    write_flame_files,
+)
+from jface.models.defaults.stn_default import STN_GENERATOR_MODULES, STN_VERSION, generate_stn_arrays
+from jface.models.morphable import MorphableModel
 
 __all__ = [
     "cache_dir",
@@ -41,64 +49,9 @@ __all__ = [
     "clear_memory_cache",
     "stn_cache_path",
     "flame_cache_dir",
+    "load_stn_arrays",
+    "generation_lock",
 ]
-
-_HERE = Path(__file__).resolve().parent
-
-
-def cache_dir() -> Path:
-    """The asset cache folder: ``$JFACE_CACHE`` if set, else ``~/.cache/jface`` (created)."""
-    root = os.environ.get("JFACE_CACHE")
-    path = Path(root).expanduser() if root else Path.home() / ".cache" / "jface"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _generator_fingerprint(extra_modules=()) -> str:
-    """Hash of the generator sources (this package plus the UV tools it calls)."""
-    h = hashlib.sha256()
-    files = sorted(_HERE.glob("*.py"))
-    models = _HERE.parent
-    files += [models / name for name in extra_modules]
-    for f in files:
-        if f.name == "cli.py" or f.name == "paint.py":
-            continue
-        h.update(f.name.encode())
-        h.update(f.read_bytes() if f.exists() else b"<missing>")
-    return h.hexdigest()[:16]
-
-
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def generation_lock(target: Path):
-    """Hold an exclusive lock (``<target>.lock``, POSIX ``flock``) while checking / generating
-    ``target``, so that parallel processes (pytest-xdist workers) generate it once."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: atomic writes still keep the files consistent
-        yield
-        return
-    with open(target.parent / (target.name + ".lock"), "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,30 +59,24 @@ def generation_lock(target: Path):
 
 
 def stn_cache_path(directory=None) -> Path:
-    from jface.models.defaults.stn_default import STN_VERSION
-
     return Path(directory or cache_dir()) / f"default_stn_v{STN_VERSION}.npz"
 
 
 def _stn_fingerprint() -> str:
-    return _generator_fingerprint(("tutte.py", "resample.py"))
+    return generator_fingerprint(STN_GENERATOR_MODULES)
 
 
 def _write_stn(path: Path) -> None:
-    from jface.models.defaults.stn_default import generate_stn_arrays
-
     arrays = generate_stn_arrays()
     out = {}
     for k, v in arrays.items():
         v = np.asarray(v)
         out[k] = v.astype(np.float32) if v.dtype == np.float64 else v
     out["fingerprint"] = np.asarray(_stn_fingerprint())
-    _atomic_savez(path, out)
+    atomic_savez(path, out)
 
 
 def _stn_file_ok(path: Path) -> bool:
-    from jface.models.defaults.stn_default import STN_VERSION
-
     if not path.exists():
         return False
     try:
@@ -152,10 +99,6 @@ def load_stn_arrays(directory=None) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _default_stn_model_cached(directory: str):
-    import jax.numpy as jnp
-
-    from jface.models.morphable import MorphableModel
-
     a = load_stn_arrays(directory)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return MorphableModel(
@@ -194,8 +137,6 @@ def default_stn_model():
 
 
 def flame_cache_dir(directory=None) -> Path:
-    from jface.models.defaults.flame_default import FLAME_VERSION
-
     return Path(directory or cache_dir()) / f"default_flame_v{FLAME_VERSION}"
 
 
@@ -214,8 +155,6 @@ def default_flame_model():
 
 @functools.lru_cache(maxsize=4)
 def _default_flame_model_cached(directory: str):
-    from jface.models.defaults.flame_default import ensure_flame_files, load_flame_files
-
     folder = ensure_flame_files(flame_cache_dir(directory))
     return load_flame_files(folder)
 
@@ -243,8 +182,6 @@ def regenerate(directory=None, which=("stn", "flame")) -> list:
             _write_stn(path)
         written.append(path)
     if "flame" in which:
-        from jface.models.defaults.flame_default import write_flame_files
-
         folder = flame_cache_dir(directory)
         with generation_lock(folder):
             written.append(write_flame_files(folder))

@@ -15,17 +15,18 @@ that jface's FLAME/DECA code paths run without the licence-gated files:
   skinning: the lower face follows the jaw, each eyeball is bound rigidly to its eye joint;
 * DECA's landmark embedding: 51 static faces + barycentrics, the 79 x 17 dynamic contour table
   (row a for yaw a = 0..39 degrees, row 39 - a for a = -1..-39; the contour points on the side
-  turning away are the silhouette points of that yaw, spec deca.md §1.5) and the 68 full points;
+  turning away are the silhouette points of that yaw, as ``FLAME._find_dynamic_lmk_idx_and_bcoords``
+  in ``decalib/models/FLAME.py`` reads it) and the 68 full points;
 * UV layout (``vt`` with seams at the back of the head and on the eyeballs), a 256 x 256 soft
   face/eye UV mask, and a UV albedo model (mean + 20 components).
 
-Files are written in the real layouts (spec deca.md §2): ``generic_model.pkl`` (plain numpy
+Files are written in the real layouts (FLAME 2020 and DECA's ``data/``): ``generic_model.pkl`` (plain numpy
 arrays, scipy.sparse CSC ``J_regressor``), ``landmark_embedding.npy`` (a pickled dict; plain numpy
 arrays instead of torch tensors), ``head_template.obj`` (``v`` + ``vt``, ``f v/vt``),
 ``FLAME_albedo_from_BFM.npz`` (``MU (512*512*3,)``, ``PC (512*512*3, K)``, BGR, row 0 = v = 1;
 float32 and compressed to keep the cache small) and ``uv_face_eye_mask.png`` (RGBA), and loaded
-back through :func:`jface.models.io.load_flame`, :func:`~jface.models.io.load_landmark_embedding`
-and :func:`~jface.models.io.load_obj`.
+back through :func:`jface.models.loaders.load_flame`, :func:`~jface.models.loaders.load_landmark_embedding`
+and :func:`~jface.files.obj.load_obj`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ import os
 import pickle
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
+from scipy import ndimage
 
+from jface.files.obj import load_obj
 from jface.models.defaults import face_mesh as fm
+from jface.models.defaults.cache import generation_lock, generator_fingerprint
+from jface.models.defaults.stn_default import contour_points
+from jface.models.landmarks import IBUG68_MIRROR
+from jface.models.loaders import load_flame, load_landmark_embedding
 
 __all__ = [
     "FLAME_VERSION",
@@ -50,9 +60,12 @@ __all__ = [
     "load_flame_files",
     "load_flame_albedo",
     "rasterize_uv",
+    "FLAME_GENERATOR_MODULES",
 ]
 
 FLAME_VERSION = 1
+# the jface/models modules the generator calls (their sources are part of the cache fingerprint)
+FLAME_GENERATOR_MODULES = ("landmarks.py",)
 FLAME_EXPRESSION_NAMES = tuple(n for n in fm.EXPRESSION_NAMES if n != "jaw_open")
 
 _N_COLS = 72      # azimuth columns (even: columns 0 and 36 lie on the symmetry plane)
@@ -250,8 +263,6 @@ def raycast_front(vertices, faces, xy):
 
 def ibug68_targets(params=None):
     """Frontal (x, y) mm positions of the 68 iBUG landmarks on the default head (mean shape)."""
-    from jface.models.defaults.stn_default import contour_points
-
     p = fm.default_params() if params is None else params
     ex, ey = p["eye_spacing"], p["eye_height"]
     my, mw = p["mouth_height"], p["mouth_width"]
@@ -270,8 +281,7 @@ def ibug68_targets(params=None):
     right_eye = [(-(ex + _EYE_A + 1.0), ey), (-(ex + 5.0), ey + lid), (-(ex - 5.0), ey + lid),
                  (-(ex - _EYE_A - 1.0), ey), (-(ex - 5.0), ey - lid), (-(ex + 5.0), ey - lid)]
     t[36:42] = right_eye
-    t[42:48] = [(-x, y) for x, y in (right_eye[3], right_eye[2], right_eye[1], right_eye[0],
-                                      right_eye[5], right_eye[4])]
+    t[IBUG68_MIRROR[36:42]] = t[36:42] * np.array([-1.0, 1.0])  # the left eye (42..47) mirrors it
     outer = [(-mw, my), (-0.6 * mw, my + 5.0), (-0.25 * mw, my + 6.5), (0, my + 7.0),
              (0.25 * mw, my + 6.5), (0.6 * mw, my + 5.0), (mw, my), (0.6 * mw, my - 6.0),
              (0.25 * mw, my - 8.0), (0, my - 8.5), (-0.25 * mw, my - 8.0), (-0.6 * mw, my - 6.0)]
@@ -296,7 +306,7 @@ def _vertex_face(faces, n_vertices):
 
 
 def landmark_embedding(topo: HeadTopology, vertices_mm):
-    """DECA's six embedding arrays (real dtypes and shapes, spec deca.md §2.3)."""
+    """DECA's six embedding arrays (the dtypes and shapes of DECA's ``data/landmark_embedding.npy``)."""
     head_faces = topo.head_faces
     targets = ibug68_targets()
     full_f, full_b = raycast_front(vertices_mm, head_faces, targets)
@@ -395,7 +405,6 @@ def uv_layout(topo: HeadTopology):
     for eye, (u0, u1) in enumerate(((0.52, 0.96), (0.04, 0.48))):
         base_v = topo.n_head + eye * topo.n_eye
         th, la = topo.eye_theta, topo.eye_lambda
-        n_lon = _EYE_LON
 
         def uv_at(theta, lam, u0=u0, u1=u1):
             return (u0 + (u1 - u0) * lam / (2 * np.pi), 0.02 + 0.18 * (1.0 - theta / np.pi))
@@ -473,8 +482,6 @@ def rasterize_uv(uv, uv_faces, size):
 def _texel_attributes(topo, vertices_mm, uv, uv_faces, size):
     face, bary = rasterize_uv(uv, uv_faces, size)
     inside = face >= 0
-    from scipy import ndimage
-
     # gutter: every empty texel copies the nearest chart texel (no black seams when sampling)
     _, (ri, ci) = ndimage.distance_transform_edt(~inside, return_indices=True)
     face_f, bary_f = face[ri, ci], bary[ri, ci]
@@ -519,8 +526,6 @@ def face_eye_mask(topo, vertices_mm, uv, uv_faces, size=256, texels=None):
 
     ``texels``: :func:`_texel_attributes` at a multiple of ``size`` (subsampled), to rasterize
     once for the albedo and the mask."""
-    from scipy import ndimage
-
     if texels is None:
         texels = _texel_attributes(topo, vertices_mm, uv, uv_faces, size)
     step = texels[0].shape[0] // size
@@ -552,7 +557,6 @@ def skinning(topo, vertices_mm):
     y = head[:, 1]
     j_reg = np.zeros((5, topo.n_vertices))
     rows = topo.row
-    bottom = np.flatnonzero(rows == 0)
     ring_y = lambda target: np.flatnonzero(  # noqa: E731
         rows == rows[np.argmin(np.abs(y - target) + 1e6 * (topo.col != topo.n_cols // 2))])
     root_ring = ring_y(-115.0)
@@ -661,8 +665,6 @@ def build_flame_arrays():
 
 def _savez_fast(path, **arrays):
     """``np.savez_compressed`` with zlib level 1 (np.load reads it; fixed zip timestamps)."""
-    import zipfile
-
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, arr in arrays.items():
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -672,14 +674,11 @@ def _savez_fast(path, **arrays):
 
 
 def _fingerprint():
-    from jface.models.defaults import _generator_fingerprint
-
-    return _generator_fingerprint()
+    return generator_fingerprint(FLAME_GENERATOR_MODULES)
 
 
 def write_flame_files(folder) -> Path:
     """Generate the default head and write it, in the real file layouts, to ``folder`` (atomic)."""
-    import scipy.sparse
     from PIL import Image
 
     folder = Path(folder)
@@ -758,8 +757,6 @@ def _files_ok(folder: Path) -> bool:
 
 def ensure_flame_files(folder) -> Path:
     """``folder`` with current default-head files, generating them when missing or stale."""
-    from jface.models.defaults import generation_lock
-
     folder = Path(folder)
     with generation_lock(folder):
         if not _files_ok(folder):
@@ -770,9 +767,9 @@ def ensure_flame_files(folder) -> Path:
 def load_flame_albedo(path, size=256):
     """``FLAME_albedo_from_BFM.npz`` -> ``(mean (size, size, 3), basis (size, size, 3, K))`` RGB.
 
-    DECA's ``FLAMETex`` (spec deca.md §2.5): MU/PC are a 512x512x3 BGR image, row 0 = v = 1;
+    DECA's ``FLAMETex`` (``decalib/models/FLAME.py``): MU/PC are a 512x512x3 BGR image, row 0 = v = 1;
     nearest resize to ``size`` (source index floor(i * 512 / size)), channels reversed to RGB.
-    A minimal reader for the default head; a general one belongs in ``jface.models.io``.
+    A minimal reader for the default head; a general one is ``jface.files.obj``.
     """
     with np.load(path, allow_pickle=False) as z:
         mu, pc = z["MU"], z["PC"]
@@ -788,10 +785,7 @@ def load_flame_albedo(path, size=256):
 
 def load_flame_files(folder):
     """Load the default head from ``folder`` through the real-file loaders -> ``FlameModel``."""
-    import jax.numpy as jnp
     from PIL import Image
-
-    from jface.models.io import load_flame, load_landmark_embedding, load_obj
 
     folder = Path(folder)
     emb = load_landmark_embedding(folder / FILES["embedding"])
@@ -813,7 +807,7 @@ def load_flame_files(folder):
 
 
 def contour_row(yaw_degrees: int) -> int:
-    """DECA's LUT row for an integer yaw in degrees (spec deca.md §1.5)."""
+    """DECA's LUT row for an integer yaw in degrees (``FLAME._find_dynamic_lmk_idx_and_bcoords``)."""
     a = min(int(yaw_degrees), 39)
     return a if a >= 0 else (78 if a < -39 else 39 - a)
 

@@ -1,20 +1,22 @@
 """The default 3DMM-STN model: a synthetic procedural face on the 112 x 112 UV grid.
 
 This is a **synthetic stand-in** for the BFM-2009 + 3DDFA model that the 3DMM-STN prepares with
-``prepareExpressionBFM`` (spec 3dmm_stn.md §7). It has the same structure, so it drops into the STN
+``prepareExpressionBFM.m`` and ``resampleModel.m``. It has the same structure, so it drops into the STN
 exactly where a prepared BFM would:
 
 * a face-like disc surface (forehead, brows, eye sockets, nose, cheeks, lips, chin, jaw line, ears,
   upper neck), about 150 mm wide across the cheeks, millimetres, BFM axes (x to the subject's
   left, y up, z towards the camera); at s = 1 and t = (112, 112) it fills the 224 image as the BFM
   does (1 mm = 1 px);
-* UV by jface's own conformal Tutte embedding (boundary on the unit square, mirror-symmetric,
-  spec §7.3), then resampled with ``resample_model`` onto the res x res grid (spec §7.2):
+* UV by jface's own conformal Tutte embedding (boundary on the unit square, mirror-symmetric, as
+  the original's ``BFM_UV.mat``), then resampled with ``resample_model`` onto the res x res grid
+  (``resampleModel.m``):
   ``grid_hw = (112, 112)``, vertex k <-> texel (k // 112, k % 112), forehead in row 0;
 * identity basis (30 components; 26 symmetric, 4 small asymmetric) scaled so coefficients are
   N(0, 1), expression basis (12 named components, see :data:`EXPRESSION_NAMES`), per-vertex albedo
   mean and basis in [0, 1] RGB;
-* landmarks ``"aflw21"`` (spec §3 order) and ``"ibug68"`` as grid vertex indices, and
+* landmarks ``"aflw21"`` (:data:`jface.models.landmarks.AFLW21_NAMES` order) and ``"ibug68"``
+  as grid vertex indices, and
   ``vertex_mirror`` (grid column i <-> 111 - i).
 
 Generation is deterministic (fixed seeds, no clocks) and is cached by :mod:`jface.models.defaults`.
@@ -25,10 +27,15 @@ from __future__ import annotations
 import numpy as np
 
 from jface.models.defaults import face_mesh as fm
+from jface.models.landmarks import IBUG68_MIRROR
+from jface.models.resample import resample_model
+from jface.models.tutte import tutte_embedding
 
-__all__ = ["STN_VERSION", "generate_stn_arrays", "source_mesh", "EXPRESSION_NAMES"]
+__all__ = ["STN_VERSION", "STN_GENERATOR_MODULES", "generate_stn_arrays", "source_mesh", "EXPRESSION_NAMES"]
 
 STN_VERSION = 1
+# the jface/models modules the generator calls (their sources are part of the cache fingerprint)
+STN_GENERATOR_MODULES = ("tutte.py", "resample.py", "prepare.py", "landmarks.py")
 EXPRESSION_NAMES = fm.EXPRESSION_NAMES
 
 # source mesh resolution: columns (odd: one column on the symmetry line) x rows
@@ -166,42 +173,39 @@ def grid_landmarks(grid_mean, res=112):
     ib = [0] * 68
     contour = contour_points(p)
     for i in range(8):
-        ib[i], ib[16 - i] = pair(-contour[i, 0], contour[i, 1])
+        ib[i], ib[IBUG68_MIRROR[i]] = pair(-contour[i, 0], contour[i, 1])
     ib[8] = centre(contour[8, 1] + 1.0)
     brow_x = [ex + 20.0, ex + 11.0, ex + 1.0, ex - 9.0, ex - 17.0]
     brow_y = [ey + 13.0, ey + 17.5, ey + 19.0, ey + 18.0, ey + 16.0]
     for i in range(5):
-        ib[17 + i], ib[26 - i] = pair(brow_x[i], brow_y[i])
+        ib[17 + i], ib[IBUG68_MIRROR[17 + i]] = pair(brow_x[i], brow_y[i])
     for i, y in enumerate([ey - 2.0, ey * 0.62, ey * 0.28, tip_y]):
         ib[27 + i] = centre(y)
-    ib[31], ib[35] = pair(10.0, -13.0)
-    ib[32], ib[34] = pair(5.0, -15.0)
+    ib[31], ib[IBUG68_MIRROR[31]] = pair(10.0, -13.0)
+    ib[32], ib[IBUG68_MIRROR[32]] = pair(5.0, -15.0)
     ib[33] = centre(-16.0)
     eye = [(ex + 14.0, ey), (ex + 5.0, ey + 4.0), (ex - 5.0, ey + 4.0), (ex - 14.0, ey),
            (ex - 5.0, ey - 3.5), (ex + 5.0, ey - 3.5)]
     # right eye 36..41 (outer corner, upper outer, upper inner, inner corner, lower inner, lower
-    # outer); left eye 42..47 is its mirror: 42<->39, 43<->38, 44<->37, 45<->36, 46<->41, 47<->40
-    mirror_eye = {36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46}
+    # outer); left eye 42..47 is its mirror
     for i, (x, y) in enumerate(eye):
-        ib[36 + i], ib[mirror_eye[36 + i]] = pair(x, y)
+        ib[36 + i], ib[IBUG68_MIRROR[36 + i]] = pair(x, y)
     outer = {48: (mw, my), 49: (0.6 * mw, my + 5.0), 50: (0.25 * mw, my + 6.5),
              59: (0.6 * mw, my - 6.0), 58: (0.25 * mw, my - 8.0)}
-    mirror_outer = {48: 54, 49: 53, 50: 52, 59: 55, 58: 56}
     for k, (x, y) in outer.items():
-        ib[k], ib[mirror_outer[k]] = pair(x, y)
+        ib[k], ib[IBUG68_MIRROR[k]] = pair(x, y)
     ib[51] = centre(my + 7.0)
     ib[57] = centre(my - 8.5)
     inner = {60: (mw - 3.0, my), 61: (0.35 * mw, my + 1.2), 67: (0.35 * mw, my - 1.2)}
-    mirror_inner = {60: 64, 61: 63, 67: 65}
     for k, (x, y) in inner.items():
-        ib[k], ib[mirror_inner[k]] = pair(x, y)
+        ib[k], ib[IBUG68_MIRROR[k]] = pair(x, y)
     ib[62] = centre(my + 1.2)
     ib[66] = centre(my - 1.2)
     return {"aflw21": np.asarray(aflw, np.int32), "ibug68": np.asarray(ib, np.int32)}
 
 
 def grid_uv(res):
-    """``(res^2, 2)``: U = col/(res-1), V = 1 - row/(res-1) (spec 3dmm_stn.md §7.2)."""
+    """``(res^2, 2)``: U = col/(res-1), V = 1 - row/(res-1) (``resampleModel.m``)."""
     k = np.arange(res * res)
     return np.stack([(k % res) / (res - 1), 1.0 - (k // res) / (res - 1)], -1)
 
@@ -217,9 +221,6 @@ def _resample(resample_model, mean, basis, faces, uv, res):
 
 def generate_stn_arrays(res=112):
     """Build every array of the default STN model (numpy, float64 except indices)."""
-    from jface.models.resample import resample_model
-    from jface.models.tutte import tutte_embedding
-
     vertices, faces, mirror, phis, rows = source_mesh()
     shape = identity_basis(phis, rows)
     expr = expression_basis(vertices)
