@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jface.data import crops
 from jface.data.real import ImageReadError, ScanReport, read_image
+from jface.errors import ModelFileError
+from jface.files.mat import load_mat
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,8 @@ def list_aflw2000(root) -> list:
 
 
 def read_mat(mat_path) -> dict:
-    """A 3DDFA-style ``.mat`` through :func:`jface.models.io.load_mat` (parsed in a child process,
+    """A 3DDFA-style ``.mat`` through :func:`jface.files.mat.load_mat` (parsed in a child process,
     so a corrupt file cannot crash the build); any problem -> :class:`ImageReadError` naming it."""
-    from jface.models.errors import ModelFileError
-    from jface.models.io import load_mat
-
     mat_path = Path(mat_path)
     if not mat_path.is_file():
         raise ImageReadError(f"{mat_path}: no such file")
@@ -111,7 +111,7 @@ def read_aflw2000_item(image_path, mat_path=None) -> dict:
     }
 
 
-def iter_aflw2000(root, *, report: Optional[ScanReport] = None) -> Iterator[dict]:
+def iter_aflw2000(root, *, report: ScanReport | None = None) -> Iterator[dict]:
     """Yield :func:`read_aflw2000_item` dicts; unreadable samples are skipped and counted."""
     report = report if report is not None else ScanReport()
     pairs = list_aflw2000(root)
@@ -128,8 +128,8 @@ def iter_aflw2000(root, *, report: Optional[ScanReport] = None) -> Iterator[dict
 
 
 class Aflw2000Config(tfds.core.BuilderConfig):
-    """``crop``: "raw" (450 px, stored frame), "deca" (DECA's AFLW2000 crop, scale 1.6, NDC labels,
-    spec deca.md §7.4) or "stn" (224 crop, 3DMM-STN y-up labels)."""
+    """``crop``: "raw" (450 px, stored frame), "deca" (DECA's AFLW2000 validation crop, scale 1.6,
+    NDC labels, ``decalib/datasets/aflw2000.py``) or "stn" (224 crop, 3DMM-STN y-up labels)."""
 
     def __init__(self, *, crop: str, **kwargs):
         super().__init__(version=tfds.core.Version("1.0.0"), **kwargs)
@@ -138,8 +138,6 @@ class Aflw2000Config(tfds.core.BuilderConfig):
 
 def crop_item(item: dict, crop: str) -> dict:
     """Apply an :class:`Aflw2000Config` crop to a :func:`read_aflw2000_item` dict (numpy)."""
-    from jface.data import crops
-
     lm = item["landmarks68"].astype(np.float64)
     if crop == "raw":
         image, labels, frame = item["image"], lm, "aflw2000 stored pixels: x = column, y = row, z"

@@ -1,12 +1,14 @@
 """Face crops exactly as each original builds them (numpy, host side).
 
-* DECA (spec deca.md §7.4 training, §8 testing): a square around the 68-landmark bounding box,
+* DECA (training: ``decalib/datasets/vggface.py``; testing: ``TestData`` in
+  ``decalib/datasets/datasets.py``): a square around the 68-landmark bounding box,
   ``old_size = (w + h) / 2`` about the box centre; training size = int(old_size * U(1.4, 1.8)),
   testing size = int(old_size * 1.1 * 1.25); a similarity transform maps the square
   [c - size/2, c + size/2] onto [0, 223] and the image is warped bilinearly with zero padding
   (skimage ``warp``). Landmarks go through the same transform and are normalised as p / 224 * 2 - 1.
-* 3DMM-STN (spec 3dmm_stn.md §0, §6): 224 x 224 crops; landmarks in its y-up frame, x = 1-based
-  column, y = 225 - 1-based row; a missing landmark is (0, 0) with vis = 0.
+* 3DMM-STN (``dagnn_3dmmasstn.m``; BUILD_NOTES.md, Frames and conventions): 224 x 224 crops;
+  landmarks in its y-up frame, x = 1-based column, y = 225 - 1-based row; a missing landmark is
+  (0, 0) with vis = 0.
 
 Pixel coordinates here are 0-based (x = column, y = row) with pixel centres at integers.
 """
@@ -67,7 +69,7 @@ def landmark_box(landmarks):
 
 
 def deca_crop_transform(landmarks, scale: float, *, test: bool = False, out_size: int = OUT_SIZE):
-    """DECA's square crop as a :class:`CropTransform` (spec deca.md §7.4 / §8).
+    """DECA's square crop as a :class:`CropTransform` (``decalib/datasets/vggface.py`` / ``TestData``).
 
     ``test=True`` is ``TestData``: old_size * 1.1, then size = int(old_size * 1.25) (``scale`` is
     ignored). Otherwise size = int(old_size * scale) with scale ~ U(1.4, 1.8) in training.
@@ -97,7 +99,8 @@ def warp_image(image, transform: CropTransform, out_size: int = OUT_SIZE):
     if image.ndim == 2:
         return ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
     return np.stack(
-        [ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=0.0) for c in range(image.shape[2])],
+        [ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=0.0)
+         for c in range(image.shape[2])],
         axis=-1,
     )
 
@@ -109,7 +112,7 @@ def deca_crop(image, landmarks, *, scale: float = 1.6, test: bool = False, out_s
     transform = deca_crop_transform(landmarks, scale, test=test, out_size=out_size)
     crop = warp_image(image, transform, out_size)
     pts = transform.apply(np.asarray(landmarks, np.float64)[:, :2])
-    ndc = pts / out_size * 2.0 - 1.0  # DECA normalises by 224, not 223 (spec deca.md §10.6)
+    ndc = pts / out_size * 2.0 - 1.0  # DECA normalises by 224, not 223 (decalib/datasets/vggface.py)
     ndc = np.concatenate([ndc, np.ones((ndc.shape[0], 1))], axis=1)
     return crop, ndc, transform
 

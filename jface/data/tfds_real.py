@@ -7,10 +7,10 @@ identity folders (see :mod:`jface.data.real`) in the manual directory and build:
 
 Configurations:
 
-* ``deca_train``: DECA's training crop, size = int(old_size * U(1.4, 1.8)) (spec deca.md §7.4);
+* ``deca_train``: DECA's training crop, size = int(old_size * U(1.4, 1.8)) (``decalib/datasets/vggface.py``);
   the scale is drawn from a seed derived from the image path, so builds are deterministic.
-* ``deca_test``: DECA's ``TestData`` crop, old_size * 1.1, size * 1.25 (spec deca.md §8).
-* ``stn``: 224 crops with labels in the 3DMM-STN y-up frame (spec 3dmm_stn.md §0).
+* ``deca_test``: DECA's ``TestData`` crop, old_size * 1.1, size * 1.25 (``decalib/datasets/datasets.py``).
+* ``stn``: 224 crops with labels in the 3DMM-STN y-up frame (BUILD_NOTES.md, Frames and conventions).
 
 Landmarks are stored for all 68 iBUG points: ``landmarks`` (68, 3) = DECA NDC (x, y, 1) for the
 DECA configurations, (x, y, vis) in the STN frame for ``stn``. Unreadable images and images

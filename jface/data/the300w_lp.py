@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def read_300w_lp_item(subset, image_path, mat_path=None) -> dict:
     }
 
 
-def iter_300w_lp(root, *, report: Optional[ScanReport] = None) -> Iterator[dict]:
+def iter_300w_lp(root, *, report: ScanReport | None = None) -> Iterator[dict]:
     """Yield :func:`read_300w_lp_item` dicts; unreadable samples are skipped and counted."""
     report = report if report is not None else ScanReport()
     items = list_300w_lp(root)
