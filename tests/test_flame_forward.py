@@ -1,4 +1,5 @@
-"""jface.flame.forward against references written from spec deca.md §1 (numpy float64, torch)."""
+"""jface.flame.forward against references written from DECA's FLAME (``decalib/models/FLAME.py``,
+``decalib/models/lbs.py``) in numpy float64 and torch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from jface.flame.testing import flame_model_from_arrays, random_flame_model
 _forward = jax.jit(flame.forward)
 
 # ----------------------------------------------------------------------------------------------
-# numpy float64 reference of DECA's FLAME (spec §1.3-§1.5), written from the spec text.
+# numpy float64 reference of DECA's FLAME (lbs, batch_rodrigues, the dynamic contour), transcribed.
 
 
 def ref_rodrigues(r):
@@ -69,7 +70,8 @@ def ref_flame(m, shape, expression, pose15):
         vertices=verts,
         joints=posed_joints,
         landmarks2d=lmk(fidx, bc),
-        landmarks3d=lmk(np.asarray(m.full_lmk_faces_idx).reshape(-1), np.asarray(m.full_lmk_bary_coords).reshape(-1, 3)),
+        landmarks3d=lmk(np.asarray(m.full_lmk_faces_idx).reshape(-1),
+                        np.asarray(m.full_lmk_bary_coords).reshape(-1, 3)),
         row=row,
     )
 
@@ -160,7 +162,7 @@ def test_real_layout_model_and_torch_transcription(real_model):
 
 
 def _torch_deca_flame(torch, m, shape, exp, pose):
-    """Transcription of DECA's FLAME.forward / lbs / batch_rodrigues (spec §1), float32."""
+    """Transcription of DECA's FLAME.forward / lbs / batch_rodrigues, float32."""
     f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
 
     def batch_rodrigues(rot_vecs):
@@ -202,7 +204,8 @@ def _torch_deca_flame(torch, m, shape, exp, pose):
         chain.append(torch.matmul(chain[parents[i]], tm[:, i]))
     transforms = torch.stack(chain, dim=1)
     joints_homogen = torch.nn.functional.pad(joints, [0, 0, 0, 1])
-    rel_transforms = transforms - torch.nn.functional.pad(torch.matmul(transforms, joints_homogen), [3, 0, 0, 0, 0, 0, 0, 0])
+    rel_transforms = transforms - torch.nn.functional.pad(
+        torch.matmul(transforms, joints_homogen), [3, 0, 0, 0, 0, 0, 0, 0])
     T = torch.matmul(weights, rel_transforms.view(1, 5, 16)).view(1, -1, 4, 4)
     homogen = torch.ones([1, v_posed.shape[1], 1])
     v_posed_h = torch.cat([v_posed, homogen], dim=2)
@@ -269,7 +272,9 @@ def test_contour_row_rule(yaw_deg, row):
 
 @pytest.mark.parametrize("yaw_deg,row", [(0.0, 0), (12.3, 12), (-12.3, 51), (50.0, 39), (-50.0, 78)])
 def test_contour_row_uses_root_times_neck(yaw_deg, row):
-    """The yaw is read from R_root · R_neck with no minus sign (spec §1.5, the sign trap)."""
+    """The yaw is read from R_root · R_neck with no minus sign, as in
+    FLAME._find_dynamic_lmk_idx_and_bcoords (lbs.find_dynamic_lmk_idx_and_bcoords, unused by DECA,
+    has the minus sign)."""
     for joint in (0, 1):  # a global yaw or a neck yaw select the same row
         rot = np.zeros(15)
         rot[3 * joint + 1] = np.radians(yaw_deg)
@@ -329,3 +334,21 @@ def test_bad_inputs(tiny):
         flame.forward(tiny, np.zeros(6), np.zeros(4), np.zeros(6), eye_pose=np.zeros(3))
     with pytest.raises(ValueError, match="vmap"):
         flame.forward(tiny, np.zeros((2, 6)), np.zeros(4), np.zeros(6))
+
+
+def test_barycentric_landmarks_checks_indices():
+    barycentric_landmarks = flame.barycentric_landmarks
+    vertices = np.zeros((4, 3))
+    faces = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+    bary = np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"faces: vertex indices must lie in \[0, 4\).*99"):
+        barycentric_landmarks(vertices, np.array([[0, 1, 99]], np.int32), np.array([0, 0]), bary)
+    with pytest.raises(ValueError, match=r"face_idx: face indices must lie in \[0, 2\).*-7"):
+        barycentric_landmarks(vertices, faces, np.array([0, -7]), bary)
+    with pytest.raises(ValueError, match=r"face_idx: expected \(L,\) int"):
+        barycentric_landmarks(vertices, faces, np.array([0.0, 1.0]), bary)
+    with pytest.raises(ValueError, match=r"bary_coords: expected shape \(2, 3\)"):
+        barycentric_landmarks(vertices, faces, np.array([0, 1]), np.ones((2, 2)))
+    # traced indices pass untouched
+    out = jax.jit(barycentric_landmarks)(jnp.arange(12.0).reshape(4, 3), faces, jnp.array([0, 1]), bary)
+    np.testing.assert_allclose(np.asarray(out), [[3.0, 4.0, 5.0], [5.0, 6.0, 7.0]], atol=1e-6)

@@ -1,9 +1,10 @@
 """Acceptance (issue 6): jface's rasterizer and renderer against DECA's own on the same mesh and camera.
 
-DECA's standard CUDA kernel is transcribed from spec deca.md §5.3 (one pass per triangle over its
-pixel bounding box, dot-product barycentrics, inside = w2 >= 0, w1 >= 0, w0 > 0, depth key the
-harmonic 1 / sum(w / z) of z + 10 scaled by W/2, nearest wins; degenerate triangles paint their
-box with w = (1, 0, 0)) and ``SRenderY.forward`` from §5.4 on top of it. The meshes: DECA's real
+DECA's standard CUDA kernel (``decalib/utils/rasterizer/standard_rasterize_cuda_kernel.cu``) is
+transcribed (one pass per triangle over its pixel bounding box, dot-product barycentrics,
+inside = w2 >= 0, w1 >= 0, w0 > 0, depth key the harmonic 1 / sum(w / z) of z + 10 scaled by W/2,
+nearest wins; degenerate triangles paint their
+box with w = (1, 0, 0)) and ``SRenderY.forward`` on top of it. The meshes: DECA's real
 ``head_template.obj`` (when ../shared is present) and the procedural FLAME-sized head, posed with
 DECA's camera. Face ids must agree on >= 99 % of covered pixels (the degenerate-triangle artefact
 and exact depth ties aside), barycentrics to 1e-9 and shaded images to 1e-9 where they agree.
@@ -22,7 +23,7 @@ HW = (112, 112)
 
 
 def deca_standard_rasterize(trans_verts, faces, hw):
-    """Spec §5.3 in float64 numpy. Returns (face id, w (H, W, 3), painted-by-degenerate mask,
+    """DECA's standard kernel in float64 numpy. Returns (face id, w (H, W, 3), painted-by-degenerate mask,
     exact-tie mask); ties keep the first face (DECA's are racy: such pixels are excluded)."""
     h, w = hw
     x = (trans_verts[:, 0] + 1.0) * w / 2.0 - 0.5
@@ -69,7 +70,7 @@ def deca_standard_rasterize(trans_verts, faces, hw):
 
 
 def deca_render_images(fid, bary, world, faces, uv_coords, uv_faces, albedo, sh):
-    """SRenderY.forward (spec §5.4) on given fragments: albedo ⊙ SH(normals) ⊙ alpha, float64."""
+    """SRenderY.forward (decalib/utils/renderer.py) on given fragments: albedo ⊙ SH(normals) ⊙ alpha, float64."""
     from jface.lighting import SH_CONSTANTS
 
     fn = np.cross(world[faces[:, 1]] - world[faces[:, 0]], world[faces[:, 2]] - world[faces[:, 0]])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jface.render import barycentrics, interpolate, rasterize
+from jface.render import barycentrics, face_attributes, interpolate, rasterize
 
 HW = (20, 24)
 
@@ -131,3 +131,24 @@ def test_background_pixels_scatter_nothing_in_the_backward():
     for k in range(3):
         np.add.at(ref, faces[fid[fid >= 0], k], 2 * vals[fid >= 0] * bary[fid >= 0][:, k:k + 1])
     np.testing.assert_allclose(np.asarray(g_a), ref, atol=1e-10)
+
+
+def test_attribute_rows_and_face_indices_are_checked():
+    vertices, faces = _mesh()
+    frags = rasterize(vertices, faces, HW)
+    # 2 attribute rows for faces that use 9 vertices: named, not a silent zero
+    with pytest.raises(ValueError, match=r"attributes has 2 rows, one per vertex"):
+        interpolate(frags, np.ones((2, 3)), faces)
+    with pytest.raises(ValueError, match=r"attributes has 0 rows"):
+        interpolate(frags, np.ones((0, 3)), faces)
+    with pytest.raises(ValueError, match=r"faces: vertex indices must lie in \[0, 9\).*99"):
+        interpolate(frags, np.ones((9, 3)), np.array([[0, 1, 99]], np.int32))
+    with pytest.raises(ValueError, match=r"faces: vertex indices must lie in \[0, 9\).*-7"):
+        interpolate(frags, np.ones((9, 3)), np.array([[0, -7, 2]], np.int32))
+    with pytest.raises(ValueError, match=r"faces: expected an integer dtype"):
+        interpolate(frags, np.ones((9, 3)), faces.astype(np.float32))
+    with pytest.raises(ValueError, match=r"attributes has 4 rows"):
+        face_attributes(np.ones((4, 3)), faces)
+    # traced faces pass untouched under jit
+    out = jax.jit(lambda a, f: interpolate(frags, a, f))(np.ones((9, 1)), faces)
+    np.testing.assert_allclose(np.asarray(out)[..., 0], np.asarray(frags.mask), atol=1e-12)

@@ -1,4 +1,5 @@
-"""Hard rasterizer vs a dense float64 numpy reference (spec deca.md §5.2-§5.3)."""
+"""Hard rasterizer vs a dense float64 numpy reference (DECA's pixel mapping and inside rule,
+``decalib/utils/rasterizer/standard_rasterize_cuda_kernel.cu``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_render_reference import brute_rasterize
 
 from jface.render import CapacityError, rasterize
-from test_render_reference import brute_rasterize
 
 HW = (40, 56)
 
@@ -69,12 +70,13 @@ def test_tie_break_lower_face_index():
     near = tri + [0, 0, -0.5]
     vertices = np.concatenate([tri, near])
     for offset in (0.0, 10.0):
-        fid = np.asarray(rasterize(vertices + [0, 0, offset], np.array([[0, 1, 2], [3, 4, 5]], np.int32), (16, 16)).face_index)
+        faces = np.array([[0, 1, 2], [3, 4, 5]], np.int32)
+        fid = np.asarray(rasterize(vertices + [0, 0, offset], faces, (16, 16)).face_index)
         assert set(np.unique(fid)) == {-1, 1}
 
 
 def test_pixel_centre_convention_and_inside_rule():
-    # A triangle whose edges pass exactly through pixel centres (spec §5.3: w1, w2 >= 0, w0 > 0).
+    # A triangle whose edges pass exactly through pixel centres (DECA's kernel: w1, w2 >= 0, w0 > 0).
     # With W = H = 4, col = (x + 1) * 2 - 0.5: x = -0.75 -> col 0, x = 0.25 -> col 2.
     vertices = np.array([[-0.75, -0.75, 0.0], [0.25, -0.75, 0.0], [-0.75, 0.25, 0.0]])
     fid = np.asarray(rasterize(vertices, np.array([[0, 1, 2]], np.int32), (4, 4)).face_index)
@@ -176,3 +178,36 @@ def test_pallas_kernel_matches_jnp_path():
                                       np.asarray(rasterize(batch[b], faces, HW, impl="jnp").face_index))
     with pytest.raises(ValueError, match="impl"):
         rasterize(batch[0], faces, HW, impl="cuda")
+
+
+@pytest.mark.parametrize("faces, match", [
+    (np.array([[0, 1, 99]], np.int32), r"faces: vertex indices must lie in \[0, 3\).*99"),
+    (np.array([[0, -7, 2]], np.int32), r"faces: vertex indices must lie in \[0, 3\).*-7"),
+    (np.array([[0.0, 1.0, 2.0]]), r"faces: expected an integer dtype"),
+    (np.array([[True, False, True]]), r"faces: expected an integer dtype"),
+    (np.array([0, 1, 2], np.int32), r"faces: expected shape \(F, 3\)"),
+])
+def test_bad_face_indices_are_named(faces, match):
+    tri = np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]])
+    with pytest.raises(ValueError, match=match):
+        rasterize(tri, faces, (8, 8))
+
+
+@pytest.mark.parametrize("image_hw", [(0, 0), (0, 8), (8, -1)])
+def test_empty_image_is_a_clear_error(image_hw):
+    tri = np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]])
+    with pytest.raises(ValueError, match=r"image_hw: expected positive sizes"):
+        rasterize(tri, np.array([[0, 1, 2]], np.int32), image_hw)
+
+
+def test_checks_pass_tracers_untouched():
+    """Traced faces skip the value check: jit with faces as an argument, vmap over faces, and grad
+    all give what the eager call gives."""
+    vertices, faces = _random_mesh(3, num_vertices=20, num_faces=12)
+    eager = rasterize(vertices, faces, (16, 16), impl="jnp")
+    traced = jax.jit(lambda v, f: rasterize(v, f, (16, 16), impl="jnp"))(vertices, faces)
+    np.testing.assert_array_equal(np.asarray(traced.face_index), np.asarray(eager.face_index))
+    both = jax.vmap(lambda f: rasterize(vertices, f, (16, 16), impl="jnp").face_index)(np.stack([faces, faces]))
+    np.testing.assert_array_equal(np.asarray(both[1]), np.asarray(eager.face_index))
+    grad = jax.grad(lambda v: jnp.sum(rasterize(v, faces, (16, 16), impl="jnp").depth))(jnp.asarray(vertices))
+    assert grad.shape == vertices.shape and np.all(np.isfinite(np.asarray(grad)))

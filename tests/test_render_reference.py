@@ -1,4 +1,5 @@
-"""Brute-force numpy (float64) references for the renderer tests, written from spec deca.md §5."""
+"""Brute-force numpy (float64) references for the renderer tests, written from DECA's renderer
+(``decalib/utils/renderer.py``, ``decalib/utils/rasterizer/standard_rasterize_cuda_kernel.cu``)."""
 
 from __future__ import annotations
 

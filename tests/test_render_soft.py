@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_render_reference import brute_soft
 
 from jface.render import CapacityError, soft_rasterize
-from test_render_reference import brute_soft
 
 HW = (16, 20)
 
@@ -151,3 +151,16 @@ def test_pallas_silhouette_kernels_match_reference_and_jnp():
     np.testing.assert_allclose(np.asarray(grown), brute_soft(vertices, faces, HW, sigma=1e-3), atol=1e-10)
     with pytest.raises(CapacityError, match="pair_budget=8"):
         soft_rasterize(vertices, faces, HW, sigma=1e-3, pair_budget=8, impl="interpret", on_overflow="raise")
+
+
+@pytest.mark.parametrize("faces, match", [
+    (np.array([[0, 1, 99]], np.int32), r"faces: vertex indices must lie in \[0, 30\).*99"),
+    (np.array([[0, -7, 2]], np.int32), r"faces: vertex indices must lie in \[0, 30\).*-7"),
+    (np.array([[0.0, 1.0, 2.0]]), r"faces: expected an integer dtype"),
+])
+def test_bad_face_indices_are_named(faces, match):
+    vertices, _, _ = _mesh()
+    with pytest.raises(ValueError, match=match):
+        soft_rasterize(vertices, faces, HW)
+    with pytest.raises(ValueError, match=r"image_hw: expected positive sizes"):
+        soft_rasterize(vertices, np.array([[0, 1, 2]], np.int32), (0, 0))
