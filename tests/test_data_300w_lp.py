@@ -21,7 +21,8 @@ def _fake(root):
     for subset, name in [("AFW", "AFW_134212_1_0"), ("AFW_Flip", "AFW_134212_1_0"), ("HELEN", "HELEN_100032540_1_2")]:
         (base / subset).mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (450, 450, 3), dtype=np.uint8)).save(base / subset / f"{name}.jpg")
-        scipy.io.savemat(base / subset / f"{name}.mat", {"pt2d": pts, "Pose_Para": np.array([[0.1, -0.4, 0.05, 1, 2, 3, 0.001]])})
+        pose = np.array([[0.1, -0.4, 0.05, 1, 2, 3, 0.001]])
+        scipy.io.savemat(base / subset / f"{name}.mat", {"pt2d": pts, "Pose_Para": pose})
     (base / "landmarks" / "HELEN").mkdir(parents=True)
     scipy.io.savemat(base / "landmarks" / "HELEN" / "HELEN_100032540_1_2_pts.mat",
                      {"pts_3d": pts.T + 1.0, "pts_2d": pts.T})

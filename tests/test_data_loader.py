@@ -103,6 +103,7 @@ def test_bad_arrays_raise():
 
 def test_synthetic_labels_match_projection_and_pixels():
     import jax.numpy as jnp
+
     from jface.data import synthetic_stn
 
     model = synthetic_stn.toy_model(12)
@@ -138,6 +139,7 @@ def test_synthetic_labels_match_projection_and_pixels():
 def test_synthetic_projection_matches_stn():
     stn = pytest.importorskip("jface.stn")
     import jax.numpy as jnp
+
     from jface.data import synthetic_stn
 
     model = synthetic_stn.toy_model(10)

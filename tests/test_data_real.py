@@ -79,7 +79,7 @@ def _write_dataset(root):
     Image.fromarray(np.dstack([good, np.full(good.shape[:2], 128, np.uint8)])).save(root / "bob" / "rgba.png")
     pts = "version: 1\nn_points: 68\n{\n" + "\n".join(f"{x} {y}" for x, y in _landmarks((45, 40), 30)) + "\n}\n"
     (root / "bob" / "rgba.pts").write_text(pts)
-    Image.fromarray((good[..., 1].astype(np.uint16) * 257)).save(root / "bob" / "deep.png")  # 16-bit
+    Image.fromarray(good[..., 1].astype(np.uint16) * 257).save(root / "bob" / "deep.png")  # 16-bit
     np.savetxt(root / "bob" / "deep.txt", _landmarks((45, 40), 30))
     (root / "bob" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     np.savetxt(root / "bob" / "corrupt.txt", _landmarks())

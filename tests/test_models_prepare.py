@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import scipy.io as sio
 import scipy.sparse as sp
+from test_models_uv import face_disc
 
 import jface.models.prepare as prepare_mod
 from jface.models import MorphableModel
 from jface.models.prepare import extend_expression, laplace_beltrami, prepare_stn_model
 from jface.models.resample import grid_faces, grid_uv, resample_model
 from jface.models.tutte import tutte_embedding
-
-from test_models_uv import face_disc
 
 # ------------------------------------------------------------------------------------------------
 # laplace_beltrami
