@@ -73,8 +73,14 @@ for name, shape, cls in declared:
         fail(4, f"variable {name!r} declares {cls} {list(shape)} ({nbytes} bytes; {total} in all "
                 f"so far), more than the {limit}-byte limit on what one file may expand to; "
                 "refusing to read it")
-try:  # loading may take about twice the data (compressed stream + arrays) on top of scipy
-    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + 2 * limit + (256 << 20),) * 2)
+# Loading may take about twice the data (compressed stream + arrays) on top of scipy; only the
+# soft limit is lowered (never above a limit the parent already set).
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+want = vm_bytes() + 2 * limit + (256 << 20)
+if hard != resource.RLIM_INFINITY:
+    want = min(want, hard)
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (want, hard))
 except (ValueError, OSError):
     pass
 try:

@@ -477,6 +477,13 @@ def _copyreg_reconstructor(cls, base, state):
     return cls()
 
 
+def _empty_bytes(*args):
+    # Protocol 2 writes b"" as a call of bytes() with no arguments; bytes(n) would allocate n.
+    if args:
+        raise ValueError("bytes() is only allowed without arguments (an empty byte string)")
+    return b""
+
+
 def _ordered_dict(*args):
     if len(args) > 1:
         raise TypeError("OrderedDict takes at most one argument")
@@ -512,6 +519,7 @@ _ALLOWED = {
     ("__builtin__", "set"): set, ("builtins", "set"): set,
     ("__builtin__", "frozenset"): frozenset, ("builtins", "frozenset"): frozenset,
     ("__builtin__", "object"): object, ("builtins", "object"): object,
+    ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
     ("copy_reg", "_reconstructor"): _copyreg_reconstructor,
     ("copyreg", "_reconstructor"): _copyreg_reconstructor,
     ("collections", "OrderedDict"): _ordered_dict,
@@ -532,9 +540,10 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Allowed everywhere (with Python-2 module spellings): numpy's ``_reconstruct`` / ``_frombuffer``
     / ``scalar`` / ``dtype`` / ``ndarray`` (``numpy.core`` and ``numpy._core``), ``_codecs.encode``
-    (only latin-1, as protocol-2 pickles of ``bytes`` use it), ``set`` / ``frozenset`` /
-    ``object``, ``copy_reg._reconstructor`` (only for the stand-in classes),
-    ``collections.OrderedDict``, chumpy's ``Ch`` and scipy's CSC/CSR matrices (stand-ins).
+    (only latin-1, as protocol-2 pickles of ``bytes`` use it), ``bytes()`` (only without
+    arguments: protocol 2's empty byte string), ``set`` / ``frozenset`` / ``object``,
+    ``copy_reg._reconstructor`` (only for the stand-in classes), ``collections.OrderedDict``,
+    chumpy's ``Ch`` and scipy's CSC/CSR matrices (stand-ins).
 
     With ``torch=True`` also ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter[_with_state]``
     and the ``torch.<Type>Storage`` classes; ``persistent_load(pid)`` resolves torch's storage ids
