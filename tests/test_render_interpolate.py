@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jface.render import barycentrics, face_attributes, interpolate, rasterize
+from jface.render import barycentrics, face_attributes, interpolate, rasterize, world2uv
 
 HW = (20, 24)
 
@@ -152,3 +152,19 @@ def test_attribute_rows_and_face_indices_are_checked():
     # traced faces pass untouched under jit
     out = jax.jit(lambda a, f: interpolate(frags, a, f))(np.ones((9, 1)), faces)
     np.testing.assert_allclose(np.asarray(out)[..., 0], np.asarray(frags.mask), atol=1e-12)
+
+
+def test_world2uv_checks_both_face_arrays():
+    vertices, faces = _mesh()
+    uv = np.array([[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]])
+    uv_faces = np.array([[0, 1, 2]] * 3, np.int32)
+    out = world2uv(vertices, faces, uv, uv_faces, 8)
+    assert out.shape == (8, 8, 3)
+    with pytest.raises(ValueError, match=r"uv_faces: vertex indices must lie in \[0, 3\).*99"):
+        world2uv(vertices, faces, uv, np.array([[0, 1, 99]] * 3, np.int32), 8)
+    with pytest.raises(ValueError, match=r"faces: vertex indices must lie in \[0, 9\).*-7"):
+        world2uv(vertices, np.array([[0, -7, 2]] * 3, np.int32), uv, uv_faces, 8)
+    with pytest.raises(ValueError, match=r"faces: expected an integer dtype"):
+        world2uv(vertices, faces.astype(np.float32), uv, uv_faces, 8)
+    with pytest.raises(ValueError, match=r"attributes has 2 rows"):
+        world2uv(vertices[:2], faces, uv, uv_faces, 8)
