@@ -1,0 +1,263 @@
+"""Labels for unlabelled photographs: landmark side files first, else a real face detector.
+
+**Side files win.** Beside ``photo.jpg``, the first of ``photo.pts`` (iBUG 300-W), ``photo.txt``
+(one "x y" per line), ``photo.npy`` ((68, 2+) array) or ``photo.mat`` (3DDFA layout: ``pt3d_68``
+(3, 68) or ``pt2d`` (2, 68)) that exists gives the 68 iBUG points, 0-based pixels (x = column,
+y = row), read by :func:`read_side_landmarks`. A broken side file skips the photo (it is never
+silently replaced by a detection).
+
+**The detector** (optional extra ``jface[detect]``: ``mediapipe==0.10.14``, Apache-2.0; its face
+detector and 478-point face mesh models are inside the wheel, so it runs offline):
+:class:`MediapipeDetector` returns every face of a photo as a :class:`Face`, largest first. The 68
+iBUG points are mesh points by :data:`MESH478_TO_IBUG68` (each the mean of the listed mesh
+vertices); the skin mask for DECA's photometric loss is the mesh's face-oval polygon
+(:data:`FACE_OVAL`, :func:`face_oval_mask`). Chosen over the ``[detector]`` extra (dlib-bin +
+face-recognition-models) because that 68-point model is licensed for non-commercial use only.
+
+mediapipe 0.10.14's legacy ``solutions`` wrappers call two protobuf APIs that protobuf >= 5 removed
+(``FieldDescriptor.label`` while applying calculator options, ``SymbolDatabase.GetPrototype`` while
+reading landmark packets), and tensorflow-datasets needs a newer protobuf. :class:`MediapipeDetector`
+therefore runs the same face-mesh graph without calculator options (the graph's own thresholds,
+0.5, are FaceMesh's defaults) and parses the landmark packets itself; it works with protobuf 4 to 7.
+
+**The mapping** :data:`MESH478_TO_IBUG68` (0-based mesh vertex ids per iBUG point, image-left
+first as in iBUG): jaw 0-16 along the mesh's face oval from the temple at eye height to the chin
+and back; brows 17-26 the upper brow contour; nose bridge 27-30 (nasion ... pronasale 4); nose
+base 31-35 (alar base, subnasale 2); eyes 36-47 the lid contours with the corners 33 / 133 and
+362 / 263; mouth 48-59 the outer lip contour (corners 61 / 291), 60-67 the inner contour (corners
+78 / 308). Mirror pairs of iBUG map to mirror pairs of the symmetric mesh. Checked on the six
+human-labelled photographs of 3DMM-STN's demo data: the 21 AFLW points derived from these 68
+(:func:`aflw21_from_ibug68`) lie at a mean 0.05 of the outer-eye-corner distance from the human
+labels, ears excluded (``tests/test_data_detect.py`` checks it).
+
+**AFLW-21 from iBUG-68** (:func:`aflw21_from_ibug68`): the table
+:data:`jface.models.landmarks.AFLW21_FROM_IBUG68` (mean of the listed points, vis the minimum);
+the ears (AFLW points 13 and 17) have no iBUG counterpart and are marked missing (0, 0, vis 0),
+as AFLW marks an occluded point, instead of the contour stand-ins the generated data uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from jface.data.real import ImageReadError, read_landmarks
+from jface.errors import ModelFileError
+from jface.files.mat import load_mat
+from jface.models.landmarks import AFLW21_EARS, AFLW21_FROM_IBUG68
+
+__all__ = [
+    "MESH478_TO_IBUG68",
+    "FACE_OVAL",
+    "SIDE_SUFFIXES",
+    "Face",
+    "MediapipeDetector",
+    "DetectorMissingError",
+    "side_file",
+    "read_side_landmarks",
+    "mesh_to_ibug68",
+    "aflw21_from_ibug68",
+    "polygon_mask",
+    "face_oval_mask",
+    "landmark_mask",
+]
+
+# iBUG-68 point k = mean of these 0-based vertices of mediapipe's 478-point face mesh.
+MESH478_TO_IBUG68 = (
+    (127,), (234,), (93,), (132, 58), (58, 172), (136,), (150,), (176,), (152,),   # 0-8 jaw to chin
+    (400,), (379,), (365,), (397, 288), (288, 361), (323,), (454,), (356,),        # 9-16 chin to jaw
+    (70,), (63,), (105,), (66,), (107,),                                            # 17-21 image-left brow
+    (336,), (296,), (334,), (293,), (300,),                                         # 22-26 image-right brow
+    (168,), (6,), (195,), (4,),                                                     # 27-30 nose bridge
+    (102,), (97,), (2,), (326,), (331,),                                            # 31-35 nose base
+    (33,), (160,), (158,), (133,), (153,), (144,),                                  # 36-41 image-left eye
+    (362,), (385,), (387,), (263,), (373,), (380,),                                 # 42-47 image-right eye
+    (61,), (40,), (37,), (0,), (267,), (270,), (291,), (321,), (314,), (17,), (84,), (91,),  # 48-59
+    (78,), (81,), (13,), (311,), (308,), (402,), (14,), (178,),                     # 60-67 inner lips
+)
+# The face oval of the mesh (mediapipe's FACEMESH_FACE_OVAL edges chained into a polygon),
+# starting at the top of the forehead and going towards image right.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+
+SIDE_SUFFIXES = (".pts", ".txt", ".npy", ".mat")
+EXTRA = "pip install 'jface[detect]'  (mediapipe==0.10.14)"
+
+
+class DetectorMissingError(ImportError):
+    """The optional detector is not installed; the message names the extra to install."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    """One detected face. ``mesh (478, 3)``: x, y in 0-based pixels (x = column, y = row), z in
+    pixels relative to the mesh centre (smaller = closer); ``landmarks68 (68, 2)`` pixels."""
+
+    mesh: np.ndarray
+    landmarks68: np.ndarray
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of the mesh in pixels."""
+        left, top = self.mesh[:, :2].min(0)
+        right, bottom = self.mesh[:, :2].max(0)
+        return float(left), float(top), float(right), float(bottom)
+
+    @property
+    def area(self) -> float:
+        left, top, right, bottom = self.box
+        return (right - left) * (bottom - top)
+
+
+def mesh_to_ibug68(mesh) -> np.ndarray:
+    """``(478 or 468, 2+)`` mesh points -> ``(68, 2)`` iBUG points by :data:`MESH478_TO_IBUG68`."""
+    mesh = np.asarray(mesh, np.float64)
+    if mesh.ndim != 2 or mesh.shape[0] < 468 or mesh.shape[1] < 2:
+        raise ValueError(f"mesh: expected (468 or 478, 2+) face-mesh points, got shape {mesh.shape}")
+    return np.stack([mesh[list(group), :2].mean(0) for group in MESH478_TO_IBUG68])
+
+
+def aflw21_from_ibug68(landmarks68) -> np.ndarray:
+    """``(..., 68, 3)`` (x, y, vis) -> ``(..., 21, 3)`` AFLW-21 in the same frame, ears missing.
+
+    Each point is the mean of its :data:`AFLW21_FROM_IBUG68` points, vis their minimum; a point
+    that is not visible, and the ears (:data:`AFLW21_EARS`), are (0, 0, 0), AFLW's missing label.
+    """
+    lm = np.asarray(landmarks68, np.float64)
+    if lm.shape[-2:] != (68, 3):
+        raise ValueError(f"landmarks68: expected (..., 68, 3) (x, y, vis), got shape {lm.shape}")
+    xy = np.stack([lm[..., list(idx), :2].mean(-2) for idx in AFLW21_FROM_IBUG68], -2)
+    vis = np.stack([lm[..., list(idx), 2].min(-1) for idx in AFLW21_FROM_IBUG68], -1)
+    vis[..., list(AFLW21_EARS)] = 0.0
+    vis = (vis > 0).astype(np.float64)
+    return np.concatenate([xy * vis[..., None], vis[..., None]], -1)
+
+
+# --- side files ----------------------------------------------------------------------------------
+
+def side_file(image_path) -> Path | None:
+    """The landmark side file of ``image_path`` (first of :data:`SIDE_SUFFIXES`), or None."""
+    image_path = Path(image_path)
+    for suffix in SIDE_SUFFIXES:
+        candidate = image_path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_side_landmarks(path) -> np.ndarray:
+    """68 iBUG points ``(68, 2)`` float64, 0-based pixels, from a side file; raises
+    :class:`jface.data.real.ImageReadError` naming the file and what was expected."""
+    path = Path(path)
+    if path.suffix != ".mat":
+        return read_landmarks(path, 68)
+    try:
+        mat = load_mat(path)
+    except ModelFileError as exc:
+        raise ImageReadError(str(exc)) from exc
+    for key in ("pt3d_68", "pt2d"):
+        if key in mat:
+            points = np.asarray(mat[key], np.float64)
+            if points.ndim != 2 or points.shape[1] != 68 or points.shape[0] < 2:
+                raise ImageReadError(f"{path}: '{key}' expected shape (2 or 3, 68), got {points.shape}")
+            points = points[:2].T
+            if not np.all(np.isfinite(points)):
+                raise ImageReadError(f"{path}: '{key}' contains NaN or Inf")
+            return points
+    names = sorted(k for k in mat if not k.startswith("__"))
+    raise ImageReadError(
+        f"{path}: no 68-point landmarks (expected 'pt3d_68' or 'pt2d' as in 3DDFA's .mat; has {names})")
+
+
+# --- masks -----------------------------------------------------------------------------------------
+
+def polygon_mask(points, image_hw) -> np.ndarray:
+    """``(P, 2)`` polygon in 0-based pixels (x, y) -> ``(H, W)`` uint8 0/1 (filled, Pillow)."""
+    from PIL import Image, ImageDraw
+
+    height, width = int(image_hw[0]), int(image_hw[1])
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in np.asarray(points)[:, :2]], fill=1)
+    return np.asarray(canvas, np.uint8)
+
+
+def face_oval_mask(face: Face, image_hw) -> np.ndarray:
+    """The face-oval polygon of ``face``'s mesh as an ``(H, W)`` uint8 0/1 skin mask."""
+    return polygon_mask(face.mesh[list(FACE_OVAL), :2], image_hw)
+
+
+def landmark_mask(landmarks68, image_hw, forehead: float = 0.2) -> np.ndarray:
+    """A skin mask from 68 points alone (photos labelled by side files): the jaw line 0-16 and
+    the brows 26-17 raised by ``forehead`` x the chin-to-nasion distance along chin -> nasion."""
+    lm = np.asarray(landmarks68, np.float64)[:, :2]
+    if lm.shape != (68, 2):
+        raise ValueError(f"landmarks68: expected (68, 2+) pixels, got shape {np.shape(landmarks68)}")
+    up = lm[27] - lm[8]
+    brows = lm[26:16:-1] + forehead * up
+    return polygon_mask(np.concatenate([lm[0:17], brows]), image_hw)
+
+
+# --- the detector ----------------------------------------------------------------------------------
+
+@functools.cache
+def _face_mesh_class():
+    try:
+        from mediapipe.framework.formats import landmark_pb2
+        from mediapipe.python import solution_base
+        from mediapipe.python._framework_bindings import _packet_getter
+        from mediapipe.python.solutions import face_mesh
+    except ImportError as exc:
+        raise DetectorMissingError(f"the face detector needs the optional extra: {EXTRA} ({exc})") from exc
+
+    class FaceMeshGraph(solution_base.SolutionBase):
+        """mediapipe's FaceMesh graph, static images, refined (478 points); see the module docstring."""
+
+        def __init__(self, max_faces: int):
+            super().__init__(binary_graph_path=face_mesh._BINARYPB_FILE_PATH,
+                             side_inputs={"num_faces": max_faces, "with_attention": True,
+                                          "use_prev_landmarks": False},
+                             outputs=["multi_face_landmarks"])
+
+        def _get_packet_content(self, packet_data_type, output_packet):
+            if output_packet.is_empty():
+                return None
+            if packet_data_type == solution_base.PacketDataType.PROTO_LIST:
+                return [landmark_pb2.NormalizedLandmarkList.FromString(blob)
+                        for blob in _packet_getter._get_serialized_proto_list(output_packet)]
+            return super()._get_packet_content(packet_data_type, output_packet)
+
+    return FaceMeshGraph
+
+
+class MediapipeDetector:
+    """Faces of a photograph by mediapipe's face mesh: ``detector(image) -> [Face]``, largest first.
+
+    ``image``: ``(H, W, 3)`` uint8 RGB. ``max_faces``: the most faces looked for per photo. Raises
+    :class:`DetectorMissingError` (naming the extra) when mediapipe is not installed.
+    """
+
+    name = "mediapipe-0.10.14-face-mesh"
+
+    def __init__(self, max_faces: int = 8):
+        if max_faces < 1:
+            raise ValueError(f"max_faces: expected >= 1, got {max_faces}")
+        self._graph = _face_mesh_class()(int(max_faces))
+
+    def __call__(self, image) -> list[Face]:
+        image = np.ascontiguousarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}")
+        result = self._graph.process(input_data={"image": image})
+        height, width = image.shape[:2]
+        faces = []
+        for landmarks in result.multi_face_landmarks or []:
+            # Normalised mesh coordinates count from the image's edge: pixel centre = x W - 0.5.
+            mesh = np.array([[p.x * width - 0.5, p.y * height - 0.5, p.z * width] for p in landmarks.landmark])
+            faces.append(Face(mesh=mesh, landmarks68=mesh_to_ibug68(mesh)))
+        return sorted(faces, key=lambda face: -face.area)
+
+    def close(self) -> None:
+        self._graph.close()

@@ -1,0 +1,214 @@
+"""jface.data.pipeline.StreamLoader: the batches of BatchLoader over any random-access source,
+sharded per process, identity-grouped, mirrored, and resumed exactly from its state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jface.data.loader import BatchLoader
+from jface.data.pipeline import StreamLoader, group_members, mirror_pairs
+from jface.data.sources import ArraySource
+from jface.models.landmarks import IBUG68_MIRROR
+from jface.stn import mirror_labels
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _arrays(identities=12, per_identity=4, size=8, points=21, seed=0):
+    rng = np.random.default_rng(seed)
+    count = identities * per_identity
+    labels = rng.uniform(1, size, (count, points, 3)).astype(np.float32)
+    labels[..., 2] = rng.integers(0, 2, (count, points))
+    labels[labels[..., 2] == 0] = 0.0
+    return {
+        "images": rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8),
+        "labels": labels,
+        "identity": np.repeat(np.arange(identities) * 7 + 3, per_identity).astype(np.int64),
+    }
+
+
+def write_photo_folder(root: Path, identities: int = 4, per_identity: int = 2, seed: int = 0) -> Path:
+    """Identity folders of small random photos, each with a 68-point ``.npy`` side file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for identity in range(identities):
+        folder = root / f"person{identity}"
+        folder.mkdir(parents=True)
+        for k in range(per_identity):
+            Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(folder / f"photo{k}.png")
+            np.save(folder / f"photo{k}.npy", np.stack([rng.uniform(8, 28, 68), rng.uniform(8, 32, 68)], 1))
+    return root
+
+
+@pytest.fixture
+def photo_dataset(tmp_path):
+    """A photo folder built for the STN (the side files label it) into ``<folder>-tfds``."""
+    from jface.data.sources import open_source
+
+    folder = write_photo_folder(tmp_path / "photos")
+    open_source(str(folder), task="stn", data_dir=str(folder) + "-tfds", progress=False, log=lambda *_: None)
+    return folder
+
+
+def _assert_batches_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("use_grain", [False, True])
+@pytest.mark.parametrize("grouped,mirror", [(False, False), (True, False), (False, True), (True, True)])
+def test_same_batches_as_batchloader(use_grain, grouped, mirror):
+    """Over the same rows, StreamLoader reads exactly BatchLoader's batches, across epochs."""
+    if use_grain:
+        pytest.importorskip("grain")
+    arrays = _arrays()
+    k = 2 if grouped else 1
+    reference = BatchLoader(arrays, batch_size=8, seed=5, process_index=0, process_count=1,
+                            group_key="identity" if grouped else None, images_per_group=k, mirror=mirror,
+                            use_grain=False)
+    loader = StreamLoader(ArraySource(arrays), batch_size=8, seed=5, images_per_group=k, mirror=mirror,
+                          use_grain=use_grain)
+    assert loader.steps_per_epoch == reference.steps_per_epoch
+    for _ in range(2 * loader.steps_per_epoch + 1):
+        _assert_batches_equal(next(loader), next(reference))
+
+
+def test_identity_grouped_layout():
+    """B x K batches: K records of each identity, identity-major, K distinct records."""
+    arrays = _arrays(identities=6, per_identity=5)
+    loader = StreamLoader(ArraySource(arrays), batch_size=12, images_per_group=3, with_index=True, use_grain=False)
+    for step in range(4):
+        batch = loader.local_batch(step)
+        groups = batch["identity"].reshape(4, 3)
+        assert np.all(groups == groups[:, :1]) and len(set(groups[:, 0])) == 4
+        assert np.all(arrays["identity"][batch["index"]] == batch["identity"])
+        assert all(len(set(row)) == 3 for row in batch["index"].reshape(4, 3))
+
+
+def test_small_identities_are_left_out_and_counted():
+    identities = np.array([0, 0, 0, 1, 2, 2, 2, 3, 3])
+    values, members, dropped = group_members(identities, 2)
+    assert list(values) == [0, 2, 3] and dropped == 1
+    assert [list(m) for m in members] == [[0, 1, 2], [4, 5, 6], [7, 8]]
+    arrays = {"images": np.zeros((9, 2, 2, 3), np.uint8), "identity": identities}
+    loader = StreamLoader(ArraySource(arrays), batch_size=4, images_per_group=2, use_grain=False)
+    assert loader.dropped_groups == 1 and loader.steps_per_epoch == 1
+    with pytest.raises(ValueError, match="needs 3 identities with >= 3 records"):
+        StreamLoader(ArraySource(arrays), batch_size=9, images_per_group=3, use_grain=False)
+
+
+@pytest.mark.parametrize("use_grain", [False, True])
+def test_resume_reads_the_uninterrupted_batches(use_grain):
+    if use_grain:
+        pytest.importorskip("grain")
+    source = ArraySource(_arrays())
+    options = dict(batch_size=8, seed=3, images_per_group=2, mirror=True, use_grain=use_grain)
+    uninterrupted = StreamLoader(source, **options)
+    expected = [next(uninterrupted) for _ in range(9)]
+    first = StreamLoader(source, **options)
+    for _ in range(5):
+        next(first)
+    state = json.loads(json.dumps(first.get_state()))
+    resumed = StreamLoader(source, **options)
+    resumed.set_state(state)
+    for want in expected[5:]:
+        _assert_batches_equal(next(resumed), want)
+
+
+def test_state_of_another_source_or_batch_is_refused():
+    loader = StreamLoader(ArraySource(_arrays()), batch_size=8, use_grain=False)
+    state = loader.get_state()
+    other = StreamLoader(ArraySource(_arrays(identities=10)), batch_size=8, use_grain=False)
+    with pytest.raises(ValueError, match="records=48"):
+        other.set_state(state)
+    with pytest.raises(ValueError, match="batch_size=8"):
+        StreamLoader(ArraySource(_arrays()), batch_size=4, use_grain=False).set_state(state)
+    loader.set_state({"step": 3, "seed": 0})  # BatchLoader's state is accepted
+    assert loader.get_state()["step"] == 3
+
+
+def test_shards_split_the_global_batch():
+    """Two shards read disjoint halves of the one-process global batch; an epoch covers everything."""
+    source = ArraySource(_arrays(identities=8, per_identity=4))  # 32 records, 4 steps of 8
+    whole = StreamLoader(source, batch_size=8, seed=1, use_grain=False)
+    shards = [StreamLoader(source, batch_size=8, seed=1, shard_index=i, shard_count=2, use_grain=False)
+              for i in range(2)]
+    seen = []
+    for step in range(whole.steps_per_epoch):
+        parts = [s.local_indices(step) for s in shards]
+        np.testing.assert_array_equal(np.concatenate(parts), whole.global_indices(step))
+        seen += [list(p) for p in parts]
+    flat = np.concatenate(seen)
+    assert len(flat) == len(source) and len(set(flat)) == len(source)
+
+
+def test_bad_arguments():
+    source = ArraySource(_arrays())
+    with pytest.raises(ValueError, match="divisible by shard_count=3"):
+        StreamLoader(source, batch_size=8, shard_count=3, shard_index=0)
+    with pytest.raises(ValueError, match="shard_index"):
+        StreamLoader(source, batch_size=8, shard_count=2, shard_index=2)
+    with pytest.raises(ValueError, match="images_per_group=3"):
+        StreamLoader(source, batch_size=8, images_per_group=3)
+    with pytest.raises(ValueError, match="exceeds the 48 records"):
+        StreamLoader(source, batch_size=64)
+    with pytest.raises(KeyError, match="has no \\['landmarks68'\\]"):
+        StreamLoader(source, batch_size=8, keys=("images", "landmarks68"), use_grain=False).local_batch(0)
+
+
+def test_mirror_pairs_is_the_library_mirror():
+    rng = np.random.default_rng(2)
+    for points, order in ((21, None), (68, IBUG68_MIRROR)):
+        labels = rng.uniform(1, 64, (3, points, 3)).astype(np.float32)
+        labels[..., 2] = 1.0
+        batch = {"images": rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8), "labels": labels,
+                 "identity": np.arange(3)}
+        out = mirror_pairs(batch)
+        kwargs = {} if order is None else {"order": order}
+        xy, vis = mirror_labels(labels[..., :2], labels[..., 2], image_width=64, **kwargs)
+        np.testing.assert_allclose(out["labels"][1::2, :, :2], np.asarray(xy), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(out["labels"][1::2, :, 2], np.asarray(vis))
+        np.testing.assert_array_equal(out["images"][1::2], batch["images"][:, :, ::-1])
+        np.testing.assert_array_equal(out["labels"][0::2], labels)
+        assert list(out["mirrored"]) == [False, True] * 3 and list(out["identity"]) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="21 or 68"):
+        mirror_pairs({"images": np.zeros((1, 4, 4, 3)), "labels": np.zeros((1, 5, 3))})
+
+
+_SHARD_CHILD = textwrap.dedent("""
+    import json, sys
+    from jface.data.pipeline import StreamLoader
+    from jface.data.sources import open_source
+    directory, shard, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    source = open_source(directory, task="stn", data_dir=directory + "-tfds")
+    loader = StreamLoader(source, batch_size=4, seed=7, shard_index=shard, shard_count=2, with_index=True,
+                          keys=("images", "labels", "identity"))
+    read = [int(i) for _ in range(loader.steps_per_epoch) for i in next(loader)["index"]]
+    json.dump({"read": read, "records": len(source), "state": loader.get_state()}, open(out, "w"))
+""")
+
+
+def test_two_processes_read_disjoint_halves_of_an_epoch(tmp_path, photo_dataset):
+    """Two processes (shard 0 and 1 of 2) over an on-disk dataset: what they read in one epoch is
+    disjoint and together the whole split."""
+    folder = photo_dataset
+    outs = [tmp_path / f"shard{i}.json" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _SHARD_CHILD, str(folder), str(i), str(outs[i])], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+    results = [json.loads(out.read_text()) for out in outs]
+    records = results[0]["records"]
+    read0, read1 = set(results[0]["read"]), set(results[1]["read"])
+    assert len(results[0]["read"]) == len(read0) == records // 2 == len(read1)
+    assert not read0 & read1 and read0 | read1 == set(range(records))
