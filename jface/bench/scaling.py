@@ -1,19 +1,19 @@
 """Data-parallel weak scaling of the STN and DECA train steps: ``python -m jface.bench scaling``.
 
 For N in 1, 2, 4, ... (and the device count), a 1-D ``'data'`` mesh over N devices
-(``train.common.make_mesh``), the batch sharded along it (``shard_batch``) and the state
+(``jface.training.make_mesh``), the batch sharded along it (``shard_batch``) and the state
 replicated; the per-device batch stays constant (weak scaling), so the global batch is N times
 it. Efficiency = throughput_N / (N · throughput_1), or per-device throughput against the first of
-``--counts`` (issue 12 target >= 0.9 at 4 GPUs).
+``--counts`` (target >= 0.9 at 4 GPUs).
 
 Two ways to drive N devices (``--launch``):
 
 * ``process`` (default): **one process per device**, started here as ``jax.distributed`` peers on
-  localhost (``train.common.initialize_distributed`` with ``local_device_ids=[rank]``), the usual
+  localhost (``jface.training.initialize_distributed`` with ``local_device_ids=[rank]``), the usual
   GPU deployment and what ``python -m train.deca --coordinator ...`` runs. Each process launches
   only its own device's kernels.
 * ``thread``: one process drives all N devices (a mesh over ``jax.devices()[:N]``); XLA launches
-  each device's kernels from its own host thread. Measured on 4 H200s (BUILD_NOTES.md, issue 12):
+  each device's kernels from its own host thread. Measured on 4 H200s (BUILD_NOTES.md, "Data-parallel scaling"):
   the DECA step's ~2300 kernel launches per device then take 23–32 ms of host time per step
   instead of ~15.5 ms with one device (the launching threads contend), so the step is host-bound.
 
@@ -38,6 +38,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+
+from jface import training as common
+from jface.bench import stn_train
+from jface.bench.deca import (
+    add_common_args,
+    apply_cache,
+    build_deca_step,
+    device_info,
+    load_flame,
+    log,
+    peak_bytes,
+    profile_steps,
+    time_pipelined,
+    time_step,
+    write_json,
+)
 
 __all__ = ["main", "run", "run_processes", "measure", "build_stn_step", "device_counts"]
 
@@ -66,9 +82,7 @@ def _counts(explicit, total: int, largest: int | None) -> list:
 def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "default"):
     """``train.stn``'s train step on ``mesh`` for ``batch`` images, as ``jface.bench.stn_train``
     builds it; returns ``(step, state, args)``."""
-    from jface.bench.stn_train import build_stn_step as build
-
-    step, state, args, _ = build(size, dtype, mesh, batch, model)
+    step, state, args, _ = stn_train.build_stn_step(size, dtype, mesh, batch, model)
     return step, state, args
 
 
@@ -95,8 +109,6 @@ def measure(name: str, devices, *, size: str = "full", dtype: str = "bfloat16", 
     ``per_device`` images each. Timings as the module docstring says."""
     import jax
 
-    from jface.bench.deca import build_deca_step, peak_bytes, profile_steps, time_pipelined, time_step
-    from train import common
 
     n = len(devices)
     per_device = _per_device(name, size, stn_batch, deca_ids)
@@ -127,7 +139,6 @@ def _add_efficiency(rows: list) -> None:
 
 
 def _log_row(name: str, row: dict) -> None:
-    from jface.bench.deca import log
 
     log(f"scaling: {name} N={row['devices']} ({row['processes']} process(es)): "
         f"{row['pipelined_step_s'] * 1e3:.1f} ms/step pipelined, {row['img_per_s']:.1f} img/s, "
@@ -150,7 +161,6 @@ def run(size: str = "full", dtype: str = "bfloat16", stn_batch: int | None = Non
     on ``jax.devices()[:N]``."""
     import jax
 
-    from jface.bench.deca import device_info, load_flame
 
     devices = jax.devices()
     counts = _counts(counts, len(devices), max_devices)
@@ -188,7 +198,6 @@ def run_processes(argv_common: list, which, counts: list, timeout_s: float = 900
     """``--launch process``: for each N in ``counts``, N worker processes (``--worker N,RANK,PORT``)
     that each drive one device; rank 0's rows are collected. ``argv_common``: the size / dtype /
     batch / repeats / model arguments, passed on to the workers unchanged."""
-    from jface.bench.deca import log
 
     result = {"bench": "scaling", "launch": "process", "counts": counts}
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,8 +251,6 @@ def _worker(args, which) -> dict:
     """One rank of a ``--launch process`` run: join the peers, measure on all their devices."""
     import jax
 
-    from jface.bench.deca import device_info, load_flame
-    from train import common
 
     n, rank, port = (int(v) for v in args.worker.split(","))
     common.initialize_distributed(f"127.0.0.1:{port}", n, rank, local_device_ids=[rank])
@@ -259,7 +266,6 @@ def _worker(args, which) -> dict:
 
 
 def main(argv=None) -> int:
-    from jface.bench.deca import add_common_args, apply_cache, log, write_json
 
     parser = argparse.ArgumentParser(prog="python -m jface.bench scaling", description=__doc__.split("\n\n")[0])
     add_common_args(parser)
@@ -303,7 +309,6 @@ def main(argv=None) -> int:
 
         total = jax.device_count()
     if total < args.min_devices:
-        from jface.bench.deca import device_info
 
         result = {"bench": "scaling", "skipped": f"{total} device(s) < --min-devices {args.min_devices}"}
         if args.launch == "thread":

@@ -2,7 +2,7 @@
 
 Reads the Perfetto JSON (``perfetto_trace.json.gz``) that ``--profile DIR`` of the deca, inference
 and scaling benchmarks writes (``jax.profiler.start_trace(..., create_perfetto_trace=True)``) and
-prints what BUILD_NOTES.md's scaling change log needed from a trace:
+prints what BUILD_NOTES.md's scaling figures need from a trace:
 
 * per device lane (``/device:GPU:i``, ``/device:TPU:i``): the time its kernels ran (``busy``),
   the span from its first to its last kernel, the idle time inside that span and its largest gaps
