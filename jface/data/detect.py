@@ -17,18 +17,19 @@ face-recognition-models) because that 68-point model is licensed for non-commerc
 mediapipe 0.10.14's legacy ``solutions`` wrappers call two protobuf APIs that protobuf >= 5 removed
 (``FieldDescriptor.label`` while applying calculator options, ``SymbolDatabase.GetPrototype`` while
 reading landmark packets), and tensorflow-datasets needs a newer protobuf. :class:`MediapipeDetector`
-therefore runs the same face-mesh graph without calculator options (the graph's own thresholds,
-0.5, are FaceMesh's defaults) and parses the landmark packets itself; it works with protobuf 4 to 7.
+therefore runs the same face-mesh graph without calculator options (the graph's built-in detection
+and presence thresholds) and parses the landmark packets itself; it works with protobuf 4 and 7.
 
 **The mapping** :data:`MESH478_TO_IBUG68` (0-based mesh vertex ids per iBUG point, image-left
 first as in iBUG): jaw 0-16 along the mesh's face oval from the temple at eye height to the chin
-and back; brows 17-26 the upper brow contour; nose bridge 27-30 (nasion ... pronasale 4); nose
-base 31-35 (alar base, subnasale 2); eyes 36-47 the lid contours with the corners 33 / 133 and
-362 / 263; mouth 48-59 the outer lip contour (corners 61 / 291), 60-67 the inner contour (corners
-78 / 308). Mirror pairs of iBUG map to mirror pairs of the symmetric mesh. Checked on the six
-human-labelled photographs of 3DMM-STN's demo data: the 21 AFLW points derived from these 68
-(:func:`aflw21_from_ibug68`) lie at a mean 0.05 of the outer-eye-corner distance from the human
-labels, ears excluded (``tests/test_data_detect.py`` checks it).
+and back; brows 17-26 the upper brow contour; nose bridge 27-30 (nasion ... 4 above the tip);
+nose base 31-35 (alar base 64 / 294, subnasale 2, the points midway 60 / 290); eyes 36-47 the lid
+contours with the corners 33 / 133 and 362 / 263; mouth 48-59 the outer lip contour (corners
+61 / 291), 60-67 the inner contour (corners 78 / 308). Mirror pairs of iBUG map to mirror pairs
+of the symmetric mesh (a test detects a photo and its mirror). Checked on the six human-labelled
+photographs of 3DMM-STN's demo data: the 21 AFLW points derived from these 68
+(:func:`aflw21_from_ibug68`) lie at a mean 0.056 of the outer-eye-corner distance from the human
+labels (0.04 to 0.10 per photo), ears excluded (``tests/test_data_detect.py`` checks it).
 
 **AFLW-21 from iBUG-68** (:func:`aflw21_from_ibug68`): the table
 :data:`jface.models.landmarks.AFLW21_FROM_IBUG68` (mean of the listed points, vis the minimum);
@@ -72,7 +73,7 @@ MESH478_TO_IBUG68 = (
     (70,), (63,), (105,), (66,), (107,),                                            # 17-21 image-left brow
     (336,), (296,), (334,), (293,), (300,),                                         # 22-26 image-right brow
     (168,), (6,), (195,), (4,),                                                     # 27-30 nose bridge
-    (102,), (97,), (2,), (326,), (331,),                                            # 31-35 nose base
+    (64,), (60,), (2,), (290,), (294,),                                             # 31-35 nose base
     (33,), (160,), (158,), (133,), (153,), (144,),                                  # 36-41 image-left eye
     (362,), (385,), (387,), (263,), (373,), (380,),                                 # 42-47 image-right eye
     (61,), (40,), (37,), (0,), (267,), (270,), (291,), (321,), (314,), (17,), (84,), (91,),  # 48-59
