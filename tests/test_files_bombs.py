@@ -20,6 +20,7 @@ from jface.bench import bombs
 from jface.errors import ModelFileError
 from jface.files import paths
 from jface.files.mat import load_mat
+from jface.files.npy import load_npy
 from jface.files.npz import read_npz
 from jface.files.obj import load_obj
 from jface.files.pickles import safe_loads
@@ -86,6 +87,15 @@ def test_npz_member_larger_than_its_header_says(tmp_path):
     bombs.write_zip(tmp_path / "a.npz", [("x.npy", lying)])
     with pytest.raises(ModelFileError, match=r"a\.npz \[x\]: the \.npy header declares float64\[1000\]"):
         read_npz(tmp_path / "a.npz")
+
+
+def test_npy_header_must_match_the_data(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(6.0).reshape(2, 3), allow_pickle=False)
+    np.testing.assert_array_equal(load_npy(tmp_path / "a.npy"), np.arange(6.0).reshape(2, 3))
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "b.npy").write_bytes(data.replace(b"(2, 3)", b"(9, 9)"))
+    with pytest.raises(ModelFileError, match=r"b\.npy: the \.npy header declares float64\[9, 9\]"):
+        load_npy(tmp_path / "b.npy")
 
 
 def test_npz_limit_is_the_sum_of_members(tmp_path):

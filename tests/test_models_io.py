@@ -107,7 +107,7 @@ def test_head_template_obj(realdata):
     assert obj.faces.dtype == obj.uv_faces.dtype == np.int32
     assert obj.faces.min() == 0 and obj.faces.max() == 5022
     assert obj.uv_faces.min() == 0 and obj.uv_faces.max() == 5117
-    # seam vertices keep their separate texture coordinates (spec deca.md §2.4: 95 of them)
+    # seam vertices keep their separate texture coordinates (95 of them in head_template.obj)
     pairs = np.unique(np.stack([obj.faces.ravel(), obj.uv_faces.ravel()], 1), axis=0)
     per_vertex = np.bincount(pairs[:, 0], minlength=5023)
     assert np.count_nonzero(per_vertex > 1) == 95

@@ -126,8 +126,10 @@ def _read_zip(fileobj, path, budget: ExpansionBudget, **options):
         return load_one(io.BytesIO(data), path, torch=True, persistent_load=persistent, **options)
 
 
-def _read_legacy(stream: io.BytesIO, path, budget: ExpansionBudget, **options):
-    """The (not yet materialised) object of a legacy ``torch.save`` stream."""
+def _read_legacy(data: bytes, path, budget: ExpansionBudget, **options):
+    """The (not yet materialised) object of the legacy ``torch.save`` stream ``data``."""
+    stream = io.BytesIO(data)
+
     def plain():
         return load_one(stream, path)
 
@@ -166,7 +168,7 @@ def _read_legacy(stream: io.BytesIO, path, budget: ExpansionBudget, **options):
     keys = plain()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ModelFileError(path, "legacy torch file: storage key list is malformed")
-    total = len(stream.getbuffer())
+    total = len(data)
     for key in keys:
         if key not in roots:
             raise ModelFileError(path, f"legacy torch file: data for unknown storage {key!r}")
@@ -182,9 +184,11 @@ def _read_legacy(stream: io.BytesIO, path, budget: ExpansionBudget, **options):
                 f"{declared}"
             )
         budget.take(nbytes, key, what="a storage declares")
-        raw = stream.read(nbytes)
         stored = dtype.newbyteorder("<" if little else ">")
-        storage.array = np.frombuffer(raw, dtype=stored).astype(dtype.newbyteorder("="))
+        # a view of the file's bytes, copied once into native order (no intermediate slice)
+        storage.array = np.frombuffer(data, dtype=stored, count=numel,
+                                      offset=stream.tell()).astype(dtype.newbyteorder("="))
+        stream.seek(nbytes, io.SEEK_CUR)
     for view in views:
         view.array = roots[view.key][2].array
     return obj
@@ -192,9 +196,8 @@ def _read_legacy(stream: io.BytesIO, path, budget: ExpansionBudget, **options):
 
 def _storage_from_bytes(data: bytes, path, budget: ExpansionBudget) -> TorchStorage:
     """``torch.storage._load_from_bytes``: a storage saved with ``torch.save`` inside a pickle."""
-    stream = io.BytesIO(data)
-    obj = _read_zip(stream, path, budget) if data[:2] == b"PK" else _read_legacy(
-        stream, path, budget)
+    obj = _read_zip(io.BytesIO(data), path, budget) if data[:2] == b"PK" else _read_legacy(
+        data, path, budget)
     if not isinstance(obj, TorchStorage) or not isinstance(obj.array, np.ndarray):
         raise ModelFileError(path, "a torch storage stream does not hold a single storage")
     return obj
@@ -234,7 +237,6 @@ def load_torch_file(path, *, limit=None):
                 "with a current torch (torch.save(torch.load(f), g)) and convert g",
             )
         if head[:1] == b"\x80":
-            stream = io.BytesIO(read_file_bytes(path))
-            return materialize(_read_legacy(stream, path, budget), path, budget)
+            return materialize(_read_legacy(read_file_bytes(path), path, budget), path, budget)
     raise ModelFileError(path, "not a torch.save file (neither a zip archive nor a legacy torch "
                          "pickle)")

@@ -167,6 +167,8 @@ def load_model(path):
     model_type = meta["model_type"]
     spec = _SPEC[model_type]
     recorded = meta.get("arrays", {})
+    if not isinstance(recorded, dict):
+        raise ModelFileError(path, "metadata 'arrays' is not a JSON object", META_KEY)
     for name in spec["required"]:
         if name not in arrays:
             raise ModelFileError(path, f"missing array for required field of {model_type}", name)
