@@ -1,18 +1,21 @@
-"""DECA's renderer stages (``utils/renderer.py: SRenderY``, spec deca.md §5.4-§5.7), per item.
+"""DECA's renderer stages (``SRenderY`` in ``decalib/utils/renderer.py``), per item.
 
 Recombinable pieces: :func:`jface.render.rasterize` -> :func:`jface.render.interpolate` ->
 :func:`jface.sampling.grid_sample` / :func:`jface.lighting.sh_shading` -> :func:`composite`.
-:func:`render` and :func:`render_shape` wire them the way DECA does. Images are channel-last
-``(H, W, C)``; masks are ``(H, W, 1)`` so they broadcast against images.
+:func:`render` and :func:`render_shape` wire them the way DECA does (``SRenderY.forward``,
+``SRenderY.render_shape``). Images are channel-last ``(H, W, C)``; masks are ``(H, W, 1)`` so
+they broadcast against images.
 
-Frames: ``vertices`` are FLAME world coordinates (metres, y up, +z towards the camera);
-``transformed_vertices`` are DECA's NDC after the y/z flip (spec §3); ``uv_coords (T, 2)`` are
-texture coordinates in [0, 1] with v up, mapped to the UV NDC (2u - 1, 1 - 2v) so that UV image
-row 0 is v = 1 (spec §5.4, §10.7).
+Frames (BUILD_NOTES.md, "Frames and conventions"): ``vertices`` are FLAME world coordinates
+(metres, y up, +z towards the camera); ``transformed_vertices`` are DECA's NDC after the y/z flip
+(``batch_orth_proj`` in ``decalib/utils/util.py`` and the flip in ``decalib/deca.py``);
+``uv_coords (T, 2)`` are texture coordinates in [0, 1] with v up, mapped to the UV NDC
+(2u - 1, 1 - 2v) by :func:`jface.render.uv_ndc`, so UV image row 0 is v = 1.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -20,63 +23,15 @@ from jface.geometry import vertex_normals
 from jface.lighting import directional_shading, sh_shading
 from jface.render.interpolate import interpolate
 from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, rasterize
+from jface.render.uv import as_hw, uv_ndc
 from jface.sampling import grid_sample
 
-__all__ = ["uv_ndc", "world2uv", "composite", "pos_mask", "render", "render_shape", "SHAPE_GREY"]
+__all__ = ["composite", "pos_mask", "render", "render_shape", "SHAPE_GREY"]
 
-SHAPE_GREY = 180.0 / 255.0  # render_shape's constant albedo (spec §5.7)
-
-
-def uv_ndc(uv_coords):
-    """``(T, 2)`` uv (v up) -> ``(T, 3)`` DECA's UV NDC (2u - 1, 1 - 2v, 1) (spec §5.4, §5.5)."""
-    uv_coords = jnp.asarray(uv_coords)
-    if not jnp.issubdtype(uv_coords.dtype, jnp.floating):
-        uv_coords = uv_coords.astype(jnp.float32)
-    if uv_coords.ndim != 2 or uv_coords.shape[-1] != 2:
-        raise ValueError(f"uv_coords: expected (T, 2), got shape {uv_coords.shape}")
-    u, v = uv_coords[:, 0], uv_coords[:, 1]
-    return jnp.stack([2.0 * u - 1.0, 1.0 - 2.0 * v, jnp.ones_like(u)], axis=-1)
+SHAPE_GREY = 180.0 / 255.0  # render_shape's constant albedo (SRenderY.render_shape)
 
 
-def _hw(size, name):
-    if isinstance(size, int):
-        return (size, size)
-    try:
-        h, w = (int(s) for s in size)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{name}: expected an int or (H, W), got {size!r}") from err
-    return (h, w)
-
-
-def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size=DEFAULT_TILE_SIZE,
-             capacity=DEFAULT_CAPACITY, impl="auto"):
-    """Per-vertex attributes into a UV map (spec deca.md §5.5), per item.
-
-    The UV layout is rasterized as a mesh: vertices ``uv_ndc(uv_coords)`` (constant z = 1), faces
-    ``uv_faces``; the per-face-corner attribute is ``attributes[faces]`` (mesh faces). Depth is
-    constant, so overlapping UV triangles resolve to the lower face index (deterministic; DECA's
-    kernel is racy there).
-
-    ``attributes (V, D)``, ``faces (F, 3)``, ``uv_coords (T, 2)``, ``uv_faces (F, 3)``,
-    ``uv_size`` int or ``(H, W)`` -> ``(H, W, D)``, 0 outside the UV charts; differentiable w.r.t.
-    ``attributes``.
-    """
-    attributes = jnp.asarray(attributes)
-    faces = jnp.asarray(faces)
-    uv_faces = jnp.asarray(uv_faces)
-    if attributes.ndim != 2:
-        raise ValueError(f"attributes: expected (V, D), got shape {attributes.shape}")
-    if faces.ndim != 2 or faces.shape[-1] != 3:
-        raise ValueError(f"faces: expected (F, 3), got shape {faces.shape}")
-    if uv_faces.shape != faces.shape:
-        raise ValueError(f"uv_faces: expected shape {faces.shape} (one uv face per face), got {uv_faces.shape}")
-    hw = _hw(uv_size, "uv_size")
-    uv_vertices = uv_ndc(uv_coords)
-    fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
-    return interpolate(fragments, attributes[faces.astype(jnp.int32)])
-
-
-def composite(image, alpha, background=None):
+def composite(image, alpha, background=None) -> jax.Array:
     """``image * alpha + background * (1 - alpha)``; ``alpha (H, W)`` or ``(H, W, 1)``.
 
     ``background``: None (black), a colour ``(C,)`` or an image ``(H, W, C)``.
@@ -91,8 +46,8 @@ def composite(image, alpha, background=None):
     return image * alpha + background * (1.0 - alpha)
 
 
-def pos_mask(transformed_normal_images, threshold=-0.05):
-    """Camera-facing pixels (spec §5.4): interpolated transformed-normal z < ``threshold``.
+def pos_mask(transformed_normal_images, threshold: float = -0.05) -> jax.Array:
+    """Camera-facing pixels (``pos_mask`` of ``SRenderY.forward``): interpolated transformed-normal z < ``threshold``.
 
     ``(H, W, 3)`` -> ``(H, W, 1)`` float. ``render`` uses -0.05; ``render_shape`` uses 0.15.
     """
@@ -131,8 +86,8 @@ def render(
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
     impl: str = "auto",
-):
-    """DECA's ``SRenderY.forward`` (spec deca.md §5.4), per item.
+) -> dict:
+    """DECA's ``SRenderY.forward`` (``decalib/utils/renderer.py``), per item.
 
     Args:
       vertices: ``(V, 3)`` world (FLAME) coordinates.
@@ -158,7 +113,7 @@ def render(
         raise ValueError(f"albedo: expected (Hu, Wu, C), got shape {albedo.shape}")
     if lights is not None and jnp.shape(lights) != (9, 3):
         raise ValueError(f"lights: expected (9, 3) SH coefficients, got shape {jnp.shape(lights)}")
-    hw = _hw(image_hw, "image_hw")
+    hw = as_hw(image_hw, "image_hw")
     normals = vertex_normals(vertices, faces)
     transformed_normals = vertex_normals(transformed_vertices, faces)
     fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
@@ -206,8 +161,8 @@ def render_shape(
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
     impl: str = "auto",
-):
-    """DECA's grey "shape" render (``render_shape``, spec deca.md §5.7), per item.
+) -> dict:
+    """DECA's grey "shape" render (``SRenderY.render_shape``), per item.
 
     Albedo grey 180/255 (or per-vertex ``colors (V, 3)``), 5 directional lights of intensity 1.7
     (:data:`jface.lighting.DECA_SHAPE_LIGHT_DIRECTIONS`) on the interpolated world vertex normals
@@ -220,7 +175,7 @@ def render_shape(
     vertices = jnp.asarray(vertices)
     transformed_vertices = jnp.asarray(transformed_vertices)
     faces = jnp.asarray(faces, jnp.int32)
-    hw = _hw(image_hw, "image_hw")
+    hw = as_hw(image_hw, "image_hw")
     dtype = jnp.result_type(vertices.dtype, jnp.float32)
     normals = vertex_normals(vertices, faces)
     transformed_normals = vertex_normals(transformed_vertices, faces)

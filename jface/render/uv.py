@@ -1,0 +1,75 @@
+"""The UV layout as a mesh: texture coordinates to UV NDC, and per-vertex attributes into UV maps.
+
+Frames: ``uv_coords (T, 2)`` are texture coordinates in [0, 1] with v up; :func:`uv_ndc` maps them
+to the UV NDC (2u - 1, 1 - 2v) that :func:`jface.render.rasterize` takes, so that UV image row 0
+is v = 1 (DECA's ``SRenderY.__init__`` in ``decalib/utils/renderer.py``: ``uvcoords * 2 - 1``
+with the y flip of its rasterizer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jface.arrays import as_float
+from jface.render.checks import check_faces
+from jface.render.interpolate import face_attributes, interpolate
+from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, rasterize
+
+__all__ = ["uv_ndc", "world2uv", "as_hw"]
+
+
+def as_hw(size: int | Sequence[int], name: str) -> tuple:
+    """An image size given as ``S`` (square) or ``(H, W)`` -> ``(H, W)`` ints; a clear error
+    naming ``name`` otherwise."""
+    if isinstance(size, int):
+        return (size, size)
+    try:
+        h, w = (int(s) for s in size)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{name}: expected an int or (H, W), got {size!r}") from err
+    return (h, w)
+
+
+def uv_ndc(uv_coords) -> jax.Array:
+    """``(T, 2)`` uv (v up) -> ``(T, 3)`` UV NDC (2u - 1, 1 - 2v, 1): the UV layout as vertices
+    for :func:`jface.render.rasterize` (constant depth 1)."""
+    uv_coords = as_float(uv_coords)
+    if uv_coords.ndim != 2 or uv_coords.shape[-1] != 2:
+        raise ValueError(f"uv_coords: expected (T, 2), got shape {uv_coords.shape}")
+    u, v = uv_coords[:, 0], uv_coords[:, 1]
+    return jnp.stack([2.0 * u - 1.0, 1.0 - 2.0 * v, jnp.ones_like(u)], axis=-1)
+
+
+def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size: int = DEFAULT_TILE_SIZE,
+             capacity: int = DEFAULT_CAPACITY, impl: str = "auto") -> jax.Array:
+    """Per-vertex attributes into a UV map (DECA's ``SRenderY.world2uv``), per item.
+
+    The UV layout is rasterized as a mesh: vertices ``uv_ndc(uv_coords)`` (constant z = 1), faces
+    ``uv_faces``; the per-face-corner attribute is ``attributes[faces]`` (mesh faces). Depth is
+    constant, so overlapping UV triangles resolve to the lower face index (deterministic; DECA's
+    kernel is racy there).
+
+    ``attributes (V, D)``, ``faces (F, 3)``, ``uv_coords (T, 2)``, ``uv_faces (F, 3)``,
+    ``uv_size`` int or ``(H, W)`` -> ``(H, W, D)`` in the UV image layout (row 0 = v = 1), 0
+    outside the UV charts; differentiable w.r.t. ``attributes``.
+    """
+    attributes = jnp.asarray(attributes)
+    faces = jnp.asarray(faces)
+    uv_faces = jnp.asarray(uv_faces)
+    if attributes.ndim != 2:
+        raise ValueError(f"attributes: expected (V, D), got shape {attributes.shape}")
+    if faces.ndim != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected (F, 3), got shape {faces.shape}")
+    if uv_faces.shape != faces.shape:
+        raise ValueError(f"uv_faces: expected shape {faces.shape} (one uv face per face), got {uv_faces.shape}")
+    hw = as_hw(uv_size, "uv_size")
+    uv_vertices = uv_ndc(uv_coords)
+    # indices checked here (when concrete) so that the errors name world2uv's own arguments
+    uv_faces = check_faces(uv_faces, uv_vertices.shape[0], name="uv_faces",
+                           rows=f"{uv_vertices.shape[0]} uv_coords")
+    corners = face_attributes(attributes, faces)
+    fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
+    return interpolate(fragments, corners)
