@@ -1,9 +1,8 @@
-"""DECA's detail stage (jface.deca.detail) against spec deca.md §5.6."""
+"""DECA's detail stage (jface.deca.detail) against ``DECA.displacement2normal`` (``decalib/deca.py``)."""
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads

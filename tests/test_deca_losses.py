@@ -1,4 +1,5 @@
-"""DECA's losses (jface.deca.losses) against numpy references written from spec deca.md §7."""
+"""DECA's losses (jface.deca.losses) against numpy references written from ``decalib/utils/lossfunc.py``
+and ``Trainer.training_step`` (``decalib/trainer.py``)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_landmark_losses_vs_reference():
     def gaps(lm, up, low):
         return np.linalg.norm(lm[:, up, :2] - lm[:, low, :2], axis=-1)
 
-    ref_eye = np.mean(np.abs(gaps(pred, [37, 38, 43, 44], [41, 40, 47, 46]) - gaps(gt, [37, 38, 43, 44], [41, 40, 47, 46])))
+    upper, lower = [37, 38, 43, 44], [41, 40, 47, 46]
+    ref_eye = np.mean(np.abs(gaps(pred, upper, lower) - gaps(gt, upper, lower)))
     ref_lip = np.mean(np.abs(gaps(pred, [61, 62, 63], [67, 66, 65]) - gaps(gt, [61, 62, 63], [67, 66, 65])))
     np.testing.assert_allclose(L.eye_closure_loss(pred, gt), ref_eye, rtol=1e-12)
     np.testing.assert_allclose(L.lip_closure_loss(pred, gt), ref_lip, rtol=1e-12)
@@ -226,7 +228,8 @@ def test_swap_within_identity_identity_layout_is_a_row_permutation_of_concat():
 def test_jit_matches_eager_and_bad_inputs():
     pred = RNG.uniform(-1, 1, (2, 68, 2))
     gt = RNG.uniform(-1, 1, (2, 68, 3))
-    np.testing.assert_allclose(jax.jit(L.weighted_landmark_loss)(pred, gt), L.weighted_landmark_loss(pred, gt), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(L.weighted_landmark_loss)(pred, gt), L.weighted_landmark_loss(pred, gt),
+                               rtol=1e-12)
     with pytest.raises(ValueError, match="landmarks_gt"):
         L.landmark_loss(pred, gt[:, :60])
     with pytest.raises(ValueError, match="light"):

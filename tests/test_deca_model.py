@@ -1,4 +1,4 @@
-"""jface.deca appearance, encode and decode (spec deca.md §2.5, §3, §5.4, §5.6, §8)."""
+"""jface.deca appearance, encode and decode (``FLAMETex``, ``batch_orth_proj``, ``SRenderY``, ``DECA.decode``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from jface import deca, flame
 from jface.deca import appearance
+from jface.deca import losses as L
 from jface.flame.testing import random_flame_model
+from jface.render import world2uv
 
 sh_shading = pytest.importorskip("jface.lighting", reason="jface.lighting (SH shading) not available").sh_shading
 pytest.importorskip("jface.render", reason="jface.render (rasterizer) not available")
@@ -18,7 +20,7 @@ RNG = np.random.default_rng(0)
 
 
 def _ref_flametex(mu, pc, alpha, size, out):
-    """FLAMETex.forward step by step (spec §2.5): BGR file layout, nearest resize, flip to RGB."""
+    """FLAMETex.forward step by step: BGR file layout, nearest resize, flip to RGB."""
     tex = (mu + pc[:, : len(alpha)] @ alpha).reshape(size, size, 3)
     idx = np.floor(np.arange(out) * size / out).astype(int)
     return tex[idx][:, idx][..., [2, 1, 0]]
@@ -137,24 +139,22 @@ def test_decode_render_detail_and_gradients():
     np.testing.assert_allclose(out["uv_texture"], out["albedo"] * uv_sh, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["displacement_map"], out["displacement"] + fixed[None, :, :, None], rtol=1e-6)
     assert np.all(np.abs(out["displacement"]) < 0.01)
-    # the shared UV rasterization equals render.world2uv (spec §5.5) per item
-    from jface import render
-
-    uv_pos = jax.jit(render.world2uv, static_argnums=4)(out["verts"][1], model.faces, model.uv_coords, model.uv_faces, 32)
+    # the shared UV rasterization equals world2uv (SRenderY.world2uv) per item
+    uv_pos = jax.jit(world2uv, static_argnums=4)(out["verts"][1], model.faces, model.uv_coords, model.uv_faces,
+                                                 32)
     np.testing.assert_allclose(out["uv_positions"][1], uv_pos, rtol=1e-6, atol=1e-7)
     m = np.asarray(out["mask_face_eye"])
     assert m.min() >= 0 and m.max() <= 1 + 1e-6
-    # coarse terms: weights and the shaded, masked photometric loss (spec §7.3)
-    from jface.deca import losses as L
-
+    # coarse terms: weights and the shaded, masked photometric loss (Trainer.training_step)
     mask = m * alpha
     pho = np.mean(mask * np.abs(np.asarray(out["rendered_images"]) * mask - images))
     np.testing.assert_allclose(coarse["photometric"], 2.0 * pho, rtol=1e-5)
     np.testing.assert_allclose(coarse["landmark"], L.weighted_landmark_loss(out["landmarks2d"], lmk_gt), rtol=1e-6)
-    np.testing.assert_allclose(coarse["light_reg"], L.light_regularizer(codes["light"]), rtol=1e-6)
-    np.testing.assert_allclose(coarse["shape_reg"], 1e-4 * np.sum(codes["shape"] ** 2) / 2, rtol=1e-5)
-    assert set(fine) == {"photometric", "displacement_reg", "shading_smoothness", "symmetry", "id_mrf", "total"}
-    np.testing.assert_allclose(fine["displacement_reg"], 0.005 * np.abs(out["displacement"]).mean(), rtol=1e-5)
+    np.testing.assert_allclose(coarse["reg_light"], L.light_regularizer(codes["light"]), rtol=1e-6)
+    np.testing.assert_allclose(coarse["reg_shape"], 1e-4 * np.sum(codes["shape"] ** 2) / 2, rtol=1e-5)
+    assert set(coarse) == set(L.COARSE_TERMS) - {"identity"}  # no identity network given
+    assert set(fine) == set(L.DETAIL_TERMS)
+    np.testing.assert_allclose(fine["reg_z"], 0.005 * np.abs(out["displacement"]).mean(), rtol=1e-5)
     # UV targets: world2uv(trans_verts) = project(world2uv(verts)) inside the charts, so the GT
     # texture is the image sampled there; uv_vis ⊆ the face/eye mask
     from jface.sampling import grid_sample

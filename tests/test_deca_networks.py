@@ -1,10 +1,11 @@
 """DECA's networks (jface.deca.networks): layouts, numerics against torch references, BN semantics.
 
-The torch reference modules below are written from DECA's code as described in spec deca.md §6
-(torchvision-v1.5 ResNet, DECA's Generator, the Caffe-style VGGFace2 ResNet, torchvision VGG-19
-features); their state dicts go through our converters, so these tests prove layouts and converters
-together. Full-size layouts are checked on torch's meta device (shapes only); numerics run on reduced
-widths/depths, which share the code paths of the full networks.
+The torch reference modules below are written from DECA's code (``decalib/models/encoders.py``,
+``resnet.py``, ``decoders.py``; torchvision-v1.5 ResNet, DECA's Generator, the Caffe-style VGGFace2
+ResNet, torchvision VGG-19 features); their state dicts go through our converters, so these tests
+prove layouts and converters together. Full-size layouts are checked on torch's meta device
+(shapes only); numerics run on reduced widths/depths, which share the code paths of the full
+networks.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import pickle
 
 import jax
-import jax.test_util  # noqa: F401  (check_grads)
 import jax.numpy as jnp
+import jax.test_util  # noqa: F401  (check_grads)
 import numpy as np
 import pytest
 
 from jface.deca import networks as nw
-from jface.weights import convert as cv
+from jface.deca import weights as cv
+from jface.files import weights as fw
 
 _TEMPLATES: dict = {}
 
@@ -304,7 +306,7 @@ def test_detail_generator_gradient_float64():
 
 @pytest.fixture(scope="module")
 def tref():
-    """Torch reference modules written from DECA's code (spec deca.md §6)."""
+    """Torch reference modules written from DECA's code (``decalib/models/``)."""
     pytest.importorskip("torch")
     return torch_reference()
 
@@ -487,11 +489,11 @@ def test_full_size_torch_layouts_convert(tref):
         }
         vgg = tref.vgg19_features()
     for name, (tmod, jmod, ignore) in modules.items():
-        variables = cv.convert_state_dict(_sd_zeros(tmod), _template(jmod), source=name, ignore=ignore)
+        variables = fw.convert_state_dict(_sd_zeros(tmod), _template(jmod), source=name, ignore=ignore)
         assert jax.tree.structure(variables) == jax.tree.structure(_template(jmod))
     sd = {f"features.{k}": v for k, v in _sd_zeros(vgg).items()}
     sd["classifier.0.weight"] = np.zeros((2, 2), np.float32)
-    cv.convert_state_dict(
+    fw.convert_state_dict(
         sd, _template(nw.VGG19Features(layers=("pool_5",))), ignore=lambda k: k.startswith("classifier.")
     )
 
@@ -514,7 +516,7 @@ def test_bottleneck_matches_torch_eval_and_train(tref, caffe):
     block = nw.Bottleneck(4, stride=2, downsample=True, caffe_style=caffe)
     x = np.random.default_rng(6).normal(size=(2, 6, 9, 9)).astype(np.float32)
     template = jax.eval_shape(block.init, jax.random.PRNGKey(0), jnp.zeros((2, 9, 9, 6)))
-    variables = cv.convert_state_dict(_sd_numpy(tblock), template)
+    variables = fw.convert_state_dict(_sd_numpy(tblock), template)
     apply_eval = jax.jit(block.apply)
     apply_train = jax.jit(lambda v, xx: block.apply(v, xx, True, mutable=["batch_stats"]))
     tblock.eval()
@@ -527,7 +529,7 @@ def test_bottleneck_matches_torch_eval_and_train(tref, caffe):
         ref = tblock(torch.from_numpy(x))
     got, upd = apply_train(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(np.asarray(got), _nhwc(ref), rtol=1e-4, atol=1e-5)
-    after = cv.convert_state_dict(_sd_numpy(tblock), template)
+    after = fw.convert_state_dict(_sd_numpy(tblock), template)
     for a, b in zip(jax.tree.leaves(upd["batch_stats"]), jax.tree.leaves(after["batch_stats"])):
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
 
@@ -560,8 +562,8 @@ def test_deca_encoders_and_generator_match_torch(tref, tmp_path):
     }
     weights = cv.convert_deca(src, modules=modules)
     # through the project's file format as well
-    dst = cv.save_variables(tmp_path / "deca.npz", weights, kind="deca", source=src)
-    weights = cv.load_variables(dst, kind="deca")
+    dst = fw.save_variables(tmp_path / "deca.npz", weights, kind="deca", source=src)
+    weights = fw.load_variables(dst, kind="deca")
 
     images = np.random.default_rng(7).uniform(size=(2, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
@@ -655,7 +657,7 @@ def full_size_check():
         with torch.no_grad():
             ref = tmod(tinp).numpy()
         ref = ref.transpose(0, 2, 3, 1) if ref.ndim == 4 else ref
-        variables = cv.convert_state_dict(_sd_numpy(tmod), _template(jmod), ignore=ignore)
+        variables = fw.convert_state_dict(_sd_numpy(tmod), _template(jmod), ignore=ignore)
         got = np.asarray(jax.jit(jmod.apply)(variables, jnp.asarray(inp)))
         err = np.abs(got - ref).max()
         print(

@@ -1,19 +1,20 @@
-"""DECA (spec deca.md): encoders and detail generator, FLAME decoding, appearance, detail, losses.
+"""DECA (Feng et al. 2021; ``decalib/`` of the public PyTorch release): networks, FLAME decoding,
+appearance, detail, the renderer stages, losses and the training stages.
 
 * :func:`encode` / :func:`decode` (batched): images -> codes -> geometry, renders, detail maps.
 * :mod:`jface.deca.appearance`: albedo model, camera (:func:`project`), SH shading.
 * :mod:`jface.deca.detail`: dense UV triangles, displacement -> detail normals, :func:`animate`.
+* :mod:`jface.deca.render`: DECA's renderer stages (``SRenderY``) on :mod:`jface.render`'s
+  primitives: :func:`render`, :func:`render_shape`, :func:`composite`, :func:`pos_mask`.
 * :mod:`jface.deca.losses`: coarse and detail losses, the swapping batch construction.
+* :mod:`jface.deca.stages`: the training stages assembled once (encode -> decode -> stage forward
+  -> stage losses), used by training, evaluation, reconstruction and the benchmarks.
 * :mod:`jface.deca.networks`: the Flax networks (ResNetEncoder, DetailGenerator, ...).
-
-Network names are resolved lazily so that importing ``jface.deca`` stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from jface.deca import appearance, detail, losses
+from jface.deca import appearance, detail, losses, networks, render, stages
 from jface.deca.appearance import albedo, albedo_from_file_layout, convert_albedo_model, project, shade
 from jface.deca.detail import (
     animate,
@@ -23,26 +24,35 @@ from jface.deca.detail import (
     load_fixed_displacement,
 )
 from jface.deca.losses import swap_within_identity
-from jface.deca.model import decode, decode_geometry, detail_outputs, detail_uv_maps, encode, extract_texture
-
-_NETWORK_NAMES = (
-    "ResNet50",
-    "ResNetEncoder",
-    "DetailGenerator",
-    "VGGFace2ResNet50",
-    "VGG19Features",
-    "CODE_SPLITS",
-    "split_codes",
-    "detail_latent",
-    "imagenet_normalize",
-    "vggface2_preprocess",
-    "init_variables",
+from jface.deca.model import (
+    decode,
+    decode_geometry,
+    decode_geometry_batch,
+    detail_outputs,
+    detail_uv_maps,
+    encode,
+    extract_texture,
 )
+from jface.deca.networks import (
+    CODE_SPLITS,
+    DetailGenerator,
+    ResNet50,
+    ResNetEncoder,
+    VGG19Features,
+    VGGFace2ResNet50,
+    detail_latent,
+    imagenet_normalize,
+    init_variables,
+    split_codes,
+    vggface2_preprocess,
+)
+from jface.deca.render import composite, pos_mask, render_shape
 
 __all__ = [
     "encode",
     "decode",
     "decode_geometry",
+    "decode_geometry_batch",
     "detail_outputs",
     "detail_uv_maps",
     "extract_texture",
@@ -57,17 +67,24 @@ __all__ = [
     "load_fixed_displacement",
     "animate",
     "swap_within_identity",
+    "render_shape",
+    "composite",
+    "pos_mask",
     "appearance",
     "detail",
     "losses",
     "networks",
-    *_NETWORK_NAMES,
+    "render",
+    "stages",
+    "ResNet50",
+    "ResNetEncoder",
+    "DetailGenerator",
+    "VGGFace2ResNet50",
+    "VGG19Features",
+    "CODE_SPLITS",
+    "split_codes",
+    "detail_latent",
+    "imagenet_normalize",
+    "vggface2_preprocess",
+    "init_variables",
 ]
-
-
-def __getattr__(name):
-    if name == "networks":
-        return importlib.import_module("jface.deca.networks")
-    if name in _NETWORK_NAMES:
-        return getattr(importlib.import_module("jface.deca.networks"), name)
-    raise AttributeError(f"module 'jface.deca' has no attribute {name!r}")

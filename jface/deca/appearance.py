@@ -1,6 +1,7 @@
 """DECA's appearance and image formation: albedo model, camera, SH-shaded rendering.
 
-Frames and layouts (spec deca.md §2.5, §3, §4, §5.4), channel-last throughout:
+Frames and layouts (``FLAMETex``, ``batch_orth_proj``, ``SRenderY``; BUILD_NOTES.md, Frames and
+conventions), channel-last throughout:
 
 * UV images ``(H, W, C)``: row 0 is v = 1 (a texture image as stored on disk), RGB.
 * FLAME world: metres, x to the subject's left, y up, +z towards the camera.
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jface.geometry import flip_yz, orthographic_camera
+from jface.lighting import sh_shading
 
 __all__ = [
     "project",
@@ -25,7 +27,8 @@ __all__ = [
 
 
 def project(points, cam):
-    """DECA's ``batch_orth_proj`` followed by the y/z flip (spec §3): world -> DECA NDC.
+    """DECA's ``batch_orth_proj`` followed by the y/z flip (``decalib/utils/util.py``,
+    ``decalib/deca.py``): world -> DECA NDC.
 
     ``points (..., N, 3)`` in FLAME world coordinates, ``cam (..., 3)`` = (s, t_x, t_y).
     Returns ``(..., N, 3)`` = (s (x + t_x), -s (y + t_y), -s z). Landmarks use the same map
@@ -35,12 +38,12 @@ def project(points, cam):
 
 
 def _nearest_indices(size_in, size_out):
-    # F.interpolate(mode='nearest'): src = floor(dst * in / out) (spec §2.5).
+    # F.interpolate(mode='nearest'): src = floor(dst * in / out) (``FLAMETex``).
     return np.floor(np.arange(size_out) * (size_in / size_out)).astype(np.int64)
 
 
 def albedo_from_file_layout(mean, basis, coeffs, *, scale=1.0, image_size=512, uv_size=256):
-    """DECA's ``FLAMETex.forward`` on the file layout, for one item (spec §2.5).
+    """DECA's ``FLAMETex.forward`` on the file layout, for one item (``decalib/models/FLAME.py``).
 
     ``mean (S*S*3,)`` and ``basis (S*S*3, K)`` as in ``FLAME_albedo_from_BFM.npz`` (``MU``, ``PC``;
     ``scale=1``) or ``FLAME_texture.npz`` (``mean``, ``tex_dir``; ``scale=1/255``), a row-major
@@ -79,7 +82,7 @@ def convert_albedo_model(mean, basis, *, scale=1.0, image_size=512, uv_size=256,
 def albedo(model, coeffs, *, truncate=False):
     """UV albedo ``(H, W, 3)`` of a FlameModel: ``albedo_mean + albedo_basis[..., :n] · coeffs``.
 
-    RGB, row 0 = v = 1, not clamped (spec §2.5). A model without an albedo model gives zeros
+    RGB, row 0 = v = 1, not clamped (``FLAMETex.forward``). A model without an albedo model gives zeros
     (DECA's ``use_tex=False``: black renders) of size ``uv_face_eye_mask`` or 256².
     More coefficients than basis columns raise, unless ``truncate=True``: then the extra
     coefficients are ignored (as if the basis were zero-padded; the synthetic default model has
@@ -105,9 +108,7 @@ def albedo(model, coeffs, *, truncate=False):
 
 
 def shade(normals, light):
-    """SH shading (spec §4) of world-frame ``normals (..., 3)`` with ``light (9, 3)`` or ``(27,)``."""
-    from jface.lighting import sh_shading  # the renderer engineer's module (spec §4)
-
+    """SH shading (``SRenderY.add_SHlight``) of world-frame ``normals (..., 3)`` with ``light (9, 3)`` or ``(27,)``."""
     light = jnp.asarray(light)
     if light.shape == (27,):
         light = light.reshape(9, 3)

@@ -1,4 +1,5 @@
-"""DECA's detail stage: UV displacement -> detail normals (spec deca.md §5.6), animation helper.
+"""DECA's detail stage: UV displacement -> detail normals (``DECA.displacement2normal`` in
+``decalib/deca.py``), animation helper.
 
 UV maps are channel-last ``(256, 256, C)``, row 0 = v = 1; positions and normals in them are in the
 FLAME world frame (metres; y up, +z towards the camera). The dense UV-grid mesh has vertex
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jface.deca.appearance import shade
 from jface.geometry import vertex_normals
 
 __all__ = [
@@ -41,7 +43,7 @@ def _dense_triangles(h, w, margin_x, margin_y):
 
 
 def generate_dense_triangles(h=256, w=256, margin_x=2, margin_y=5):
-    """DECA's ``util.generate_triangles`` (spec §5.6): triangles of the h×w UV-grid mesh.
+    """DECA's ``util.generate_triangles``: triangles of the h×w UV-grid mesh.
 
     Loops x = margin_x .. w-2-margin_x (outer) and y = margin_y .. h-2-margin_y (inner); per cell
     with i = y·w + x: t0 = (i, i+1, i+w), t1 = (i+1, i+w+1, i+w), then the last two indices are
@@ -52,7 +54,7 @@ def generate_dense_triangles(h=256, w=256, margin_x=2, margin_y=5):
 
 
 def displacement_to_normals(displacement, uv_positions, uv_normals, mask, fixed_displacement=None):
-    """DECA's ``displacement2normal`` for one item (spec §5.6).
+    """DECA's ``displacement2normal`` for one item.
 
     Args:
       displacement: D ``(H, W)`` or ``(H, W, 1)`` (metres, along the coarse normal).
@@ -100,7 +102,7 @@ def displacement_to_normals(displacement, uv_positions, uv_normals, mask, fixed_
 
 
 def displacement_map(displacement, fixed_displacement=None):
-    """``displacement_map`` output of DECA's decode: D + Δ, **without** the mask (spec §5.6).
+    """``displacement_map`` output of DECA's decode: D + Δ, **without** the mask (``DECA.decode``).
 
     ``displacement (..., H, W)`` or ``(..., H, W, 1)``; ``fixed_displacement (H, W)`` or None.
     """
@@ -118,14 +120,12 @@ def detail_shading(uv_detail_normals, light, uv_albedo=None):
 
     Returns ``(uv_shading, uv_texture)``; ``uv_texture`` is None without ``uv_albedo``.
     """
-    from jface.deca.appearance import shade
-
     shading = shade(uv_detail_normals, light)
     return shading, (None if uv_albedo is None else jnp.asarray(uv_albedo) * shading)
 
 
 def load_fixed_displacement(path):
-    """Read DECA's ``fixed_displacement_256.npy`` (a (256, 256) float64 array, spec §2.6).
+    """Read DECA's ``fixed_displacement_256.npy`` (a (256, 256) float64 array, in DECA's ``data/``).
 
     Returns a float32 numpy array. Raises ValueError naming the file if the layout differs.
     """
@@ -145,7 +145,7 @@ def animate(codes, expression=None, jaw_pose=None):
     ``codes``: a DECA code dict (``shape``, ``tex``, ``exp``, ``pose``, ``cam``, ``light``,
     ``detail``), per item or batched. ``expression (..., 50)``, ``jaw_pose (..., 3)`` axis-angle.
     The shape, albedo, camera, light, global pose and detail codes are unchanged, so the
-    displacement (a function of jaw, exp and detail, spec §6.2) follows the new expression
+    displacement (a function of jaw, exp and detail: F_d's input) follows the new expression
     (DECA's ``demo_transfer.py``).
     """
     out = dict(codes)

@@ -1,22 +1,34 @@
-"""DECA's coarse and detail losses with the original weights and reductions (spec deca.md §7).
+"""DECA's coarse and detail losses with the original weights and reductions.
 
-All functions are **batched** (leading batch axis B), channel-last images ``(B, H, W, C)``, and
-return a scalar. Landmarks are in DECA's NDC (x right, y down; GT pixels p map to p/224·2 − 1).
-Reductions follow the original (spec §10.13): regularisers and the symmetry loss are sums, the
-photometric and most others are means, the landmark loss is normalised by 2·Σw, ID-MRF is summed
-over the batch. The weights λ live in :data:`COARSE_WEIGHTS` / :data:`DETAIL_WEIGHTS`; the functions
-themselves are unweighted.
+From ``decalib/utils/lossfunc.py`` and ``decalib/trainer.py`` (``Trainer.training_step``). All
+functions are **batched** (leading batch axis B), channel-last images ``(B, H, W, C)``, and return
+a scalar. Landmarks are in DECA's NDC (x right, y down; GT pixels p map to p/224·2 − 1, DECA's
+``decalib/datasets/vggface.py``). Reductions follow the original: regularisers and the symmetry
+loss are sums, the photometric and most others are means, the landmark loss is normalised by 2·Σw,
+ID-MRF is summed over the batch.
+
+The per-stage sums :func:`coarse_losses` and :func:`detail_losses` name their terms as
+:data:`LOSS_WEIGHTS` does (``landmark``, ``eye``, ``lip``, ``reg_shape``, ``reg_exp``,
+``photometric``, ``reg_tex``, ``reg_light``, ``identity``; ``photometric_detail``, ``id_mrf``,
+``reg_z``, ``reg_diff``, ``reg_sym``); the training step logs each as ``loss_<name>``
+(:func:`jface.deca.stages.stage_loss`). The single-term functions are unweighted.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jface.arrays import as_float
+from jface.lighting import sh_shading
+
 __all__ = [
-    "COARSE_WEIGHTS",
-    "DETAIL_WEIGHTS",
+    "LOSS_WEIGHTS",
+    "COARSE_TERMS",
+    "DETAIL_TERMS",
     "LANDMARK_WEIGHTS",
     "landmark_weights",
     "weighted_landmark_loss",
@@ -44,35 +56,39 @@ __all__ = [
     "detail_photometric_loss",
     "swap_within_identity",
     "euler_jaw_regularizer",
+    "landmark_losses",
+    "photometric_losses",
     "coarse_losses",
     "detail_losses",
 ]
 
-# Coarse stage (spec §7.3; config defaults, paper values).
-COARSE_WEIGHTS = {
+# The weights λ of every term, DECA's (``decalib/utils/config.py`` and the paper; ``train.deca``'s
+# ``paper`` preset). ID-MRF's weight is DECA's photo_D · mrf = 2.0 · 0.05.
+LOSS_WEIGHTS = {
+    # coarse stages (pretrain: the landmark and shape / expression terms only)
     "landmark": 1.0,
-    "eye_closure": 1.0,
-    "lip_closure": 0.5,
+    "eye": 1.0,
+    "lip": 0.5,
+    "reg_shape": 1e-4,
+    "reg_exp": 1e-4,
     "photometric": 2.0,
+    "reg_tex": 1e-4,
+    "reg_light": 1.0,
     "identity": 0.2,
-    "shape_reg": 1e-4,
-    "expression_reg": 1e-4,
-    "texture_reg": 1e-4,
-    "light_reg": 1.0,
-}
-# Detail stage (spec §7.5): ID-MRF weight = photo_D · mrf = 2.0 · 0.05.
-DETAIL_WEIGHTS = {
-    "photometric": 2.0,
+    # detail stage
+    "photometric_detail": 2.0,
     "id_mrf": 2.0 * 0.05,
-    "displacement_reg": 0.005,
-    "shading_smoothness": 0.005,
-    "symmetry": 0.005,
+    "reg_z": 0.005,
+    "reg_diff": 0.005,
+    "reg_sym": 0.005,
 }
+COARSE_TERMS = ("landmark", "eye", "lip", "reg_shape", "reg_exp", "photometric", "reg_tex", "reg_light", "identity")
+DETAIL_TERMS = ("photometric_detail", "id_mrf", "reg_z", "reg_diff", "reg_sym")
 
 
 def landmark_weights():
-    """``(68,)`` DECA's per-landmark weights (spec §7.3): jaw 5-6, 10-11 -> 2; nose 27-35 -> 1.5,
-    30, 31, 35 -> 3; mouth 48-67 -> 1.5, corners 48, 54 -> 3; others 1."""
+    """``(68,)`` DECA's per-landmark weights (``weighted_landmark_loss`` in ``lossfunc.py``): jaw 5-6,
+    10-11 -> 2; nose 27-35 -> 1.5, 30, 31, 35 -> 3; mouth 48-67 -> 1.5, corners 48, 54 -> 3; others 1."""
     w = np.ones(68)
     w[5:7] = 2.0
     w[10:12] = 2.0
@@ -86,15 +102,8 @@ def landmark_weights():
 LANDMARK_WEIGHTS = landmark_weights()
 
 
-def _float(x):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
-
 def _check_landmarks(pred, gt):
-    pred, gt = _float(pred), _float(gt)
+    pred, gt = as_float(pred), as_float(gt)
     if pred.ndim != 3 or pred.shape[-1] < 2:
         raise ValueError(f"predicted: expected (B, L, 2) landmarks, got shape {pred.shape}")
     if gt.ndim != 3 or gt.shape[:2] != pred.shape[:2] or gt.shape[-1] not in (2, 3):
@@ -105,7 +114,7 @@ def _check_landmarks(pred, gt):
 
 
 def landmark_loss(predicted, landmarks_gt, weights=None):
-    """DECA's ``batch_kp_2d_l1_loss`` (spec §7.3): Σ w_bi (|Δx| + |Δy|) / (2 Σ w_bi + 1e-8).
+    """DECA's ``batch_kp_2d_l1_loss`` (``lossfunc.py``): Σ w_bi (|Δx| + |Δy|) / (2 Σ w_bi + 1e-8).
 
     ``predicted (B, L, 2)``; ``landmarks_gt (B, L, 2|3)``; a third GT column (DECA's, always 1)
     multiplies the weights; ``weights (L,)`` or None (ones).
@@ -133,38 +142,38 @@ def _safe_norm(x):
 
 def eye_distance(landmarks):
     """``(B, 68, >=2) -> (B, 4)`` gaps |l_up − l_low| for pairs (37,41), (38,40), (43,47), (44,46)."""
-    lm = _float(landmarks)[..., :2]
+    lm = as_float(landmarks)[..., :2]
     return _safe_norm(lm[:, jnp.array([37, 38, 43, 44])] - lm[:, jnp.array([41, 40, 47, 46])])
 
 
 def lip_distance(landmarks):
     """``(B, 68, >=2) -> (B, 3)`` gaps for the inner-lip pairs (61,67), (62,66), (63,65)."""
-    lm = _float(landmarks)[..., :2]
+    lm = as_float(landmarks)[..., :2]
     return _safe_norm(lm[:, jnp.array([61, 62, 63])] - lm[:, jnp.array([67, 66, 65])])
 
 
 def eye_closure_loss(predicted, landmarks_gt):
-    """mean_{b,pairs} |d_pred − d_gt| of the eye gaps (spec §7.3, λ_eye = 1)."""
+    """mean_{b,pairs} |d_pred − d_gt| of the eye gaps (``eye_dis`` in ``lossfunc.py``, λ_eye = 1)."""
     pred, gt = _check_landmarks(predicted, landmarks_gt)
     return jnp.mean(jnp.abs(eye_distance(pred) - eye_distance(gt)))
 
 
 def lip_closure_loss(predicted, landmarks_gt):
-    """mean_{b,pairs} |d_pred − d_gt| of the inner-lip gaps (spec §7.3, λ_lip = 0.5)."""
+    """mean_{b,pairs} |d_pred − d_gt| of the inner-lip gaps (``lip_dis`` in ``lossfunc.py``, λ_lip = 0.5)."""
     pred, gt = _check_landmarks(predicted, landmarks_gt)
     return jnp.mean(jnp.abs(lip_distance(pred) - lip_distance(gt)))
 
 
 def photometric_loss(predicted, images, mask):
-    """mean over (B, H, W, 3) of M ⊙ |Î − I| (spec §7.3).
+    """mean over (B, H, W, 3) of M ⊙ |Î − I| (``Trainer.training_step``).
 
     ``predicted`` Î = rendered image ⊙ mask_face_eye ⊙ alpha (the caller masks, as DECA does);
     ``mask (B, H, W)`` or ``(B, H, W, 1)``: the skin segmentation, or mask_face_eye·alpha without it.
     """
-    predicted, images = _float(predicted), _float(images)
+    predicted, images = as_float(predicted), as_float(images)
     if predicted.shape != images.shape or predicted.ndim != 4:
         raise ValueError(f"predicted/images: expected equal (B, H, W, C) shapes, got {predicted.shape}, {images.shape}")
-    mask = _float(mask)
+    mask = as_float(mask)
     if mask.ndim == 3:
         mask = mask[..., None]
     return jnp.mean(mask * jnp.abs(predicted - images))
@@ -190,7 +199,7 @@ def resize_bilinear(images, out_hw):
 
     ``images (..., H, W, C) -> (..., H', W', C)``.
     """
-    images = _float(images)
+    images = as_float(images)
     h_in, w_in = images.shape[-3], images.shape[-2]
     r0, r1, fr = _linear_weights(h_in, out_hw[0])
     c0, c1, fc = _linear_weights(w_in, out_hw[1])
@@ -204,10 +213,10 @@ VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
 
 
 def identity_preprocess(images):
-    """DECA's ``VGGFace2Loss`` preprocessing (spec §7.3): ``(B, 224, 224, 3)`` RGB in [0, 1] ->
+    """DECA's ``VGGFace2Loss`` preprocessing (``lossfunc.py``): ``(B, 224, 224, 3)`` RGB in [0, 1] ->
     ``(B, 224, 224, 3)`` BGR: ×255 − mean (B, G, R), crop 10 px per side, **×2 − 1 on the
     mean-subtracted values** (the quirk), bilinear resize 204 -> 224 (align_corners=False)."""
-    images = _float(images)
+    images = as_float(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1:3] != (224, 224):
         raise ValueError(f"images: expected (B, 224, 224, 3) RGB, got shape {images.shape}")
     x = images[..., ::-1] * 255.0 - jnp.asarray(VGGFACE2_MEAN_BGR, images.dtype)
@@ -223,7 +232,7 @@ def _cosine_similarity(a, b, eps=1e-8):
 
 
 def identity_loss(identity_fn, rendered, images):
-    """L_id = mean_b (1 − cos(f(overlay), f(I))) (spec §7.3).
+    """L_id = mean_b (1 − cos(f(overlay), f(I))) (``VGGFace2Loss.forward``).
 
     ``identity_fn``: ``(B, 224, 224, 3)`` preprocessed BGR (:func:`identity_preprocess`) ->
     ``(B, D)`` features (the frozen VGGFace2 ResNet-50, e.g. ``lambda x:
@@ -240,8 +249,8 @@ def identity_loss(identity_fn, rendered, images):
 def identity_overlay(albedo_images, shading_images, mask_face_eye, images):
     """The identity loss's input: albedo ⊙ shading ⊙ M + I ⊙ (1 − M); ``M (B, H, W[, 1])``.
 
-    Pass stop_grad(albedo) and shading from stop_grad(light) as DECA does (spec §7.3)."""
-    mask = _float(mask_face_eye)
+    Pass stop_grad(albedo) and shading from stop_grad(light) as DECA does (``Trainer.training_step``)."""
+    mask = as_float(mask_face_eye)
     if mask.ndim == 3:
         mask = mask[..., None]
     return albedo_images * shading_images * mask + images * (1.0 - mask)
@@ -252,25 +261,25 @@ def identity_overlay(albedo_images, shading_images, mask_face_eye, images):
 
 
 def shape_regularizer(shape_codes):
-    """Σ β² / 2 over batch and components (a sum, spec §7.3; weight 1e-4)."""
-    return jnp.sum(jnp.square(_float(shape_codes))) / 2.0
+    """Σ β² / 2 over batch and components (a sum, as in ``Trainer.training_step``; weight 1e-4)."""
+    return jnp.sum(jnp.square(as_float(shape_codes))) / 2.0
 
 
 def expression_regularizer(expression_codes):
     """Σ ψ² / 2 (a sum; weight 1e-4)."""
-    return jnp.sum(jnp.square(_float(expression_codes))) / 2.0
+    return jnp.sum(jnp.square(as_float(expression_codes))) / 2.0
 
 
 def texture_regularizer(texture_codes):
     """Σ α² / 2 (a sum; weight 1e-4, 0 in pretrain)."""
-    return jnp.sum(jnp.square(_float(texture_codes))) / 2.0
+    return jnp.sum(jnp.square(as_float(texture_codes))) / 2.0
 
 
 def light_regularizer(light):
-    """Colour-neutral SH: mean over (b, k, c) of (L[b,k,c] − mean_c L[b,k,:])² (spec §7.3).
+    """Colour-neutral SH: mean over (b, k, c) of (L[b,k,c] − mean_c L[b,k,:])² (``Trainer.training_step``).
 
     ``light (B, 9, 3)`` (or ``(B, 27)``)."""
-    light = _float(light)
+    light = as_float(light)
     if light.ndim == 2 and light.shape[-1] == 27:
         light = light.reshape(light.shape[0], 9, 3)
     if light.ndim != 3 or light.shape[-1] != 3:
@@ -279,7 +288,7 @@ def light_regularizer(light):
 
 
 # ----------------------------------------------------------------------------------------------
-# ID-MRF (spec §7.5)
+# ID-MRF (``IDMRFLoss`` in ``decalib/utils/lossfunc.py``)
 
 
 def _mrf_item(gen, tar):
@@ -300,14 +309,14 @@ def _mrf_item(gen, tar):
 
 
 def mrf_loss(gen_features, target_features):
-    """DECA's ``IDMRFLoss.mrf_loss`` for one layer, summed over the batch (spec §7.5 steps 1-7).
+    """DECA's ``IDMRFLoss.mrf_loss`` for one layer, summed over the batch.
 
     ``gen_features``, ``target_features``: ``(B, H, W, C)``. Per item: subtract the target's
     per-pixel channel mean from both, L2-normalise along channels, d_ij = (1 − cos_ij)/2 between
     generated position i and target position j, r_ij = d_ij / (min_j d_ij + 1e-5),
     CS_ij = softmax_j((1 − r_ij)/0.5), loss = −log(mean_j max_i CS_ij).
     """
-    gen, tar = _float(gen_features), _float(target_features)
+    gen, tar = as_float(gen_features), as_float(target_features)
     if gen.ndim != 4 or gen.shape != tar.shape:
         raise ValueError(f"gen/target features: expected equal (B, H, W, C) shapes, got {gen.shape}, {tar.shape}")
     return jnp.sum(jax.vmap(_mrf_item)(gen, tar))
@@ -324,7 +333,7 @@ def id_mrf_loss(features_fn, generated, target, *, normalize=True, layers=ID_MRF
     ``VGG19Features``); with ``normalize=True`` it receives ImageNet-normalised images
     ((x − mean)/std), as DECA's ``VGG19FeatLayer`` does. ``generated``, ``target``: RGB in [0, 1].
     """
-    generated, target = _float(generated), _float(target)
+    generated, target = as_float(generated), as_float(target)
     if normalize:
         mean = jnp.asarray((0.485, 0.456, 0.406), generated.dtype)
         std = jnp.asarray((0.229, 0.224, 0.225), generated.dtype)
@@ -343,12 +352,12 @@ def id_mrf_loss(features_fn, generated, target, *, normalize=True, layers=ID_MRF
 
 
 def binary_erosion(mask, size=5):
-    """scipy ``binary_erosion`` with a size×size square (spec §7.5), per batch item.
+    """scipy ``binary_erosion`` with a size×size square (DECA's soft symmetry mask), per batch item.
 
     ``mask (B, H, W)`` or ``(B, H, W, 1)``: nonzero counts as True, pixels outside the image are
     False (scipy's ``border_value=0``). Returns float of the same shape, no gradient.
     """
-    mask = _float(mask)
+    mask = as_float(mask)
     binary = (jax.lax.stop_gradient(mask) != 0).astype(mask.dtype)
     squeeze = binary.ndim == 3
     if squeeze:
@@ -364,12 +373,13 @@ def binary_erosion(mask, size=5):
 
 
 def soft_symmetry_loss(displacement, uv_vis_mask):
-    """Σ over all pixels (a sum) of (1 − erode₅ₓ₅(uv_vis)) ⊙ |D − stop_grad(flip_x(D))| (§7.5).
+    """Σ over all pixels (a sum) of (1 − erode₅ₓ₅(uv_vis)) ⊙ |D − stop_grad(flip_x(D))|
+    (``Trainer.training_step``).
 
     ``displacement (B, H, W[, 1])`` (the raw decoder output), ``uv_vis_mask`` the same shape.
     """
-    disp = _float(displacement)
-    vis = _float(uv_vis_mask)
+    disp = as_float(displacement)
+    vis = as_float(uv_vis_mask)
     if vis.shape != disp.shape:
         raise ValueError(f"uv_vis_mask: expected shape {disp.shape}, got {vis.shape}")
     nonvis = 1.0 - binary_erosion(vis)
@@ -378,46 +388,51 @@ def soft_symmetry_loss(displacement, uv_vis_mask):
 
 
 def shading_smoothness_loss(uv_shading):
-    """mean(dx²) + mean(dy²) with DECA's interior crops (spec §7.5); ``(B, H, W, C)``.
+    """mean(dx²) + mean(dy²) with DECA's interior crops (``Trainer.training_step``); ``(B, H, W, C)``.
 
     dx = s[:, 1:-1, 1:] − s[:, 1:-1, :-1], dy = s[:, 1:, 1:-1] − s[:, :-1, 1:-1].
     """
-    s = _float(uv_shading)
+    s = as_float(uv_shading)
     dx = s[:, 1:-1, 1:] - s[:, 1:-1, :-1]
     dy = s[:, 1:, 1:-1] - s[:, :-1, 1:-1]
     return jnp.mean(dx * dx) + jnp.mean(dy * dy)
 
 
 def displacement_regularizer(displacement):
-    """mean |D| of the raw decoder output, no mask (spec §7.5, reg_z = 0.005)."""
-    return jnp.mean(jnp.abs(_float(displacement)))
+    """mean |D| of the raw decoder output, no mask (``Trainer.training_step``, reg_z = 0.005)."""
+    return jnp.mean(jnp.abs(as_float(displacement)))
 
 
-# DECA's "face" box [400, 1648] of 2048 UV pixels, scaled to 256: [50:206] (spec §7.5).
+# DECA's "face" box [400, 1648] of 2048 UV pixels, scaled to 256: [50:206] (``Trainer.training_step``).
 UV_FACE_BOX = (50, 206)
 
 
-def crop_uv_face(uv_maps, size=256, box=UV_FACE_BOX):
-    """Crop ``(B, H, W, C)`` UV maps to rows/cols [50:206] and resize bilinearly to ``size``."""
-    uv_maps = _float(uv_maps)
-    lo, hi = box
+def crop_uv_face(uv_maps, size: int | None = None, box: tuple | None = None):
+    """Crop ``(B, S, S, C)`` UV maps to DECA's face box and resize bilinearly to ``size`` x ``size``.
+
+    ``box``: rows / cols [lo:hi]; default :data:`UV_FACE_BOX` scaled to the maps' size ([50:206]
+    at S = 256, DECA's). ``size``: default S (DECA's 256 at 256)."""
+    uv_maps = as_float(uv_maps)
+    side = uv_maps.shape[1]
+    lo, hi = box if box is not None else (UV_FACE_BOX[0] * side // 256, UV_FACE_BOX[1] * side // 256)
+    size = side if size is None else int(size)
     return resize_bilinear(uv_maps[:, lo:hi, lo:hi, :], (size, size))
 
 
 def detail_photometric_loss(uv_texture, uv_texture_gt, uv_vis_mask):
-    """mean |uv_tex·vis − uv_gt·vis| (spec §7.5), on already cropped maps ``(B, H, W, C)``."""
-    vis = _float(uv_vis_mask)
+    """mean |uv_tex·vis − uv_gt·vis| (``Trainer.training_step``), on already cropped maps ``(B, H, W, C)``."""
+    vis = as_float(uv_vis_mask)
     if vis.ndim == 3:
         vis = vis[..., None]
-    return jnp.mean(jnp.abs(_float(uv_texture) * vis - _float(uv_texture_gt) * vis))
+    return jnp.mean(jnp.abs(as_float(uv_texture) * vis - as_float(uv_texture_gt) * vis))
 
 
 # ----------------------------------------------------------------------------------------------
-# consistency by swapping (spec §7.2)
+# consistency by swapping (``Trainer.training_step`` in ``decalib/trainer.py``)
 
 
 def swap_within_identity(codes, key, num_identities, k, *, swap="shape", layout="concat"):
-    """DECA's shape / detail consistency batch (spec §7.2).
+    """DECA's shape / detail consistency batch (``Trainer.training_step``).
 
     ``codes``: dict of arrays with a leading axis B·K in identity-major order (codes and, if the
     caller wants them duplicated too, images / landmarks / masks). A permutation is drawn inside
@@ -470,90 +485,118 @@ def swap_within_identity(codes, key, num_identities, k, *, swap="shape", layout=
 
 
 # ----------------------------------------------------------------------------------------------
-# the per-stage sums (spec §7.3, §7.5), on decode's outputs
+# the per-stage sums, on decode's outputs
 
 
 def euler_jaw_regularizer(jaw_euler):
-    """``jaw_type='euler'`` only (spec §7.3): (100 · Σ roll² / 2, 10 · Σ relu(−jaw_x)² / 2),
+    """``jaw_type='euler'`` only (``Trainer.training_step``): (100 · Σ roll² / 2, 10 · Σ relu(−jaw_x)² / 2),
     with roll the last Euler component; ``jaw_euler (B, 3)``. Returns the two weighted terms."""
-    jaw = _float(jaw_euler)
+    jaw = as_float(jaw_euler)
     roll = 100.0 * jnp.sum(jaw[:, -1] ** 2) / 2.0
     close = 10.0 * jnp.sum(jax.nn.relu(-jaw[:, 0]) ** 2) / 2.0
     return roll, close
 
 
 def _mask4(mask):
-    mask = _float(mask)
+    mask = as_float(mask)
     return mask[..., None] if mask.ndim == 3 else mask
 
 
-def coarse_losses(outputs, codes, images, landmarks_gt, *, seg_masks=None, identity_fn=None,
-                  weights=None, use_photometric=True):
-    """The weighted coarse-stage terms of DECA (spec §7.3, paper version), batched.
+def _weights(weights: Mapping[str, float] | None) -> Mapping[str, float]:
+    if weights is None:
+        return LOSS_WEIGHTS
+    unknown = sorted(set(weights) - set(LOSS_WEIGHTS))
+    if unknown:
+        raise ValueError(f"weights: unknown loss terms {unknown}; the terms are {sorted(LOSS_WEIGHTS)}")
+    return {**LOSS_WEIGHTS, **weights}
 
-    ``outputs``: :func:`jface.deca.decode` (with rendering) of ``codes``; ``images (B, 224, 224, 3)``;
-    ``landmarks_gt (B, 68, 2|3)`` in DECA's NDC; ``seg_masks (B, H, W[, 1])`` or None
-    (pretrain's ``useSeg=False``: mask_face_eye · alpha); ``identity_fn`` as in
-    :func:`identity_loss` or None (no identity term). ``use_photometric=False`` is DECA's
-    pretrain (``photo = 0``; renders not needed). Returns a dict of weighted terms and ``total``.
-    The photometric image is the **shaded** render (the paper; HEAD's unshaded render is a bug).
-    """
-    from jface.lighting import sh_shading
-    from jface.sampling import grid_sample
 
-    w = dict(COARSE_WEIGHTS if weights is None else weights)
-    lmk = outputs["landmarks2d"]
-    terms = {
-        "landmark": w["landmark"] * weighted_landmark_loss(lmk, landmarks_gt),
-        "eye_closure": w["eye_closure"] * eye_closure_loss(lmk, landmarks_gt),
-        "lip_closure": w["lip_closure"] * lip_closure_loss(lmk, landmarks_gt),
-        "shape_reg": w["shape_reg"] * shape_regularizer(codes["shape"]),
-        "expression_reg": w["expression_reg"] * expression_regularizer(codes["exp"]),
+def landmark_losses(landmarks2d, landmarks_gt, codes: Mapping, *, weights: Mapping | None = None) -> dict:
+    """The weighted landmark terms of every coarse stage (DECA's pretraining has only these):
+    ``landmark``, ``eye``, ``lip`` of ``landmarks2d (B, 68, 2)`` against ``landmarks_gt (B, 68, 2|3)``
+    (DECA NDC) and the shape / expression regularisers ``reg_shape``, ``reg_exp`` of ``codes``."""
+    w = _weights(weights)
+    return {
+        "landmark": w["landmark"] * weighted_landmark_loss(landmarks2d, landmarks_gt),
+        "eye": w["eye"] * eye_closure_loss(landmarks2d, landmarks_gt),
+        "lip": w["lip"] * lip_closure_loss(landmarks2d, landmarks_gt),
+        "reg_shape": w["reg_shape"] * shape_regularizer(codes["shape"]),
+        "reg_exp": w["reg_exp"] * expression_regularizer(codes["exp"]),
     }
-    if "tex" in codes:
-        terms["texture_reg"] = w["texture_reg"] * texture_regularizer(codes["tex"])
-    if "light" in codes:
-        terms["light_reg"] = w["light_reg"] * light_regularizer(codes["light"])
-    if use_photometric:
-        mask_face_eye = _mask4(outputs["mask_face_eye"])
-        alpha = _mask4(outputs["alpha_images"])
-        predicted = outputs["rendered_images"] * mask_face_eye * alpha
-        mask = mask_face_eye * alpha if seg_masks is None else _mask4(seg_masks)
-        terms["photometric"] = w["photometric"] * photometric_loss(predicted, images, mask)
-        if identity_fn is not None:
-            light = jax.lax.stop_gradient(jnp.asarray(codes["light"]).reshape(-1, 9, 3))
-            shading = jax.vmap(sh_shading)(outputs["normal_images"], light)
-            albedo_images = jax.vmap(grid_sample)(jax.lax.stop_gradient(outputs["albedo"]), outputs["grid"])
-            overlay = identity_overlay(albedo_images, shading, mask_face_eye, images)
-            terms["identity"] = w["identity"] * identity_loss(identity_fn, overlay, images)
-    terms["total"] = sum(terms.values())
+
+
+def photometric_losses(outputs: Mapping, codes: Mapping, images, *, weights: Mapping | None = None,
+                       seg_masks=None, identity_fn=None) -> dict:
+    """The weighted terms the coarse stage adds to the landmark terms: ``photometric``, ``reg_tex``,
+    ``reg_light`` and (with ``identity_fn``) ``identity``. See :func:`coarse_losses`."""
+    w = _weights(weights)
+    mask_face_eye = _mask4(outputs["mask_face_eye"])
+    mask = mask_face_eye * _mask4(outputs["alpha_images"])
+    predicted = outputs["rendered_images"] * mask
+    photo_mask = mask if seg_masks is None else _mask4(seg_masks)
+    terms = {
+        "photometric": w["photometric"] * photometric_loss(predicted, images, photo_mask),
+        "reg_tex": w["reg_tex"] * texture_regularizer(codes["tex"]),
+        "reg_light": w["reg_light"] * light_regularizer(codes["light"]),
+    }
+    if identity_fn is not None and w["identity"]:
+        light = jax.lax.stop_gradient(jnp.asarray(codes["light"]).reshape(-1, 9, 3))
+        shading = jax.vmap(sh_shading)(outputs["normal_images"], light)
+        albedo_images = jax.lax.stop_gradient(outputs["albedo_images"])
+        overlay = identity_overlay(albedo_images, shading, outputs["mask_face_eye"], images)
+        terms["identity"] = w["identity"] * identity_loss(identity_fn, overlay, images)
     return terms
 
 
-def detail_losses(outputs, uv_maps, *, features_fn=None, weights=None):
-    """The weighted detail-stage terms of DECA (spec §7.5), batched.
+def coarse_losses(outputs: Mapping, codes: Mapping, images, landmarks_gt, *, weights: Mapping | None = None,
+                  use_photometric: bool = True, seg_masks=None, identity_fn=None) -> dict:
+    """The weighted coarse-stage terms of DECA (``Trainer.training_step``, the paper's version), batched:
+    :func:`landmark_losses` then :func:`photometric_losses`.
 
-    ``outputs``: :func:`jface.deca.decode` with detail (``displacement``, ``uv_shading``,
-    ``uv_texture``; the coarse codes must be frozen by the caller, as DECA's E_flame is);
-    ``uv_maps``: :func:`jface.deca.detail_uv_maps` (``uv_texture_gt``, ``uv_vis_mask``);
-    ``features_fn``: VGG-19 features for ID-MRF (:func:`id_mrf_loss`) or None (no ID-MRF).
-    The photometric and ID-MRF terms use the [50:206] UV crop resized to 256; the symmetry term
-    uses the full map. Returns a dict of weighted terms and ``total``.
+    ``outputs``: decoded geometry and, with ``use_photometric``, its render: ``landmarks2d (B, 68, 2)``;
+    ``rendered_images``, ``alpha_images``, ``mask_face_eye (B, H, W, 1)``, ``normal_images``,
+    ``albedo_images`` (:func:`jface.deca.decode` or :func:`jface.deca.stages.render_coarse`);
+    ``codes``: DECA's code dict; ``images (B, H, W, 3)`` the target at the render's size;
+    ``landmarks_gt (B, 68, 2|3)`` in DECA's NDC; ``weights``: λ per term (:data:`LOSS_WEIGHTS` for
+    the ones not given). ``use_photometric=False`` is DECA's pretraining (the landmark, eye, lip
+    and shape / expression terms only; nothing rendered). ``seg_masks (B, H, W[, 1])``: the skin
+    segmentation of the photometric term, or None (mask_face_eye · alpha). ``identity_fn``: as in
+    :func:`identity_loss`, or None (no identity term).
+
+    Returns the weighted terms in :data:`COARSE_TERMS` order (the loss is their sum, in that order).
+    The photometric image is the **shaded** render (the paper; HEAD's unshaded render is a bug).
+    The identity overlay uses the detached albedo images and the shading of the detached light.
     """
-    w = dict(DETAIL_WEIGHTS if weights is None else weights)
-    size = outputs["uv_texture"].shape[1]
-    box = (UV_FACE_BOX[0] * size // 256, UV_FACE_BOX[1] * size // 256)  # [50:206] at 256
+    terms = landmark_losses(outputs["landmarks2d"], landmarks_gt, codes, weights=weights)
+    if use_photometric:
+        terms.update(photometric_losses(outputs, codes, images, weights=weights, seg_masks=seg_masks,
+                                        identity_fn=identity_fn))
+    return terms
+
+
+def detail_losses(outputs: Mapping, uv_maps: Mapping, *, weights: Mapping | None = None,
+                  features_fn=None) -> dict:
+    """The weighted detail-stage terms of DECA (``Trainer.training_step``, detail branch), batched.
+
+    ``outputs``: the detail half of decode (:func:`jface.deca.detail_outputs`): ``displacement
+    (B, S, S, 1)`` (the raw F_d output), ``uv_shading``, ``uv_texture``; the coarse codes must be
+    frozen by the caller, as DECA's E_flame is. ``uv_maps``: ``uv_texture_gt``, ``uv_vis_mask``
+    (:func:`jface.deca.detail_uv_maps`). ``features_fn``: VGG-19 features for ID-MRF
+    (:func:`id_mrf_loss`) or None (no ID-MRF). The photometric and ID-MRF terms use DECA's face box
+    of the UV map ([50:206] at 256) resized to the map's size; the symmetry term the full map.
+
+    Returns the weighted terms in :data:`DETAIL_TERMS` order (the loss is their sum, in that order).
+    """
+    w = _weights(weights)
     vis = _mask4(uv_maps["uv_vis_mask"])
-    tex_patch = crop_uv_face(outputs["uv_texture"], size, box)
-    gt_patch = crop_uv_face(uv_maps["uv_texture_gt"], size, box)
-    vis_patch = crop_uv_face(vis, size, box)
-    terms = {
-        "photometric": w["photometric"] * detail_photometric_loss(tex_patch, gt_patch, vis_patch),
-        "displacement_reg": w["displacement_reg"] * displacement_regularizer(outputs["displacement"]),
-        "shading_smoothness": w["shading_smoothness"] * shading_smoothness_loss(outputs["uv_shading"]),
-        "symmetry": w["symmetry"] * soft_symmetry_loss(_mask4(outputs["displacement"]), vis),
-    }
-    if features_fn is not None:
+    tex_patch = crop_uv_face(outputs["uv_texture"])
+    gt_patch = crop_uv_face(uv_maps["uv_texture_gt"])
+    vis_patch = crop_uv_face(vis)
+    terms = {"photometric_detail": w["photometric_detail"] * detail_photometric_loss(tex_patch, gt_patch, vis_patch)}
+    if features_fn is not None and w["id_mrf"]:
         terms["id_mrf"] = w["id_mrf"] * id_mrf_loss(features_fn, tex_patch * vis_patch, gt_patch * vis_patch)
-    terms["total"] = sum(terms.values())
+    displacement = _mask4(outputs["displacement"])
+    terms["reg_z"] = w["reg_z"] * displacement_regularizer(displacement)
+    terms["reg_diff"] = w["reg_diff"] * shading_smoothness_loss(outputs["uv_shading"])
+    terms["reg_sym"] = w["reg_sym"] * soft_symmetry_loss(displacement, vis)
     return terms

@@ -1,4 +1,5 @@
-"""DECA's ``encode`` and ``decode`` (spec deca.md §0, §8), batched and jit-compatible.
+"""DECA's ``encode`` and ``decode`` (``DECA.encode`` / ``DECA.decode`` in ``decalib/deca.py``), batched
+and jit-compatible.
 
 ``params`` is DECA's checkpoint layout, as :func:`jface.weights` converts ``deca_model.tar``:
 ``{'E_flame': variables, 'E_detail': variables, 'D_detail': variables}`` (Flax variables of
@@ -6,8 +7,9 @@
 missing: no detail code / no displacement then).
 
 Frames (channel-last images ``(B, H, W, C)``): FLAME world for ``verts``, ``normals``,
-``landmarks3d_world``; DECA NDC (x right, y down, smaller z closer, spec §3) for ``trans_verts``,
-``landmarks2d``, ``landmarks3d``; UV maps ``(B, 256, 256, C)`` with row 0 = v = 1.
+``landmarks3d_world``; DECA NDC (x right, y down, smaller z closer: ``batch_orth_proj`` and the y/z
+flip; BUILD_NOTES.md, Frames and conventions) for ``trans_verts``, ``landmarks2d``,
+``landmarks3d``; UV maps ``(B, 256, 256, C)`` with row 0 = v = 1.
 """
 
 from __future__ import annotations
@@ -16,21 +18,20 @@ import jax
 import jax.numpy as jnp
 
 from jface import flame
-from jface.deca import appearance, detail as detail_lib
+from jface.deca import appearance
+from jface.deca import detail as detail_lib
+from jface.deca import networks as nets
+from jface.deca.render import render
 from jface.geometry import vertex_normals
+from jface.models.morphable import uv_face_eye_mask
+from jface.render import interpolate, rasterize, uv_ndc
 from jface.sampling import grid_sample
 
-__all__ = ["encode", "decode", "decode_geometry", "detail_outputs", "detail_uv_maps", "extract_texture"]
+__all__ = ["encode", "decode", "decode_geometry", "decode_geometry_batch", "detail_outputs", "detail_uv_maps",
+           "extract_texture"]
 
 
-def _networks():
-    # Imported lazily: the networks module is heavy and optional for geometry-only decoding.
-    from jface.deca import networks
-
-    return networks
-
-
-def encode(params, images, *, train=False):
+def encode(params, images, *, train: bool = False):
     """E_coarse (and E_detail) on ``images (B, 224, 224, 3)`` RGB in [0, 1], no normalisation.
 
     Returns DECA's code dict: ``shape (B,100)``, ``tex (B,50)``, ``exp (B,50)``, ``pose (B,6)`` =
@@ -38,7 +39,6 @@ def encode(params, images, *, train=False):
     when ``params`` has ``'E_detail'``. ``train=False`` uses BatchNorm running statistics (DECA's
     inference); ``train=True`` returns ``(codes, new_batch_stats)`` with batch statistics.
     """
-    nets = _networks()
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (224, 224, 3):
         raise ValueError(
@@ -85,8 +85,9 @@ def _light(codes):
     return light
 
 
-def decode_geometry(model, shape, expression, pose, cam):
-    """FLAME + camera for one item: the geometry part of DECA's decode (spec §1, §3, §8).
+def decode_geometry(model, shape, expression, pose, cam) -> dict:
+    """FLAME + camera for one item: the geometry part of ``DECA.decode`` (``FLAME.forward``, then
+    ``batch_orth_proj`` and the y/z flip).
 
     Returns ``verts (V,3)``, ``trans_verts (V,3)`` (DECA NDC), ``landmarks2d (68,2)`` (NDC),
     ``landmarks3d (68,4)`` = [NDC x, y, z, visibility], ``landmarks3d_world (68,3)``,
@@ -97,7 +98,8 @@ def decode_geometry(model, shape, expression, pose, cam):
     trans_verts = appearance.project(verts, cam)
     normals = vertex_normals(verts, model.faces)
     transformed_normals = vertex_normals(trans_verts, model.faces)
-    result = {"verts": verts, "trans_verts": trans_verts, "normals": normals, "transformed_normals": transformed_normals}
+    result = {"verts": verts, "trans_verts": trans_verts, "normals": normals,
+              "transformed_normals": transformed_normals}
     if "landmarks2d" in out:
         vis = flame.landmark_visibility(model, transformed_normals)
         result["landmarks2d"] = appearance.project(out["landmarks2d"], cam)[:, :2]
@@ -106,6 +108,13 @@ def decode_geometry(model, shape, expression, pose, cam):
         )
         result["landmarks3d_world"] = out["landmarks3d"]
     return result
+
+
+def decode_geometry_batch(model, codes) -> dict:
+    """:func:`decode_geometry` over the leading axis of DECA's code dict (``shape``, ``exp``,
+    ``pose``, ``cam``); the model is shared."""
+    return jax.vmap(decode_geometry, in_axes=(None, 0, 0, 0, 0))(
+        model, codes["shape"], codes["exp"], codes["pose"], codes["cam"])
 
 
 def decode(
@@ -118,10 +127,10 @@ def decode(
     use_detail=True,
     shade_render=True,
     fixed_displacement=None,
-    train=False,
+    train: bool = False,
     detail_generator=None,
 ):
-    """DECA's ``decode`` (spec §8), batched over the codes' leading axis.
+    """``DECA.decode``, batched over the codes' leading axis.
 
     Args:
       params: network variables (module docstring); only ``'D_detail'`` is used here.
@@ -133,7 +142,7 @@ def decode(
       use_detail: run F_d and the detail normals when ``params`` has ``'D_detail'`` and ``codes``
         has ``'detail'``.
       shade_render: render with the SH light (the paper / training release). DECA's HEAD decode
-        renders unshaded albedo (a bug, spec §7.3); ``False`` reproduces that.
+        renders unshaded albedo (a bug since its commit 11c4d44); ``False`` reproduces that.
       fixed_displacement: Δ ``(256, 256)`` (DECA's ``fixed_displacement_256.npy``) or None (zeros).
       train: F_d with batch statistics (returns ``(outputs, new_batch_stats)``).
       detail_generator: the F_d module (default ``DetailGenerator()``, DECA's 256² decoder; its
@@ -153,28 +162,20 @@ def decode(
     need_uv = rendering or (use_detail and "D_detail" in params and "detail" in codes)
     if need_uv and (model.uv_coords is None or model.uv_faces is None):
         raise ValueError("model: rendering and detail need the FLAME UV layout (uv_coords, uv_faces)")
-    out = jax.vmap(decode_geometry, in_axes=(None, 0, 0, 0, 0))(
-        model, codes["shape"], codes["exp"], codes["pose"], codes["cam"]
-    )
+    out = decode_geometry_batch(model, codes)
     updates = {}
     dtype = out["verts"].dtype
-    uv_mask = (
-        jnp.ones((256, 256), dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
-    )
-    if uv_mask.ndim == 3:
-        uv_mask = uv_mask[..., 0]
+    uv_mask = uv_face_eye_mask(model, dtype, size=256)
     if "tex" in codes and model.albedo_mean is not None:
         # truncate: a model with fewer albedo components than the code ignores the extra ones
         albedo = jax.vmap(lambda t: appearance.albedo(model, t, truncate=True))(codes["tex"]).astype(dtype)
     else:
         albedo = jnp.zeros((batch,) + uv_mask.shape + (3,), dtype)
     if rendering:
-        from jface import render as render_lib
-
         lights = light if (shade_render and light is not None) else None
 
         def render_item(verts, trans_verts, alb, lit):
-            ops = render_lib.render(
+            ops = render(
                 verts, trans_verts, model.faces, model.uv_coords, model.uv_faces, alb, lit, image_hw=image_hw
             )
             mask_face_eye = grid_sample(uv_mask[..., None], jax.lax.stop_gradient(ops["grid"]))
@@ -196,7 +197,6 @@ def decode(
             out["shading_images"] = ops["shading_images"]
     out["albedo"] = albedo
     if use_detail and "D_detail" in params and "detail" in codes:
-        nets = _networks()
         z = nets.detail_latent(codes["pose"][:, 3:], codes["exp"], codes["detail"])
         generator = nets.DetailGenerator() if detail_generator is None else detail_generator
         if train:
@@ -204,35 +204,33 @@ def decode(
             updates["D_detail"] = mutated["batch_stats"]
         else:
             disp = generator.apply(params["D_detail"], z, train=False)
-        out.update(detail_outputs(model, out["verts"], out["normals"], disp, light, albedo, uv_mask, fixed_displacement))
+        out.update(detail_outputs(model, out["verts"], out["normals"], disp, light, albedo, uv_mask,
+                                  fixed_displacement))
     return (out, updates) if train else out
 
 
-def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=None, fixed_displacement=None):
-    """The detail half of decode, batched (spec §5.6): ``displacement (B, 256, 256, 1)`` D.
+def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=None,
+                   fixed_displacement=None) -> dict:
+    """The detail half of ``DECA.decode``, batched: ``displacement (B, 256, 256, 1)`` D.
 
     Returns ``displacement``, ``uv_detail_normals``, ``uv_shading``, ``uv_texture`` (albedo ⊙
     uv_shading), ``displacement_map`` (D + Δ), ``uv_positions`` and ``uv_normals`` (coarse,
     world2uv of the vertices and normals).
     """
-    from jface import render as render_lib
-
     displacement = jnp.asarray(displacement)
     size = displacement.shape[1:3]
     dtype = verts.dtype
     if uv_mask is None:
-        uv_mask = (
-            jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
-        )
+        uv_mask = uv_face_eye_mask(model, dtype, size=size)
 
-    # world2uv (spec §5.5) rasterizes the UV layout, which does not depend on the item: do it
+    # world2uv (``SRenderY.world2uv``) rasterizes the UV layout, which does not depend on the item: do it
     # once and interpolate both attributes of every item with the same fragments.
-    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    fragments = rasterize(uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
     faces = jnp.asarray(model.faces, jnp.int32)
 
     def item(v, n, d):
-        uv_pos = render_lib.interpolate(fragments, v[faces])
-        uv_nrm = render_lib.interpolate(fragments, n[faces])
+        uv_pos = interpolate(fragments, v[faces])
+        uv_nrm = interpolate(fragments, n[faces])
         nd = detail_lib.displacement_to_normals(d, uv_pos, uv_nrm, uv_mask, fixed_displacement)
         return nd, uv_pos, uv_nrm
 
@@ -264,7 +262,8 @@ def _uv_inputs(model, trans_verts, images, caller: str, channels: str):
 
 def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, occlusion_threshold=-0.05,
                    transformed_normals=None, mask_threshold=None):
-    """The detail stage's UV targets (spec §7.5 step 2), batched and detached.
+    """The detail stage's UV targets (``Trainer.training_step`` in ``decalib/trainer.py``), batched
+    and detached.
 
     ``trans_verts (B, V, 3)`` (DECA NDC), ``images (B, H, W, 3)``, ``seg_masks (B, H, W[, 1])`` or
     None (ones). With P' = world2uv(trans_verts): ``uv_texture_gt`` and ``uv_mask_gt`` =
@@ -275,8 +274,6 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
     the caller has them (not recomputed); ``mask_threshold``: binarise uv_mask_gt (> threshold)
     inside ``uv_vis_mask``.
     """
-    from jface import render as render_lib
-
     trans_verts, images, dtype = _uv_inputs(model, trans_verts, images, "detail_uv_maps", "3")
     if seg_masks is None:
         seg_masks = jnp.ones(images.shape[:3] + (1,), dtype)
@@ -284,21 +281,17 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
     if seg_masks.ndim == 3:
         seg_masks = seg_masks[..., None]
     size = (uv_size, uv_size) if isinstance(uv_size, int) else tuple(uv_size)
-    uv_mask = (
-        jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
-    )
-    if uv_mask.ndim == 3:
-        uv_mask = uv_mask[..., 0]
-    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    uv_mask = uv_face_eye_mask(model, dtype, size=size)
+    fragments = rasterize(uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
     faces = jnp.asarray(model.faces, jnp.int32)
 
     if transformed_normals is None:
         transformed_normals = jax.vmap(vertex_normals, (0, None))(trans_verts, faces)
 
     def item(tv, tn, image, seg):
-        uv_pverts = render_lib.interpolate(fragments, tv[faces])
+        uv_pverts = interpolate(fragments, tv[faces])
         sampled = grid_sample(jnp.concatenate([image.astype(dtype), seg], axis=-1), uv_pverts[..., :2])
-        uv_pnorm = render_lib.interpolate(fragments, tn[faces])
+        uv_pnorm = interpolate(fragments, tn[faces])
         occlusion = (uv_pnorm[..., 2:3] < occlusion_threshold).astype(dtype)
         mask_gt = sampled[..., 3:4]
         seen = mask_gt if mask_threshold is None else (mask_gt > mask_threshold).astype(dtype)
@@ -310,24 +303,21 @@ def detail_uv_maps(model, trans_verts, images, seg_masks=None, uv_size=256, *, o
 
 
 def extract_texture(model, trans_verts, images, fill=None, uv_size=256):
-    """DECA's ``uv_texture_gt`` (spec §8, §5.5 texture extraction), batched.
+    """DECA's ``uv_texture_gt`` (``DECA.decode``), batched.
 
     The input image sampled at every texel's projected position, grid_sample(I,
     world2uv(trans_verts)[..., :2]) (no visibility test), inside the UV face/eye mask M; outside it
     ``fill (B, S, S, 3)`` (DECA with ``useTex``: its ``uv_texture``) or flat grey 0.7 when None:
     uv_gt ⊙ M + fill ⊙ (1 − M). Returns ``(B, S, S, 3)``.
     """
-    from jface import render as render_lib
-
     trans_verts, images, dtype = _uv_inputs(model, trans_verts, images, "extract_texture", "C")
     size = (uv_size, uv_size) if isinstance(uv_size, int) else tuple(uv_size)
-    mask = jnp.ones(size, dtype) if model.uv_face_eye_mask is None else jnp.asarray(model.uv_face_eye_mask, dtype)
-    mask = (mask[..., 0] if mask.ndim == 3 else mask)[..., None]
-    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    mask = uv_face_eye_mask(model, dtype, size=size)[..., None]
+    fragments = rasterize(uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
     faces = jnp.asarray(model.faces, jnp.int32)
 
     def item(tv, image):
-        uv_pverts = render_lib.interpolate(fragments, tv[faces])
+        uv_pverts = interpolate(fragments, tv[faces])
         return grid_sample(image.astype(dtype), uv_pverts[..., :2])
 
     uv_gt = jax.vmap(item)(trans_verts, images)

@@ -1,4 +1,7 @@
-"""DECA's networks in Flax: encoders, detail generator, and the frozen loss networks (spec deca.md §6, §7.5).
+"""DECA's networks in Flax: encoders, detail generator, and the frozen loss networks.
+
+From ``decalib/models/encoders.py``, ``resnet.py``, ``decoders.py`` and ``decalib/utils/lossfunc.py``
+(``VGGFace2Loss``, ``IDMRFLoss``).
 
 Layout: NHWC images, ``(B, H, W, C)``. Parameter trees mirror the torch module paths exactly, with
 ``nn.Sequential`` indices fused onto their parent (torch ``encoder.layer1.0.downsample.0`` -> Flax
@@ -25,12 +28,15 @@ Modules:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jface.deca.losses import identity_preprocess  # one implementation (checked against torch)
 
 Dtype = Any
 
@@ -53,6 +59,8 @@ __all__ = [
     "IMAGENET_STD",
     "VGGFACE2_MEAN_BGR",
     "VGG19_LAYER_NAMES",
+    "DETAIL_INIT_SCHEMES",
+    "DETAIL_GENERATOR_WIDTHS",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -84,7 +92,7 @@ def _check_images(images, name: str, size: int | None = 224) -> None:
         want = f"(B, {size}, {size}, 3)" if size is not None else "(B, H, W, 3)"
         raise ValueError(
             f"{name}: expected NHWC images of shape {want}"
-            + (" (the network ends in AvgPool2d(7) on a 7x7 map, spec deca.md §6.1)" if size == 224
+            + (" (the network ends in AvgPool2d(7) on a 7x7 map, DECA's models/resnet.py)" if size == 224
                else " (the network's input_size)" if size else "")
             + f", got shape {shape}"
         )
@@ -199,7 +207,7 @@ class Bottleneck(nn.Module):
     """ResNet bottleneck, expansion 4: 1x1 -> 3x3 -> 1x1 (+ projection shortcut when ``downsample``).
 
     ``caffe_style=False`` (torchvision v1.5, DECA's encoders): the stride sits on the 3x3 conv.
-    ``caffe_style=True`` (VGGFace2 port, spec §6.3): the stride sits on the first 1x1 conv.
+    ``caffe_style=True`` (the VGGFace2 port): the stride sits on the first 1x1 conv.
     Torch names: ``conv1 bn1 conv2 bn2 conv3 bn3 downsample.0 downsample.1``.
     """
 
@@ -227,7 +235,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet50(nn.Module):
-    """ResNet-50 backbone, torchvision v1.5 layout (DECA ``models/resnet.py``, spec deca.md §6.1).
+    """ResNet-50 backbone, torchvision v1.5 layout (DECA ``models/resnet.py``).
 
     stem conv7x7/2 (pad 3, no bias) -> BN -> ReLU -> maxpool 3x3/2 (pad 1); stages ``stage_sizes``
     of bottlenecks with widths ``width * (1, 2, 4, 8)`` (x4 expansion); ``AvgPool2d(7, stride=1)`` on
@@ -279,7 +287,7 @@ class ResNet50(nn.Module):
 
 
 class VGGFace2ResNet50(ResNet50):
-    """VGGFace2 ResNet-50 "ft" identity network (cydonia999 port of the Caffe model; spec deca.md §6.3).
+    """VGGFace2 ResNet-50 "ft" identity network (cydonia999 port of the Caffe model).
 
     Same parameter tree as :class:`ResNet50` (top-level ``conv1``, ``bn1``, ``layer1_0`` ...), but the
     stride is on the first 1x1 conv of each bottleneck and the stem max pool is 3x3/2, pad 0,
@@ -319,7 +327,7 @@ class ResNetEncoder(nn.Module):
         return dense(self.outsize, "layers_2")(x)
 
 
-# Order and sizes of DECA's coarse code (spec deca.md §6.1; config param_list).
+# Order and sizes of DECA's coarse code (``decalib/utils/config.py`` param_list; ``DECA.decompose_code``).
 CODE_SPLITS = (("shape", 100), ("tex", 50), ("exp", 50), ("pose", 6), ("cam", 3), ("light", 27))
 
 
@@ -348,7 +356,7 @@ def split_codes(code) -> dict:
 
 
 def detail_latent(jaw_pose, expression, detail_code):
-    """F_d's input ``concat[jaw (.., 3), exp (.., 50), detail (.., 128)]`` (spec deca.md §6.2, that order)."""
+    """F_d's input ``concat[jaw (.., 3), exp (.., 50), detail (.., 128)]`` (``DECA.decode``, that order)."""
     return jnp.concatenate(
         [jnp.asarray(jaw_pose), jnp.asarray(expression), jnp.asarray(detail_code)], axis=-1
     )
@@ -360,10 +368,17 @@ _GENERATOR_INITS = {
     "he": (nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), "fan_in", "uniform"), nn.initializers.zeros),
 }
 DETAIL_INIT_SCHEMES = tuple(_GENERATOR_INITS)  # the values ``DetailGenerator.init_scheme`` takes
+# F_d's widths by name (DetailGenerator keyword arguments): "full" is DECA's (128 channels at 8x8,
+# blocks 128, 64, 64, 32, 16: the module's defaults); "small" the same structure at a quarter of
+# the widths (its forward + backward 3.4x cheaper).
+DETAIL_GENERATOR_WIDTHS = {
+    "full": {},
+    "small": {"init_channels": 32, "block_channels": (32, 16, 16, 8, 8)},
+}
 
 
 class DetailGenerator(nn.Module):
-    """DECA's detail decoder F_d (``models/decoders.py: Generator``, spec deca.md §6.2).
+    """DECA's detail decoder F_d (``models/decoders.py: Generator``).
 
     Linear(latent -> C0*S*S) reshaped channel-first to (C0, S, S) (torch ``view``), BN(eps 1e-5), then
     per block: bilinear x2 upsample (align_corners=False; ``jax.image.resize`` has the same half-pixel
@@ -403,7 +418,8 @@ class DetailGenerator(nn.Module):
         z = jnp.asarray(z)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(
-                f"DetailGenerator: z must have shape (B, {self.latent_dim}) = [jaw 3, exp 50, detail 128], got {z.shape}"
+                f"DetailGenerator: z must have shape (B, {self.latent_dim}) = [jaw 3, exp 50, detail 128], "
+                f"got {z.shape}"
             )
         dt = _compute_dtype(self.dtype, z)
         c0, s = self.init_channels, self.init_size
@@ -462,7 +478,7 @@ def _vgg19_layers():
     """[(torch features index, kind, DECA name)] in order, with DECA's ``VGG19FeatLayer`` naming.
 
     DECA counts convs and ReLUs together inside a block, so its 'relu3_2' is the ReLU after conv3_1
-    (spec deca.md §7.5).
+    (``VGG19FeatLayer`` in ``decalib/utils/lossfunc.py``).
     """
     layers, idx, block, count = [], 0, 1, 0
     for item in _VGG19_CFG:
@@ -483,7 +499,7 @@ VGG19_LAYER_NAMES = tuple(name for _, _, name, _ in _VGG19_LAYERS)
 
 
 def imagenet_normalize(images):
-    """(x - mean) / std with ImageNet's RGB mean/std, for images (..., 3) RGB in [0, 1] (spec §7.5)."""
+    """(x - mean) / std with ImageNet's RGB mean/std, for images (..., 3) RGB in [0, 1] (``VGG19FeatLayer``)."""
     images = jnp.asarray(images)
     dt = jnp.promote_types(images.dtype, jnp.float32)
     mean = jnp.asarray(IMAGENET_MEAN, dt)
@@ -492,7 +508,7 @@ def imagenet_normalize(images):
 
 
 class VGG19Features(nn.Module):
-    """torchvision VGG-19 ``features`` up to the deepest requested layer (ID-MRF, spec deca.md §7.5).
+    """torchvision VGG-19 ``features`` up to the deepest requested layer (ID-MRF).
 
     Call: ``images`` (B, H, W, 3), already normalised with :func:`imagenet_normalize` -> dict
     ``{name: (B, h, w, C)}`` for ``layers``, named as DECA's ``VGG19FeatLayer`` does (counting convs
@@ -527,15 +543,13 @@ class VGG19Features(nn.Module):
 
 
 def vggface2_preprocess(images):
-    """DECA's identity-loss preprocessing for :class:`VGGFace2ResNet50` (spec deca.md §7.3).
+    """DECA's identity-loss preprocessing for :class:`VGGFace2ResNet50` (``VGGFace2Loss``).
 
     ``images`` (B, 224, 224, 3) RGB in [0, 1] -> (B, 224, 224, 3): RGB -> BGR, x255, minus the mean
     (91.4953, 103.8827, 131.0912) in B,G,R order; crop 10 px per side (204x204); **x*2 - 1 on the
     mean-subtracted values** (DECA's quirk); bilinear resize to 224 (align_corners=False).
     """
     _check_images(images, "vggface2_preprocess: images")
-    from jface.deca.losses import identity_preprocess  # one implementation (checked against torch)
-
     return identity_preprocess(jnp.asarray(images).astype(jnp.promote_types(jnp.asarray(images).dtype, jnp.float32)))
 
 
