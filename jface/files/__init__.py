@@ -19,7 +19,7 @@ from jface.files.checks import ModelArrays
 from jface.files.mat import load_mat
 from jface.files.npz import read_npz
 from jface.files.obj import load_obj
-from jface.files.paths import MAX_EXPANDED_BYTES, MAX_FILE_BYTES, read_file_bytes
+from jface.files.paths import read_file_bytes
 from jface.files.pickles import load_numpy_pickle, safe_loads
 from jface.files.torch_save import load_torch_file
 from jface.files.weights import convert_state_dict, load_variables, save_variables
@@ -29,8 +29,6 @@ __all__ = [
     "load_mat",
     "read_npz",
     "load_obj",
-    "MAX_EXPANDED_BYTES",
-    "MAX_FILE_BYTES",
     "read_file_bytes",
     "load_numpy_pickle",
     "safe_loads",

@@ -76,7 +76,7 @@ def is_torch_zip(path) -> bool:
         return False
 
 
-def _read_zip(fileobj, path, budget: ExpansionBudget, **options):
+def _read_zip(fileobj, path, budget: ExpansionBudget):
     """The (not yet materialised) object of a zip-layout ``torch.save`` in ``fileobj``."""
     try:
         zf = zipfile.ZipFile(fileobj)
@@ -123,10 +123,10 @@ def _read_zip(fileobj, path, budget: ExpansionBudget, **options):
         info = zf.getinfo(root + "data.pkl")
         budget.take(info.file_size, info.filename, what="zip entry declares")
         data = zf.read(info)
-        return load_one(io.BytesIO(data), path, torch=True, persistent_load=persistent, **options)
+        return load_one(io.BytesIO(data), path, torch=True, persistent_load=persistent)
 
 
-def _read_legacy(data: bytes, path, budget: ExpansionBudget, **options):
+def _read_legacy(data: bytes, path, budget: ExpansionBudget):
     """The (not yet materialised) object of the legacy ``torch.save`` stream ``data``."""
     stream = io.BytesIO(data)
 
@@ -164,7 +164,7 @@ def _read_legacy(data: bytes, path, budget: ExpansionBudget, **options):
         views.append(view)
         return view
 
-    obj = load_one(stream, path, torch=True, persistent_load=persistent, **options)
+    obj = load_one(stream, path, torch=True, persistent_load=persistent)
     keys = plain()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ModelFileError(path, "legacy torch file: storage key list is malformed")
