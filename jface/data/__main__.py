@@ -24,13 +24,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow_datasets as tfds
+
+from jface.data.aflw2000 import JfaceAflw2000, list_aflw2000
+from jface.data.tfds_real import JfaceRealFaces
+from jface.data.tfds_synthetic import PRESETS, JfaceSyntheticFaces, custom_config, load_source
+from jface.data.the300w_lp import JfaceThe300wLp, list_300w_lp
 
 __all__ = ["main", "contact_sheet", "landmarks_to_pixels"]
 
 
 def _prepare(builder, manual_dir=None):
-    import tensorflow_datasets as tfds
-
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
 
@@ -45,10 +49,7 @@ def _manual_dir(path):
 
 
 def build_synthetic(args) -> str:
-    import tensorflow_datasets as tfds
     from tqdm import tqdm
-
-    from jface.data.tfds_synthetic import PRESETS, JfaceSyntheticFaces, custom_config
 
     if args.config not in PRESETS:
         raise SystemExit(f"error: --config expected one of {sorted(PRESETS)}, got {args.config!r}")
@@ -69,8 +70,6 @@ def build_synthetic(args) -> str:
 
 
 def build_real(args):
-    from jface.data.tfds_real import JfaceRealFaces
-
     builder = JfaceRealFaces(config=args.config, data_dir=args.data_dir, file_format="array_record")
     _prepare(builder, _manual_dir(args.manual_dir))
     print(f"built jface_real_faces/{args.config} in {builder.data_dir}")
@@ -79,9 +78,9 @@ def build_real(args):
 def build_aflw2000(args):
     """AFLW2000-3D or 300W-LP (``args.dataset``) from the unzipped manual folder."""
     if args.dataset == "300w_lp":
-        from jface.data.the300w_lp import JfaceThe300wLp as Builder, list_300w_lp as check
+        Builder, check = JfaceThe300wLp, list_300w_lp
     else:
-        from jface.data.aflw2000 import JfaceAflw2000 as Builder, list_aflw2000 as check
+        Builder, check = JfaceAflw2000, list_aflw2000
 
     manual = _manual_dir(args.manual_dir)
     try:
@@ -151,20 +150,12 @@ def contact_sheet(examples, frames, *, tile: int = 224, columns: int = 4):
 
 def _source(dataset, config, split, data_dir):
     if dataset == "synthetic":
-        from jface.data.tfds_synthetic import load_source
-
         return load_source(config, split, data_dir=data_dir)
     if dataset == "real":
-        from jface.data.tfds_real import JfaceRealFaces
-
         builder = JfaceRealFaces(config=config, data_dir=data_dir, file_format="array_record")
     elif dataset == "300w_lp":
-        from jface.data.the300w_lp import JfaceThe300wLp
-
         builder = JfaceThe300wLp(config=config, data_dir=data_dir)
     else:
-        from jface.data.aflw2000 import JfaceAflw2000
-
         builder = JfaceAflw2000(config=config, data_dir=data_dir)
     if not builder.is_prepared():
         raise SystemExit(f"error: {builder.name}/{config} is not built in {builder.data_dir}; run `build` first")

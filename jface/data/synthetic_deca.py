@@ -9,18 +9,21 @@ each) the shape β ~ N(0, 1) (``n_shape`` = 100 numbers, DECA's count) and the a
 * head pose R = Ry(yaw) Rx(pitch) Rz(roll) (:func:`jface.data.synthetic_stn.pose_matrix`), yaw
   U(±90°), pitch U(±20°), roll U(±15°), stored as DECA's global axis-angle; positive yaw turns the
   face (+z) towards +x (image right); jaw axis-angle (U(0, 0.35) rad, 0, 0) opens the mouth;
-* camera (s, t_x, t_y) (spec deca.md §3) chosen as DECA's crop would frame the face: the 68
-  projected landmarks' box ``old_size = (w + h) / 2`` is ``image_size / crop_scale`` pixels with
-  crop_scale ~ U(1.25, 1.5) (DECA's test crop is 1.1 · 1.25 = 1.375, spec §8) and its centre is
+* camera (s, t_x, t_y) (DECA's ``batch_orth_proj``, ``decalib/utils/util.py``) chosen as DECA's
+  crop would frame the face: the 68 projected landmarks' box ``old_size = (w + h) / 2`` is
+  ``image_size / crop_scale`` pixels with crop_scale ~ U(1.25, 1.5) (DECA's test crop,
+  ``TestData`` in ``decalib/datasets/datasets.py``, is 1.1 · 1.25 = 1.375) and its centre is
   jittered by U(±0.05) · old_size;
-* SH light L (9, 3) (spec §4), written in shading units a_k = L_k c_k: a_0 ~ U(0.6, 1.2) grey
-  plus N(0, 0.04) colour, a_1..3 ~ N(0, 0.25) (shared by the colours, plus N(0, 0.02)),
-  a_4..8 ~ N(0, 0.04); the stored ``light`` is DECA's L = a / c (what DECA's encoder predicts);
+* SH light L (9, 3) (``SRenderY.add_SHlight``, ``decalib/utils/renderer.py``), written in shading
+  units a_k = L_k c_k: a_0 ~ U(0.6, 1.2) grey plus N(0, 0.04) colour, a_1..3 ~ N(0, 0.25) (shared
+  by the colours, plus N(0, 0.02)), a_4..8 ~ N(0, 0.04); the stored ``light`` is DECA's L = a / c
+  (what DECA's encoder predicts);
 * a background: a smooth random colour field, a linear gradient between two colours and pixel
   noise, blended with random weights (:func:`random_backgrounds`);
 * fine detail: a UV displacement map D (metres, along the coarse normal, DECA's detail
-  convention, spec deca.md §5.6) that depends on the image's expression and jaw codes plus a small
-  static part per identity (:func:`detail_patterns`, :func:`detail_amplitudes`, below).
+  convention, ``DECA.displacement2normal`` in ``decalib/deca.py``) that depends on the image's
+  expression and jaw codes plus a small static part per identity (:func:`detail_patterns`,
+  :func:`detail_amplitudes`, below).
 
 Procedural detail (what DECA's detail stage, E_detail + F_d, is meant to recover). Four UV patterns
 P_r (r = forehead creases, glabella lines, crow's feet, nasolabial folds), each a groove profile
@@ -53,14 +56,17 @@ composited over the background with the coverage alpha.
 Labels:
 
 * ``landmarks68 (M, 68, 3)``: (x, y) = DECA NDC of ``landmarks2d`` (17 dynamic contour + 51
-  static points, spec §1.5) through the same camera; the third column is visibility: DECA's
-  ``visofp`` (:func:`jface.flame.landmark_visibility`, normal z < 0.1 at the full landmark) and
-  inside the image. The NDC is the renderer's frame: pixel centre col = (x + 1) W/2 - 0.5
-  (spec §5.2). DECA's training labels put a 0-based pixel p at p / 224 · 2 - 1 (spec §7.4), half a
-  pixel off; these labels are exact in the frame DECA's landmark loss compares (its projected
-  ``landmarks2d``), not in the label-normalisation frame.
-* ``landmarks21 (M, 21, 3)``: AFLW-21 points from the 68 by :data:`AFLW21_FROM_IBUG68` (mean of
-  the listed points; vis = the minimum of their vis).
+  static points, ``FLAME.forward`` in ``decalib/models/FLAME.py``) through the same camera; the
+  third column is visibility: DECA's ``visofp`` (:func:`jface.flame.landmark_visibility`, normal
+  z < 0.1 at the full landmark) and inside the image. The NDC is the renderer's frame: pixel
+  centre col = (x + 1) W/2 - 0.5 (``StandardRasterizer`` in ``decalib/utils/renderer.py``;
+  BUILD_NOTES.md, Frames and conventions). DECA's training labels put a 0-based pixel p at
+  p / 224 · 2 - 1 (``decalib/datasets/vggface.py``), half a pixel off; these labels are exact in
+  the frame DECA's landmark loss compares (its projected ``landmarks2d``), not in the
+  label-normalisation frame.
+* ``landmarks21 (M, 21, 3)``: AFLW-21 points from the 68 by
+  :data:`jface.models.landmarks.AFLW21_FROM_IBUG68` (mean of the listed points; vis = the minimum
+  of their vis; the ears are the contour points at ear level).
 * ``face_mask (M, H, W)`` uint8 0/1: coverage alpha ⊙ the model's UV face/eye mask sampled with
   the render's UV grid, thresholded at 0.5.
 * ``shape (M, 100)``, ``expression (M, 50)``, ``pose (M, 6)`` = [global aa, jaw aa], ``cam (M, 3)``,
@@ -74,14 +80,21 @@ Determinism: every random number of identity ``i`` comes from numpy PCG64 seeded
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jface import geometry
-from jface.lighting import SH_CONSTANTS
+from jface import flame, geometry
+from jface.data.synthetic_stn import pose_matrix
+from jface.deca.detail import displacement_to_normals
+from jface.deca.render import render
+from jface.lighting import SH_CONSTANTS, sh_shading
+from jface.models.landmarks import AFLW21_FROM_IBUG68
+from jface.models.morphable import uv_face_eye_mask
+from jface.render import interpolate, rasterize, uv_ndc
+from jface.sampling import grid_sample
 
 __all__ = [
     "AFLW21_FROM_IBUG68",
@@ -100,21 +113,6 @@ __all__ = [
     "iter_deca",
     "generate_deca",
 ]
-
-# AFLW-21 (spec 3dmm_stn.md §3 order) from 0-based iBUG-68 points; each entry is the list of iBUG
-# points whose mean gives the AFLW point.
-AFLW21_FROM_IBUG68 = (
-    (17,), (19,), (21,),          # 1-3  image-left brow: outer end, centre, inner end
-    (22,), (24,), (26,),          # 4-6  image-right brow: inner end, centre, outer end
-    (36,), (37, 38, 40, 41), (39,),  # 7-9 image-left eye: outer corner, centre, inner corner
-    (42,), (43, 44, 46, 47), (45,),  # 10-12 image-right eye: inner corner, centre, outer corner
-    (1,),                         # 13 image-left ear: the contour point at ear level
-    (31,), (30,), (35,),          # 14-16 nose left, nose tip, nose right
-    (15,),                        # 17 image-right ear
-    (48,), (62, 66), (54,),       # 18-20 mouth left corner, mouth centre (inner lips), right corner
-    (8,),                         # 21 chin
-)
-
 
 def aflw21_from_ibug68(landmarks68):
     """``(..., 68, 3)`` (x, y, vis) -> ``(..., 21, 3)`` by :data:`AFLW21_FROM_IBUG68` (numpy).
@@ -242,14 +240,14 @@ def detail_patterns(model, uv_size=None) -> np.ndarray:
     return -np.stack([forehead, glabella, crows, naso]).astype(np.float32)
 
 
-def sample_detail_static(seed: int, identity: int, config: Optional["DecaSynthConfig"] = None) -> np.ndarray:
+def sample_detail_static(seed: int, identity: int, config: DecaSynthConfig | None = None) -> np.ndarray:
     """``(4,)`` static detail weights of one identity, U(0, detail_static_max), PCG64 [seed, identity, 1]."""
     config = config or DecaSynthConfig()
     rng = np.random.default_rng([int(seed), int(identity), 1])
     return rng.uniform(0.0, config.detail_static_max, size=len(DETAIL_REGIONS)).astype(np.float32)
 
 
-def detail_amplitudes(expression, jaw, static, config: Optional["DecaSynthConfig"] = None) -> np.ndarray:
+def detail_amplitudes(expression, jaw, static, config: DecaSynthConfig | None = None) -> np.ndarray:
     """``(M, 4)`` amplitudes a_r (metres) from ``expression (M, >= 6)``, ``jaw (M,)`` (jaw
     axis-angle x, radians) and ``static (M, 4)`` (module docstring)."""
     config = config or DecaSynthConfig()
@@ -271,7 +269,7 @@ def detail_amplitudes(expression, jaw, static, config: Optional["DecaSynthConfig
     return ((static + drive) * depth).astype(np.float32)
 
 
-def detail_displacements(model, data: dict, seed: int, config: Optional["DecaSynthConfig"] = None) -> np.ndarray:
+def detail_displacements(model, data: dict, seed: int, config: DecaSynthConfig | None = None) -> np.ndarray:
     """``(M, H, W)`` float32 UV displacement maps (metres) of generated ``data`` (its
     ``expression``, ``pose`` and ``identity``) made with ``seed``: what the images were shaded with."""
     config = config or DecaSynthConfig()
@@ -322,8 +320,6 @@ def sample_pose(rng: np.random.Generator, count: int, yaw_deg=90.0, pitch_deg=20
     R = Ry(yaw) Rx(pitch) Rz(roll) (:func:`jface.data.synthetic_stn.pose_matrix`), x' = R x;
     positive yaw turns the face towards +x.
     """
-    from jface.data.synthetic_stn import pose_matrix
-
     angles = rng.uniform(-1, 1, size=(count, 3)) * np.array([yaw_deg, pitch_deg, roll_deg])
     rad = np.radians(angles)
     rot = pose_matrix(rad[:, 0], rad[:, 1], rad[:, 2])
@@ -332,7 +328,7 @@ def sample_pose(rng: np.random.Generator, count: int, yaw_deg=90.0, pitch_deg=20
 
 
 def sample_sh_light(rng: np.random.Generator, count: int) -> np.ndarray:
-    """``(count, 9, 3)`` DECA SH coefficients L (spec deca.md §4); see the module docstring."""
+    """``(count, 9, 3)`` DECA SH coefficients L (``SRenderY.add_SHlight``); see the module docstring."""
     a = np.zeros((count, 9, 3))
     a[:, 0] = rng.uniform(0.6, 1.2, size=(count, 1)) + rng.normal(0, 0.04, size=(count, 3))
     a[:, 1:4] = rng.normal(0, 0.25, size=(count, 3, 1)) + rng.normal(0, 0.02, size=(count, 3, 3))
@@ -376,18 +372,15 @@ def _detail_normal_offset(model, vertices, normals, displacement, uv_mask, grid)
     """Image-space normal offset grid_sample(n(D) - n(0), grid) of a UV displacement ``D``.
 
     n(.) is DECA's :func:`jface.deca.detail.displacement_to_normals` on world2uv of the posed
-    vertices and vertex normals (spec deca.md §5.5, §5.6), so the difference is exactly 0 wherever
-    D vanishes on a texel's grid neighbourhood.
+    vertices and vertex normals (``world2uv`` and ``DECA.displacement2normal`` in
+    ``decalib/deca.py``), so the difference is exactly 0 wherever D vanishes on a texel's grid
+    neighbourhood.
     """
-    from jface import render as render_lib
-    from jface.deca.detail import displacement_to_normals
-    from jface.sampling import grid_sample
-
     size = displacement.shape
-    fragments = render_lib.rasterize(render_lib.uv_ndc(model.uv_coords).astype(vertices.dtype), model.uv_faces, size)
+    fragments = rasterize(uv_ndc(model.uv_coords).astype(vertices.dtype), model.uv_faces, size)
     faces = jnp.asarray(model.faces, jnp.int32)
-    uv_pos = render_lib.interpolate(fragments, vertices[faces])
-    uv_nrm = render_lib.interpolate(fragments, normals[faces])
+    uv_pos = interpolate(fragments, vertices[faces])
+    uv_nrm = interpolate(fragments, normals[faces])
     detail = displacement_to_normals(displacement, uv_pos, uv_nrm, uv_mask)
     flat = displacement_to_normals(jnp.zeros_like(displacement), uv_pos, uv_nrm, uv_mask)
     return grid_sample(detail - flat, grid)
@@ -395,11 +388,6 @@ def _detail_normal_offset(model, vertices, normals, displacement, uv_mask, grid)
 
 def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, light, background,
                 detail_amplitude, patterns, uv_mask):
-    from jface import flame
-    from jface.lighting import sh_shading
-    from jface.render import render
-    from jface.sampling import grid_sample
-
     height, width = background.shape[:2]
     out = flame.forward(model, shape, expression, pose)
     vertices, lmk = out["vertices"], out["landmarks2d"]
@@ -427,7 +415,7 @@ def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, lig
     image = colour * alpha + background * (1.0 - alpha)
     image = jnp.clip(jnp.round(image * 255.0), 0, 255).astype(jnp.uint8)
     if model.uv_face_eye_mask is not None:
-        uv_mask = grid_sample(model.uv_face_eye_mask[..., None].astype(alpha.dtype), rend["grid"])
+        uv_mask = grid_sample(uv_face_eye_mask(model, alpha.dtype)[..., None], rend["grid"])
         face_mask = (uv_mask[..., 0] * alpha[..., 0]) > 0.5
     else:
         face_mask = alpha[..., 0] > 0.5
@@ -492,7 +480,7 @@ def chunked_draws(draw_identity, identities, images_per_identity: int, chunk: in
 
 
 def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-              *, config: Optional[DecaSynthConfig] = None, identity_offset: int = 0) -> Iterator[dict]:
+              *, config: DecaSynthConfig | None = None, identity_offset: int = 0) -> Iterator[dict]:
     """Yield chunks (dicts of numpy arrays, see the module docstring) of at most ``config.chunk``
     images, identity by identity; identity ids run from ``identity_offset``.
     """
@@ -506,8 +494,7 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
         if model.uv_face_eye_mask is None:
             raise ValueError("model: generating fine detail needs the model's uv_face_eye_mask "
                              "(or DecaSynthConfig(detail_depth_mm=(0, 0, 0, 0)))")
-        uv_mask = jnp.asarray(model32.uv_face_eye_mask, jnp.float32)
-        uv_mask = uv_mask[..., 0] if uv_mask.ndim == 3 else uv_mask
+        uv_mask = uv_face_eye_mask(model32, jnp.float32)
         patterns = jnp.asarray(detail_patterns(model, uv_mask.shape))
 
     def render(merged, n, pad):
@@ -542,7 +529,7 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
 
 
 def generate_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-                  *, config: Optional[DecaSynthConfig] = None) -> dict:
+                  *, config: DecaSynthConfig | None = None) -> dict:
     """``num_identities * images_per_identity`` rendered DECA training images with exact labels.
 
     ``model``: a :class:`jface.models.FlameModel` with landmarks, UV layout and albedo (e.g.

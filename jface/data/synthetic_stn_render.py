@@ -6,11 +6,11 @@ per pixel with per-vertex albedo and DECA's SH lighting (:func:`jface.lighting.s
 the interpolated outward normals, composited over a random background
 (:func:`jface.data.synthetic_deca.random_backgrounds`).
 
-Frames (spec 3dmm_stn.md §0): theta = [r(3), t(2), logs(1), alpha(D)] with X = mean + basis alpha,
+Frames (BUILD_NOTES.md, Frames and conventions): theta = [r(3), t(2), logs(1), alpha(D)] with X = mean + basis alpha,
 X' = R X (x' = R x, axis-angle r), p = s X'_xy + t, s = 0.99**logs, in the y-up pixel frame of an
 S x S image (x = 1-based column, y = S + 1 - 1-based row; S = 224 for the original). The renderer
 wants DECA's NDC (x right, y down, smaller z = closer; pixel centre col = (x_ndc + 1) S/2 - 0.5,
-spec deca.md §5.2), so with 0-based col0 = x - 1, row0 = S - y:
+as ``StandardRasterizer`` in ``decalib/utils/renderer.py``), so with 0-based col0 = x - 1, row0 = S - y:
 
     x_ndc = (col0 + 0.5) 2/S - 1,   y_ndc = (row0 + 0.5) 2/S - 1,   z_ndc = -s z' 2/S
 
@@ -26,7 +26,7 @@ landmark width is ``face_width`` (0.55) of the image times exp(U(±0.1)), transl
 
 Labels: ``landmarks21 (M, 21, 3)`` (``model.landmarks["aflw21"]``) and ``landmarks68 (M, 68, 3)``
 (``"ibug68"``), (x, y, vis) in the y-up frame; vis = the original's normal sign test
-(:func:`jface.stn.visibility`, spec §2.12) and inside the image; a missing landmark (hidden,
+(:func:`jface.stn.visibility`, ``vl_nnvisibilitymask.m``) and inside the image; a missing landmark (hidden,
 outside the image, or index < 0 in the model) is (0, 0, 0) as in AFLW labels. ``theta
 (M, 6 + D)``, ``face_mask (M, S, S)`` uint8 (coverage), ``pose_deg (M, 3)``, ``albedo (M, Ka)``,
 ``light (M, 9, 3)``, ``identity (M,)``.
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,9 @@ import numpy as np
 
 from jface import geometry
 from jface.data.synthetic_deca import chunked_draws, random_backgrounds, sample_pose, sample_sh_light
+from jface.lighting import sh_shading
+from jface.render import interpolate, rasterize
+from jface.stn import visibility
 
 __all__ = ["StnSynthConfig", "stn_to_ndc", "iter_stn", "generate_stn"]
 
@@ -90,10 +93,6 @@ def _labels(points, visible, idx, image_size):
 
 
 def _render_one(model, theta, albedo_coeffs, light, background, idx21, idx68):
-    from jface.lighting import sh_shading
-    from jface.render import interpolate, rasterize
-    from jface.stn import visibility
-
     size = background.shape[0]
     r, t, logs, alpha = theta[0:3], theta[3:5], theta[5], theta[6:]
     shape = model.mean + jnp.einsum("nck,k->nc", model.basis, alpha)
@@ -103,7 +102,7 @@ def _render_one(model, theta, albedo_coeffs, light, background, idx21, idx68):
     ndc = stn_to_ndc(points, rotated[:, 2], scale, size)
     faces = model.faces
     # geometry.vertex_normals on the STN grid's face order points away from the camera for a
-    # frontal face (spec §2.12), so the outward normal is its negative.
+    # frontal face (util/visibilityNotSelf.m), so the outward normal is its negative.
     normals = -geometry.vertex_normals(rotated, faces)
     albedo = model.albedo_mean
     if model.albedo_basis is not None and albedo_coeffs.shape[0]:
@@ -166,7 +165,7 @@ def _identity_draws(model, config, seed, identity, count, image_size, base_scale
 
 
 def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-             *, config: Optional[StnSynthConfig] = None, identity_offset: int = 0) -> Iterator[dict]:
+             *, config: StnSynthConfig | None = None, identity_offset: int = 0) -> Iterator[dict]:
     """Yield chunks (dicts of numpy arrays, module docstring) of at most ``config.chunk`` images."""
     config = config or StnSynthConfig()
     if int(num_identities) < 0 or int(images_per_identity) < 1:
@@ -211,7 +210,7 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
 
 
 def generate_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-                 *, config: Optional[StnSynthConfig] = None) -> dict:
+                 *, config: StnSynthConfig | None = None) -> dict:
     """``num_identities * images_per_identity`` rendered 3DMM-STN images with exact labels.
 
     ``model``: a UV-grid :class:`jface.models.MorphableModel` (e.g.

@@ -36,10 +36,13 @@ images are a function of (seed, identity id) only.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jface.data.synthetic_deca import DecaSynthConfig, iter_deca
+from jface.data.synthetic_stn_render import StnSynthConfig, iter_stn
+from jface.models import defaults
 
 __all__ = [
     "SyntheticFacesConfig",
@@ -62,7 +65,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
     number of identities), ``seed``, ``chunk`` (images per compiled render call)."""
 
     def __init__(self, *, kind: str, image_size: int = 224, images_per_identity: int = 10,
-                 splits: Optional[dict] = None, seed: int = 0, chunk: int = 8, **kwargs):
+                 splits: dict | None = None, seed: int = 0, chunk: int = 8, **kwargs):
         if kind not in N_ALBEDO:
             raise ValueError(f"kind: expected 'stn' or 'deca', got {kind!r}")
         super().__init__(version=tfds.core.Version(VERSION), **kwargs)
@@ -91,9 +94,9 @@ PRESETS = {
 }
 
 
-def custom_config(base: str, *, split: Optional[str] = None, num: Optional[int] = None,
-                  images_per_identity: Optional[int] = None, image_size: Optional[int] = None,
-                  seed: Optional[int] = None) -> SyntheticFacesConfig:
+def custom_config(base: str, *, split: str | None = None, num: int | None = None,
+                  images_per_identity: int | None = None, image_size: int | None = None,
+                  seed: int | None = None) -> SyntheticFacesConfig:
     """A preset with some settings replaced. ``num`` is a number of *images* of ``split`` (rounded
     up to whole identities); only that split is built. The config's name encodes what changed,
     e.g. ``stn-train1000-k10`` (the image count after rounding), so different builds live in different folders.
@@ -181,8 +184,6 @@ class JfaceSyntheticFaces(tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(name, count) for name, count in self.builder_config.splits.items()}
 
     def _model(self):
-        from jface.models import defaults
-
         config = self.builder_config
         model = defaults.default_stn_model() if config.kind == "stn" else defaults.default_flame_model()
         n_albedo = 0 if model.albedo_basis is None else int(model.albedo_basis.shape[-1])
@@ -198,12 +199,8 @@ class JfaceSyntheticFaces(tfds.core.GeneratorBasedBuilder):
         model = self._model()
         offset = SPLIT_IDENTITY_OFFSET[split]
         if config.kind == "stn":
-            from jface.data.synthetic_stn_render import StnSynthConfig, iter_stn
-
             return iter_stn(model, count, config.images_per_identity, config.seed, config.image_size,
                             config=StnSynthConfig(chunk=config.chunk), identity_offset=offset)
-        from jface.data.synthetic_deca import DecaSynthConfig, iter_deca
-
         return iter_deca(model, count, config.images_per_identity, config.seed, config.image_size,
                          config=DecaSynthConfig(chunk=config.chunk), identity_offset=offset)
 
@@ -226,7 +223,7 @@ class JfaceSyntheticFaces(tfds.core.GeneratorBasedBuilder):
                 progress(n)
 
 
-def load_source(config: str, split: str, *, data_dir: Optional[str] = None):
+def load_source(config: str, split: str, *, data_dir: str | None = None):
     """Random-access source (``source[i] -> dict``) of a built split; presets and custom names.
 
     Presets go through the builder class; a custom build (e.g. ``stn-train1000-k10``) is read from
@@ -246,7 +243,7 @@ def load_source(config: str, split: str, *, data_dir: Optional[str] = None):
     return builder.as_data_source(split=split)
 
 
-def load_arrays(config: str, split: str, *, data_dir: Optional[str] = None) -> dict:
+def load_arrays(config: str, split: str, *, data_dir: str | None = None) -> dict:
     """A built split as one dict of stacked numpy arrays, in the dataset's stored order.
 
     Keys as in the features, except ``image`` -> ``images`` (:class:`jface.data.loader.BatchLoader`'s
