@@ -173,7 +173,7 @@ def test_stn_labels_frame_and_visibility(stn_batch, env):
         missing = lab[..., 2] == 0
         assert np.all(lab[missing][:, :2] == 0)  # AFLW convention for missing points
         assert np.all((lab[~missing][:, :2] >= 0.5) & (lab[~missing][:, :2] <= SIZE + 0.5))
-    # labels are the model's landmarks projected with theta (spec 3dmm_stn.md §0)
+    # labels are the model's landmarks projected with theta (BUILD_NOTES.md, Frames and conventions)
     from jface.data.synthetic_stn import project
     from jface.data.synthetic_stn_render import _sub_model
 

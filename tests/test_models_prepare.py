@@ -1,4 +1,4 @@
-"""3DMM-STN model preparation (jface.models.prepare): spec 3dmm_stn.md §7.1-7.2."""
+"""3DMM-STN model preparation (jface.models.prepare): the original prepareExpressionBFM.m + resampleModel.m."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from jface.models.tutte import tutte_embedding
 
 
 def _laplace_beltrami_reference(vertices, faces):
-    """Literal float64 transcription of util/LaplaceBeltrami.m (spec §7.1): per-face gradient
+    """Literal float64 transcription of util/LaplaceBeltrami.m: per-face gradient
     matrices G_f (rows = hat-function gradients (N_f x e_opp) / (2 A_f)),
     L = sum 2 A_f G_f^T G_f."""
     n = len(vertices)
@@ -92,7 +92,7 @@ def test_laplace_beltrami_errors():
 
 
 # ------------------------------------------------------------------------------------------------
-# expression extension (spec §7.1 step 2)
+# expression extension (prepareExpressionBFM.m step 2)
 # ------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""UV flattening (jface.models.tutte) and grid resampling (jface.models.resample), spec §7.2-7.3."""
+"""UV flattening (jface.models.tutte, the layout of BFM_UV.mat) and grid resampling (jface.models.resample,
+the original resampleModel.m)."""
 
 from __future__ import annotations
 
@@ -228,7 +229,7 @@ def test_tutte_errors():
 
 
 # ------------------------------------------------------------------------------------------------
-# real BFM_UV structure (spec §7.3) and the same structure for our embedding
+# real BFM_UV.mat structure and the same structure for our embedding
 # ------------------------------------------------------------------------------------------------
 
 
@@ -280,7 +281,7 @@ def test_bfm_uv_structure_and_our_embedding(realdata):
 
 
 # ------------------------------------------------------------------------------------------------
-# resample_model (spec §7.2)
+# resample_model (resampleModel.m)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -398,7 +399,7 @@ def test_resample_real_bfm_uv(realdata):
     assert not out["outside"].any()  # BFM_UV covers the square (after the eps hack)
     assert out["barycentric"].min() > -1e-12
     # the synthetic geometry is mirror-symmetric and BFM_UV is exactly symmetric, so the
-    # resampled mesh is symmetric under the texture's left-right flip (spec §0)
+    # resampled mesh is symmetric under the texture's left-right flip (BUILD_NOTES.md, Frames and conventions)
     grid = out["mean"].reshape(112, 112, 3)
     np.testing.assert_allclose(grid[:, ::-1, 0], -grid[:, :, 0], atol=1e-6 * np.abs(grid).max())
     np.testing.assert_allclose(grid[:, ::-1, 1:], grid[:, :, 1:], atol=1e-6 * np.abs(grid).max())
