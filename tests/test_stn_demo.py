@@ -1,5 +1,5 @@
-"""The demo.m replacement (spec 3dmm_stn.md §8): jax.grad fitting vs a numpy transcription of the
-original's hand-written analytic backward (spec §2), the panels, the CLI and the notebook."""
+"""The demo.m replacement: jax.grad fitting vs a numpy transcription of the original's hand-written
+analytic backward (``layer/vl_nn*.m``), the panels, the CLI and the notebook."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def ref_r2R(r):
 
 
 def ref_dR_dr(r, R):
-    """vl_nnr2R backward: so(3) generators at r = 0, else Gallego & Yezzi (spec §2.3)."""
+    """vl_nnr2R backward: so(3) generators at r = 0, else Gallego & Yezzi (``vl_nnr2R.m``)."""
     eye = np.eye(3)
     if np.all(r == 0):
         return [_skew(eye[i]) for i in range(3)]
@@ -41,7 +41,7 @@ def ref_dR_dr(r, R):
 
 
 def ref_demo_loss_and_grad(shape_mu, shape_pc, idx, theta, label):
-    """demo.m, one item: layers' forwards then their analytic backwards (spec §2.1-§2.9).
+    """demo.m, one item: layers' forwards then their analytic backwards (``vl_nnsplit`` ... ``vl_nnselection``).
 
     shape_mu (3N,) / shape_pc (3N, D) interleaved (MATLAB layout), idx 0-based, label 2 x L.
     """
@@ -142,7 +142,7 @@ def test_gd_trajectory_matches_original_update_rule(problem):
 
 
 def test_gd_on_real_demo_labels(realdata):
-    """demodata.mat's real labels (spec §7.4) with a small model: jax.grad vs the original rule."""
+    """demodata.mat's real labels with a small model: jax.grad vs the original rule."""
     images, labels = demo.load_demodata(realdata / "3dmmasstn" / "demodata.mat")
     assert images.shape == (6, 224, 224, 3) and labels.shape == (6, 21, 2)
     assert 0 <= images.min() and images.max() <= 255 and images.max() > 1

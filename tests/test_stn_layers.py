@@ -1,4 +1,4 @@
-"""3DMM-STN layers vs float64 numpy references written from spec 3dmm_stn.md §0, §2 (MATLAB layouts)."""
+"""3DMM-STN layers vs float64 numpy references written from the original's ``layer/vl_nn*.m`` (MATLAB layouts)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _normals = jax.jit(stn.visibility_normals, static_argnames="mode")
 
 # ----------------------------------------------------------------------------- numpy references
 def ref_r2R(r):
-    """vl_nnr2R forward, entries written out (spec §2.3)."""
+    """vl_nnr2R forward, entries written out."""
     if np.all(r == 0):
         return np.eye(3)
     theta = np.linalg.norm(r)
@@ -41,7 +41,7 @@ def ref_forward_matlab(shape_mu, shape_pc, theta):
 
 
 def ref_grid_matlab(x42, g, centre=112.0):
-    """vl_nngrid (spec §2.10): G(1, j, i) vertical, G(2, j, i) horizontal, n = i + g (j - 1)."""
+    """vl_nngrid: G(1, j, i) vertical, G(2, j, i) horizontal, n = i + g (j - 1)."""
     G = np.zeros((2, g, g))
     for j in range(1, g + 1):
         for i in range(1, g + 1):
@@ -105,7 +105,8 @@ def test_project_matches_matlab_layout_reference(toy):
     basis = np.asarray(toy.basis)
     shape_mu = np.asarray(toy.mean).reshape(-1)  # interleaved x1 y1 z1 x2 ...
     shape_pc = basis.reshape(-1, basis.shape[-1])
-    # the porting map of spec §0: shapeMU.reshape(N, 3) / shapePC.reshape(N, 3, D)
+    # MATLAB layouts -> row-major (BUILD_NOTES.md, "Frames and conventions"):
+    # shapeMU.reshape(N, 3) / shapePC.reshape(N, 3, D)
     np.testing.assert_array_equal(shape_mu.reshape(-1, 3), toy.mean)
     for theta in (_theta(rng), np.r_[0, 0, 0, 112.0, 112.0, 1.0, rng.normal(size=5)]):
         x42, xr = ref_forward_matlab(shape_mu, shape_pc, theta)
@@ -171,7 +172,7 @@ def test_sampling_grid_matlab_layout_and_223_factor():
 
 def test_select_points_gradient_accumulates_duplicates():
     """Autodiff sums the gradients of a repeated index; the original's selection backward keeps the
-    last one (spec §2.9, §10.12). The 21-point list has no duplicates, so the two agree there."""
+    last one (``vl_nnselection``). The 21-point list has no duplicates, so the two agree there."""
     points = np.arange(10.0).reshape(5, 2)
     weights = np.array([[1.0, 2.0], [10.0, 20.0], [5.0, 7.0]])
     grad = jax.grad(lambda p: jnp.sum(stn.select_points(p, [0, 0, 3]) * weights))(points)
@@ -183,7 +184,7 @@ def test_select_points_gradient_accumulates_duplicates():
 def test_grid_faces_order():
     faces = stn.grid_faces(112)
     assert faces.shape == (2 * 111 * 111, 3) and faces.dtype == np.int32
-    # spec §7.2: the first faces are [1 2 113], [114 113 2], [113 114 225] (1-based)
+    # resampleModel.m: the first faces are [1 2 113], [114 113 2], [113 114 225] (1-based)
     np.testing.assert_array_equal(faces[:3] + 1, [[1, 2, 113], [114, 113, 2], [113, 114, 225]])
 
 

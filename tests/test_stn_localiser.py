@@ -1,4 +1,4 @@
-"""Localiser (spec 3dmm_stn.md §5), the MatConvNet weight converter, and the batched forward (§1, §6)."""
+"""Localiser (``dagnn_3dmmasstn_init.m``), the MatConvNet weight converter, and the batched forward."""
 
 from __future__ import annotations
 
@@ -221,3 +221,33 @@ def test_forward_end_to_end(small):
         stn.forward(params, model, images, labels, localiser=module)
     with pytest.raises(ValueError, match="landmark_set"):
         stn.forward(params, model, images2, labels2, localiser=module, landmark_set="ibug68")
+
+
+def test_predict_theta_resizes_whitens_and_forward_means(small):
+    """predict_theta: images of another size are resized to the localiser's input for the localiser
+    only; a ThetaWhitening maps raw -> mean + std (raw - init_bias). forward(reduction="mean") is the
+    summed forward divided by B, term by term."""
+    module, params = small
+    model = toy_grid_model(8, num_shape=2, num_expression=2, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    images = jnp.asarray(rng.uniform(1, 255, (2, 48, 48, 3)), jnp.float32)
+    raw = stn.predict_theta(module, params, images)
+    small_images = jax.image.resize(images, (2, 32, 32, 3), "linear", antialias=True)
+    np.testing.assert_allclose(raw, _apply(params, small_images), rtol=1e-5, atol=1e-5)
+    assert raw.dtype == jnp.float32 and raw.shape == (2, 10)
+    whitening = stn.ThetaWhitening(mean=jnp.arange(10.0), std=jnp.full(10, 2.0), init_bias=raw[0])
+    theta = stn.predict_theta(module, params, images, whitening)
+    np.testing.assert_allclose(theta[0], np.arange(10.0), atol=1e-6)  # raw == init_bias -> the mean
+    np.testing.assert_allclose(theta[1], np.arange(10.0) + 2.0 * (raw[1] - raw[0]), rtol=1e-5, atol=1e-5)
+
+    labels = jnp.asarray(np.concatenate([rng.uniform(4, 44, (2, 21, 2)), np.ones((2, 21, 1))], -1), jnp.float32)
+    summed = stn.forward(params, model, images, labels, localiser=module, whitening=whitening)
+    mean = stn.forward(params, model, images, labels, localiser=module, whitening=whitening, reduction="mean")
+    np.testing.assert_allclose(summed["theta"], theta, rtol=1e-6)
+    np.testing.assert_allclose(mean["loss"], summed["loss"] / 2, rtol=1e-6)
+    for name in ("landmark", "prior", "siamese", "symmetry"):
+        np.testing.assert_allclose(mean["losses"][name], summed["losses"][name] / 2, rtol=1e-6)
+    direct = stn.apply_theta(model, theta, images, labels)
+    np.testing.assert_allclose(summed["loss"], direct["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        stn.apply_theta(model, theta, images, labels, reduction="max")

@@ -1,4 +1,5 @@
-"""3DMM-STN losses (spec 3dmm_stn.md §3) and the mirror augmentation (spec §6) vs numpy references."""
+"""3DMM-STN losses (``layer/vl_nn*loss.m``, ``vl_nnsse``, ``vl_nnsiamese``, ``vl_nnsymmetry``) and the mirror
+augmentation (``refineData`` in ``dagnn_3dmmasstn.m``) vs numpy references."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_symmetry_loss_vs_reference(textures):
     # per item: the count is that item's own
     one, _ = ref_symmetry(T[..., :1])
     np.testing.assert_allclose(stn.symmetry_loss(textures[0]), one, rtol=1e-12)
-    # true gradient = 4 D / count; the original's hand-written backward gives 2 D (spec §3.4)
+    # true gradient = 4 D / count; the original's hand-written backward gives 2 D (vl_nnsymmetry.m)
     grad = jax.grad(stn.symmetry_loss_batch)(textures)
     count = np.count_nonzero(T)
     np.testing.assert_allclose(grad, 4 * D.transpose(3, 0, 1, 2) / count, rtol=1e-10, atol=1e-14)
@@ -106,7 +107,7 @@ def test_siamese_loss_vs_reference(textures):
     pair, _ = ref_siamese(np.stack([a, b], -1))
     np.testing.assert_allclose(stn.siamese_loss(a, b), pair, rtol=1e-12)
     # true gradient: +2 D_k / count for the first member, -2 D_k / count for the second
-    # (the original gives +2 D_k to both and does not divide, spec §3.3)
+    # (the original gives +2 D_k to both and does not divide, vl_nnsiamese.m)
     grad = np.asarray(jax.grad(stn.siamese_loss_batch)(textures))
     count = np.count_nonzero(T)
     Dk = D.transpose(3, 0, 1, 2)

@@ -1,12 +1,15 @@
-"""3DMM-STN (Bas et al. 2017) as pure JAX functions (spec 3dmm_stn.md).
+"""3DMM-STN (Bas et al. 2017, ``github.com/anilbas/3DMMasSTN``) as pure JAX functions.
 
 Per-item layers (batch with ``jax.vmap``): :func:`split_theta`, :func:`project`,
-:func:`sampling_grid`, :func:`visibility`, :func:`flatten`; losses with the original reductions
-and their ``*_batch`` variants; the mirror augmentation; the Flax :class:`Localiser`; and the
-batched, jit-compiled :func:`forward`. Frames and conventions: see :mod:`jface.stn.layers` and
-BUILD_NOTES.md (3DMM-STN section).
+:func:`sampling_grid`, :func:`visibility`, :func:`flatten` (``layer/vl_nn*.m``); losses with the
+original reductions and their ``*_batch`` variants; the mirror augmentation (``dagnn_3dmmasstn.m``);
+the Flax :class:`Localiser`; the network, defined once (:mod:`jface.stn.network`):
+:func:`predict_theta` -> :func:`apply_theta`, together :func:`apply_network` / the jit-compiled
+:func:`forward`; and ``demo.m``'s landmark fit (:mod:`jface.stn.fit`). Frames and conventions:
+BUILD_NOTES.md, "Frames and conventions".
 """
 
+from jface.stn.fit import fit_adam, fit_gd, init_theta, landmark_objective
 from jface.stn.layers import (
     flatten,
     grid_faces,
@@ -43,7 +46,16 @@ from jface.stn.losses import (
     symmetry_loss,
     symmetry_loss_batch,
 )
-from jface.stn.network import LOSS_WEIGHTS, apply_theta, forward, split_labels
+from jface.stn.network import (
+    LOSS_TERMS,
+    LOSS_WEIGHTS,
+    ThetaWhitening,
+    apply_network,
+    apply_theta,
+    forward,
+    predict_theta,
+    split_labels,
+)
 
 __all__ = [
     "split_theta", "morphable_shape", "rotation_matrix", "project", "select_points",
@@ -54,5 +66,7 @@ __all__ = [
     "AFLW21_MIRROR", "mirror_labels", "mirror_image", "mirror_batch",
     "Localiser", "LocaliserConfig", "init_localiser", "load_vggface_mat",
     "read_vggface_mat", "convert_matconvnet",
-    "LOSS_WEIGHTS", "apply_theta", "forward", "split_labels",
+    "LOSS_WEIGHTS", "LOSS_TERMS", "ThetaWhitening", "predict_theta", "apply_theta", "apply_network", "forward",
+    "split_labels",
+    "init_theta", "landmark_objective", "fit_gd", "fit_adam",
 ]

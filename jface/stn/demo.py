@@ -1,4 +1,4 @@
-"""Functional replacements for the original ``demo.m`` (spec 3dmm_stn.md §8).
+"""``python -m jface.stn.demo``: the original ``demo.m`` with jface's functions.
 
 (a) Fit theta to 21 landmarks by gradient descent with ``jax.grad``, with demo.m's setup: r = 0,
     t = image centre (112, 112), logs = 1 (s = 0.99), alpha ~ N(0, 1); landmark loss only (vis = 1,
@@ -23,9 +23,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jface.stn import layers, losses
+from jface.models import default_stn_model, load_model
+from jface.stn import layers
+from jface.stn.fit import fit_adam, fit_gd, init_theta, landmark_objective
+from jface.stn.toy import render_image, toy_grid_model
 
 __all__ = [
     "init_theta",
@@ -41,102 +43,8 @@ __all__ = [
 ]
 
 
-def init_theta(key, batch: int, num_coeffs: int, image_hw=(224, 224), dtype=jnp.float32):
-    """demo.m's initial theta ``(B, 6 + D)``: r = 0, t = image centre, logs = 1, alpha ~ N(0, 1)."""
-    alpha = jax.random.normal(key, (batch, num_coeffs), dtype)
-    pose = jnp.asarray([0.0, 0.0, 0.0, image_hw[1] / 2.0, image_hw[0] / 2.0, 1.0], dtype)
-    return jnp.concatenate([jnp.broadcast_to(pose, (batch, 6)), alpha], axis=1)
-
-
-def landmark_objective(model, theta, labels, landmark_set: str = "aflw21"):
-    """Sum over the batch of :func:`jface.stn.landmark_loss` with vis = 1 (demo.m's loss).
-
-    ``theta (B, 6 + D)``, ``labels (B, L, 2)`` in the y-up 224-pixel frame. Only the landmark
-    vertices are projected (the layers act per vertex, so this equals selecting after projecting).
-    """
-    indices = jnp.asarray(model.landmarks[landmark_set], jnp.int32)
-    sub = model.replace(
-        mean=jnp.asarray(model.mean)[indices],
-        shape_basis=jnp.asarray(model.shape_basis)[indices],
-        expression_basis=jnp.asarray(model.expression_basis)[indices],
-    )
-    points = jax.vmap(lambda th: layers.project(sub, th)["points"])(theta)
-    return losses.landmark_loss_batch(points, labels)
-
-
-def _check_fit_inputs(model, theta, labels):
-    theta = jnp.asarray(theta)
-    labels = jnp.asarray(labels, theta.dtype)
-    if theta.ndim != 2 or labels.ndim != 3 or labels.shape[0] != theta.shape[0] or labels.shape[-1] != 2:
-        raise ValueError(
-            f"theta/labels: expected (B, 6 + D) and (B, L, 2) with the same B, got {theta.shape} and "
-            f"{labels.shape}"
-        )
-    return theta, labels
-
-
-def fit_gd(model, labels, theta0, *, step: float = 1e-6, alpha_gain: float = 101.0, tol: float = 1.0,
-           max_steps: int = 100_000, landmark_set: str = "aflw21"):
-    """demo.m's gradient descent with ``jax.grad``.
-
-    Each iteration k computes loss_k and g = dloss/dtheta at theta_k, multiplies the alpha part of g
-    by ``alpha_gain``, sets theta_{k+1} = theta_k - step g, and stops after the first iteration with
-    |loss_k - loss_{k-1}| < ``tol`` (or ``max_steps`` iterations). Returns ``(theta, losses)`` with
-    ``losses`` the numpy trajectory loss_0, loss_1, ... (one per iteration = per update).
-    """
-    theta, labels = _check_fit_inputs(model, theta0, labels)
-    gain = jnp.ones(theta.shape[-1], theta.dtype).at[6:].set(alpha_gain)
-
-    @jax.jit
-    def update(model, th):
-        loss, grad = jax.value_and_grad(lambda t: landmark_objective(model, t, labels, landmark_set))(th)
-        return th - step * grad * gain, loss
-
-    trajectory = []
-    for _ in range(max_steps):
-        theta, loss = update(model, theta)
-        trajectory.append(float(loss))
-        if len(trajectory) > 1 and abs(trajectory[-1] - trajectory[-2]) < tol:
-            break
-    return theta, np.asarray(trajectory)
-
-
-def fit_adam(model, labels, theta0, *, learning_rate: float = 0.05, scales=None, tol: float = 1.0,
-             max_steps: int = 20_000, landmark_set: str = "aflw21"):
-    """The same fit with optax Adam, on theta = theta0 + scales * z (per-group step sizes).
-
-    ``scales`` ``(6 + D,)`` defaults to r: 0.05 rad, t: 5 px, logs: 5, alpha: 1; Adam moves each z
-    by about ``learning_rate`` per step. Same stopping rule as :func:`fit_gd`. Returns
-    ``(theta, losses)``.
-    """
-    theta0, labels = _check_fit_inputs(model, theta0, labels)
-    if scales is None:
-        scales = jnp.concatenate([jnp.full(3, 0.05), jnp.full(2, 5.0), jnp.full(1, 5.0),
-                                  jnp.ones(theta0.shape[-1] - 6)])
-    scales = jnp.asarray(scales, theta0.dtype)
-    optimiser = optax.adam(learning_rate)
-    z = jnp.zeros_like(theta0)
-    state = optimiser.init(z)
-
-    @jax.jit
-    def update(model, z, state):
-        loss, grad = jax.value_and_grad(
-            lambda z_: landmark_objective(model, theta0 + scales * z_, labels, landmark_set)
-        )(z)
-        updates, state = optimiser.update(grad, state, z)
-        return optax.apply_updates(z, updates), state, loss
-
-    trajectory = []
-    for _ in range(max_steps):
-        z, state, loss = update(model, z, state)
-        trajectory.append(float(loss))
-        if len(trajectory) > 1 and abs(trajectory[-1] - trajectory[-2]) < tol:
-            break
-    return theta0 + scales * z, np.asarray(trajectory)
-
-
 def load_demodata(path):
-    """Read the original ``demodata.mat``: ``Images`` 224x224x3xB, ``Labels`` 1x2x21xB (spec §7.4).
+    """Read the original ``demodata.mat``: ``Images`` 224x224x3xB, ``Labels`` 1x2x21xB.
 
     Returns ``(images (B, 224, 224, 3) float32 raw 0-255, labels (B, 21, 2) float32)`` with labels
     (x, y) in the y-up 224-pixel frame (x = 1-based column, y = 225 - 1-based row).
@@ -159,19 +67,10 @@ def load_demodata(path):
 
 
 def demo_model(toy_res=None):
-    """The demo's default model: ``jface.models.default_stn_model()``, or the procedural
-    :func:`jface.stn.toy.toy_grid_model` when ``toy_res`` is given (or the default is unavailable)."""
+    """The demo's model and its name: ``jface.models.default_stn_model()``, or the procedural
+    :func:`jface.stn.toy.toy_grid_model` when ``toy_res`` is given."""
     if toy_res is None:
-        try:
-            from jface.models import default_stn_model
-
-            return default_stn_model(), "default_stn_model"
-        except (ImportError, AttributeError) as err:
-            print(f"jface.models.default_stn_model unavailable ({err}); using toy_grid_model(112)",
-                  file=sys.stderr)
-            toy_res = 112
-    from jface.stn.toy import toy_grid_model
-
+        return default_stn_model(), "default_stn_model"
     return toy_grid_model(toy_res), f"toy_grid_model({toy_res})"
 
 
@@ -184,7 +83,6 @@ def generate_demo_data(model, batch: int = 6, *, seed: int = 0, image_hw=(224, 2
     :func:`jface.stn.toy.render_image`; labels are the exact projected landmarks. Returns
     ``(images (B, H, W, 3), labels (B, 21, 2), theta_gt (B, 6 + D))`` as numpy float32.
     """
-    from jface.stn.toy import render_image
 
     rng = np.random.default_rng(seed)
     mean = np.asarray(model.mean, np.float64)
@@ -208,7 +106,7 @@ def panels(model, theta, images, *, padding: str = "symmetric"):
     """Part (b): per image the flattened outputs of the fitted theta ``(B, 6 + D)``.
 
     Returns a dict of numpy arrays: ``points (B, N, 2)``, ``sampled (B, H', W', 3)``,
-    ``mask (B, H', W')``, ``texture (B, H', W', 3)`` (spec §8's grid -> sampler -> mask -> masking).
+    ``mask (B, H', W')``, ``texture (B, H', W', 3)`` (``demo.m``'s grid -> sampler -> mask -> masking).
     """
     out = jax.jit(jax.vmap(lambda th, im: layers.flatten(model, th, im, padding=padding)))(
         jnp.asarray(theta, jnp.float32), jnp.asarray(images, jnp.float32))
@@ -234,7 +132,7 @@ def save_panels(out_dir, images, flat, labels=None, landmarks=None, prefix: str 
         verts = base.copy()
         draw = ImageDraw.Draw(verts)
         pts = flat["points"][b]
-        # y-up 1-based frame -> 0-based pixel: col = x - 1, row = H - y (spec §0).
+        # y-up 1-based frame -> 0-based pixel: col = x - 1, row = H - y (BUILD_NOTES.md, "Frames and conventions").
         for x, y in pts[:: max(1, pts.shape[0] // 4000)]:
             draw.point((float(x) - 1.0, height - float(y)), fill=(60, 120, 255))
         for group, colour in ((labels, (0, 255, 0)), (landmarks, (255, 0, 0))):
@@ -302,8 +200,6 @@ def main(argv=None):
     parser.add_argument("-o", "--out", required=True, help="output folder for PNGs and summary.json")
     args = parser.parse_args(argv)
     if args.model:
-        from jface.models import load_model
-
         model, name = load_model(args.model), args.model
     else:
         model, name = demo_model(args.toy_res)

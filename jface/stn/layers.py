@@ -1,6 +1,6 @@
-"""3DMM-STN layers as pure per-item functions (spec 3dmm_stn.md §2); batch them with ``jax.vmap``.
+"""3DMM-STN layers as pure per-item functions (``layer/vl_nn*.m``); batch them with ``jax.vmap``.
 
-Frames (spec §0):
+Frames (BUILD_NOTES.md, "Frames and conventions"):
 
 * **model frame**: BFM axes, x to the subject's left (image right for a frontal face), y up, z
   towards the camera, millimetres.
@@ -9,22 +9,28 @@ Frames (spec §0):
 * **grid / texel layout**: vertex k (0-based) <-> texel (row k // W', col k % W'); a C-order reshape
   of any per-vertex array to (H', W') gives the texture (row 0 = V = 1 = forehead).
 * **sampling grid**: channel 0 vertical = (cy - v)/hy, channel 1 horizontal = (u - cx)/hx, with
-  (cy, cx) = (hy, hx) = image_hw / 2 = (112, 112) for the original's 224 input (spec §2.10: those
+  (cy, cx) = (hy, hx) = image_hw / 2 = (112, 112) for the original's 224 input (``vl_nngrid.m``: those
   112 are the centre and half-size of the input, not the grid size).
 
-theta is ``(6 + D,)`` = [r (3, axis-angle, rad), t (2, pixels), logs (1), alpha (D)] (spec §2.1).
-Where the original hand-writes a backward pass, these functions rely on autodiff; BUILD_NOTES.md (3DMM-STN section) lists
-where the two differ (only the losses and selection of duplicated indices, spec §3 and §10.7/§10.12).
+theta is ``(6 + D,)`` = [r (3, axis-angle, rad), t (2, pixels), logs (1), alpha (D)] (``vl_nnsplit.m``).
+Where the original hand-writes a backward pass, these functions rely on autodiff; BUILD_NOTES.md ("Departures from the
+originals", 3DMM-STN) lists where the two differ (only the losses and the selection of duplicated
+indices: ``vl_nnsymmetry.m``, ``vl_nnsiamese.m``, ``vl_nnselection.m``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
 
 from jface import geometry
+from jface.arrays import as_float
+from jface.models.morphable import MorphableModel
 from jface.sampling import bilinear_sample
 
 __all__ = [
@@ -43,22 +49,15 @@ __all__ = [
 ]
 
 
-def _float(x):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
-
-def split_theta(theta):
-    """Split the localiser output (spec §2.1, ``vl_nnsplit``), per item.
+def split_theta(theta: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Split the localiser output (``vl_nnsplit``), per item.
 
     ``theta (6 + D,)`` -> ``(r (3,), t (2,), logs (), alpha (D,))`` in the order [r, t, logs, alpha]:
     r is axis-angle (radians), t the translation in the 224-pixel y-up frame, logs the log-scale
     (s = 0.99**logs) and alpha the D model coefficients (identity then expression). The original
     fixes D = 10; any D >= 0 works here.
     """
-    theta = _float(theta)
+    theta = as_float(theta)
     if theta.ndim != 1 or theta.shape[0] < 6:
         raise ValueError(
             f"theta: expected a vector (6 + D,) = [r(3), t(2), logs(1), alpha(D)], got shape "
@@ -67,13 +66,13 @@ def split_theta(theta):
     return theta[0:3], theta[3:5], theta[5], theta[6:]
 
 
-def morphable_shape(model, alpha):
-    """3DMM layer (spec §2.2, ``vl_nnmodel``): ``alpha (D,)`` -> vertices ``(N, 3)``, model frame.
+def morphable_shape(model: MorphableModel, alpha: ArrayLike) -> jax.Array:
+    """3DMM layer (``vl_nnmodel``): ``alpha (D,)`` -> vertices ``(N, 3)``, model frame.
 
     X = mean + basis . alpha with the model's identity columns first, then expression columns.
     """
     basis = model.basis
-    alpha = _float(alpha)
+    alpha = as_float(alpha)
     if alpha.shape != (basis.shape[-1],):
         raise ValueError(
             f"alpha: expected shape ({basis.shape[-1]},) (the model's {model.num_shape} identity + "
@@ -83,12 +82,12 @@ def morphable_shape(model, alpha):
     return model.mean.astype(dtype) + jnp.einsum("nck,k->nc", basis.astype(dtype), alpha.astype(dtype))
 
 
-def rotation_matrix(r):
-    """``vl_nnr2R`` (spec §2.3): axis-angle ``(3,)`` -> ``(3, 3)``; exactly I with so(3) gradients at 0."""
+def rotation_matrix(r: ArrayLike) -> jax.Array:
+    """``vl_nnr2R``: axis-angle ``(3,)`` -> ``(3, 3)``; exactly I with so(3) gradients at 0."""
     return geometry.axis_angle_to_matrix(r)
 
 
-def project(model, theta):
+def project(model: MorphableModel, theta: ArrayLike) -> dict[str, jax.Array]:
     """The geometric chain split -> 3DMM -> r2R -> rotate -> project -> scale -> translate (§2.1-§2.8).
 
     Per item: ``model`` a :class:`~jface.models.MorphableModel`, ``theta (6 + D,)``. Returns a dict:
@@ -108,16 +107,16 @@ def project(model, theta):
     return {"shape": shape, "rotated": rotated, "points": points, "rotation": rotation, "scale": scale}
 
 
-def select_points(points, indices):
-    """Selection layer (spec §2.9): ``points (N, 2)``, ``indices (L,)`` 0-based -> ``(L, 2)``.
+def select_points(points: ArrayLike, indices: ArrayLike) -> jax.Array:
+    """Selection layer (``vl_nnselection``): ``points (N, 2)``, ``indices (L,)`` 0-based -> ``(L, 2)``.
 
     Autodiff accumulates the gradients of a duplicated index; the original overwrites (last wins).
-    The 21-point AFLW list has no duplicates, so the two agree there (spec §10.12).
+    The 21-point AFLW list has no duplicates, so the two agree there.
     """
     return jnp.asarray(points)[jnp.asarray(indices, jnp.int32)]
 
 
-def grid_hw_of(model):
+def grid_hw_of(model: MorphableModel) -> tuple[int, int]:
     """(H', W') of a grid model: ``model.grid_hw`` or, when unset, a square sqrt(N) grid."""
     if getattr(model, "grid_hw", None) is not None:
         return tuple(int(v) for v in model.grid_hw)
@@ -131,17 +130,18 @@ def grid_hw_of(model):
     return (side, side)
 
 
-def sampling_grid(points, grid_hw=(112, 112), image_hw=(224, 224)):
-    """Grid generator (spec §2.10, ``vl_nngrid``): ``points (N, 2)`` -> ``(H', W', 2)``.
+def sampling_grid(points: ArrayLike, grid_hw: Sequence[int] = (112, 112),
+                  image_hw: Sequence[float] = (224, 224)) -> jax.Array:
+    """Grid generator (``vl_nngrid``): ``points (N, 2)`` -> ``(H', W', 2)``.
 
     ``points`` are in the y-up pixel frame of an image of size ``image_hw`` (the original's x42),
     N = H' W', vertex k <-> texel (k // W', k % W'). Channel 0 is vertical, (cy - y)/hy; channel 1
     horizontal, (x - cx)/hx, with centre and half-size (cy, cx) = (hy, hx) = image_hw / 2. The
     defaults give the original's hard-coded 112s. With :func:`jface.sampling.bilinear_sample`
     (align corners) a point lands at 0-based (row, col) = ((H - y)(H-1)/H, x (W-1)/W): the 223/224
-    factor of spec §2.11, kept as in the original.
+    factor of ``vl_nngrid`` with MatConvNet's ``vl_nnbilinearsampler``, kept as in the original.
     """
-    points = _float(points)
+    points = as_float(points)
     grid_h, grid_w = (int(v) for v in grid_hw)
     if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] != grid_h * grid_w:
         raise ValueError(
@@ -155,8 +155,8 @@ def sampling_grid(points, grid_hw=(112, 112), image_hw=(224, 224)):
     return jnp.stack([vertical, horizontal], axis=-1).reshape(grid_h, grid_w, 2)
 
 
-def visibility_normals(rotated, faces, *, mode: str = "last_write"):
-    """The per-vertex normals of ``visibilityNotSelf.m`` (spec §2.12), ``(N, 3)``.
+def visibility_normals(rotated: ArrayLike, faces: ArrayLike, *, mode: str = "last_write") -> jax.Array:
+    """The per-vertex normals of ``util/visibilityNotSelf.m``, ``(N, 3)``.
 
     Per face (v1, v2, v3): e1 = p2 - p1, e2 = p3 - p1, e3 = p2 - p3; corner angles
     a1 = acos(e1^.e2^), a2 = acos(e3^.e1^), a3 = pi - a1 - a2 (acos arguments clipped to [-1, 1],
@@ -169,7 +169,7 @@ def visibility_normals(rotated, faces, *, mode: str = "last_write"):
     """
     if mode not in ("last_write", "angle_weighted"):
         raise ValueError(f"mode: expected 'last_write' or 'angle_weighted', got {mode!r}")
-    rotated = _float(rotated)
+    rotated = as_float(rotated)
     faces = jnp.asarray(faces)
     if rotated.ndim != 2 or rotated.shape[1] != 3:
         raise ValueError(f"rotated: expected (N, 3) vertices, got shape {rotated.shape}")
@@ -194,7 +194,7 @@ def visibility_normals(rotated, faces, *, mode: str = "last_write"):
         if mode == "angle_weighted":
             normals = normals.at[faces[:, slot]].add(contribution)
         else:
-            # MATLAB's "last write wins" for repeated indices (spec §10.6): the highest face index
+            # MATLAB's "last write wins" for repeated indices (``visibilityNotSelf.m``): the highest face index
             # per (vertex, slot), then a gather; .at[].set with duplicates is unordered in XLA.
             last = jnp.full((num_vertices,), -1, jnp.int32).at[faces[:, slot]].max(
                 jnp.arange(num_faces, dtype=jnp.int32)
@@ -204,26 +204,28 @@ def visibility_normals(rotated, faces, *, mode: str = "last_write"):
     return normals
 
 
-def visibility(rotated, faces, *, mode: str = "last_write"):
-    """Self-occlusion test (spec §2.12): ``rotated (N, 3)``, ``faces (F, 3)`` -> ``(N,)`` bool.
+def visibility(rotated: ArrayLike, faces: ArrayLike, *, mode: str = "last_write") -> jax.Array:
+    """Self-occlusion test (``vl_nnvisibilitymask`` + ``util/visibilityNotSelf.m``):
+    ``rotated (N, 3)``, ``faces (F, 3)`` -> ``(N,)`` bool.
 
     A vertex is visible iff the z component of its :func:`visibility_normals` is >= 0 (NaN ->
     invisible). ``rotated`` are R x in the model frame (scale and translation do not change the
     sign). No gradient flows through the mask (the original's backward returns zeros).
     """
-    normals = visibility_normals(jax.lax.stop_gradient(_float(rotated)), faces, mode=mode)
+    normals = visibility_normals(jax.lax.stop_gradient(as_float(rotated)), faces, mode=mode)
     return normals[:, 2] >= 0
 
 
-def mask_texture(texture, mask):
-    """Masking layer (spec §2.13): ``texture (H', W', C) * mask (H', W')`` (mask is a constant)."""
-    texture = _float(texture)
+def mask_texture(texture: ArrayLike, mask: ArrayLike) -> jax.Array:
+    """Masking layer (``vl_nnvisibility``): ``texture (H', W', C) * mask (H', W')`` (mask is a constant)."""
+    texture = as_float(texture)
     mask = jax.lax.stop_gradient(jnp.asarray(mask).astype(texture.dtype))
     return texture * mask[..., None]
 
 
-def flatten(model, theta, image, *, image_hw=None, padding: str = "symmetric", mode: str = "last_write"):
-    """Grid generator + bilinear sampler + visibility + masking (spec §1, x42 -> predgrid), per item.
+def flatten(model: MorphableModel, theta: ArrayLike, image: ArrayLike, *, image_hw: Sequence[float] | None = None,
+            padding: str = "symmetric", mode: str = "last_write") -> dict[str, jax.Array]:
+    """Grid generator + bilinear sampler + visibility + masking (``dagnn_3dmmasstn_init.m``: x42 -> predgrid), per item.
 
     ``model`` a UV-grid :class:`~jface.models.MorphableModel` (N = H' W'), ``theta (6 + D,)``,
     ``image (H, W, C)`` raw values (0-255 in the original). ``image_hw`` sets the centre/half-size
@@ -235,7 +237,7 @@ def flatten(model, theta, image, *, image_hw=None, padding: str = "symmetric", m
     masking; ``mask`` (H', W') float 0/1; ``points`` (N, 2) (x42); ``rotated`` (N, 3);
     ``grid`` (H', W', 2).
     """
-    image = _float(image)
+    image = as_float(image)
     if image.ndim != 3:
         raise ValueError(f"image: expected (H, W, C), got shape {image.shape} (batch with jax.vmap)")
     if image_hw is None:
@@ -255,16 +257,14 @@ def flatten(model, theta, image, *, image_hw=None, padding: str = "symmetric", m
     }
 
 
-def grid_faces(grid_h, grid_w=None):
-    """Triangles of a UV-grid model in ``resampleModel``'s order (spec §7.2 step 5), 0-based.
+def grid_faces(grid_h: int, grid_w: int | None = None) -> np.ndarray:
+    """Triangles of a UV-grid model in ``prepareModel/resampleModel.m``'s order, 0-based.
 
     Vertex (row j, col i) is k = j W' + i. For each cell, col i outer loop and row j inner loop,
     emit [k(i,j), k(i+1,j), k(i,j+1)] then [k(i+1,j+1), k(i,j+1), k(i+1,j)]: 2 (H'-1)(W'-1) faces,
     for 112 the first are [0 1 112], [113 112 1], [112 113 224]. The order matters for the
     last-write-wins normals of :func:`visibility`. Returns a numpy ``(F, 3)`` int32 array.
     """
-    import numpy as np
-
     grid_w = grid_h if grid_w is None else grid_w
     cols, rows = np.meshgrid(np.arange(grid_w - 1), np.arange(grid_h - 1), indexing="ij")
     cols, rows = cols.ravel(), rows.ravel()  # col outer, row inner

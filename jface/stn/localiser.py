@@ -1,9 +1,11 @@
-"""The 3DMM-STN localiser: VGG-Face (VGG-16 topology) through relu7 plus the theta layer (spec §5).
+"""The 3DMM-STN localiser: VGG-Face (VGG-16 topology) through relu7 plus the theta layer
+(``dagnn_3dmmasstn_init.m``).
 
 Topology (MatConvNet ``vgg-face.mat`` names): 5 blocks of 3x3 conv (pad 1) + ReLU with
 (2, 2, 3, 3, 3) convs of (64, 128, 256, 512, 512) channels, each block followed by a 2x2/2 max-pool;
 ``fc6`` a 7x7 VALID conv on the 7x7x512 map (a dense layer) + ReLU; ``fc7`` 4096 -> 4096 + ReLU;
-``theta`` 4096 -> 6 + D. Input: raw 0-255 RGB ``(B, H, W, 3)``, no mean subtraction (spec §5).
+``theta`` 4096 -> 6 + D. Input: raw 0-255 RGB ``(B, H, W, 3)``, no mean subtraction
+(``dagnn_3dmmasstn.m``'s batch function passes the images unchanged).
 
 The theta layer is initialised as in ``dagnn_3dmmasstn_init.m``: weights randn * sqrt(2/4096) *
 1e-3 (``xavier`` x 0.001), biases 0 except t = (112, 112) (positions 4 and 5, 1-based), so at
@@ -19,14 +21,17 @@ computes in float32 (t ~ 112 needs more than bf16's 8 bits).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+import re
+from collections.abc import Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
-from jface.models.errors import ModelFileError
+from jface.errors import ModelFileError
+from jface.files.weights import load_variables, save_variables
 
 __all__ = [
     "LocaliserConfig",
@@ -59,12 +64,12 @@ class LocaliserConfig:
     theta_init_scale: float = 1e-3
 
     @classmethod
-    def vgg_face(cls, num_coeffs: int = 10) -> "LocaliserConfig":
+    def vgg_face(cls, num_coeffs: int = 10) -> LocaliserConfig:
         """The original: VGG-Face through relu7, 224x224 input, 16 outputs for D = 10."""
         return cls(num_coeffs=num_coeffs)
 
     @classmethod
-    def small(cls, num_coeffs: int = 10, input_hw=(64, 64), width: int = 4) -> "LocaliserConfig":
+    def small(cls, num_coeffs: int = 10, input_hw=(64, 64), width: int = 4) -> LocaliserConfig:
         """Same structure (13 convs, 5 pools, fc6, fc7, theta) with few channels, for CPU runs."""
         return cls(
             channels=(width, 2 * width, 4 * width, 8 * width, 8 * width),
@@ -115,7 +120,7 @@ def theta_kernel_init(config: LocaliserConfig):
 class Localiser(nn.Module):
     """VGG-Face localiser: ``images (B, H, W, 3)`` raw 0-255 -> ``theta (B, 6 + D)`` float32.
 
-    theta = [r (3), t (2), logs (1), alpha (D)] (spec §2.1). ``dtype`` is the backbone's compute
+    theta = [r (3), t (2), logs (1), alpha (D)] (``vl_nnsplit``). ``dtype`` is the backbone's compute
     dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
     """
 
@@ -156,8 +161,10 @@ class Localiser(nn.Module):
         return theta
 
 
-def init_localiser(key, config: Optional[LocaliserConfig] = None, *, dtype=jnp.float32):
-    """``(Localiser, params)`` initialised like the original (spec §5), without compiling anything.
+def init_localiser(key: Any, config: LocaliserConfig | None = None, *, dtype: Any = jnp.float32
+                   ) -> tuple[Localiser, dict]:
+    """``(Localiser, params)`` initialised like the original (``dagnn_3dmmasstn_init.m``), without
+    compiling anything.
 
     ``key``: a ``jax.random`` key or an int seed (it seeds a numpy generator). Backbone weights are
     ``xavier``: randn * sqrt(2 / (h w c_in)) (``vedaldi/practical-cnn-reg/xavier.m``), biases 0;
@@ -218,7 +225,7 @@ def _backbone_shapes(config: LocaliserConfig) -> dict:
     return {name: tuple(shapes[name]["kernel"].shape) for name in vggface_layer_names(config)}
 
 
-def read_vggface_mat(path, config: Optional[LocaliserConfig] = None) -> dict:
+def read_vggface_mat(path, config: LocaliserConfig | None = None) -> dict:
     """Read the backbone of a MatConvNet ``vgg-face.mat`` (SimpleNN layout) as Flax arrays.
 
     The file holds ``layers`` (a cell of structs with ``name``, ``type`` and ``weights`` = {filters,
@@ -227,7 +234,7 @@ def read_vggface_mat(path, config: Optional[LocaliserConfig] = None) -> dict:
     conv and stays one; fc7 (1x1x4096x4096) becomes a dense kernel. Layers after relu7 (fc8, prob)
     are ignored. ``config=None`` infers the topology (blocks, widths, fc6 kernel) from the file.
     Returns ``{conv1_1 ... fc7: {"kernel", "bias"}}`` float32 numpy arrays; raises
-    :class:`~jface.models.errors.ModelFileError` naming the file and layer on any mismatch.
+    :class:`~jface.errors.ModelFileError` naming the file and layer on any mismatch.
     """
     import scipy.io
 
@@ -269,8 +276,6 @@ def read_vggface_mat(path, config: Optional[LocaliserConfig] = None) -> dict:
 
 
 def _infer_config(by_name, path) -> LocaliserConfig:
-    import re
-
     blocks = {}
     for name in by_name:
         match = re.fullmatch(r"conv(\d+)_(\d+)", name)
@@ -293,22 +298,21 @@ def _infer_config(by_name, path) -> LocaliserConfig:
                            translation_init=(input_hw[1] / 2.0, input_hw[0] / 2.0))
 
 
-def convert_matconvnet(src, dst, config: Optional[LocaliserConfig] = None) -> str:
+def convert_matconvnet(src, dst, config: LocaliserConfig | None = None) -> str:
     """``vgg-face.mat`` -> the project's weight npz (kind ``"vggface-matconvnet"``, backbone only).
 
     Used by ``python -m jface.weights convert vggface-matconvnet vgg-face.mat -o vggface.npz``;
     :func:`load_vggface_mat` reads either file. ``config=None`` infers the topology from the file.
     """
-    from jface.weights.convert import save_variables
-
     backbone = read_vggface_mat(src, config)
     save_variables(dst, backbone, kind="vggface-matconvnet", source=str(src))
     count = sum(v.size for layer in backbone.values() for v in layer.values())
     return f"converted {src} -> {dst} (vggface-matconvnet: {len(backbone)} layers, {count} values)"
 
 
-def load_vggface_mat(path, config: Optional[LocaliserConfig] = None, *, params=None, key=None):
-    """Localiser params with the VGG-Face backbone from ``path`` (spec §5).
+def load_vggface_mat(path, config: LocaliserConfig | None = None, *, params: dict | None = None,
+                     key: Any = None) -> dict:
+    """Localiser params with the VGG-Face backbone from ``path`` (MatConvNet's ``vgg-face.mat``).
 
     ``path``: MatConvNet ``vgg-face.mat`` (:func:`read_vggface_mat`) or the ``.npz`` written by
     :func:`convert_matconvnet`. The theta layer is not in the file: it comes from ``params`` if
@@ -316,8 +320,6 @@ def load_vggface_mat(path, config: Optional[LocaliserConfig] = None, *, params=N
     """
     config = LocaliserConfig() if config is None else config
     if str(path).endswith(".npz"):
-        from jface.weights.convert import load_variables
-
         backbone = load_variables(path, kind="vggface-matconvnet")
         for name, expected in _backbone_shapes(config).items():
             got = tuple(np.shape(backbone.get(name, {}).get("kernel", ())))

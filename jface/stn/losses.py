@@ -1,8 +1,10 @@
-"""The four 3DMM-STN losses with the original reductions (spec 3dmm_stn.md §3), and the mirror
-augmentation of the batch function (spec §6).
+"""The four 3DMM-STN losses with the original reductions (``layer/vl_nneuclideanloss.m``,
+``vl_nnsse.m``, ``vl_nnsiamese.m``, ``vl_nnsymmetry.m``), and the mirror augmentation of the batch
+function (``refineData`` in ``dagnn_3dmmasstn.m``).
 
 All losses are un-normalised sums (pixel^2, 0-255 units) as in the original; gradients are true
-autodiff gradients. Where the original's hand-written backward differs (spec §3, §10.7):
+autodiff gradients. Where the original's hand-written backward differs (BUILD_NOTES.md,
+"Departures from the originals"):
 
 * landmark and prior: identical (2 vis (pred - label), 2 alpha).
 * symmetry: the original returns 2 w D (no /count); the true gradient is 4 w D / count.
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jface.arrays import as_float
+from jface.models.landmarks import AFLW21_MIRROR
 
 __all__ = [
     "AFLW21_MIRROR",
@@ -34,16 +40,6 @@ __all__ = [
     "mirror_batch",
 ]
 
-# refineData's lookup (spec §6), 0-based: mirrored landmark k takes old landmark AFLW21_MIRROR[k].
-AFLW21_MIRROR = (5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 16, 15, 14, 13, 12, 19, 18, 17, 20)
-
-
-def _float(x):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
 
 def _check_texture(texture, name, ndim=3):
     if texture.ndim != ndim:
@@ -51,15 +47,16 @@ def _check_texture(texture, name, ndim=3):
         raise ValueError(f"{name}: expected {layout}, got shape {texture.shape}")
 
 
-def landmark_loss(points, labels, vis=None, indices=None):
-    """Landmark loss (spec §3.1, ``vl_nneuclideanloss``): sum_k vis_k ||p_k - l_k||^2, per item.
+def landmark_loss(points: ArrayLike, labels: ArrayLike, vis: ArrayLike | None = None,
+                  indices: ArrayLike | None = None) -> jax.Array:
+    """Landmark loss (``vl_nneuclideanloss``): sum_k vis_k ||p_k - l_k||^2, per item.
 
     ``points (L, 2)`` predicted landmarks in the y-up 224-pixel frame, or ``(N, 2)`` all projected
     vertices together with ``indices (L,)`` (0-based vertex indices, e.g.
     ``model.landmarks["aflw21"]``); ``labels (L, 2)`` (x, y) in the same frame; ``vis (L,)`` 0/1
     (default all 1; a missing label has x = y = 0 and vis = 0). No mean: a plain sum.
     """
-    points = _float(points)
+    points = as_float(points)
     if indices is not None:
         points = points[jnp.asarray(indices, jnp.int32)]
     labels = jnp.asarray(labels, points.dtype)
@@ -76,9 +73,9 @@ def landmark_loss(points, labels, vis=None, indices=None):
     return jnp.sum(vis * jnp.sum(jnp.square(points - labels), axis=-1))
 
 
-def prior_loss(alpha):
-    """Statistical prior (spec §3.2, ``vl_nnsse``): sum alpha^2 over the D coefficients."""
-    alpha = _float(alpha)
+def prior_loss(alpha: ArrayLike) -> jax.Array:
+    """Statistical prior (``vl_nnsse``): sum alpha^2 over the D coefficients."""
+    alpha = as_float(alpha)
     return jnp.sum(jnp.square(alpha))
 
 
@@ -90,14 +87,14 @@ def _symmetry_terms(texture):
     return jnp.sum(jnp.square(diff)), count
 
 
-def symmetry_loss(texture):
-    """Bilateral symmetry loss (spec §3.4, ``vl_nnsymmetry``), per item: ``texture (H', W', C)``.
+def symmetry_loss(texture: ArrayLike) -> jax.Array:
+    """Bilateral symmetry loss (``vl_nnsymmetry``), per item: ``texture (H', W', C)``.
 
     F = texture flipped left-right (U <-> 1 - U); D = (T - F) where T != 0 and F != 0 (zero means
     invisible); L = ||D||^2 / #{T != 0} (count guarded to >= 1; the original gives NaN on an
     all-zero texture).
     """
-    texture = _float(texture)
+    texture = as_float(texture)
     _check_texture(texture, "texture")
     total, count = _symmetry_terms(texture)
     return total / jnp.maximum(count, 1).astype(texture.dtype)
@@ -109,13 +106,13 @@ def _siamese_terms(tex_a, tex_b):
     return jnp.sum(jnp.square(diff)), jnp.sum(tex_a != 0) + jnp.sum(tex_b != 0)
 
 
-def siamese_loss(tex_a, tex_b):
-    """Siamese multi-view loss (spec §3.3, ``vl_nnsiamese``) for one (image, mirror) pair.
+def siamese_loss(tex_a: ArrayLike, tex_b: ArrayLike) -> jax.Array:
+    """Siamese multi-view loss (``vl_nnsiamese``) for one (image, mirror) pair.
 
     ``tex_a``, ``tex_b`` ``(H', W', C)``, compared texel by texel **without** flipping either.
     D = (a - b) where a != 0 and b != 0; L = ||D||^2 / (#{a != 0} + #{b != 0}) (count guarded).
     """
-    tex_a = _float(tex_a)
+    tex_a = as_float(tex_a)
     tex_b = jnp.asarray(tex_b, tex_a.dtype)
     _check_texture(tex_a, "tex_a")
     if tex_b.shape != tex_a.shape:
@@ -124,9 +121,10 @@ def siamese_loss(tex_a, tex_b):
     return total / jnp.maximum(count, 1).astype(tex_a.dtype)
 
 
-def landmark_loss_batch(points, labels, vis=None, indices=None):
+def landmark_loss_batch(points: ArrayLike, labels: ArrayLike, vis: ArrayLike | None = None,
+                        indices: ArrayLike | None = None) -> jax.Array:
     """Batched :func:`landmark_loss`: ``(B, L, 2)`` (or ``(B, N, 2)`` with ``indices``), summed over B."""
-    points = _float(points)
+    points = as_float(points)
     if points.ndim != 3:
         raise ValueError(f"points: expected (B, L, 2) or (B, N, 2), got shape {points.shape}")
     if vis is None:
@@ -134,29 +132,29 @@ def landmark_loss_batch(points, labels, vis=None, indices=None):
     return jnp.sum(jax.vmap(lambda p, l, v: landmark_loss(p, l, v, indices))(points, labels, vis))
 
 
-def prior_loss_batch(alpha):
+def prior_loss_batch(alpha: ArrayLike) -> jax.Array:
     """Batched :func:`prior_loss`: ``alpha (B, D)``, summed over the batch."""
-    alpha = _float(alpha)
+    alpha = as_float(alpha)
     if alpha.ndim != 2:
         raise ValueError(f"alpha: expected (B, D), got shape {alpha.shape}")
     return jnp.sum(jnp.square(alpha))
 
 
-def symmetry_loss_batch(textures):
+def symmetry_loss_batch(textures: ArrayLike) -> jax.Array:
     """Batched symmetry loss ``(B, H', W', C)``: sum_b ||D_b||^2 / #{T != 0 over the whole batch}."""
-    textures = _float(textures)
+    textures = as_float(textures)
     _check_texture(textures, "textures", ndim=4)
     totals, counts = jax.vmap(_symmetry_terms)(textures)
     return jnp.sum(totals) / jnp.maximum(jnp.sum(counts), 1).astype(textures.dtype)
 
 
-def siamese_loss_batch(textures):
+def siamese_loss_batch(textures: ArrayLike) -> jax.Array:
     """Batched siamese loss on an interleaved batch ``(2P, H', W', C)`` = (image, mirror) pairs.
 
-    Pairs are batch positions (2k, 2k+1) (spec §6); L = sum_k ||D_k||^2 / #{T != 0 over the whole
+    Pairs are batch positions (2k, 2k+1) (``refineData``); L = sum_k ||D_k||^2 / #{T != 0 over the whole
     batch}.
     """
-    textures = _float(textures)
+    textures = as_float(textures)
     _check_texture(textures, "textures", ndim=4)
     if textures.shape[0] % 2:
         raise ValueError(
@@ -167,15 +165,17 @@ def siamese_loss_batch(textures):
     return jnp.sum(totals) / jnp.maximum(jnp.sum(counts), 1).astype(textures.dtype)
 
 
-def mirror_labels(labels, vis=None, *, image_width: int = 224, order=AFLW21_MIRROR):
-    """Mirror 21 AFLW labels like the original batch function (spec §6, §10.15).
+def mirror_labels(labels: ArrayLike, vis: ArrayLike | None = None, *, image_width: int = 224,
+                  order: ArrayLike = AFLW21_MIRROR) -> tuple[jax.Array, jax.Array | None]:
+    """Mirror 21 AFLW labels like the original batch function (``refineData`` in
+    ``dagnn_3dmmasstn.m``).
 
     ``labels (..., 21, 2)`` = (x, y) in the y-up pixel frame, ``vis (..., 21)`` or None.
     x' = (W + 1 - x) where x != 0 (missing points stay 0), y unchanged, then landmark k takes old
     landmark ``order[k]`` (the fixed left/right reorder), for labels and vis alike. Returns
     ``(labels', vis')`` (``vis'`` None when ``vis`` is None). Mirroring twice is the identity.
     """
-    labels = _float(labels)
+    labels = as_float(labels)
     order = jnp.asarray(order, jnp.int32)
     if labels.ndim < 2 or labels.shape[-2:] != (order.shape[0], 2):
         raise ValueError(
@@ -192,7 +192,7 @@ def mirror_labels(labels, vis=None, *, image_width: int = 224, order=AFLW21_MIRR
     return mirrored, vis[..., order]
 
 
-def mirror_image(image):
+def mirror_image(image: ArrayLike) -> jax.Array:
     """Left-right mirror of an image ``(..., H, W, C)`` (``fliplr`` in the batch function)."""
     image = jnp.asarray(image)
     if image.ndim < 3:
@@ -200,8 +200,9 @@ def mirror_image(image):
     return image[..., :, ::-1, :]
 
 
-def mirror_batch(images, labels=None, vis=None):
-    """Build the original's doubled batch (spec §6): each image followed by its mirror.
+def mirror_batch(images: ArrayLike, labels: ArrayLike | None = None, vis: ArrayLike | None = None
+                 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """Build the original's doubled batch (``refineData``): each image followed by its mirror.
 
     ``images (B, H, W, C)``, ``labels (B, 21, 2)`` or None, ``vis (B, 21)`` or None ->
     ``(images (2B, ...), labels (2B, 21, 2) or None, vis (2B, 21) or None)`` with position 2i the
@@ -218,6 +219,6 @@ def mirror_batch(images, labels=None, vis=None):
     if labels is None:
         return out_images, None, None
     m_labels, m_vis = mirror_labels(labels, vis, image_width=images.shape[2])
-    out_labels = interleave(_float(labels), m_labels)
+    out_labels = interleave(as_float(labels), m_labels)
     out_vis = None if vis is None else interleave(jnp.asarray(vis), m_vis)
     return out_images, out_labels, out_vis
