@@ -1,16 +1,18 @@
 """``python -m jface.flatten IMAGES_OR_DIRS... -o DIR``: 3DMM-STN flattened textures of photographs.
 
 For every image with 68 landmarks (side file or ``--detector``): the STN crop (224 x 224, or the
-run's image size with ``--checkpoint``, around the landmark box, :func:`jface.data.crops.stn_crop`),
-theta from a trained localiser
-(``--checkpoint``, a ``train.stn`` run folder) or fitted to the landmarks (``--fit-landmarks``,
-the gradient demo's optax variant, :func:`fit_theta`), then :func:`jface.stn.flatten` (grid
-generator, bilinear sampler, visibility, masking; spec 3dmm_stn.md §2.10-§2.13).
+run's image size with ``--weights``, around the landmark box, :func:`jface.data.crops.stn_crop`),
+theta from a trained localiser (``--weights RUN``, a ``train.stn`` run folder, loaded from its
+checkpoint alone by :func:`jface.training.stn.load_run`) or fitted to the landmarks
+(``--fit-landmarks``, the gradient demo's optax variant, :func:`fit_theta`), then
+:func:`jface.stn.flatten` (grid generator, bilinear sampler, visibility, masking: ``vl_nngrid``,
+``vl_nnbilinearsampler``, ``vl_nnvisibilitymask``, ``vl_nnvisibility``).
 
 Outputs under ``-o DIR``, per image ``DIR/<identity>/<stem>_*``:
 
 * ``_texture.png`` the masked flattened texture (H' x W', texel (k // W', k % W') = vertex k,
-  row 0 = forehead, spec §0), ``_mask.png`` the visibility mask, ``_sampled.png`` before masking;
+  row 0 = forehead; BUILD_NOTES.md, "Frames and conventions"), ``_mask.png`` the visibility
+  mask, ``_sampled.png`` before masking;
 * ``_landmarks.png`` the crop with the 21 AFLW labels (green) and the model's landmarks (red);
 * ``_flat.npz`` (texture, mask, theta, labels, crop transform);
 
@@ -35,6 +37,9 @@ import numpy as np
 import optax
 
 from jface import export
+from jface.data.crops import stn_crop
+from jface.errors import ModelFileError
+from jface.models import default_stn_model, load_model
 from jface.reconstruct.inputs import (
     InputError,
     LandmarkFileError,
@@ -44,6 +49,10 @@ from jface.reconstruct.inputs import (
     make_detector,
     progress,
 )
+from jface.stn import layers
+from jface.stn.fit import landmark_objective
+from jface.training.checkpoint import RunFormatError
+from jface.training.stn import load_run
 
 __all__ = [
     "IBUG68_TO_AFLW21",
@@ -58,7 +67,7 @@ __all__ = [
     "main",
 ]
 
-# For each AFLW point (spec 3dmm_stn.md §3 order; jface.landmarks.AFLW21_NAMES) the iBUG-68 points
+# For each AFLW point (jface.models.landmarks.AFLW21_NAMES order) the iBUG-68 points
 # (0-based) whose mean it is; empty = no counterpart (ears).
 IBUG68_TO_AFLW21 = (
     (17,), (19,), (21,), (22,), (24,), (26,),          # brows, image left -> right
@@ -110,8 +119,6 @@ def initial_theta(model, labels, landmark_set="aflw21_ibug"):
 
 @partial(jax.jit, static_argnames=("num_steps",))
 def _fit_steps(model, theta0, labels, scales, prior_weight, num_steps):
-    from jface.stn.demo import landmark_objective
-
     optimiser = optax.adam(0.05)
 
     def objective(z):
@@ -155,8 +162,6 @@ def fit_theta(model, labels21, *, steps: int = 300, prior_weight: float = 1.0, l
 
 @jax.jit
 def _flatten_jit(model, theta, images):
-    from jface.stn import layers
-
     return jax.vmap(lambda th, im: layers.flatten(model, th, im))(theta, images)
 
 
@@ -186,34 +191,14 @@ def load_localiser_checkpoint(path):
     ``(model, predict, image_size)`` with ``predict(images (B, S, S, 3) 0-255) -> theta (B, 6 + D)``
     in the y-up frame of the run's ``image_size`` S (224 for the original).
 
-    Rebuilds the run's context from its ``config.json`` (model, localiser and the theta whitening
-    statistics, which come from the run's generated training data) and restores the parameters.
+    Everything comes from the run's checkpoint (:func:`jface.training.stn.load_run`: config, face
+    model, theta whitening, parameters); no training data is generated.
     """
-    import dataclasses
-    import json
-
-    from train import common, stn as train_stn
-
-    path = Path(path)
-    step = None
-    if path.name.isdigit():
-        step, path = int(path.name), path.parent
-    if not path.is_dir():
-        raise InputError(f"--checkpoint: {path} is not a train.stn run or checkpoint folder")
-    if (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    saved = path.parent / "config.json"
-    if not saved.is_file():
-        raise InputError(f"--checkpoint: {saved} not found (expected the config.json of a train.stn run)")
-    fields = {f.name for f in dataclasses.fields(train_stn.Config)}
-    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(saved.read_text()).items()
-              if k in fields}
-    config = train_stn.Config(**stored)
-    ctx, host_state, _, _, _ = train_stn.build(config, with_eval=False)
-    state, _, step = common.restore_state_only(path, host_state, step)
-    params = jax.device_get(state.params)
-    predict = jax.jit(lambda images: train_stn.predict_theta(ctx, params, images))
-    return ctx.model, lambda images: np.asarray(predict(jnp.asarray(images, jnp.float32))), int(config.image_size)
+    try:
+        loaded = load_run(path)
+    except (OSError, RunFormatError) as err:
+        raise InputError(f"--weights: {err}") from err
+    return loaded.ctx.model, loaded.predict, int(loaded.config.image_size)
 
 
 def _overlay(crop, labels21, fitted21):
@@ -226,7 +211,7 @@ def _overlay(crop, labels21, fitted21):
     for points, colour in ((labels21, (0, 255, 0)), (fitted21, (255, 0, 0))):
         for x, y in points:
             if np.isfinite(x) and np.isfinite(y):
-                c, r = float(x) - 1.0, height - float(y)  # y-up 1-based -> 0-based pixel (spec §0)
+                c, r = float(x) - 1.0, height - float(y)  # y-up 1-based -> 0-based pixel
                 draw.ellipse((c - 2, r - 2, c + 2, r + 2), outline=colour, width=1)
     return np.asarray(image)
 
@@ -262,24 +247,20 @@ def _unique_stem(item, used):
     return key[1]
 
 
-def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, detector=False,
+def run(inputs, out_dir, *, model=None, weights=None, fit_landmarks=False, detector=False,
         batch_size: int = 8, steps: int = 300, crop_scale: float = 1.6, log=print):
     """The tool's work (see the module docstring); returns the summary dict."""
-    from jface.data.crops import stn_crop
-
-    if (checkpoint is None) == (not fit_landmarks):
-        raise InputError("expected exactly one of --checkpoint DIR or --fit-landmarks")
+    if (weights is None) == (not fit_landmarks):
+        raise InputError("expected exactly one of --weights RUN or --fit-landmarks")
     items = collect_inputs(inputs)
     det = make_detector(detector)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predict = None
     crop_size = 224
-    if checkpoint is not None:
-        model, predict, crop_size = load_localiser_checkpoint(checkpoint)
+    if weights is not None:
+        model, predict, crop_size = load_localiser_checkpoint(weights)
     elif model is None:
-        from jface.models import default_stn_model
-
         model = default_stn_model()
     grid_hw = tuple(model.grid_hw) if model.grid_hw is not None else None
     report = SkipReport()
@@ -298,7 +279,7 @@ def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, de
     batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
     for batch in progress(batches, total=len(batches), desc="flatten"):
         crops, labels, transforms = [], [], []
-        for item, image, landmarks in batch:
+        for _item, image, landmarks in batch:
             crop, lab68, transform = stn_crop(image.astype(np.float64), landmarks, scale=crop_scale,
                                               out_size=crop_size)
             crops.append(crop)
@@ -346,7 +327,7 @@ def run(inputs, out_dir, *, model=None, checkpoint=None, fit_landmarks=False, de
         export.save_png(out_dir / "gallery.png", _gallery(means))
     summary = {
         "model_grid": grid_hw,
-        "theta_source": "checkpoint" if predict is not None else "fit-landmarks",
+        "theta_source": "weights" if predict is not None else "fit-landmarks",
         "images": outputs,
         "mean_textures": {k: str(out_dir / "mean" / f"{k}.png") for k in means},
         "gallery": str(out_dir / "gallery.png") if means else None,
@@ -362,7 +343,8 @@ def main(argv=None):
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (identity sub-folders)")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="train.stn run folder (trained localiser)")
+    source.add_argument("--weights", "--checkpoint", dest="weights", metavar="RUN",
+                        help="train.stn run folder (its trained localiser; --checkpoint is the old name)")
     source.add_argument("--fit-landmarks", action="store_true", help="fit theta to the landmarks by gradient descent")
     parser.add_argument("--model", help="model npz (jface.models.save_model); default: default_stn_model()")
     parser.add_argument("--detector", action="store_true", help="use the optional dlib detector when no side file")
@@ -370,15 +352,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of --fit-landmarks")
     parser.add_argument("--crop-scale", type=float, default=1.6, help="crop size / landmark box size")
     args = parser.parse_args(argv)
-    from jface.models.errors import ModelFileError
-
     try:
-        model = None
-        if args.model:
-            from jface.models import load_model
-
-            model = load_model(args.model)
-        run(args.inputs, args.out, model=model, checkpoint=args.checkpoint, fit_landmarks=args.fit_landmarks,
+        model = load_model(args.model) if args.model else None
+        run(args.inputs, args.out, model=model, weights=args.weights, fit_landmarks=args.fit_landmarks,
             detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
     except (InputError, LandmarkFileError, ImportError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)

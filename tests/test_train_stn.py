@@ -1,4 +1,5 @@
-"""train.stn: config parsing, data-parallel equivalence, resume, signals, NaN guard, checkpoints.
+"""train.stn: config parsing, data-parallel equivalence, resume, signals, NaN guard, checkpoints,
+and a run loaded from its checkpoint alone (``jface.training.stn.load_run``, ``jface.flatten --weights``).
 
 Training runs are subprocesses of ``python -m train.stn --preset tiny`` (float32, as users run it;
 the test session itself has x64 on). They share a persistent compilation cache to keep compiles
@@ -7,18 +8,20 @@ off the critical path.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import struct
-
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -139,7 +142,7 @@ def test_kill9_sigterm_and_resume_match_uninterrupted(reference, tmp_path, jax_c
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 143, out
     assert f"resumed from {ckpts} step {first}" in out
-    saved = int(out.split("checkpoint saved at step")[1].split()[0])
+    saved = int(re.search(r"checkpoint saved at (?:\w+ )?step (\d+)", out).group(1))
     assert first + 2 <= saved < STEPS and (ckpts / str(saved)).is_dir()
     assert not (tmp_path / "params.npz").exists()
 
@@ -198,6 +201,7 @@ def test_failed_checkpoint_write_leaves_previous(tmp_path, monkeypatch):
 def test_config_overrides_and_errors():
     from train import stn
 
+    assert stn.preset("tiny").model == "toy:16" and stn.preset("default") == stn.Config()
     args, config = stn.parse_args(["--preset", "paper", "--set", "batch_size=8", "--steps", "100",
                                    "--loss_weights=1,0,0,0", "--mirror", "false"])
     assert (config.batch_size, config.steps, config.loss_weights, config.mirror) == (8, 100, (1.0, 0, 0, 0), False)
@@ -243,15 +247,17 @@ def test_one_step_late_hands_over_previous_metrics():
 
 
 def test_paper_optimizer_is_matconvnet_sgd():
-    """v = 0.9 v - (wd_p w + g); w += lr_p v, with lr x4/x8 and wd 0 on the theta bias (spec §5-§6)."""
+    """v = 0.9 v - (wd_p w + g); w += lr_p v, with lr x4/x8 and wd 0 on the theta bias
+    (MatConvNet's cnn_train_dag with dagnn_3dmmasstn_init.m's multipliers)."""
     import jax.numpy as jnp
 
+    from jface.training.stn import make_optimizer
     from train import stn
 
-    config = stn.Config.preset("paper").replace(learning_rate=0.1)
+    config = stn.preset("paper").replace(learning_rate=0.1)
     params = {"conv": {"kernel": jnp.ones(2)}, "theta": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
     grads = {"conv": {"kernel": jnp.full(2, 0.5)}, "theta": {"kernel": jnp.full(2, 0.5), "bias": jnp.full(2, 0.5)}}
-    opt = stn._optimizer(config, params)
+    opt = make_optimizer(config, params)
     state = opt.init(params)
     updates, state = opt.update(grads, state, params)
     expect = {"conv": -0.1 * (0.5 + 5e-4), "theta_k": -0.4 * (0.5 + 5e-4), "theta_b": -0.8 * 0.5}
@@ -280,3 +286,103 @@ def test_metric_writer_event_files_parse(tmp_path):
     events = [event_pb2.Event.FromString(r) for r in records]
     scalars = [(e.step, v.tag, v.simple_value) for e in events for v in e.summary.value]
     assert scalars == [(7, "train/loss", 1.5)]
+
+
+# --- a run directory is self-contained ----------------------------------------------------------
+
+def _no_data_generation(monkeypatch):
+    from jface.data import synthetic_stn
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a run generated training data")
+
+    monkeypatch.setattr(synthetic_stn, "generate", refuse)
+
+
+def test_run_metadata_is_saved_and_loads_without_data(reference, monkeypatch):
+    """Every checkpoint carries the config, the face model and the theta whitening; load_run needs
+    nothing else (the data generator is made to raise) and predicts exactly what the trainer's own
+    context (whitening from the regenerated training data) predicts with the saved params."""
+    import jax
+    import jax.numpy as jnp
+
+    from jface.training import checkpoint
+    from jface.training import stn as stn_training
+    from train import stn
+
+    workdir, _, params = reference
+    run = checkpoint.read_run(workdir / "checkpoints")
+    config = stn.parse_args([*COMMON, "--workdir", str(workdir), "--export", str(workdir / "params.npz")])[1]
+    assert stn_training.config_from_dict(run["config"]) == config
+    assert run["face_model"]["model"] == "toy:16" and len(run["face_model"]["sha256"]) == 64
+    ctx = stn_training.build(config, with_eval=False)[0]  # this session has x64 on: equal to ~1 ulp
+    np.testing.assert_allclose(np.asarray(run["theta_whitening"]["mean"], np.float32), ctx.whitening.mean, rtol=1e-6)
+
+    _no_data_generation(monkeypatch)
+    start = time.perf_counter()
+    loaded = stn_training.load_run(workdir)
+    elapsed = time.perf_counter() - start
+    assert loaded.step == STEPS and loaded.config == config and elapsed < 60
+    flat = {"/".join(getattr(k, "key", str(k)) for k in key): np.asarray(v)
+            for key, v in jax.tree_util.tree_flatten_with_path(loaded.params)[0]}
+    _assert_params(flat, params, exact=True)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    theta = loaded.predict(images)
+    assert theta.shape == (2, 6 + 10) and np.all(np.isfinite(theta))
+    expected = jax.jit(lambda p, im: stn_training.predict_theta(ctx, p, im))(loaded.params, jnp.asarray(images))
+    np.testing.assert_allclose(theta, np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_weights_loads_a_run_without_data(reference, tmp_path, monkeypatch):
+    from jface import flatten
+    from jface.data.crops import from_stn_frame
+    from jface.data.synthetic_stn import toy_model
+    from jface.stn import project
+
+    workdir = reference[0]
+    model = toy_model(16)
+    folder = tmp_path / "faces" / "alice"
+    folder.mkdir(parents=True)
+    theta = np.concatenate([[0, 0.2, 0], [112, 110], [25.0], np.zeros(10)])
+    aflw = np.asarray(project(model, theta)["points"])[np.asarray(model.landmarks["aflw21"])]
+    points = np.repeat(aflw.mean(0, keepdims=True), 68, 0)  # iBUG points without an AFLW twin: the centre
+    for k, group in enumerate(flatten.IBUG68_TO_AFLW21):
+        points[list(group)] = aflw[k]
+    image = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "a.png")
+    np.savetxt(folder / "a.txt", from_stn_frame(points))
+    _no_data_generation(monkeypatch)
+    start = time.perf_counter()
+    summary = flatten.run([tmp_path / "faces"], tmp_path / "out", weights=workdir, batch_size=2,
+                          log=lambda *_: None)
+    elapsed = time.perf_counter() - start
+    assert summary["theta_source"] == "weights" and len(summary["images"]) == 1 and elapsed < 120
+    with np.load(summary["images"][0]["npz"]) as z:
+        assert z["texture"].shape == (16, 16, 3) and z["theta"].shape == (16,)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["theta_source"] == "weights"
+
+
+def test_old_run_without_metadata_is_a_clear_error(tmp_path, capsys):
+    """A run saved before checkpoints carried their metadata: one line naming the directory and
+    what is missing, from jface.flatten --weights and train.stn --eval alike."""
+    from jface import flatten
+    from jface import training as common
+    from train import stn
+
+    mesh = common.make_mesh()
+    state = common.replicate(common.TrainState(
+        step=np.int32(1), params={"theta": {"bias": np.zeros(16, np.float32)}}, opt_state={},
+        rng=np.zeros(2, np.uint32)), mesh)
+    ckpt = common.Checkpointer(tmp_path / "old" / "checkpoints")
+    ckpt.save(1, state, {"step": 1})  # no run item
+    ckpt.close()
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(faces / "a.png")
+    np.savetxt(faces / "a.txt", np.random.default_rng(0).uniform(5, 35, (68, 2)))
+    for main, argv in ((flatten.main, [str(faces), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "old")]),
+                       (stn.main, ["--eval", str(tmp_path / "old")])):
+        assert main(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert str(tmp_path / "old" / "checkpoints") in err and "run metadata" in err, err

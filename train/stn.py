@@ -1,137 +1,74 @@
-"""Train 3DMM-STN: ``python -m train.stn [--preset default|paper] [--set key=value ...] [--key value]``.
+"""Train 3DMM-STN: ``python -m train.stn [--preset default|paper|tiny] [--set key=value ...] [--key value]``.
 
-Presets (``Config.preset(name)``):
+Presets (:func:`preset`):
 
 * ``default``: the embedded procedural model (``jface.models.default_stn_model``), generated data
   (``jface.data.synthetic_stn``), the small localiser (``LocaliserConfig.small``); finishes with the
   held-out evaluation, data generation included, in a few minutes on 2 CPU cores. Adam, the
-  spec's loss weights with the batch-mean reduction, theta read through a whitening affine map
+  original's loss weights with the batch-mean reduction, theta read through a whitening affine map
   (theta = mean + std * (raw - init bias), mean/std of the training labels, so step 0 predicts the
   mean pose and shape = the evaluation baseline).
-* ``paper``: spec 3dmm_stn.md §5-§6: VGG-Face localiser (``--vggface_mat`` to load weights), a
-  user-prepared model (``--model path/to/model.npz`` from ``jface.models.save_model``), SGD momentum
-  0.9, learning rate 1e-10 with multipliers 4/8 on the theta weights/bias, weight decay 5e-4 (0 on
-  the theta bias), batch 32 doubled by mirrors, loss weights 0.8998 / 0.1 / 1e-4 / 1e-4 on the
-  original's un-normalised sums.
+* ``paper``: the original (``dagnn_3dmmasstn.m`` with MatConvNet's ``cnn_train_dag``): VGG-Face
+  localiser (``--vggface_mat`` to load weights), a user-prepared model (``--model
+  path/to/model.npz`` from ``jface.models.save_model``), SGD momentum 0.9, learning rate 1e-10 with
+  multipliers 4/8 on the theta weights/bias, weight decay 5e-4 (0 on the theta bias), batch 32
+  doubled by mirrors, loss weights 0.8998 / 0.1 / 1e-4 / 1e-4 on the original's un-normalised sums.
+* ``tiny``: tests and smoke runs.
 
-Any config field can be overridden: ``--set steps=100 --set batch_size=8`` or ``--steps 100``.
-Tuples are comma-separated (``--set loss_weights=0.9,0.1,0,0``), booleans true/false.
+Any config field (:class:`jface.training.stn.Config`) can be overridden: ``--set steps=100 --set
+batch_size=8`` or ``--steps 100``. Tuples are comma-separated (``--set loss_weights=0.9,0.1,0,0``),
+booleans true/false.
 
-Other flags: ``--eval CKPT`` (a checkpoint directory or one step's directory; prints held-out
-metrics next to the mean-pose-and-shape baseline), ``--coordinator host:port --num_processes N
---process_id i`` (multi-host; automatic on Cloud TPU VMs). A run resumes from ``workdir``'s latest
-checkpoint automatically; SIGTERM saves a checkpoint and exits with status 143.
+Other flags: ``--eval RUN`` (a run folder, its checkpoint folder or one step's folder; prints held-out
+metrics next to the mean-pose-and-shape baseline; the run's own config and theta statistics come
+from its checkpoint), ``--coordinator host:port --num_processes N --process_id i`` (multi-host;
+automatic on Cloud TPU VMs). A run resumes from ``workdir``'s latest checkpoint automatically;
+SIGTERM saves a checkpoint and exits with status 143.
 
-The pure step is :func:`train_step` ``(state, batch) -> (state, metrics)``, jit-compiled with the
-batch sharded along the mesh axis ``'data'`` and everything else replicated.
+The training itself is :mod:`jface.training.stn` (the pure step ``train_step(state, batch) ->
+(state, metrics)`` around :func:`jface.stn.apply_network`, the loop, evaluation, loading a run).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 import sys
-import time
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 from jface import training as common
+from jface.training.checkpoint import RunFormatError
+from jface.training.stn import Config, evaluate, train
 
-__all__ = ["Config", "train_step", "make_train_step", "train", "evaluate", "main"]
+__all__ = ["Config", "PRESETS", "preset", "parse_args", "main"]
 
-TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM
+PRESETS = {
+    "default": Config(),
+    "paper": Config(
+        model="", localiser="vgg_face", whiten_theta=False, optimizer="sgd",
+        learning_rate=1e-10, lr_schedule="constant", warmup_steps=0, momentum=0.9,
+        weight_decay=5e-4, theta_lr_mult=(4.0, 8.0), theta_bias_decay=False, batch_size=32,
+        mirror=True, loss_reduction="sum", steps=100_000, workdir="runs/stn_paper",
+        checkpoint_every=2000, log_every=50, image_every=2000),
+    "tiny": Config(
+        model="toy:16", image_size=64, num_identities=8, images_per_identity=4,
+        eval_identities=4, eval_images_per_identity=2, localiser_input=32,
+        localiser_width=2, batch_size=8, steps=6, warmup_steps=0,
+        checkpoint_every=3, log_every=1, image_every=0, eval_batch=8,
+        workdir="runs/stn_tiny"),
+}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Every hyperparameter of a run (see the module docstring for the presets)."""
-
-    # model: "default" (embedded), "toy:RES" (jface.data.synthetic_stn.toy_model), or a .npz path
-    model: str = "default"
-    landmark_set: str = "aflw21"
-    num_shape: int = 5  # identity components kept (spec §7.1: 5 + 5, D = 10)
-    num_expression: int = 5
-    # data: generated by jface.data.synthetic_stn (train split seed data_seed, held-out eval_seed)
-    image_size: int = 224
-    num_identities: int = 160
-    images_per_identity: int = 10
-    eval_identities: int = 40
-    eval_images_per_identity: int = 5
-    data_seed: int = 0
-    eval_seed: int = 1_000_003
-    yaw_deg: float = 60.0
-    images_per_group: int = 1  # >1: identity-grouped batches (B identities x K images)
-    # localiser
-    localiser: str = "small"  # "small" or "vgg_face"
-    localiser_input: int = 64  # small localiser input size (images are resized to it)
-    localiser_width: int = 8
-    vggface_mat: str = ""
-    compute_dtype: str = "float32"  # or "bfloat16" for the backbone
-    whiten_theta: bool = True
-    # optimisation
-    optimizer: str = "adam"  # "adam" or "sgd" (MatConvNet-style momentum)
-    learning_rate: float = 2e-3
-    lr_schedule: str = "cosine"  # "cosine" or "constant"
-    warmup_steps: int = 20
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    theta_lr_mult: tuple = (1.0, 1.0)  # (weights, bias) of the theta layer
-    theta_bias_decay: bool = True  # False: weight-decay multiplier 0 on the theta bias (spec §5)
-    grad_clip: float = 0.0
-    batch_size: int = 32  # global, before the mirror doubling
-    mirror: bool = True
-    steps: int = 400
-    loss_weights: tuple = (0.8998, 0.1, 1e-4, 1e-4)  # landmark, prior, siamese, symmetry
-    loss_reduction: str = "mean"  # "mean" over the doubled batch, or "sum" (the original)
-    seed: int = 0
-    # bookkeeping
-    workdir: str = "runs/stn"
-    checkpoint_every: int = 200
-    max_to_keep: int = 2
-    log_every: int = 25
-    image_every: int = 200
-    eval_batch: int = 50
-    eval_at_end: bool = True
-    export: str = ""  # write the final params to this .npz (".p<i>" appended per process if several)
-    step_delay: float = 0.0  # seconds slept after each step (tests use it to interrupt a run mid-way)
-
-    @classmethod
-    def preset(cls, name: str) -> "Config":
-        if name == "default":
-            return cls()
-        if name == "paper":
-            return cls(
-                model="", localiser="vgg_face", whiten_theta=False, optimizer="sgd",
-                learning_rate=1e-10, lr_schedule="constant", warmup_steps=0, momentum=0.9,
-                weight_decay=5e-4, theta_lr_mult=(4.0, 8.0), theta_bias_decay=False, batch_size=32,
-                mirror=True, loss_reduction="sum", steps=100_000, workdir="runs/stn_paper",
-                checkpoint_every=2000, log_every=50, image_every=2000)
-        if name == "tiny":  # tests and smoke runs
-            return cls(model="toy:16", image_size=64, num_identities=8, images_per_identity=4,
-                       eval_identities=4, eval_images_per_identity=2, localiser_input=32,
-                       localiser_width=2, batch_size=8, steps=6, warmup_steps=0,
-                       checkpoint_every=3, log_every=1, image_every=0, eval_batch=8,
-                       workdir="runs/stn_tiny")
+def preset(name: str) -> Config:
+    """The named preset's :class:`Config` (see the module docstring)."""
+    if name not in PRESETS:
         raise ValueError(f"preset: expected 'default', 'paper' or 'tiny', got {name!r}")
-
-    def replace(self, **overrides) -> "Config":
-        return dataclasses.replace(self, **overrides)
-
-
-# --- configuration parsing ------------------------------------------------------------------
-
-def apply_overrides(config: Config, pairs) -> Config:
-    """``pairs``: (name, text) -> a new Config; unknown names raise naming the field."""
-    return common.apply_overrides(config, pairs)
+    return PRESETS[name]
 
 
 def parse_args(argv):
+    """``(args, config)`` from the command line: the preset, then ``--set`` / ``--key`` overrides."""
     fields = "\n".join(f"  --{f.name} {f.default!r}" for f in dataclasses.fields(Config))
     parser = argparse.ArgumentParser(
         prog="python -m train.stn", description=__doc__.split("\n\n")[0],
@@ -139,463 +76,27 @@ def parse_args(argv):
         epilog="config fields (default preset values; override with --set KEY=VALUE or --KEY VALUE):\n" + fields)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--eval", default=None, metavar="CKPT")
+    parser.add_argument("--eval", default=None, metavar="RUN")
     common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     pairs = common.override_pairs(args.set, rest)
-    config = apply_overrides(Config.preset(args.preset), pairs)
+    config = common.apply_overrides(preset(args.preset), pairs)
     return args, config
-
-
-# --- model, data, localiser -----------------------------------------------------------------
-
-def load_model(config: Config):
-    """The 3DMM named by ``config.model`` (see :class:`Config`), truncated to ``num_shape`` +
-    ``num_expression`` components (D = 10 in the original, spec §0)."""
-    model = _load_full_model(config)
-    if model.num_shape < config.num_shape or model.num_expression < config.num_expression:
-        raise ValueError(
-            f"num_shape/num_expression: model has {model.num_shape} + {model.num_expression} components, "
-            f"config asks for {config.num_shape} + {config.num_expression}")
-    return model.replace(shape_basis=model.shape_basis[..., :config.num_shape],
-                         expression_basis=model.expression_basis[..., :config.num_expression])
-
-
-def _load_full_model(config: Config):
-    from jface.data import synthetic_stn
-
-    spec = config.model
-    if spec == "default":
-        from jface.models import default_stn_model
-
-        return default_stn_model()
-    if spec.startswith("toy:"):
-        return synthetic_stn.toy_model(int(spec.split(":", 1)[1]))
-    if not spec:
-        raise ValueError("model: the paper preset needs --model path/to/model.npz "
-                         "(jface.models.prepare_stn_model + save_model from the BFM files)")
-    from jface.models import load_model as load_npz
-
-    return load_npz(spec)
-
-
-def make_data(config: Config, model, *, split: str, render_images: bool = True):
-    from jface.data import synthetic_stn
-
-    train_split = split == "train"
-    syn = synthetic_stn.SyntheticConfig(
-        image_hw=(config.image_size, config.image_size),
-        num_identities=config.num_identities if train_split else config.eval_identities,
-        images_per_identity=config.images_per_identity if train_split else config.eval_images_per_identity,
-        yaw_deg=config.yaw_deg, landmark_set=config.landmark_set)
-    return synthetic_stn.generate(model, syn, seed=config.data_seed if train_split else config.eval_seed,
-                                  render_images=render_images)
-
-
-def make_localiser(config: Config, num_coeffs: int):
-    from jface.stn import Localiser, LocaliserConfig
-
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.compute_dtype]
-    if config.localiser == "small":
-        cfg = LocaliserConfig.small(num_coeffs=num_coeffs, width=config.localiser_width,
-                                    input_hw=(config.localiser_input, config.localiser_input))
-    elif config.localiser == "vgg_face":
-        cfg = LocaliserConfig.vgg_face(num_coeffs=num_coeffs)
-        cfg = dataclasses.replace(cfg, input_hw=(config.image_size, config.image_size),
-                                  translation_init=(config.image_size / 2, config.image_size / 2))
-    else:
-        raise ValueError(f"localiser: expected 'small' or 'vgg_face', got {config.localiser!r}")
-    return Localiser(config=cfg, dtype=dtype)
-
-
-def theta_statistics(config: Config, data, num_coeffs: int):
-    """(mean, std) of the training labels' theta; the mean is also the baseline prediction."""
-    theta = np.asarray(data["theta"], np.float64)
-    mean, std = theta.mean(0), theta.std(0)
-    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
-
-
-# --- the step -------------------------------------------------------------------------------
-
-def _optimizer(config: Config, params):
-    if config.lr_schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, 2),
-            end_value=config.learning_rate * 0.02)
-    elif config.lr_schedule == "constant":
-        schedule = optax.constant_schedule(config.learning_rate)
-    else:
-        raise ValueError(f"lr_schedule: expected 'cosine' or 'constant', got {config.lr_schedule!r}")
-
-    def multipliers(path, _):
-        names = [getattr(k, "key", str(k)) for k in path]
-        if "theta" in names:
-            return config.theta_lr_mult[0] if names[-1] == "kernel" else config.theta_lr_mult[1]
-        return 1.0
-
-    lr_mult = jax.tree_util.tree_map_with_path(multipliers, params)
-    decay_mask = jax.tree_util.tree_map_with_path(
-        lambda path, _: config.theta_bias_decay or [getattr(k, "key", "") for k in path][-2:] != ["theta", "bias"],
-        params)
-    scale_mult = optax.GradientTransformation(
-        lambda _: optax.EmptyState(),
-        lambda updates, state, params=None: (jax.tree_util.tree_map(lambda u, m: u * m, updates, lr_mult), state))
-    parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
-    if config.optimizer == "adam":
-        parts += [optax.scale_by_adam()]
-        if config.weight_decay:
-            parts += [optax.add_decayed_weights(config.weight_decay, decay_mask)]
-    elif config.optimizer == "sgd":
-        # MatConvNet cnn_train_dag: v = m v - (wd_p w + g); w += lr_p v (spec §6).
-        if config.weight_decay:
-            parts += [optax.add_decayed_weights(config.weight_decay, decay_mask)]
-        parts += [optax.trace(decay=config.momentum, nesterov=False)]
-    else:
-        raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {config.optimizer!r}")
-    parts += [scale_mult, optax.scale_by_learning_rate(schedule)]
-    return optax.chain(*parts)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepContext:
-    """What the pure step closes over: static modules and constant arrays."""
-
-    config: Config
-    localiser: object
-    optimizer: object
-    model: object
-    theta_mean: object
-    theta_std: object
-    theta_init_bias: object
-
-
-def predict_theta(ctx: StepContext, params, images):
-    """``images (B, H, W, 3)`` 0-255 float -> theta ``(B, 6 + D)``."""
-    in_hw = tuple(ctx.localiser.config.input_hw)
-    small = images
-    if tuple(images.shape[1:3]) != in_hw:
-        small = jax.image.resize(images, (images.shape[0],) + in_hw + (images.shape[3],), "linear",
-                                 antialias=True)
-    raw = ctx.localiser.apply({"params": params}, small).astype(jnp.float32)
-    if ctx.config.whiten_theta:
-        return ctx.theta_mean + ctx.theta_std * (raw - ctx.theta_init_bias)
-    return raw
-
-
-def loss_and_outputs(ctx: StepContext, params, batch):
-    from jface.stn import apply_theta
-
-    images = batch["images"].astype(jnp.float32)
-    theta = predict_theta(ctx, params, images)
-    w = ctx.config.loss_weights
-    weights = {"landmark": w[0], "prior": w[1], "siamese": w[2], "symmetry": w[3]}
-    out = apply_theta(ctx.model, theta, images, batch["labels"], loss_weights=weights,
-                      landmark_set=ctx.config.landmark_set, siamese=ctx.config.mirror)
-    norm = images.shape[0] if ctx.config.loss_reduction == "mean" else 1.0
-    loss = out["loss"] / norm
-    labels = batch["labels"]
-    vis = labels[..., 2]
-    err = jnp.linalg.norm(out["landmarks"] - labels[..., :2], axis=-1)
-    metrics = {"loss": loss, **{f"loss_{k}": v / norm for k, v in out["losses"].items()},
-               "landmark_px": jnp.sum(err * vis) / jnp.maximum(jnp.sum(vis), 1)}
-    return loss, (metrics, out)
-
-
-def train_step(ctx: StepContext, state: common.TrainState, batch):
-    """One optimiser step: ``(state, batch) -> (state, metrics)`` (pure; jit it with ``ctx`` bound)."""
-    rng, _ = jax.random.split(state.rng)
-    grads, (metrics, _) = jax.grad(lambda p: loss_and_outputs(ctx, p, batch), has_aux=True)(state.params)
-    updates, opt_state = ctx.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = common.TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
-    return new_state, metrics
-
-
-def make_train_step(ctx: StepContext, mesh):
-    """``train_step`` bound to ``ctx`` and jit-compiled for ``mesh`` (state replicated)."""
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(functools.partial(train_step, ctx), out_shardings=(replicated, replicated),
-                   donate_argnums=(0,))
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-def _nme(pred, labels, landmark_set):
-    vis = labels[..., 2]
-    err = np.linalg.norm(pred - labels[..., :2], axis=-1)
-    if landmark_set == "aflw21":  # outer eye corners (AFLW 7 and 12)
-        iod = np.linalg.norm(labels[:, 6, :2] - labels[:, 11, :2], axis=-1)
-        both = (vis[:, 6] > 0) & (vis[:, 11] > 0)
-    else:
-        iod = np.linalg.norm(labels[..., :2].max(1) - labels[..., :2].min(1), axis=-1)
-        both = np.ones(len(labels), bool)
-    per_image = (err * vis).sum(1) / np.maximum(vis.sum(1), 1) / np.maximum(iod, 1e-6)
-    return float(per_image[both].mean())
-
-
-def held_out_metrics(ctx: StepContext, params, data, theta_baseline, batch: int = 50) -> dict:
-    """Landmark NME (inter-ocular), pose error (deg), shape error (mm) of the model and of the
-    mean-pose-and-shape baseline on ``data``."""
-    from jface.data.synthetic_stn import pose_error_deg
-    from jface.stn import project
-
-    model = ctx.model
-    idx = np.asarray(model.landmarks[ctx.config.landmark_set])
-
-    @jax.jit
-    def predict(params, images):
-        theta = predict_theta(ctx, params, images.astype(jnp.float32))
-        proj = jax.vmap(lambda th: project(model, th))(theta)
-        return theta, proj["points"][:, idx], proj["shape"]
-
-    @jax.jit
-    def geometry(theta):
-        proj = jax.vmap(lambda th: project(model, th))(theta)
-        return proj["points"][:, idx], proj["shape"]
-
-    count = len(data["images"])
-    preds, thetas, shape_err, base_shape_err = [], [], [], []
-    base = np.broadcast_to(theta_baseline, (batch, len(theta_baseline)))
-    base_points, base_shape = geometry(jnp.asarray(base[:1]))
-    for start in range(0, count, batch):
-        stop = min(start + batch, count)
-        images = np.asarray(data["images"][start:stop])
-        pad = batch - (stop - start)
-        if pad:
-            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-        theta, points, shape = predict(params, jnp.asarray(images))
-        _, true_shape = geometry(jnp.asarray(data["theta"][start:stop]))
-        n = stop - start
-        preds.append(np.asarray(points[:n]))
-        thetas.append(np.asarray(theta[:n]))
-        shape_err.append(np.linalg.norm(np.asarray(shape[:n]) - np.asarray(true_shape), axis=-1).mean(1))
-        base_shape_err.append(np.linalg.norm(np.asarray(base_shape) - np.asarray(true_shape), axis=-1).mean(1))
-    preds, thetas = np.concatenate(preds), np.concatenate(thetas)
-    labels, true_theta = np.asarray(data["labels"]), np.asarray(data["theta"])
-    base_pred = np.broadcast_to(np.asarray(base_points), preds.shape)
-    return {
-        "model": {"nme": _nme(preds, labels, ctx.config.landmark_set),
-                  "pose_deg": float(pose_error_deg(thetas[:, :3], true_theta[:, :3]).mean()),
-                  "shape_mm": float(np.concatenate(shape_err).mean())},
-        "baseline": {"nme": _nme(base_pred, labels, ctx.config.landmark_set),
-                     "pose_deg": float(pose_error_deg(np.broadcast_to(theta_baseline[:3], thetas[:, :3].shape),
-                                                      true_theta[:, :3]).mean()),
-                     "shape_mm": float(np.concatenate(base_shape_err).mean())},
-        "images": int(count),
-    }
-
-
-def format_metrics(metrics: dict) -> str:
-    m, b = metrics["model"], metrics["baseline"]
-    lines = [f"held-out metrics on {metrics['images']} generated images (seed-disjoint split):",
-             f"  {'':22s}{'model':>10s}{'baseline':>12s}",
-             f"  {'landmark NME (IOD)':22s}{m['nme']:10.4f}{b['nme']:12.4f}",
-             f"  {'pose error (deg)':22s}{m['pose_deg']:10.2f}{b['pose_deg']:12.2f}",
-             f"  {'shape error (mm)':22s}{m['shape_mm']:10.2f}{b['shape_mm']:12.2f}",
-             f"  NME ratio model/baseline: {m['nme'] / max(b['nme'], 1e-12):.3f}"]
-    return "\n".join(lines)
-
-
-# --- wiring ----------------------------------------------------------------------------------
-
-def _log(msg):
-    if common.is_main_process():
-        print(msg, flush=True)
-
-
-def build(config: Config, *, with_eval: bool = True, train_images: bool = True):
-    """Model, data, loader, localiser, step context and the initial (host) state.
-
-    ``train_images=False`` (evaluation) draws the training labels (for the theta statistics and
-    the baseline) without rendering; the loader is then None.
-    """
-    from jface.data.loader import BatchLoader
-
-    t0 = time.time()
-    model = load_model(config)
-    model = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model)
-    num_coeffs = model.num_shape + model.num_expression
-    train_data = make_data(config, model, split="train", render_images=train_images)
-    eval_data = make_data(config, model, split="eval") if with_eval else None
-    _log(f"data: {len(train_data['labels'])} train / "
-         f"{len(eval_data['images']) if eval_data else 0} held-out images "
-         f"{config.image_size}x{config.image_size} generated in {time.time() - t0:.1f}s")
-    loader = None if not train_images else BatchLoader(
-        {"images": train_data["images"], "labels": train_data["labels"], "identity": train_data["identity"]},
-        batch_size=config.batch_size, seed=config.seed, mirror=config.mirror,
-        group_key="identity" if config.images_per_group > 1 else None,
-        images_per_group=config.images_per_group)
-    localiser = make_localiser(config, num_coeffs)
-    theta_mean, theta_std = theta_statistics(config, train_data, num_coeffs)
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
-    params = jax.jit(localiser.init)(init_key, dummy)["params"]
-    if config.localiser == "vgg_face" and config.vggface_mat:
-        from jface.stn import load_vggface_mat
-
-        params = load_vggface_mat(config.vggface_mat, localiser.config, params=params)
-    init_bias = np.asarray(params["theta"]["bias"])
-    optimizer = _optimizer(config, params)
-    ctx = StepContext(config=config, localiser=localiser, optimizer=optimizer, model=model,
-                      theta_mean=jnp.asarray(theta_mean), theta_std=jnp.asarray(theta_std),
-                      theta_init_bias=jnp.asarray(init_bias))
-    state = common.TrainState(step=np.zeros((), np.int32), params=params,
-                              opt_state=optimizer.init(params), rng=np.asarray(state_key))
-    state = jax.tree_util.tree_map(np.asarray, state)
-    return ctx, state, loader, train_data, eval_data
-
-
-def _sample_textures(ctx, params, batch, path):
-    _, (_, out) = loss_and_outputs(ctx, params, jax.tree_util.tree_map(lambda x: x[:16], batch))
-    common.save_image_grid(path, np.asarray(out["texture"]))
-
-
-def train(config: Config) -> dict:
-    """Run (or resume) training in ``config.workdir``.
-
-    Returns ``{"params", "step", "metrics"}`` (host params; held-out metrics unless ``eval_at_end`` is off).
-    """
-    workdir = Path(config.workdir)
-    mesh = common.make_mesh()
-    ctx, host_state, loader, train_data, eval_data = build(config, with_eval=config.eval_at_end)
-    if common.is_main_process():
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    local_batch = config.batch_size // jax.process_count() * (2 if config.mirror else 1)
-    if local_batch % len(mesh.local_devices):
-        raise ValueError(f"batch_size: per-process batch {local_batch} (after mirroring) is not divisible "
-                         f"by {len(mesh.local_devices)} local devices")
-    state = common.replicate(host_state, mesh)
-    common.barrier("data_ready")
-    ckpt = common.Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep)
-    restored = ckpt.restore(state)
-    last_saved = None
-    if restored is not None:
-        state, data_state, last_saved = restored
-        loader.set_state(data_state)
-        _log(f"resumed from {ckpt.directory} step {last_saved}")
-    step_fn = make_train_step(ctx, mesh)
-    compiled = None
-    writer = common.MetricWriter(workdir / "tensorboard")
-    stop = common.StopFlag()
-    step = int(jax.device_get(state.step))
-    bar = common.progress(config.steps, initial=step, desc="stn")
-    t_start, steps_done = time.time(), 0
-    # Metrics are read one step late (common.OneStepLate): step i+1 is dispatched before the host
-    # waits for step i's metrics, so argument handling and kernel launches overlap the devices'
-    # work (the pipelined timing of `python -m jface.bench scaling`). A state is saved only after
-    # its own metrics were read and found finite.
-
-    def on_metrics(index, metrics):
-        common.check_finite(metrics, index, last_saved, ckpt.directory)
-        bar.update(1)
-        done = index + 1
-        if done % config.log_every == 0 or done == config.steps:
-            metrics["img_per_s"] = steps_done * local_batch * jax.process_count() / (time.time() - t_start)
-            writer.scalars(done, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.4g}", lmk_px=f"{metrics['landmark_px']:.2f}")
-
-    late = common.OneStepLate(on_metrics)
-    try:
-        while step < config.steps:
-            if stop.should_stop():
-                late.settle()
-                if step != last_saved:  # the periodic save may have just written this step
-                    ckpt.save(step, state, loader.get_state())
-                bar.close()
-                _log(f"signal {stop.signum}: checkpoint saved at step {step} in {ckpt.directory}; exiting")
-                raise SystemExit(TERMINATED_EXIT_CODE)
-            batch = loader.__next__()
-            global_batch = common.shard_batch(batch, mesh)
-            if compiled is None:  # compile ahead, then line the processes up for the first all-reduce
-                compiled = step_fn.lower(state, global_batch).compile()
-                common.barrier("compiled")
-            new_state, device_metrics = compiled(state, global_batch)
-            late.push(step, device_metrics)  # reads the previous step's metrics while this one runs
-            state, step, steps_done = new_state, step + 1, steps_done + 1
-            if config.image_every and step % config.image_every == 0 and common.is_main_process():
-                late.settle()
-                _sample_textures(ctx, jax.device_get(state.params), batch,
-                                 workdir / "textures" / f"step_{step:07d}.png")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                late.settle()
-                ckpt.save(step, state, loader.get_state())
-                last_saved = step
-            if config.step_delay:
-                time.sleep(config.step_delay)
-        late.settle()
-        bar.close()
-    finally:
-        stop.restore_handlers()
-        writer.close()
-    params = jax.device_get(state.params)
-    ckpt.close()
-    if config.export:
-        export_params(params, config.export)
-    if not config.eval_at_end:
-        return {"params": params, "step": step}
-    metrics = held_out_metrics(ctx, params, eval_data, np.asarray(ctx.theta_mean), config.eval_batch)
-    writer = common.MetricWriter(workdir / "tensorboard")
-    writer.scalars(step, {"nme": metrics["model"]["nme"], "pose_deg": metrics["model"]["pose_deg"],
-                          "shape_mm": metrics["model"]["shape_mm"]}, prefix="eval")
-    writer.close()
-    _log(format_metrics(metrics))
-    return {"params": params, "step": step, "metrics": metrics}
-
-
-def export_params(params, path) -> Path:
-    """Flattened ``params`` ('/'-joined names) to an .npz; per-process suffix when multi-process."""
-    path = Path(path)
-    if jax.process_count() > 1:
-        path = path.with_name(path.name + f".p{jax.process_index()}")
-    flat = {"/".join(getattr(k, "key", str(k)) for k in key): np.asarray(value)
-            for key, value in jax.tree_util.tree_flatten_with_path(params)[0]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.savez(handle, **flat)
-    return path
-
-
-def evaluate(config: Config, checkpoint: str) -> dict:
-    """Held-out metrics of a checkpoint (a checkpoint directory or one step's directory)."""
-    path = Path(checkpoint)
-    step = None
-    if path.name.isdigit():
-        step, path = int(path.name), path.parent
-    elif not path.is_dir():
-        raise FileNotFoundError(f"--eval: {checkpoint} is not a checkpoint directory")
-    if (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    saved = path.parent / "config.json"
-    if saved.is_file():
-        fields = {f.name for f in dataclasses.fields(Config)}
-        stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(saved.read_text()).items()
-                  if k in fields}
-        config = Config(**stored)
-    ctx, host_state, _, _, eval_data = build(config, train_images=False)
-    mesh = common.make_mesh()
-    state, _, step = common.restore_state_only(path, common.replicate(host_state, mesh), step)
-    metrics = held_out_metrics(ctx, jax.device_get(state.params), eval_data, np.asarray(ctx.theta_mean),
-                               config.eval_batch)
-    _log(f"checkpoint {path} step {step}")
-    _log(format_metrics(metrics))
-    return metrics
 
 
 def main(argv=None) -> int:
     args, config = parse_args(sys.argv[1:] if argv is None else argv)
     common.initialize_from_args(args)
-    _log(f"jax {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
-         f"({jax.devices()[0].platform})")
+    if common.is_main_process():
+        print(f"jax {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
+              f"({jax.devices()[0].platform})", flush=True)
     try:
         if args.eval:
-            evaluate(config, args.eval)
+            evaluate(args.eval)
         else:
             train(config)
-    except common.NonFiniteLossError as err:
+    except (common.NonFiniteLossError, RunFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     return 0

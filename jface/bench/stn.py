@@ -17,18 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jface import stn
+from jface.models import default_stn_model, load_model
+from jface.stn.toy import toy_grid_model
+
 
 def _model(spec: str):
     if spec.startswith("toy:"):
-        from jface.stn.toy import toy_grid_model
-
         return toy_grid_model(int(spec.split(":", 1)[1]))
     if spec == "default":
-        from jface.models import default_stn_model
-
         return default_stn_model()
-    from jface.models import load_model
-
     return load_model(spec)
 
 
@@ -45,8 +43,6 @@ def _time(fn, *args, repeats: int):
 
 
 def main(argv=None):
-    from jface import stn
-
     parser = argparse.ArgumentParser(prog="python -m jface.bench stn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64, help="images per step (even: image/mirror pairs)")
     parser.add_argument("--model", default="default", help="'default', 'toy:RES' or a model npz")

@@ -1,11 +1,12 @@
 """3DMM-STN training-step speed vs a bare VGG-16 classifier step: ``python -m jface.bench stn_train``.
 
-Both steps are the real jitted optax steps of :mod:`train.stn` (SGD momentum 0.9 as in the paper
-preset), data-parallel over all devices, on the same backbone, batch and compute dtype:
+Both steps are real jitted optax steps (SGD momentum 0.9 with the original's solver settings, as
+``train.stn``'s paper preset), data-parallel over all devices, on the same backbone, batch and
+compute dtype:
 
-* **stn**: ``train.stn.train_step``: VGG-16 localiser (VGG-Face topology) -> theta -> 3DMM,
-  projection, grid, bilinear sampler, visibility, masking and the four losses (spec 3dmm_stn.md
-  §1), on an interleaved (image, mirror) batch.
+* **stn**: :func:`jface.training.stn.train_step`: VGG-16 localiser (VGG-Face topology) -> theta ->
+  3DMM, projection, grid, bilinear sampler, visibility, masking and the four losses
+  (``dagnn_3dmmasstn_init.m``'s graph), on an interleaved (image, mirror) batch.
 * **vgg**: the same backbone with a 1000-way head and softmax cross-entropy (a bare classifier).
 
 Reports images/s of both and their ratio (``vgg / stn``; the geometry + sampler + losses overhead
@@ -25,7 +26,33 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["main", "run"]
+from jface import training as common
+from jface.bench.deca import process_rows
+from jface.stn import Localiser
+from jface.training import stn as stn_training
+
+__all__ = ["main", "run", "build_stn_step", "stn_config"]
+
+# The original's solver (dagnn_3dmmasstn.m with MatConvNet's cnn_train_dag; train.stn's paper
+# preset): SGD, momentum 0.9, lr 1e-10 with multipliers 4 / 8 on the theta weights / bias, weight
+# decay 5e-4 (0 on the theta bias), summed losses. Raw theta: no whitening statistics (no data).
+PAPER_SOLVER = dict(optimizer="sgd", learning_rate=1e-10, lr_schedule="constant", warmup_steps=0, momentum=0.9,
+                    weight_decay=5e-4, theta_lr_mult=(4.0, 8.0), theta_bias_decay=False, mirror=True,
+                    loss_reduction="sum", whiten_theta=False)
+
+
+def stn_config(size: str, dtype: str, batch: int, model: str = "default") -> stn_training.Config:
+    """The timed configuration: ``"full"`` = VGG-Face at 224 px on ``model`` with the original's
+    solver; ``"small"`` = ``train.stn``'s tiny localiser (32 px input, width 2) on 64 px images of
+    the 16 x 16 toy model with plain SGD momentum, for CPU smoke tests."""
+    if size == "full":
+        return stn_training.Config(model=model, localiser="vgg_face", image_size=224, compute_dtype=dtype,
+                                   batch_size=batch // 2, **PAPER_SOLVER)
+    if size == "small":
+        return stn_training.Config(model="toy:16", image_size=64, localiser_input=32, localiser_width=2,
+                                   compute_dtype=dtype, batch_size=batch // 2, optimizer="sgd",
+                                   lr_schedule="constant", warmup_steps=0, whiten_theta=False)
+    raise ValueError(f"size: expected 'full' or 'small', got {size!r}")
 
 
 def _median_step_time(step, state, batch, repeats):
@@ -43,30 +70,16 @@ def _median_step_time(step, state, batch, repeats):
 
 
 def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "default"):
-    """``train.stn``'s train step on ``mesh`` for ``batch`` images (image/mirror pairs) with random
-    inputs. Returns ``(step, state, args, parts)``; ``parts`` holds what the baseline step reuses
-    (config, localiser, init key and dummy input, host images, model)."""
-    from jface.bench.deca import process_rows
-    from train import common, stn
-
+    """:func:`jface.training.stn.train_step` on ``mesh`` for ``batch`` images (image/mirror pairs)
+    with random inputs. Returns ``(step, state, args, parts)``; ``parts`` holds what the baseline
+    step reuses (localiser, init key and dummy input, host images, model)."""
     if batch % 2:
         raise ValueError(f"batch: expected an even number (image/mirror pairs), got {batch}")
-    if size == "full":
-        config = stn.Config.preset("paper").replace(model=model, localiser="vgg_face", compute_dtype=dtype,
-                                                    batch_size=batch // 2)
-        image = 224
-    elif size == "small":
-        config = stn.Config.preset("tiny").replace(compute_dtype=dtype, batch_size=batch // 2,
-                                                   optimizer="sgd", lr_schedule="constant")
-        image = config.image_size
-    else:
-        raise ValueError(f"size: expected 'full' or 'small', got {size!r}")
-    config = config.replace(image_size=image, whiten_theta=False)
-    model3d = stn.load_model(config)
-    model3d = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model3d)
+    config = stn_config(size, dtype, batch, model)
+    image = config.image_size
+    model3d = stn_training.load_model(config)
     num_coeffs = model3d.num_shape + model3d.num_expression
-    localiser = stn.make_localiser(config, num_coeffs)
+    localiser = stn_training.make_localiser(config, num_coeffs)
     key = jax.random.PRNGKey(0)
     dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
     rng = np.random.default_rng(0)
@@ -74,24 +87,20 @@ def build_stn_step(size: str, dtype: str, mesh, batch: int, model: str = "defaul
     labels = np.concatenate([rng.uniform(image * 0.3, image * 0.7, size=(batch, 21, 2)),
                              np.ones((batch, 21, 1))], -1).astype(np.float32)
     params = jax.jit(localiser.init)(key, dummy)["params"]
-    optimizer = stn._optimizer(config, params)
-    ctx = stn.StepContext(config=config, localiser=localiser, optimizer=optimizer, model=model3d,
-                          theta_mean=jnp.zeros(6 + num_coeffs), theta_std=jnp.ones(6 + num_coeffs),
-                          theta_init_bias=params["theta"]["bias"])
+    optimizer = stn_training.make_optimizer(config, params)
+    ctx = stn_training.StepContext(config=config, localiser=localiser, model=model3d, whitening=None,
+                                   optimizer=optimizer)
     state = common.replicate(jax.tree_util.tree_map(np.asarray, common.TrainState(
         step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
         rng=np.asarray(key))), mesh)
     data = common.shard_batch(process_rows({"images": images, "labels": labels}), mesh)
     parts = {"image": image, "localiser": localiser, "key": key, "dummy": dummy, "images": images,
              "model": model3d, "rng": rng}
-    return stn.make_train_step(ctx, mesh), state, (data,), parts
+    return stn_training.make_train_step(ctx, mesh), state, (data,), parts
 
 
 def run(size: str = "full", batch: int = 64, dtype: str = "bfloat16", repeats: int = 5,
         model: str = "default") -> dict:
-    from jface.stn import Localiser
-    from train import common
-
     mesh = common.make_mesh()
     step, state, (stn_batch,), parts = build_stn_step(size, dtype, mesh, batch, model)
     image, localiser, key, dummy = parts["image"], parts["localiser"], parts["key"], parts["dummy"]

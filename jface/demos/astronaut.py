@@ -26,6 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jface import export
+from jface.data.crops import stn_crop
+from jface.data.real import dlib_detector
+from jface.flatten import AFLW21_FROM_IBUG_VALID, fit_theta, flatten_batch, ibug68_to_aflw21
+from jface.models import default_stn_model
+
 __all__ = ["ASTRONAUT_LANDMARKS68", "load_astronaut", "astronaut_landmarks", "run", "main"]
 
 # Hand-placed 68 iBUG/300-W landmarks of skimage.data.astronaut() (512 x 512), 0-based pixels
@@ -116,8 +122,6 @@ def astronaut_landmarks(image, *, use_detector: bool = True):
     """``(landmarks (68, 2), source)``: dlib's detection when available, else the hand-placed set."""
     if use_detector:
         try:
-            from jface.data.real import dlib_detector
-
             found = dlib_detector()(image)
             if found is not None:
                 return np.asarray(found, np.float64), "dlib 68-point detector"
@@ -129,11 +133,6 @@ def astronaut_landmarks(image, *, use_detector: bool = True):
 def run(out_dir, *, steps: int = 300, use_detector: bool = True, crop_scale: float = 1.6, log=print):
     """Fit and flatten; returns the summary dict (also written to ``astronaut.json``)."""
     from PIL import Image, ImageDraw
-
-    from jface import export
-    from jface.data.crops import stn_crop
-    from jface.flatten import AFLW21_FROM_IBUG_VALID, fit_theta, flatten_batch, ibug68_to_aflw21
-    from jface.models import default_stn_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
