@@ -7,6 +7,8 @@ Pipeline pieces (per item; batch with ``jax.vmap``), in DECA's NDC after the y/z
   :func:`barycentrics` recomputes differentiable barycentrics for given face ids.
 * :func:`interpolate` vertex or face-corner attributes with the fragments.
 * :func:`soft_rasterize` SoftRas soft silhouettes / colours.
+* :func:`antialias` analytic edge coverage at silhouette / occlusion edges of a hard-rasterized
+  image (nvdiffrast's ``antialias``): vertex-position gradients at those edges.
 * :func:`uv_ndc`, :func:`world2uv`: the UV layout as a mesh, attributes into UV maps. DECA's
   shading stages built on these primitives live in :mod:`jface.deca.render`.
 
@@ -14,6 +16,7 @@ The primitives know nothing of heads or models: the procedural and demo heads us
 the benchmarks and the tests are in :mod:`jface.flame.heads`.
 """
 
+from jface.render.antialias import antialias, edge_neighbours
 from jface.render.interpolate import face_attributes, interpolate
 from jface.render.rasterize import (
     CapacityError,
@@ -36,6 +39,8 @@ __all__ = [
     "interpolate",
     "face_attributes",
     "soft_rasterize",
+    "antialias",
+    "edge_neighbours",
     "uv_ndc",
     "world2uv",
 ]
