@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from jface.data import synthetic_deca
+from jface.deca import stages
+from jface.reconstruct import load_train_deca
+from jface.reconstruct.inputs import InputError
+from jface.training import deca as training_deca
+from jface.training.checkpoint import read_run
+from train import deca
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path):
+def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path, monkeypatch):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     workdir = tmp_path / "deca"
     proc = subprocess.run(
@@ -32,22 +44,43 @@ def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path):
     for stage in ("pretrain", "coarse", "detail"):
         steps = sorted(p.name for p in (workdir / stage / "checkpoints").iterdir() if p.name.isdigit())
         assert steps, f"no checkpoint for {stage}"
-    # jface.reconstruct reads the run (--weights RUN_DIR): both encoders take DECA's 224 crops,
-    # resized to the run's encoder size (64 here) as in training; F_d is the run's.
-    import numpy as np
+    # every checkpoint carries the run's metadata: config, face model, code whitening
+    run = read_run(workdir / "detail" / "checkpoints")
+    config = deca.preset("tiny").replace(workdir=str(workdir))
+    assert run["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+    assert run["face_model"]["model"] == "default" and run["face_model"]["generator_version"] >= 1
+    assert len(run["code_mean"]) == len(run["code_std"]) == 236 and min(run["code_std"]) >= 1e-3
+    # jface.reconstruct reads the run (--weights RUN_DIR) from its checkpoints alone: no data is
+    # generated. Both encoders take DECA's 224 crops, resized to the run's encoder size (64 here) as
+    # in training; F_d is the run's.
+    def no_data(*args, **kwargs):
+        raise AssertionError("loading a run must not generate data")
 
-    from jface.reconstruct import load_train_deca
-    from train import deca
-
+    monkeypatch.setattr(synthetic_deca, "generate_deca", no_data)
+    start = time.perf_counter()
     params, encode, generator = load_train_deca(workdir)
+    load_s = time.perf_counter() - start
     crops = np.random.default_rng(0).uniform(size=(2, 224, 224, 3)).astype(np.float32)
     codes = encode(crops)
+    print(f"tiny run loaded in {load_s:.2f} s, first encode after {time.perf_counter() - start:.2f} s")
     assert codes["detail"].shape == (2, 128) and codes["exp"].shape == (2, 50)
-    config = deca.Config.preset("tiny")
-    small = deca.encoder_images(config, crops)
-    expected = deca.make_networks(config).detail.apply(params["E_detail"], small, train=False)
+    small = stages.encoder_images(crops, config.encoder_input_size)
+    networks = training_deca.make_networks(config)
+    expected = networks.detail.apply(params["E_detail"], small, train=False)
     np.testing.assert_allclose(np.asarray(codes["detail"]), np.asarray(expected), rtol=1e-5, atol=1e-6)
-    assert generator == deca.make_networks(config).generator
+    # E_coarse through the run's code whitening: code = mean + std * raw
+    raw = networks.coarse.apply(params["E_flame"], small, train=False)
+    shape = np.asarray(run["code_mean"])[:100] + np.asarray(run["code_std"])[:100] * np.asarray(raw)[:, :100]
+    np.testing.assert_allclose(np.asarray(codes["shape"]), shape, rtol=1e-5, atol=1e-5)
+    assert generator == networks.generator
+    # a run saved without the metadata (an older jface) gets one clear error naming what is missing
+    old = tmp_path / "old_run"
+    shutil.copytree(workdir, old)
+    for item in old.glob("*/checkpoints/*/run"):
+        shutil.rmtree(item)
+    with pytest.raises(InputError, match="no run metadata") as err:
+        load_train_deca(old)
+    assert str(old) in str(err.value) and "\n" not in str(err.value)
     # --eval reads the finished run's metrics.
     ev = subprocess.run([sys.executable, "-m", "train.deca", "--eval", str(workdir)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
@@ -55,8 +88,6 @@ def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path):
 
 
 def test_bad_config_fields_are_named():
-    from train import deca
-
     with pytest.raises(ValueError, match="not_a_field"):
         deca.parse_args(["--not_a_field", "1"])
     with pytest.raises(ValueError, match="stage"):
@@ -72,40 +103,36 @@ def test_bad_config_fields_are_named():
 
 
 def test_detail_networks_per_preset(capsys):
-    """The paper preset builds DECA's F_d with torch's initialisation and the spec's soft symmetry;
+    """The paper preset builds DECA's F_d with torch's initialisation and DECA's soft symmetry;
     the default preset the small He-initialised F_d with soft symmetry off, and says so."""
-    from train import deca
-
-    paper, default = deca.Config.preset("paper"), deca.Config.preset("default")
-    gen = deca.make_networks(paper).generator
+    paper, default = deca.preset("paper"), deca.preset("default")
+    gen = training_deca.make_networks(paper).generator
     assert (gen.init_scheme, gen.init_channels, tuple(gen.block_channels)) == ("torch", 128, (128, 64, 64, 32, 16))
     assert paper.w_sym == 0.005
-    gen = deca.make_networks(default).generator
+    gen = training_deca.make_networks(default).generator
     assert (gen.init_scheme, gen.init_channels, tuple(gen.block_channels)) == ("he", 32, (32, 16, 16, 8, 8))
-    deca._announce(paper)
+    training_deca.announce(paper)
     assert "soft-symmetry loss is OFF" not in capsys.readouterr().out
-    deca._announce(default)
+    training_deca.announce(default)
     assert "soft-symmetry loss is OFF" in capsys.readouterr().out
-    deca._announce(default.replace(stage="pretrain"))
+    training_deca.announce(default.replace(stage="pretrain"))
     assert "soft-symmetry" not in capsys.readouterr().out
 
 
 def test_stage_learning_rates():
-    from train import deca
-
     _, config = deca.parse_args(["--learning_rate", "0.01", "--stage_lr_scale", "1,0.5,2"])
     assert [config.stage_learning_rate(s) for s in deca.STAGES] == pytest.approx([0.01, 0.005, 0.02])
-    default = deca.Config.preset("default")
+    default = deca.preset("default")
     assert default.stage_learning_rate("coarse") < default.stage_learning_rate("pretrain")
-    assert deca.Config.preset("paper").stage_learning_rate("detail") == pytest.approx(1e-4)
+    assert deca.preset("paper").stage_learning_rate("detail") == pytest.approx(1e-4)
 
 
 _PER_DEVICE_BN = r'''
 import dataclasses, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from jface.deca.networks import BatchNorm
 from jface import training as common
-from train import deca
+from jface.deca.networks import BatchNorm
+from jface.training.deca import apply_train_mode
 
 mesh = common.make_mesh()
 assert mesh.size == 2
@@ -114,9 +141,8 @@ bn = BatchNorm()
 variables = bn.init(jax.random.PRNGKey(0), x[:1])
 xs = jax.device_put(x, NamedSharding(mesh, P("data")))
 for mode in ("per_device", "global"):
-    ctx = deca.StepContext(config=deca.Config(bn_stats=mode), stage=None, networks=None, optimizer=None,
-                           code_mean=None, code_std=None, mesh=mesh)
-    out, mut = jax.jit(lambda v, a: deca.apply_train_mode(ctx, bn, v, a))(variables, xs)
+    apply = lambda v, a: apply_train_mode(bn, v, a, mesh=mesh, bn_stats=mode)  # noqa: E731
+    out, mut = jax.jit(apply)(variables, xs)
     out = np.asarray(out)
     halves = [x[:4], x[4:]] if mode == "per_device" else [x]
     ref = np.concatenate([(h - h.mean((0, 1, 2))) / np.sqrt(h.var((0, 1, 2)) + 1e-5) for h in halves])
@@ -126,7 +152,7 @@ for mode in ("per_device", "global"):
     # parameter gradients: summed over the devices (one flat all-reduce), equal to the gradient of
     # the per-shard forward passes summed on one device
     v2 = dict(variables, params={"scale": jnp.asarray([1.0, 2.0, 0.5, 1.5]), "bias": jnp.asarray([0.1, 0, -0.2, 0.3])})
-    grad = jax.jit(jax.grad(lambda v: jnp.sum(deca.apply_train_mode(ctx, bn, v, xs)[0] ** 3)))(v2)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(apply(v, xs)[0] ** 3)))(v2)
     ref = jax.grad(lambda v: sum(jnp.sum(bn.apply(v, h, train=True, mutable=["batch_stats"])[0] ** 3)
                                  for h in halves))(v2)
     for name in ("scale", "bias"):
@@ -148,9 +174,8 @@ def test_per_device_batchnorm_statistics_on_a_two_device_mesh():
 
 def test_encoder_input_size_resizes_before_the_encoders_only():
     import jax
-    import numpy as np
+
     from jface.deca import networks as nets
-    from train import deca
 
     for bad in ("48", "-32", "16"):
         with pytest.raises(ValueError, match="encoder_input_size"):
@@ -160,18 +185,18 @@ def test_encoder_input_size_resizes_before_the_encoders_only():
             jax.random.PRNGKey(0), np.zeros((1, 100, 100, 3), np.float32))
     _, config = deca.parse_args(["--preset", "tiny", "--encoder_input_size", "64"])
     images = np.random.default_rng(0).uniform(size=(2, 224, 224, 3)).astype(np.float32)
-    small = np.asarray(deca.encoder_images(config, images))
+    small = np.asarray(stages.encoder_images(images, config.encoder_input_size))
     assert small.shape == (2, 64, 64, 3)
     # antialiased: each output pixel is (close to) the mean of its 3.5 x 3.5 input block
     np.testing.assert_allclose(small.mean(), images.mean(), atol=2e-3)
     assert small.std() < 0.5 * images.std()
-    assert deca.encoder_images(config.replace(encoder_input_size=0), images) is images
-    assert deca.Config.preset("paper").encoder_size() == 224
-    networks = deca.make_networks(config)
-    variables = deca.init_variables(config, networks, jax.random.PRNGKey(0))
+    assert stages.encoder_images(images, 0) is images
+    assert deca.preset("paper").encoder_size() == 224
+    networks = training_deca.make_networks(config)
+    variables = training_deca.init_variables(config, networks, jax.random.PRNGKey(0))
     mean, std = np.zeros(236, np.float32), np.ones(236, np.float32)
-    ctx = deca.make_context(config, "pretrain", networks, mean, std)
-    codes, _ = deca.predict_codes(ctx, variables["E_flame"], images, train=False)
+    setup = training_deca.make_setup(config, networks, mean, std)
+    codes, _ = stages.predict_codes(setup, variables["E_flame"], images, train=False)
     assert codes["shape"].shape == (2, 100) and np.all(np.isfinite(np.asarray(codes["cam"])))
     with pytest.raises(ValueError, match="images"):  # the encoder itself takes only its input size
         networks.coarse.apply(variables["E_flame"], images, train=False)
