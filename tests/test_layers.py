@@ -21,7 +21,7 @@ LAYERS = [
     ("ops", ["jface.geometry", "jface.sampling", "jface.lighting", "jface.render"]),
     ("formats", ["jface.files"]),
     ("models", ["jface.models", "jface.flame"]),
-    ("methods", ["jface.stn", "jface.deca"]),
+    ("methods", ["jface.stn", "jface.deca", "jface.fit"]),
     ("data", ["jface.data"]),
     ("training", ["jface.training"]),
     ("programs", [
