@@ -40,6 +40,7 @@ from jface import export
 from jface.data.crops import stn_crop
 from jface.errors import ModelFileError
 from jface.models import default_stn_model, load_model
+from jface.models.landmarks import AFLW21_EARS, AFLW21_FROM_IBUG68
 from jface.reconstruct.inputs import (
     InputError,
     LandmarkFileError,
@@ -67,18 +68,10 @@ __all__ = [
     "main",
 ]
 
-# For each AFLW point (jface.models.landmarks.AFLW21_NAMES order) the iBUG-68 points
-# (0-based) whose mean it is; empty = no counterpart (ears).
-IBUG68_TO_AFLW21 = (
-    (17,), (19,), (21,), (22,), (24,), (26,),          # brows, image left -> right
-    (36,), (37, 38, 40, 41), (39,),                     # left eye: outer, centre, inner
-    (42,), (43, 44, 46, 47), (45,),                     # right eye: inner, centre, outer
-    (),                                                 # left ear: not in iBUG-68
-    (31,), (30,), (35,),                                # nose left, tip, right
-    (),                                                 # right ear
-    (48,), (62, 66), (54,),                             # mouth left, centre (inner lips), right
-    (8,),                                               # chin
-)
+# For each AFLW point (jface.models.landmarks.AFLW21_NAMES order) the iBUG-68 points (0-based)
+# whose mean it is (jface.models.landmarks.AFLW21_FROM_IBUG68), without the ears: iBUG-68 has no
+# ear points, so a fit to photographs' landmarks leaves them out.
+IBUG68_TO_AFLW21 = tuple(() if k in AFLW21_EARS else group for k, group in enumerate(AFLW21_FROM_IBUG68))
 AFLW21_FROM_IBUG_VALID = np.array([len(g) > 0 for g in IBUG68_TO_AFLW21])
 
 

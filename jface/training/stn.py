@@ -39,6 +39,7 @@ from jface.data.loader import BatchLoader
 from jface.models import default_stn_model
 from jface.models import load_model as load_model_file
 from jface.models.defaults.stn_default import STN_VERSION
+from jface.models.landmarks import AFLW21_OUTER_EYE_CORNERS
 from jface.models.morphable import MorphableModel
 from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, apply_network, load_vggface_mat, project
 from jface.stn import predict_theta as stn_predict_theta
@@ -334,9 +335,10 @@ def nme(pred, labels, landmark_set: str) -> float:
     12; the landmark box diagonal for other sets); images missing an eye corner are left out."""
     vis = labels[..., 2]
     err = np.linalg.norm(pred - labels[..., :2], axis=-1)
-    if landmark_set == "aflw21":  # outer eye corners (AFLW 7 and 12)
-        iod = np.linalg.norm(labels[:, 6, :2] - labels[:, 11, :2], axis=-1)
-        both = (vis[:, 6] > 0) & (vis[:, 11] > 0)
+    if landmark_set == "aflw21":
+        left, right = AFLW21_OUTER_EYE_CORNERS
+        iod = np.linalg.norm(labels[:, left, :2] - labels[:, right, :2], axis=-1)
+        both = (vis[:, left] > 0) & (vis[:, right] > 0)
     else:
         iod = np.linalg.norm(labels[..., :2].max(1) - labels[..., :2].min(1), axis=-1)
         both = np.ones(len(labels), bool)
