@@ -212,3 +212,87 @@ def test_two_processes_read_disjoint_halves_of_an_epoch(tmp_path, photo_dataset)
     read0, read1 = set(results[0]["read"]), set(results[1]["read"])
     assert len(results[0]["read"]) == len(read0) == records // 2 == len(read1)
     assert not read0 & read1 and read0 | read1 == set(range(records))
+
+
+# --- host memory does not grow with the dataset -------------------------------------------------------
+
+_RSS_CHILD = textwrap.dedent("""
+    import json, sys, time
+    from jface.data.pipeline import StreamLoader
+    from jface.data.sources import open_source
+
+    def peak_mb():  # VmHWM: this process's peak RSS since exec (ru_maxrss would include the parent's)
+        status = open("/proc/self/status").read()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+    directory, steps = sys.argv[1], int(sys.argv[2])
+    imported = peak_mb()
+    source = open_source(directory, task="deca")
+    loader = StreamLoader(source, batch_size=32, images_per_group=4, seed=0,
+                          keys=("images", "landmarks68", "face_mask", "identity"))
+    next(loader)
+    first = peak_mb()
+    start = time.perf_counter()
+    for _ in range(steps - 1):
+        batch = next(loader)
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"records": len(source), "after_import_mb": imported, "after_first_batch_mb": first,
+                      "peak_mb": peak_mb(), "batches_per_s": (steps - 1) / elapsed}))
+""")
+
+
+def write_deca_dataset(data_dir: Path, count: int, size: int = 64, per_identity: int = 4) -> Path:
+    """``count`` records in the layout of ``jface_synthetic_faces/deca`` (image, face_mask, landmarks68,
+    identity, frame) with random pixels, for measuring the reader (its memory does not depend on
+    what the pixels show)."""
+    import tensorflow_datasets as tfds
+
+    class RssFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            zlib = tfds.features.Encoding.ZLIB
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=zlib),
+                "face_mask": tfds.features.Tensor(shape=(size, size), dtype=np.uint8, encoding=zlib),
+                "landmarks68": tfds.features.Tensor(shape=(68, 3), dtype=np.float32),
+                "identity": tfds.features.Scalar(dtype=np.int64),
+                "frame": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            rng = np.random.default_rng(0)
+            mask = np.zeros((size, size), np.uint8)
+            mask[size // 4:-size // 4, size // 4:-size // 4] = 1
+            for i in range(count):
+                landmarks = np.concatenate([rng.uniform(-0.8, 0.8, (68, 2)), np.ones((68, 1))], 1)
+                yield f"{i:08d}", {"image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+                                   "face_mask": mask, "landmarks68": landmarks.astype(np.float32),
+                                   "identity": i // per_identity, "frame": "deca ndc: x right, y down"}
+
+    builder = RssFaces(data_dir=str(data_dir), file_format="array_record",
+                       config=tfds.core.BuilderConfig(name=f"n{count}"))
+    tfds.disable_progress_bar()
+    builder.download_and_prepare()
+    return Path(builder.data_dir)
+
+
+@pytest.mark.slow
+def test_host_memory_does_not_grow_with_the_dataset(tmp_path):
+    """Peak RSS of reading 300 DECA batches (8 identities x 4, 64 px) through grain from 2,000 and
+    from 20,000 on-disk records: the larger dataset costs no more than its record index."""
+    pytest.importorskip("grain")
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak RSS is read from /proc/self/status (Linux)")
+    figures = {}
+    for count in (2_000, 20_000):
+        directory = write_deca_dataset(tmp_path, count)
+        output = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(directory), "300"], cwd=REPO,
+                                capture_output=True, text=True, timeout=900)
+        assert output.returncode == 0, output.stdout + output.stderr
+        figures[count] = json.loads(output.stdout.strip().splitlines()[-1])
+        print(f"\n{count} records: {figures[count]}")
+    assert figures[20_000]["records"] == 20_000
+    assert figures[20_000]["peak_mb"] < figures[2_000]["peak_mb"] + 30, figures

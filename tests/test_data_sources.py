@@ -72,6 +72,8 @@ class ToyFaces(tfds.core.GeneratorBasedBuilder):
             features["subject"] = tfds.features.Text()
         if lay["frame"] is not None:
             features["frame"] = tfds.features.Text()
+        if lay["theta"]:
+            features["theta"] = tfds.features.Tensor(shape=(16,), dtype=np.float32)
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
@@ -95,12 +97,15 @@ class ToyFaces(tfds.core.GeneratorBasedBuilder):
                 example["subject"] = f"subject-{(i // 2) % 5}"
             if lay["frame"] is not None:
                 example["frame"] = lay["frame"]
+            if lay["theta"]:
+                example["theta"] = rng.normal(size=16).astype(np.float32)
             yield f"{i:06d}", example
 
 
 def _toy(data_dir, name, *, count=12, size=16, identity="int", mask=True, lm68_key="landmarks68",
-         frame="deca ndc: x right, y down, pixel centre col = (x + 1) S/2 - 0.5") -> Path:
-    layout = dict(count=count, size=size, identity=identity, mask=mask, lm68_key=lm68_key, frame=frame)
+         frame="deca ndc: x right, y down, pixel centre col = (x + 1) S/2 - 0.5", theta=False) -> Path:
+    layout = dict(count=count, size=size, identity=identity, mask=mask, lm68_key=lm68_key, frame=frame,
+                  theta=theta)
     builder = ToyFaces(layout=layout, data_dir=str(data_dir), config=tfds.core.BuilderConfig(name=name))
     tfds.disable_progress_bar()
     builder.download_and_prepare()
@@ -255,6 +260,19 @@ def test_named_datasets_and_frames(tmp_path):
     np.testing.assert_allclose(np.stack([big[:, 0] - 1, 64 - big[:, 1]], 1), (pixels + 0.5) * 2 - 0.5, atol=1e-4)
     assert stn[2]["labels"].shape == (21, 3) and stn[2]["images"].shape == (64, 64, 3)
     assert np.all(stn[2]["labels"][[12, 16]] == 0)  # AFLW ears: no iBUG counterpart, missing
+
+
+def test_other_numeric_fields_pass_through_and_read_as_columns(tmp_path):
+    directory = _toy(tmp_path, "theta", count=9, theta=True)
+    source = DatasetSource(directory, task="stn", image_size=32)
+    raw = tfds.builder_from_directory(str(directory)).as_data_source("train")
+    thetas = np.stack([raw[i]["theta"] for i in range(9)])
+    np.testing.assert_array_equal(source[4]["theta"], thetas[4])
+    np.testing.assert_array_equal(source.column("theta"), thetas)
+    assert source.column("identity").shape == (9,)
+    np.testing.assert_array_equal(source.column("image"), np.stack([raw[i]["image"] for i in range(9)]))
+    with pytest.raises(DataSourceError, match="no numeric field 'frame'"):
+        source.column("frame")
 
 
 def test_convert_landmarks_round_trips():

@@ -25,7 +25,10 @@ AFLW-21 points or :func:`jface.data.detect.aflw21_from_ibug68` of its 68; "ibug6
 converted as the dataset's ``frame`` field says (BUILD_NOTES.md, Frames and conventions); DECA
 NDC labels stay in the convention they were stored in (exact pixel centres for generated faces,
 p / 224 * 2 - 1 for crops of photographs, as ``decalib/datasets/vggface.py`` writes them).
-``image_size`` resizes images (Pillow, bilinear), masks and landmarks to S on the fly.
+``image_size`` resizes images (Pillow, bilinear), masks and landmarks to S on the fly. Other numeric
+fields of the dataset (``theta``, ``shape``, ``expression``, ``pose``, ``cam``, ...) pass through as
+stored (they describe the stored image), and :meth:`DatasetSource.column` reads one of them for all
+records without decoding images.
 
 The fields a task needs (:data:`TASK_FIELDS`) are checked when the source opens: a dataset that
 lacks one is a :class:`DataSourceError` naming the dataset and the field. The identity of every
@@ -83,6 +86,9 @@ LANDMARK_SETS = ("aflw21", "ibug68")
 # (col = (x + 1) S / 2 - 0.5, jface's renderer); DECA's label NDC (p / S * 2 - 1).
 STN, NDC, NDC_LABEL = "stn", "ndc", "ndc_label"
 _VERSION_DIR = re.compile(r"^\d+\.\d+\.\d+$")
+_SCAN_CHUNK = 64  # records read at once when scanning a field of every record
+# Text fields of jface's builders: never passed through as arrays.
+_TEXT_KEYS = frozenset({"frame", "path", "name", "identity_name", "labels_from", "subject"})
 
 
 # --- frames ----------------------------------------------------------------------------------------
@@ -143,92 +149,30 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 # --- serialized tf.train.Example, read without TensorFlow -----------------------------------------
 
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int):
-    """(field number, wire type, value) of a protobuf message's bytes; a length-delimited value
-    is its (start, end) span, so large fields (images) are skipped without being read."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            value = (pos, pos + length)
-            pos += length
-        elif wire == 1:
-            value, pos = bytes(buf[pos:pos + 8]), pos + 8
-        elif wire == 5:
-            value, pos = bytes(buf[pos:pos + 4]), pos + 4
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire} at byte {pos}")
-        if pos > end:
-            raise ValueError("truncated protobuf message")
-        yield number, wire, value
-
-
 def example_feature(record: bytes, key: str):
-    """The values of feature ``key`` of a serialized ``tf.train.Example``: a list of ints
-    (int64_list), of bytes (bytes_list) or a float32 array (float_list); None when absent.
-
-    Only the wire format is read (Example.features = 1, Features.feature map entries = 1 with
-    key = 1 and value = 2, Feature.bytes_list = 1 / float_list = 2 / int64_list = 3, each list's
-    values = 1), so an identity is read without decoding the image beside it.
+    """The values of feature ``key`` of a serialized ``tf.train.Example`` (TFDS's record format):
+    a list of ints (int64_list), of bytes (bytes_list) or a float32 array (float_list); None when
+    the record has no such feature. Parsed with TFDS's own ``Example`` proto (no TensorFlow) and
+    not decoded, so an identity is read without decompressing the image beside it. Raises
+    ValueError for bytes that are not an Example.
     """
-    buf = memoryview(record)
-    for number, wire, span in _fields(buf, 0, len(buf)):
-        if number != 1 or wire != 2:
-            continue
-        for entry_number, entry_wire, entry in _fields(buf, *span):
-            if entry_number != 1 or entry_wire != 2:
-                continue
-            name = value = None
-            for field, field_wire, content in _fields(buf, *entry):
-                if field == 1 and field_wire == 2:
-                    name = bytes(buf[content[0]:content[1]]).decode("utf-8", "replace")
-                elif field == 2 and field_wire == 2:
-                    value = content
-            if name == key:
-                return [] if value is None else _feature_values(buf, value)
-    return None
+    from google.protobuf.message import DecodeError
+    from tensorflow_datasets.proto import tf_example_pb2
 
-
-def _feature_values(buf, span):
-    for kind, wire, inner in _fields(buf, *span):
-        if wire != 2:
-            continue
-        if kind == 1:  # bytes_list
-            return [bytes(buf[s:e]) for n, w, (s, e) in _fields(buf, *inner) if n == 1 and w == 2]
-        if kind == 2:  # float_list (packed or not)
-            out = []
-            for n, w, value in _fields(buf, *inner):
-                if n == 1 and w == 2:
-                    out.append(np.frombuffer(bytes(buf[value[0]:value[1]]), "<f4"))
-                elif n == 1 and w == 5:
-                    out.append(np.frombuffer(value, "<f4"))
-            return np.concatenate(out) if out else np.zeros(0, np.float32)
-        if kind == 3:  # int64_list (packed or not), two's complement
-            out = []
-            for n, w, value in _fields(buf, *inner):
-                if n == 1 and w == 0:
-                    out.append(value)
-                elif n == 1 and w == 2:
-                    pos = value[0]
-                    while pos < value[1]:
-                        item, pos = _varint(buf, pos)
-                        out.append(item)
-            return [v - (1 << 64) if v >= 1 << 63 else v for v in out]
+    try:
+        features = tf_example_pb2.Example.FromString(record).features.feature
+    except DecodeError as exc:
+        raise ValueError(f"not a serialized tf.train.Example ({exc})") from exc
+    if key not in features:
+        return None
+    feature = features[key]
+    kind = feature.WhichOneof("kind")
+    if kind == "int64_list":
+        return list(feature.int64_list.value)
+    if kind == "bytes_list":
+        return list(feature.bytes_list.value)
+    if kind == "float_list":
+        return np.asarray(feature.float_list.value, np.float32)
     return []
 
 
@@ -291,6 +235,7 @@ class DatasetSource:
             raise DataSourceError(f"{self.name}: stored as {info.file_format}, not ArrayRecord; rebuild it with "
                                   f"file_format='array_record' (random access needs it)")
         features = info.features
+        self._features = features
         names = set(features.keys())
         if "image" not in names or len(features["image"].shape) != 3:
             raise DataSourceError(f"{self.name}: the {task} data needs the field 'image' (H, W, 3); "
@@ -326,6 +271,9 @@ class DatasetSource:
         self._size = len(self._source)
         self.fields = TASK_FIELDS[(task, purpose)] + (("face_mask",) if self._has_mask and task == "deca"
                                                      and purpose == "eval" else ())
+        used = {"image", "face_mask", "frame", self._lm68, self._lm21, self._identity}
+        self._extras = tuple(sorted(k for k in names if k not in used and k not in _TEXT_KEYS
+                                    and np.dtype(features[k].np_dtype).kind in "biuf"))
         self._frame = self._find_frame(info, names)
         self._out_kind = STN if task == "stn" else (NDC if self._frame == STN else self._frame)
         self._identities = None
@@ -393,6 +341,8 @@ class DatasetSource:
             if lm68 is not None:
                 out["landmarks68"] = lm68
         out["identity"] = self._identity_of(index, raw)
+        for key in self._extras:  # e.g. theta, shape, expression, pose: as stored
+            out[key] = np.asarray(raw[key])
         return out
 
     def _identity_of(self, index: int, raw: dict) -> np.int64:
@@ -438,33 +388,51 @@ class DatasetSource:
         return identities
 
     def _scan_identities(self) -> list:
+        return [values[0] for values in self._scan(self._identity, "identities")]
+
+    def _scan(self, key: str, what: str) -> list:
+        """The raw values of feature ``key`` of every record, read without decoding the others."""
         from tqdm import tqdm
 
         data = self._source.data_source
-        values = []
-        chunk = 1024
-        with tqdm(total=self._size, unit="rec", desc=f"{self.name}: identities", disable=self._size < 50_000) as bar:
-            for start in range(0, self._size, chunk):
-                keys = list(range(start, min(start + chunk, self._size)))
+        out = []
+        with tqdm(total=self._size, unit="rec", desc=f"{self.name}: {what}", disable=self._size < 50_000) as bar:
+            for start in range(0, self._size, _SCAN_CHUNK):
+                keys = list(range(start, min(start + _SCAN_CHUNK, self._size)))
                 try:
                     records = data.__getitems__(keys)
                 except Exception as exc:
                     records = []
-                    for key in keys:  # find the damaged record to name it
+                    for key_index in keys:  # find the damaged record to name it
                         try:
-                            records.append(data[key])
+                            records.append(data[key_index])
                         except Exception as inner:
-                            raise self._damaged(key, inner) from exc
-                for key, record in zip(keys, records):
+                            raise self._damaged(key_index, inner) from exc
+                for index, record in zip(keys, records):
                     try:
-                        found = example_feature(record, self._identity)
-                    except (ValueError, IndexError) as exc:
-                        raise self._damaged(key, exc) from exc
-                    if not found:
-                        raise self._damaged(key, ValueError(f"no {self._identity!r} value"))
-                    values.append(found[0])
+                        found = example_feature(record, key)
+                    except ValueError as exc:
+                        raise self._damaged(index, exc) from exc
+                    if found is None or len(found) == 0:
+                        raise self._damaged(index, ValueError(f"no {key!r} value"))
+                    out.append(found)
                 bar.update(len(keys))
-        return values
+        return out
+
+    def column(self, key: str) -> np.ndarray:
+        """Feature ``key`` of every record as one ``(N, ...)`` array, e.g. ``theta`` for the STN's
+        whitening statistics or DECA's ``shape`` codes, without decoding images. Only stored
+        (unconverted) numeric features: the frame of ``landmarks68`` etc. is the stored one."""
+        features = self._features
+        if key not in features or key in _TEXT_KEYS:
+            raise DataSourceError(f"{self.name}: no numeric field {key!r} (has {sorted(features.keys())})")
+        feature = features[key]
+        shape, dtype = tuple(feature.shape), np.dtype(feature.np_dtype)
+        values = self._scan(key, key)
+        if values and isinstance(values[0][0], bytes):  # an encoded tensor: decode record by record
+            return np.stack([np.asarray(self._raw(i)[key]) for i in range(self._size)])
+        return np.stack([np.asarray(v).astype(dtype).reshape(shape) for v in values]) if values else np.zeros(
+            (0,) + shape, dtype)
 
 
 # --- resolving a spec ------------------------------------------------------------------------------
