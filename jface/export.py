@@ -2,7 +2,7 @@
 
 Host-side numpy helpers used by ``python -m jface.reconstruct`` and ``python -m jface.flatten``.
 
-Frames (spec deca.md §3, §5.2, §5.5, §8):
+Frames (BUILD_NOTES.md, Frames and conventions; DECA's ``batch_orth_proj``, ``SRenderY``):
 
 * **FLAME world** (metres): x to the subject's left, y up, +z towards the camera. Meshes are
   written in this frame.
@@ -23,7 +23,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+
+from jface.deca.detail import generate_dense_triangles
+from jface.render import rasterize, uv_ndc
 
 __all__ = [
     "FLAME_SHAPE_DIM",
@@ -44,7 +48,7 @@ __all__ = [
     "save_json",
 ]
 
-FLAME_SHAPE_DIM = 300  # FLAME 2020's full shape space (DECA uses the leading 100, spec §9.7)
+FLAME_SHAPE_DIM = 300  # FLAME 2020's full shape space (DECA uses the leading 100)
 FLAME_EXPRESSION_DIM = 100  # and the leading 50 of 100 expression components
 
 
@@ -70,7 +74,7 @@ def _pad(arr, size, name):
 
 def pad_flame_parameters(shape, expression, pose, *, shape_dim=FLAME_SHAPE_DIM,
                          expression_dim=FLAME_EXPRESSION_DIM):
-    """DECA's codes -> the full FLAME 2020 parameter layout (spec deca.md §9.7, §1.1), per item.
+    """DECA's codes -> the full FLAME 2020 parameter layout (``decalib/models/FLAME.py``), per item.
 
     ``shape (<=300,)`` and ``expression (<=100,)`` are the leading components of FLAME's spaces and
     are zero-padded; ``pose (6,)`` = [global axis-angle, jaw axis-angle] is split. Neck and eye
@@ -95,7 +99,7 @@ def pad_flame_parameters(shape, expression, pose, *, shape_dim=FLAME_SHAPE_DIM,
 
 
 def deca_camera_matrix(cam):
-    """4 x 4 matrix P of DECA's camera with the y/z flip (spec deca.md §3, §9.5).
+    """4 x 4 matrix P of DECA's camera with the y/z flip (``batch_orth_proj`` and ``DECA.decode``).
 
     ``cam (3,)`` = (s, t_x, t_y). For FLAME world points X, ``P @ [X; 1]`` is exactly DECA's
     ``trans_verts`` = (s (X + t_x), -s (Y + t_y), -s Z, 1)::
@@ -126,7 +130,7 @@ def opengl_projection(cam):
 
 
 def ndc_to_pixel_matrix(image_hw):
-    """3 x 3 map from DECA NDC (x, y, 1) to 0-based pixel centres (col, row, 1) (spec §5.2):
+    """3 x 3 map from DECA NDC (x, y, 1) to 0-based pixel centres (col, row, 1) (``StandardRasterizer``):
     col = (x + 1) W / 2 - 0.5, row = (y + 1) H / 2 - 0.5."""
     height, width = (int(v) for v in image_hw)
     return np.array(
@@ -144,7 +148,7 @@ def apply_matrix(matrix, points):
 
 
 def camera_record(cam, image_hw=(224, 224)):
-    """JSON-ready description of DECA's orthographic camera (spec §3, §9.5)."""
+    """JSON-ready description of DECA's orthographic camera (:func:`deca_camera_matrix`)."""
     s, tx, ty = (float(v) for v in _vector(cam, "cam", 3))
     return {
         "type": "orthographic",
@@ -301,7 +305,7 @@ def write_ply(path, vertices, faces, *, vertex_colors=None):
 
 
 # ------------------------------------------------------------------------------------------------
-# Dense (detailed) mesh from UV pixels (DECA's upsample_mesh, spec §8)
+# Dense (detailed) mesh from UV pixels (DECA's ``util.upsample_mesh``)
 
 
 class UVPixelTable:
@@ -310,7 +314,7 @@ class UVPixelTable:
     ``rows, cols (P,)`` int: the valid pixels of the ``uv_hw`` UV image (row 0 = v = 1);
     ``face (P,)``: the coarse mesh face covering it; ``bary (P, 3)``: the barycentrics of its
     corners; ``dense_faces (T, 3)``: triangles over the P pixel-vertices (DECA's grid triangles,
-    spec §5.6, kept where all three corners are valid, reindexed to 0..P-1).
+    ``util.generate_triangles``, kept where all three corners are valid, reindexed to 0..P-1).
     """
 
     def __init__(self, rows, cols, face, bary, dense_faces, uv_hw):
@@ -327,14 +331,9 @@ def uv_pixel_table(uv_coords, uv_faces, uv_hw=(256, 256), mask=None):
     """Rasterise the UV layout (the :func:`jface.render.world2uv` machinery) into a :class:`UVPixelTable`.
 
     ``uv_coords (T, 2)`` in [0, 1] (v up), ``uv_faces (F, 3)``; pixel centres follow the renderer
-    (spec §5.2, §5.5): the UV layout is rasterised as the mesh (2u - 1, 1 - 2v, 1). ``mask``
+    (``SRenderY.world2uv``): the UV layout is rasterised as the mesh (2u - 1, 1 - 2v, 1). ``mask``
     ``(Hu, Wu)`` (e.g. the face/eye mask) restricts the valid pixels to mask > 0.5.
     """
-    import jax.numpy as jnp
-
-    from jface.deca.detail import generate_dense_triangles
-    from jface.render import rasterize, uv_ndc
-
     height, width = (int(v) for v in uv_hw)
     fragments = rasterize(uv_ndc(jnp.asarray(uv_coords, jnp.float32)), jnp.asarray(uv_faces, jnp.int32),
                           (height, width))
@@ -358,11 +357,11 @@ def uv_pixel_table(uv_coords, uv_faces, uv_hw=(256, 256), mask=None):
 
 
 def upsample_mesh(vertices, faces, table: UVPixelTable, displacement_map, texture=None):
-    """DECA's ``upsample_mesh`` (spec §8): the detailed mesh of a coarse mesh and a displacement map.
+    """DECA's ``util.upsample_mesh``: the detailed mesh of a coarse mesh and a displacement map.
 
     Every valid UV pixel p becomes a vertex: the barycentric point of its face on the coarse mesh
     plus ``displacement_map[p]`` times the renormalised, barycentrically interpolated coarse vertex
-    normal (area-weighted normals, spec §5.4). ``vertices (V, 3)`` world, ``faces (F, 3)``,
+    normal (area-weighted normals, as ``util.vertex_normals``). ``vertices (V, 3)`` world, ``faces (F, 3)``,
     ``displacement_map (Hu, Wu)`` or ``(Hu, Wu, 1)`` in world units, ``texture (Hu, Wu, 3)``
     optional vertex colours. Returns ``(dense_vertices (P, 3), dense_faces (T, 3), colors (P, 3) or None)``.
     """
@@ -373,7 +372,7 @@ def upsample_mesh(vertices, faces, table: UVPixelTable, displacement_map, textur
     if disp.shape != table.uv_hw:
         raise ValueError(f"displacement_map: expected {table.uv_hw}, got shape {disp.shape}")
     v0, v1, v2 = (vertices[faces[:, k]] for k in range(3))
-    face_normals = np.cross(v1 - v0, v2 - v0)  # area-weighted, as util.vertex_normals (spec §5.4)
+    face_normals = np.cross(v1 - v0, v2 - v0)  # area-weighted, as util.vertex_normals
     normals = np.zeros_like(vertices)
     for k in range(3):
         np.add.at(normals, faces[:, k], face_normals)

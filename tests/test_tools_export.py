@@ -10,7 +10,7 @@ from jface import export
 
 
 def _np_project(points, cam):
-    # spec deca.md §3, written from the spec: x = s(X + tx), y = -s(Y + ty), z = -s Z
+    # DECA's batch_orth_proj + y/z flip: x = s(X + tx), y = -s(Y + ty), z = -s Z
     s, tx, ty = cam
     return np.stack([s * (points[:, 0] + tx), -s * (points[:, 1] + ty), -s * points[:, 2]], axis=1)
 
@@ -27,7 +27,7 @@ def test_camera_matrix_reproduces_trans_verts():
         np.testing.assert_allclose(ndc, np.asarray(project(points, cam)), atol=1e-10)
         gl = export.apply_matrix(export.opengl_projection(cam), points)
         np.testing.assert_allclose(gl, ndc * np.array([1.0, -1.0, 1.0]), atol=1e-12)
-    # NDC -> pixel centres (spec §5.2): -1 is the left edge of pixel 0, +1 the right edge of pixel W-1
+    # NDC -> pixel centres (DECA's StandardRasterizer): -1 is the left edge of pixel 0, +1 the right edge of pixel W-1
     pix = export.apply_matrix(export.ndc_to_pixel_matrix((10, 20)), np.array([[-1.0, -1.0], [1.0, 1.0]]))
     np.testing.assert_allclose(pix, [[-0.5, -0.5], [19.5, 9.5]])
     record = export.camera_record(np.array([8.0, 0.1, -0.2]))
@@ -94,7 +94,7 @@ def test_uv_pixel_table_and_upsample_reference():
     faces = np.array([[0, 1, 2]])
     uv = vertices[:, :2].copy()
     table = export.uv_pixel_table(uv, faces, (16, 16))
-    # numpy reference of the pixel centres (spec §5.2 / §5.5): pixel (r, c) has u = (c + .5)/16,
+    # numpy reference of the pixel centres (StandardRasterizer, SRenderY.world2uv): pixel (r, c) has u = (c + .5)/16,
     # v = 1 - (r + .5)/16; inside the triangle u >= 0, v >= 0, u + v < 1 (edge-strict corner 0)
     u = (table.cols + 0.5) / 16
     v = 1.0 - (table.rows + 0.5) / 16

@@ -109,7 +109,7 @@ def test_meshes_round_trip(reconstructed):
     assert detail_obj.faces.shape == detail_ply.faces.shape
     np.testing.assert_allclose(detail_obj.vertices, detail_ply.vertices, atol=1e-6)
     assert detail_obj.visual.material.image.size == (256, 256)
-    # spec §8: dense vertex = barycentric point on the coarse mesh + displacement x unit normal
+    # DECA's util.upsample_mesh: dense vertex = barycentric point on the coarse mesh + displacement x unit normal
     table = export.uv_pixel_table(model.uv_coords, model.uv_faces, (256, 256), model.uv_face_eye_mask)
     assert table.num_pixels == detail_ply.vertices.shape[0]
     on_surface, _, _ = export.upsample_mesh(verts, faces, table, np.zeros((256, 256)))
@@ -189,9 +189,9 @@ def test_bad_inputs(tmp_path):
 
 
 def test_load_weights(tmp_path):
-    from jface.models.errors import ModelFileError
+    from jface.errors import ModelFileError
+    from jface.files.weights import save_variables
     from jface.reconstruct import load_weights
-    from jface.weights.convert import save_variables
 
     tree = {"E_flame": {"params": {"layers_2": {"bias": np.arange(3.0, dtype=np.float32)}}}}
     save_variables(tmp_path / "deca.npz", tree, kind="deca")

@@ -1,13 +1,14 @@
 """DECA coarse training step vs a bare ResNet-50 classifier step: ``python -m jface.bench deca``.
 
-Both are real jitted Adam steps, data-parallel over the mesh (``train.common``), on synthetic
+Both are real jitted Adam steps, data-parallel over the mesh (``jface.training``), on synthetic
 random inputs (no data generation on the timed path), in the same process:
 
-* **deca**: ``train.deca.train_step`` of the coarse stage (spec deca.md §7.1–§7.3): E_coarse
+* **deca**: :func:`jface.training.deca.train_step` of the coarse stage (the forward pass and
+  losses of :func:`jface.deca.stages.stage_loss`, DECA's ``Trainer.training_step``): E_coarse
   (ResNet-50, train-mode BN) -> codes -> FLAME -> landmarks, rasterize + render at 224², shaded
   photometric, landmark / eye / lip losses, regularisers, and the identity loss through a frozen
   VGGFace2 ResNet-50 (random weights; forward on overlay and image, backward to the overlay), on
-  B identities × K images, duplicated by the shape-code swap (§7.2), so every loss sees 2·B·K.
+  B identities × K images, duplicated by the shape-code swap, so every loss sees 2·B·K.
 * **resnet**: the same ResNet-50 backbone + Linear(2048, 1000), softmax cross-entropy, Adam, at the
   same batch and compute dtype: the "bare network" baseline.
 
@@ -28,9 +29,16 @@ import json
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from jface import training as common
+from jface.bench import peak_memory_bytes
+from jface.deca import networks as nets
+from jface.training import deca as train_deca
 
 __all__ = ["main", "run", "build_deca_step", "build_resnet_step", "time_step", "time_pipelined",
            "process_rows", "device_info"]
@@ -142,31 +150,19 @@ def compiled_memory(compiled) -> dict:
 
 
 def peak_bytes(devices) -> int | None:
-    from jface.bench import peak_memory_bytes
-
     peaks = [peak_memory_bytes(d) for d in devices]
     return None if any(p is None for p in peaks) else int(max(peaks))
 
 
-def _float32(tree):
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, tree)
-
-
 def load_flame(model: str = "default"):
-    """The FLAME model, float32: ``'default'`` (embedded, generated into the cache) or a file."""
-    if model == "default":
-        from jface.models import default_flame_model
-
-        return _float32(default_flame_model())
-    from jface.models import load_flame as load
-
-    return _float32(load(model))
+    """The FLAME model, float32: ``'default'`` (embedded, generated into the cache) or a file
+    (:func:`jface.training.deca.load_face_model`)."""
+    return train_deca.load_face_model(model)
 
 
 def code_statistics():
-    """A fixed (mean, std) of DECA's 236-d code for the encoder's output map (train.deca's
-    ``predict_codes``): small shape / expression / texture / pose spread, camera s ≈ 9 (the head
+    """A fixed (mean, std) of DECA's 236-d code for the encoder's output map
+    (:class:`jface.deca.stages.DecaSetup`): small shape / expression / texture / pose spread, camera s ≈ 9 (the head
     fills the crop, as DECA's crops do), grey ambient SH light; so random encoders render faces."""
     mean = np.zeros(236, np.float32)
     std = np.full(236, 0.1, np.float32)
@@ -192,13 +188,11 @@ def synthetic_batch(batch: int, size: int = 224, seed: int = 0) -> dict:
 
 # --- the two steps -----------------------------------------------------------------------------
 
-def deca_config(size: str, dtype: str, ids: int, k: int, identity: bool = True):
-    from train import deca
-
+def deca_config(size: str, dtype: str, ids: int, k: int, identity: bool = True) -> train_deca.Config:
     if size == "full":
-        return deca.Config(encoder="full", compute_dtype=dtype, render_size=224, coarse_batch=(ids, k))
+        return train_deca.Config(encoder="full", compute_dtype=dtype, render_size=224, coarse_batch=(ids, k))
     if size == "small":
-        return deca.Config(encoder="small", encoder_width=4, encoder_hidden=32, compute_dtype=dtype,
+        return train_deca.Config(encoder="small", encoder_width=4, encoder_hidden=32, compute_dtype=dtype,
                            render_size=224 if identity else 32, coarse_batch=(ids, k))
     raise ValueError(f"size: expected 'full' or 'small', got {size!r}")
 
@@ -215,9 +209,6 @@ def build_deca_step(size: str, dtype: str, mesh, ids: int, k: int = 4, model=Non
 
     Returns ``(step, state, args)``: ``state, metrics = step(state, *args)`` (state donated).
     """
-    from jface.deca import networks as nets
-    from train import common, deca
-
     config = deca_config(size, dtype, ids, k, identity)
     compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     id_module = id_vars = None
@@ -225,9 +216,9 @@ def build_deca_step(size: str, dtype: str, mesh, ids: int, k: int = 4, model=Non
         id_module = nets.VGGFace2ResNet50(dtype=compute, **_backbone_kwargs(size))
         id_vars = jax.jit(id_module.init)(jax.random.PRNGKey(seed + 1), jnp.zeros((1, 224, 224, 3), jnp.float32))
         id_vars = common.replicate(jax.tree_util.tree_map(np.asarray, id_vars), mesh)
-    networks = deca.make_networks(config, identity=(id_module, None) if identity else None)
-    ctx = deca.make_context(config, "coarse", networks, *code_statistics(), mesh=mesh)
-    variables = deca.init_variables(config, networks, jax.random.PRNGKey(seed))
+    networks = train_deca.make_networks(config, identity=(id_module, None) if identity else None)
+    ctx = train_deca.make_context(config, "coarse", networks, *code_statistics(), mesh=mesh)
+    variables = train_deca.init_variables(config, networks, jax.random.PRNGKey(seed))
     trainable = {n: variables[n]["params"] for n in ctx.stage.trainable}
     host = jax.tree_util.tree_map(np.asarray, common.TrainState(
         step=np.zeros((), np.int32), params=variables, opt_state=ctx.optimizer.init(trainable),
@@ -239,9 +230,9 @@ def build_deca_step(size: str, dtype: str, mesh, ids: int, k: int = 4, model=Non
     def step(state, batch, model, id_vars):
         step_ctx = ctx
         if identity:
-            step_ctx = dataclasses.replace(
-                ctx, networks=dataclasses.replace(ctx.networks, identity=(id_module, id_vars)))
-        return deca.train_step(step_ctx, state, batch, model)
+            networks = dataclasses.replace(ctx.networks, identity=(id_module, id_vars))
+            step_ctx = dataclasses.replace(ctx, setup=dataclasses.replace(ctx.setup, networks=networks))
+        return train_deca.train_step(step_ctx, state, batch, model)
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     jitted = jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -250,12 +241,6 @@ def build_deca_step(size: str, dtype: str, mesh, ids: int, k: int = 4, model=Non
 
 def build_resnet_step(size: str, dtype: str, mesh, batch: int, seed: int = 0):
     """ResNet-50 (DECA's backbone) + Linear(1000), softmax CE, Adam 1e-4, train-mode BN."""
-    import flax.linen as nn
-    import optax
-
-    from jface.deca import networks as nets
-    from train import common
-
     compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     kwargs = _backbone_kwargs(size)
 
@@ -302,8 +287,6 @@ def build_resnet_step(size: str, dtype: str, mesh, batch: int, seed: int = 0):
 def run(size: str = "full", dtype: str = "bfloat16", ids: int | None = None, k: int | None = None,
         repeats: int = 10, model: str = "default", profile: str | None = None, devices=None,
         identity: bool | None = None) -> dict:
-    from train import common
-
     identity = (size == "full") if identity is None else identity
     ids = ids or (8 if size == "full" else 2)
     k = k or (4 if size == "full" else 2)

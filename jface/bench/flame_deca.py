@@ -11,8 +11,10 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from jface import deca, flame
+from jface.models import default_flame_model
 
 
 def _time(fn, *args, repeats):
@@ -25,16 +27,12 @@ def _time(fn, *args, repeats):
     return first, (time.perf_counter() - t0) / repeats
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--detail", action="store_true", help="also run F_d (random weights) and detail normals")
     args = parser.parse_args(argv)
-
-    from jface import deca, flame
-    from jface.models import default_flame_model
-
     model = default_flame_model()
     rng = np.random.default_rng(0)
     b = args.batch

@@ -1,7 +1,7 @@
 """DECA batched inference throughput: ``python -m jface.bench inference [--batch 64]``.
 
 On one device (the first), with random network weights (only the layout matters) and random
-images, times DECA's inference (spec deca.md §8) as one jitted program and in parts:
+images, times DECA's inference (``DECA.encode`` + ``DECA.decode``) as one jitted program and in parts:
 
 * ``encode``: E_coarse + E_detail (ResNet-50 each, eval-mode BN) -> codes;
 * ``flame``: FLAME + landmarks + camera (``decode`` with no rendering and no detail);
@@ -26,18 +26,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jface import deca
 from jface.bench import time_fn
 from jface.bench.deca import (
-    add_common_args, apply_cache, code_statistics, device_info, load_flame, log, peak_bytes, profile_calls, write_json)
+    add_common_args,
+    apply_cache,
+    code_statistics,
+    device_info,
+    load_flame,
+    log,
+    peak_bytes,
+    profile_calls,
+    write_json,
+)
+from jface.deca import networks as nets
+from jface.deca.stages import DecaSetup, Networks
+from jface.deca.stages import encode as encode_codes
 
 __all__ = ["main", "run", "build", "PARTS"]
 
 
 def build(size: str, dtype: str, seed: int = 0):
-    """``(params, encode, decode_fn)``: random-weight DECA networks in ``dtype`` and the two halves."""
-    from jface import deca
-    from jface.deca import networks as nets
-
+    """``(params, encode, decode_fn)``: random-weight DECA networks in ``dtype`` and the two halves
+    (:func:`jface.deca.stages.encode`, :func:`jface.deca.decode`)."""
     compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     kwargs = {} if size == "full" else dict(stage_sizes=(1, 1, 1, 1), width=4, hidden=32)
     e_coarse = nets.ResNetEncoder(236, dtype=compute, **kwargs)
@@ -49,13 +60,10 @@ def build(size: str, dtype: str, seed: int = 0):
               "E_detail": jax.jit(e_detail.init)(keys[1], image),
               "D_detail": jax.jit(generator.init)(keys[2], jnp.zeros((1, 181), jnp.float32))}
     mean, std = (jnp.asarray(x) for x in code_statistics())
+    setup = DecaSetup(Networks(coarse=e_coarse, detail=e_detail, generator=generator), mean, std)
 
     def encode(params, images):
-        images = images.astype(jnp.float32) / 255.0
-        raw = e_coarse.apply(params["E_flame"], images, train=False).astype(jnp.float32)
-        codes = dict(nets.split_codes(mean + std * raw))
-        codes["detail"] = e_detail.apply(params["E_detail"], images, train=False).astype(jnp.float32)
-        return codes
+        return encode_codes(setup, params, images.astype(jnp.float32) / 255.0)
 
     def decode(params, model, codes, *, rendering, use_detail, image_hw):
         return deca.decode(params, model, codes, image_hw=image_hw, rendering=rendering,

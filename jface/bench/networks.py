@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jface.deca import networks as nw
+
 
 def _random_variables(module, example, seed=0):
     template = jax.eval_shape(module.init, jax.random.PRNGKey(0), example)
@@ -43,9 +45,7 @@ def _time(fn, *args, repeats=5):
     return compile_s, float(np.median(times))
 
 
-def main(argv=None):
-    from jface.deca import networks as nw
-
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jface.bench networks", description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -1,25 +1,28 @@
 """``python -m jface.reconstruct IMAGES_OR_DIRS... -o DIR``: DECA reconstruction of photographs.
 
-Pipeline (spec deca.md §8): 68 landmarks (side file next to the image, or ``--detector``) ->
-DECA's test crop (landmark box x 1.1 x 1.25, similarity warp to 224 x 224,
-:func:`jface.data.crops.deca_crop`) -> batched, jit-compiled :func:`jface.deca.encode` ->
-:func:`jface.deca.decode` -> exports. Codes come from converted DECA weights or a ``train.deca``
-checkpoint (``--weights``), from randomly initialised networks (a loud warning: the results are
-meaningless; this only exercises the pipeline), or from a gradient-descent fit of FLAME's 68
-landmarks to the input landmarks (``--fit-landmarks``, :func:`fit_codes`).
+Pipeline (DECA's ``demos/demo_reconstruct.py``): 68 landmarks (side file next to the image, or
+``--detector``) -> DECA's test crop (``TestData`` in ``decalib/datasets/datasets.py``: landmark box
+x 1.1 x 1.25, similarity warp to 224 x 224, :func:`jface.data.crops.deca_crop`) -> batched,
+jit-compiled :func:`jface.deca.encode` -> :func:`jface.deca.decode` -> exports. Codes come from
+converted DECA weights or a ``train.deca`` run folder (``--weights``; loaded from its checkpoints
+alone by :func:`jface.training.deca.load_run`, no data generated), from randomly initialised
+networks (a loud warning: the results are meaningless; this only exercises the pipeline), or from
+a gradient-descent fit of FLAME's 68 landmarks to the input landmarks (``--fit-landmarks``,
+:func:`fit_codes`).
 
 Per image ``DIR/<identity>/<stem>/`` holds:
 
 * ``codes.npz`` / ``codes.json``: DECA's codes (shape 100, tex 50, exp 50, pose 6 = [global, jaw]
   axis-angle, cam 3 = (s, t_x, t_y), light 9 x 3, detail 128 when present);
 * ``flame.npz`` / ``flame.json``: the FLAME 2020 layout (shape 300, expression 100, zero padded;
-  global / neck / jaw / eye poses; spec §9.7), :func:`jface.export.pad_flame_parameters`;
+  global / neck / jaw / eye poses), :func:`jface.export.pad_flame_parameters`;
 * ``camera.json``: the orthographic camera as 4 x 4 matrices (:func:`jface.export.camera_record`):
-  ``deca_ndc_matrix`` P with NDC = P [X; 1] = trans_verts (spec §3, §9.5), the OpenGL (y-up)
+  ``deca_ndc_matrix`` P with NDC = P [X; 1] = trans_verts (``batch_orth_proj`` and the y/z flip),
+  the OpenGL (y-up)
   projection, the NDC -> crop pixel map and the crop -> original image similarity;
 * ``coarse.obj`` (+ ``coarse.mtl``, ``coarse.png`` texture = the input sampled in UV inside the
   face mask, model albedo or grey 0.7 outside, ``coarse_normals.png``) and ``coarse.ply``;
-* ``detail.obj`` (+ mtl/png; one vertex per valid UV pixel, spec §8 ``upsample_mesh``) and
+* ``detail.obj`` (+ mtl/png; one vertex per valid UV pixel, DECA's ``util.upsample_mesh``) and
   ``detail.ply`` (vertex colours);
 * ``displacement.npy/png`` (D + Δ, metres; PNG scaled from [-0.01, 0.01]), ``normals.npy/png``
   (UV detail normals, n/2 + 1/2; the coarse normals when there is no detail stage);
@@ -43,7 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jface import export
+from jface import export, flame
+from jface.data.crops import deca_crop
+from jface.deca import decode, decode_geometry_batch, encode, load_fixed_displacement
+from jface.deca import networks as nets
+from jface.deca.render import render_shape
+from jface.errors import ModelFileError
+from jface.files.weights import load_variables
+from jface.models import default_flame_model, load_flame, load_model
+from jface.models.morphable import uv_face_eye_mask
 from jface.reconstruct.inputs import (
     InputError,
     InputItem,
@@ -54,6 +65,10 @@ from jface.reconstruct.inputs import (
     make_detector,
     progress,
 )
+from jface.render import world2uv
+from jface.sampling import grid_sample
+from jface.training.checkpoint import RunFormatError
+from jface.training.deca import load_run
 
 __all__ = [
     "RANDOM_WEIGHTS_WARNING",
@@ -85,13 +100,11 @@ CODE_NAMES = ("shape", "tex", "exp", "pose", "cam", "light", "detail")
 # Weights
 
 
-def random_weights(seed: int = 0, *, detail: bool = True):
+def random_weights(seed: int = 0, *, detail: bool = True) -> dict:
     """Randomly initialised DECA networks ``{'E_flame', 'E_detail', 'D_detail'}`` (plumbing only)."""
-    from jface.deca import networks
-
-    modules = {"E_flame": networks.ResNetEncoder(236)}
+    modules = {"E_flame": nets.ResNetEncoder(236)}
     if detail:
-        modules.update(E_detail=networks.ResNetEncoder(128), D_detail=networks.DetailGenerator())
+        modules.update(E_detail=nets.ResNetEncoder(128), D_detail=nets.DetailGenerator())
     examples = {"E_flame": jnp.zeros((1, 224, 224, 3)), "E_detail": jnp.zeros((1, 224, 224, 3)),
                 "D_detail": jnp.zeros((1, 181))}
     keys = jax.random.split(jax.random.PRNGKey(seed), len(modules))
@@ -100,78 +113,39 @@ def random_weights(seed: int = 0, *, detail: bool = True):
             for (name, module), key in zip(modules.items(), keys)}
 
 
-def load_weights(path):
+def load_weights(path) -> dict:
     """``--weights`` file: a converted DECA weight file (``python -m jface.weights convert deca``).
     Returns DECA's params dict (:mod:`jface.deca.model`). Folders: :func:`load_train_deca`."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"--weights {path}: a folder; use load_train_deca for train.deca runs")
-    from jface.weights.convert import load_variables
-
     tree = load_variables(path, kind="deca")
     if "E_flame" not in tree:
         raise InputError(f"--weights {path}: expected DECA weights with an 'E_flame' entry, got {sorted(tree)}")
     return jax.tree_util.tree_map(jnp.asarray, tree)
 
 
-def load_train_deca(path):
+def load_train_deca(path, *, model=None) -> tuple:
     """A ``train.deca`` run folder (``--weights RUN_DIR``) -> ``(params, encode, detail_generator)``.
 
-    Rebuilds the run from its ``config.json`` (networks, which may be the "small" encoders, and the
-    code whitening statistics of its generated training data, as ``train.deca.predict_codes``
-    uses them), restores the last checkpoint of the latest stage present (detail > coarse >
-    pretrain), and returns ``encode(images (B, 224, 224, 3) in [0, 1]) -> codes`` (jit-compiled,
-    with the detail code) and the run's F_d module for :func:`jface.deca.decode`.
+    Read from the run's checkpoints alone (:func:`jface.training.deca.load_run`: the config, the
+    face model check, the code whitening and the parameters of the latest stage present, detail >
+    coarse > pretrain); no training data is generated. ``encode(images (B, 224, 224, 3) in [0, 1])
+    -> codes`` is jit-compiled, with the detail code, both encoders seeing the crops at the run's
+    encoder size as in training; ``detail_generator`` is the run's F_d module for
+    :func:`jface.deca.decode`. ``model``: the FLAME model to decode with (checked against the one
+    the run was trained on; default: that one). A run saved without its metadata raises
+    :class:`InputError` naming what is missing.
     """
-    import dataclasses
-    import json
+    run = _load_run(path, model)
+    return run.params, run.encode, run.generator
 
+
+def _load_run(path, model):
     try:
-        from train import common, deca as train_deca
-    except ImportError as err:
-        raise InputError(f"--weights {path}: a folder is read as a train.deca run, but train.deca is not "
-                         f"importable ({err})") from None
-    path = Path(path)
-    saved = path / "config.json"
-    if not saved.is_file():
-        raise InputError(f"--weights {path}: {saved} not found (expected a train.deca run folder)")
-    fields = {f.name for f in dataclasses.fields(train_deca.Config)}
-    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(saved.read_text()).items()
-              if k in fields}
-    config = train_deca.Config(**stored)
-    def has_step(stage):
-        folder = path / stage / "checkpoints"
-        return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
-
-    stages = [s for s in train_deca.STAGES if has_step(s)]
-    if not stages:
-        raise InputError(f"--weights {path}: no <stage>/checkpoints folder ({', '.join(train_deca.STAGES)})")
-    stage = stages[-1]
-    model = train_deca.load_model(config)
-    data = train_deca.make_data(config, model, split="train")
-    networks = train_deca.make_networks(config)
-    code_stats = train_deca.code_statistics(data)
-    variables = jax.tree_util.tree_map(
-        np.asarray, train_deca.init_variables(config, networks, jax.random.PRNGKey(config.seed)))
-    ctx = train_deca.make_context(config, stage, networks, *code_stats)
-    template = common.TrainState(
-        step=np.zeros((), np.int32), params=variables,
-        opt_state=ctx.optimizer.init({n: variables[n]["params"] for n in ctx.stage.trainable}),
-        rng=np.zeros(2, np.uint32))
-    state, _, _ = common.restore_state_only(path / stage / "checkpoints",
-                                            common.replicate(template, common.make_mesh()))
-    params = jax.device_get(state.params)
-
-    @jax.jit
-    def encode(images):
-        codes, _ = train_deca.predict_codes(ctx, params["E_flame"], images, train=False)
-        codes = dict(codes)
-        # E_detail sees what it saw in training: the images resized to the run's encoder size
-        codes["detail"] = networks.detail.apply(params["E_detail"], train_deca.encoder_images(config, images),
-                                                train=False)
-        return codes
-
-    return params, encode, networks.generator
+        return load_run(path, model=model)
+    except (RunFormatError, FileNotFoundError) as err:
+        raise InputError(f"--weights {path}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,11 +156,9 @@ def crop_faces(faces):
     """``[(image uint8 (H, W, 3), landmarks (68, 2) pixels)]`` -> DECA's test crops.
 
     Returns ``crops (B, 224, 224, 3)`` float32 RGB in [0, 1], ``landmarks_ndc (B, 68, 2)`` (the
-    input landmarks in the crop's NDC, p / 224 * 2 - 1, spec §7.4) and the list of
+    input landmarks in the crop's NDC, p / 224 * 2 - 1 as DECA's labels) and the list of
     :class:`jface.data.crops.CropTransform` (image pixels -> crop pixels).
     """
-    from jface.data.crops import deca_crop
-
     crops, ndc, transforms = [], [], []
     for image, landmarks in faces:
         crop, lmk, transform = deca_crop(np.asarray(image, np.float64) / 255.0, landmarks, test=True)
@@ -198,8 +170,6 @@ def crop_faces(faces):
 
 @jax.jit
 def _encode(params, crops):
-    from jface.deca import encode
-
     return encode(params, crops)
 
 
@@ -209,11 +179,7 @@ def encode_batch(params, crops):
 
 
 def _landmarks2d(model, codes):
-    from jface.deca import decode_geometry
-
-    geometry = jax.vmap(decode_geometry, in_axes=(None, 0, 0, 0, 0))(
-        model, codes["shape"], codes["exp"], codes["pose"], codes["cam"])
-    return geometry["landmarks2d"]
+    return decode_geometry_batch(model, codes)["landmarks2d"]
 
 
 @partial(jax.jit, static_argnames=("num_steps",))
@@ -244,7 +210,8 @@ def fit_codes(model, landmarks_ndc, codes0=None, *, steps: int = 400, prior_weig
     """Fit DECA's shape / exp / pose / cam to 68 landmarks by gradient descent (optax Adam).
 
     ``landmarks_ndc (B, 68, 2)`` in the crop's NDC (x right, y down); the model's ``landmarks2d``
-    (17 dynamic contour + 51 static points, spec §1.5) are projected with DECA's camera (spec §3).
+    (17 dynamic contour + 51 static points, ``FLAME.forward``) are projected with DECA's camera
+    (``batch_orth_proj``).
     The objective is the summed squared NDC error plus ``prior_weight`` (||shape||^2 + ||exp||^2).
     ``codes0`` (e.g. an encoder's output) is the starting point; by default zeros with the camera
     scale and translation from the landmarks' spread and centre. Other codes (tex, light, detail)
@@ -255,8 +222,6 @@ def fit_codes(model, landmarks_ndc, codes0=None, *, steps: int = 400, prior_weig
         raise ValueError(f"landmarks_ndc: expected finite (B, 68, 2), got {landmarks_ndc.shape}")
     batch = landmarks_ndc.shape[0]
     if codes0 is None:
-        from jface import flame
-
         mean_lmk = np.asarray(flame.forward(model, jnp.zeros(100), jnp.zeros(50), jnp.zeros(6))["landmarks2d"])
         mean_xy = mean_lmk[:, :2] * np.array([1.0, -1.0])  # world y up -> NDC y down, before scaling
         spread_model = np.std(mean_xy, axis=0).mean()
@@ -293,34 +258,27 @@ def transfer_codes(target, source):
 
 @partial(jax.jit, static_argnames=("image_hw", "detail_generator"))
 def _decode(params, model, codes, crops, fixed_displacement, image_hw=(224, 224), detail_generator=None):
-    from jface import render
-    from jface.deca import decode
-    from jface.sampling import grid_sample
-
     out = decode(params, model, codes, image_hw=image_hw, fixed_displacement=fixed_displacement,
                  detail_generator=detail_generator)
     faces = jnp.asarray(model.faces, jnp.int32)
     uv_size = out["albedo"].shape[1:3]
-    uv_mask = jnp.ones(uv_size, crops.dtype) if model.uv_face_eye_mask is None else jnp.asarray(
-        model.uv_face_eye_mask, crops.dtype)
-    if uv_mask.ndim == 3:
-        uv_mask = uv_mask[..., 0]
+    uv_mask = uv_face_eye_mask(model, crops.dtype, size=uv_size)
     has_albedo = model.albedo_mean is not None and "tex" in codes
 
     def per_item(o, crop):
-        uv_trans = render.world2uv(o["trans_verts"], faces, model.uv_coords, model.uv_faces, uv_size)
+        uv_trans = world2uv(o["trans_verts"], faces, model.uv_coords, model.uv_faces, uv_size)
         uv_gt = grid_sample(crop, uv_trans[..., :2])
         fill = o["albedo"] if has_albedo else jnp.full(uv_gt.shape, 0.7, uv_gt.dtype)
         texture = uv_gt * uv_mask[..., None] + fill * (1.0 - uv_mask[..., None])
-        shape = render.render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw)
+        shape = render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw)
         result = {"uv_texture_gt": texture, "shape_images": shape["images"]}
         if "uv_detail_normals" in o:
             normal_images = grid_sample(o["uv_detail_normals"], o["grid"]) * o["alpha_images"]
-            detail = render.render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw,
+            detail = render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw,
                                          detail_normal_images=normal_images)
             result["shape_detail_images"] = detail["images"]
         else:
-            uv_normals = render.world2uv(o["normals"], faces, model.uv_coords, model.uv_faces, uv_size)
+            uv_normals = world2uv(o["normals"], faces, model.uv_coords, model.uv_faces, uv_size)
             result["uv_coarse_normals"] = uv_normals
         return result
 
@@ -358,7 +316,8 @@ def _draw_points(image, groups):
 
 
 def _ndc_to_crop_pixels(ndc, size=224):
-    """Landmark NDC -> 0-based crop pixels with the label convention p / 224 * 2 - 1 (spec §7.4)."""
+    """Landmark NDC -> 0-based crop pixels with the label convention p / 224 * 2 - 1 (DECA's
+    ``decalib/datasets/vggface.py``)."""
     return (np.asarray(ndc, np.float64)[..., :2] + 1.0) * size / 2.0
 
 
@@ -459,18 +418,13 @@ def run(inputs, out_dir, *, weights=None, fit_landmarks=False, transfer=None, de
     det = make_detector(detector)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if model is None:
-        from jface.models import default_flame_model
-
-        model = default_flame_model()
-    if model.uv_coords is None or model.uv_faces is None:
-        raise InputError("model: reconstruction exports need the FLAME UV layout (uv_coords, uv_faces)")
     encode_fn = None
     if params is not None:
         source = "params given by the caller"
     elif weights is not None and Path(weights).is_dir():
-        params, encode_fn, detail_generator = load_train_deca(weights)
-        source = f"train.deca run {weights}"
+        trained = _load_run(weights, model)
+        params, encode_fn, detail_generator, model = trained.params, trained.encode, trained.generator, trained.model
+        source = f"train.deca run {weights} ({trained.stage} step {trained.step})"
     elif weights is not None:
         params = load_weights(weights)
         source = f"weights {weights}"
@@ -481,6 +435,10 @@ def run(inputs, out_dir, *, weights=None, fit_landmarks=False, transfer=None, de
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
         params = random_weights(seed)
         source = "RANDOM weights (meaningless)"
+    if model is None:
+        model = default_flame_model()
+    if model.uv_coords is None or model.uv_faces is None:
+        raise InputError("model: reconstruction exports need the FLAME UV layout (uv_coords, uv_faces)")
     report = SkipReport()
 
     def load(item):
@@ -567,18 +525,12 @@ def main(argv=None):
     parser.add_argument("--fit-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (no --weights)")
     args = parser.parse_args(argv)
-    from jface.models.errors import ModelFileError
-
     try:
         model = None
         if args.flame:
-            from jface.models import load_flame, load_model
-
             model = load_model(args.flame) if args.flame.endswith(".npz") else load_flame(args.flame)
         fixed = None
         if args.fixed_displacement:
-            from jface.deca import load_fixed_displacement
-
             fixed = load_fixed_displacement(args.fixed_displacement)
         run(args.inputs, args.out, weights=args.weights, fit_landmarks=args.fit_landmarks, transfer=args.transfer,
             detector=args.detector, batch_size=args.batch, model=model, fixed_displacement=fixed,

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jface.data.real import IMAGE_SUFFIXES, ImageReadError, read_image, read_landmarks, scan_identity_folders
+from jface.data.real import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    dlib_detector,
+    read_image,
+    read_landmarks,
+    scan_identity_folders,
+)
 
 __all__ = [
     "InputError",
@@ -136,8 +143,6 @@ def make_detector(enabled: bool):
     """The optional dlib 68-point detector (``[detector]`` extra) when ``enabled``, else None."""
     if not enabled:
         return None
-    from jface.data.real import dlib_detector
-
     return dlib_detector()
 
 
