@@ -18,7 +18,7 @@ mediapipe 0.10.14's legacy ``solutions`` wrappers call two protobuf APIs that pr
 (``FieldDescriptor.label`` while applying calculator options, ``SymbolDatabase.GetPrototype`` while
 reading landmark packets), and tensorflow-datasets needs a newer protobuf. :class:`MediapipeDetector`
 therefore runs the same face-mesh graph without calculator options (the graph's built-in detection
-and presence thresholds) and parses the landmark packets itself; it works with protobuf 4 and 7.
+and presence thresholds) and parses the landmark packets itself (tested with protobuf 7).
 
 **The mapping** :data:`MESH478_TO_IBUG68` (0-based mesh vertex ids per iBUG point, image-left
 first as in iBUG): jaw 0-16 along the mesh's face oval from the temple at eye height to the chin
@@ -39,8 +39,11 @@ as AFLW marks an occluded point, instead of the contour stand-ins the generated 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,13 +206,31 @@ def landmark_mask(landmarks68, image_hw, forehead: float = 0.2) -> np.ndarray:
 
 # --- the detector ----------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """mediapipe's native code writes start-up noise straight to file descriptor 2 (TFLite and absl
+    logs; with protobuf >= 5 a caught AttributeError while importing). Python exceptions still
+    propagate; only what native code prints in the meantime is dropped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 @functools.cache
 def _face_mesh_class():
     try:
-        from mediapipe.framework.formats import landmark_pb2
-        from mediapipe.python import solution_base
-        from mediapipe.python._framework_bindings import _packet_getter
-        from mediapipe.python.solutions import face_mesh
+        with _native_stderr_silenced():
+            from mediapipe.framework.formats import landmark_pb2
+            from mediapipe.python import solution_base
+            from mediapipe.python._framework_bindings import _packet_getter
+            from mediapipe.python.solutions import face_mesh
     except ImportError as exc:
         raise DetectorMissingError(f"the face detector needs the optional extra: {EXTRA} ({exc})") from exc
 
@@ -245,7 +266,10 @@ class MediapipeDetector:
     def __init__(self, max_faces: int = 8):
         if max_faces < 1:
             raise ValueError(f"max_faces: expected >= 1, got {max_faces}")
-        self._graph = _face_mesh_class()(int(max_faces))
+        with _native_stderr_silenced():
+            self._graph = _face_mesh_class()(int(max_faces))
+            # The graph loads its models on background threads; one blank image waits for them.
+            self._graph.process(input_data={"image": np.zeros((64, 64, 3), np.uint8)})
 
     def __call__(self, image) -> list[Face]:
         image = np.ascontiguousarray(image)
