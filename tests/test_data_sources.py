@@ -379,6 +379,10 @@ def test_corrupt_records_are_named(tmp_path):
             source[i]
     with pytest.raises(DataSourceError, match=record_file.name):
         source.identities()
+    loader = StreamLoader(source, batch_size=8, keys=("images", "identity"))  # reader threads re-raise it
+    with pytest.raises(DataSourceError, match=record_file.name):
+        for _ in range(loader.steps_per_epoch):
+            next(loader)
     record_file.write_bytes(bytes(data[:1000]))  # truncated
     with pytest.raises(DataSourceError, match=record_file.name):
         DatasetSource(directory, task="deca")[0]
