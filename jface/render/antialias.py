@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
@@ -166,7 +167,7 @@ def _check_inputs(color, fragments, vertices, faces, topology):
         if topology.shape != faces.shape or not jnp.issubdtype(topology.dtype, jnp.integer):
             raise ValueError(f"topology: expected (F, 3) = {faces.shape} int from edge_neighbours(faces), "
                              f"got shape {topology.shape} {topology.dtype}")
-        if is_concrete(topology) and topology.size and int(jnp.max(topology)) >= vertices.shape[0]:
+        if is_concrete(topology) and topology.size and int(np.max(np.asarray(topology))) >= vertices.shape[0]:
             raise ValueError(f"topology: vertex index out of range [-1, {vertices.shape[0]})")
         topology = topology.astype(jnp.int32)
     return color, face_index.astype(jnp.int32), depth, vertices, faces, topology
