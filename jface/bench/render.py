@@ -17,6 +17,22 @@ plus the compiled temporary buffer size of each (``memory_analysis``), the devic
 (``memory_stats``; target <= 2 GB) and the binning statistics that size the static budgets.
 ``--sweep`` also times the rasterizer for several (tile_size, capacity) pairs.
 ``--size small`` is a quick CPU smoke configuration (B=2, 64², a coarse procedural head).
+
+Issue 24's table (``--mesh`` / ``--subdivide`` / ``--antialias``)::
+
+    python -m jface.bench render --mesh OBJ --subdivide N --batch B --image S [--antialias] --json OUT
+
+``--mesh`` is an OBJ file or ``flame`` (default: the default FLAME head template of
+``jface.models.default_flame_model()``), midpoint-subdivided ``--subdivide`` times (each face into 4),
+each item turned by a random yaw in +-0.5 rad and framed so the faces cover ~50 % of the image
+(the measured coverage is reported). Times (median of ``--repeats``, default 40, after ``--warmup``):
+
+* ``fwd``: :func:`~jface.render.rasterize` + :func:`~jface.render.interpolate` of 12 per-vertex
+  channels;
+* ``fwd_bwd``: the gradient of a fixed weighted sum of that image w.r.t. the attributes and the
+  vertex positions;
+* ``aa_fwd_bwd`` (with ``--antialias``): the same with :func:`~jface.render.antialias` of the image
+  before the sum (``aa_ms`` = its cost over ``fwd_bwd``).
 """
 
 from __future__ import annotations
@@ -37,9 +53,10 @@ import numpy as np
 
 from jface.bench import peak_memory_bytes, time_fn
 from jface.deca.render import render
+from jface.files.obj import load_obj
 from jface.flame.heads import demo_head, procedural_albedo, procedural_head
 from jface.geometry import vertex_normals
-from jface.render import interpolate, rasterize, soft, soft_rasterize
+from jface.render import antialias, edge_neighbours, interpolate, rasterize, soft, soft_rasterize
 from jface.render.soft import binning_stats, plan_levels
 
 SIZES = {
@@ -287,6 +304,136 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+# ------------------------------------------------------------------------------------------------
+# Issue 24's table: rasterize + interpolate of 12 channels (+ antialias) on any mesh
+
+
+def subdivide(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoint subdivision: every face into 4 (corners and the three edge midpoints, shared
+    between the faces of an edge); orientation kept. ``(V, 3), (F, 3)`` -> ``(V + E, 3), (4F, 3)``."""
+    vertices = np.asarray(vertices)
+    faces = np.asarray(faces, np.int64)
+    num_faces = faces.shape[0]
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    unique, inverse = np.unique(np.sort(edges, axis=1), axis=0, return_inverse=True)
+    mids = vertices.shape[0] + inverse.reshape(3, num_faces).T  # (F, 3): m01, m12, m20
+    a, b, c = faces.T
+    m01, m12, m20 = mids.T
+    new_faces = np.concatenate([np.stack(f, axis=1) for f in
+                                ((a, m01, m20), (m01, b, m12), (m20, m12, c), (m01, m12, m20))])
+    new_vertices = np.concatenate([vertices, vertices[unique].mean(axis=1)])
+    return new_vertices.astype(vertices.dtype), new_faces.astype(np.int32)
+
+
+def table_mesh(mesh: str, levels: int) -> dict:
+    """``{"vertices" (V, 3) centred, "faces", "name"}``: an OBJ file or ``"flame"`` (the default
+    FLAME head template), subdivided ``levels`` times."""
+    if mesh == "flame":
+        head = demo_head()
+        vertices, faces, name = head["vertices"], head["faces"], head["name"]
+    else:
+        obj = load_obj(mesh)
+        vertices, faces, name = np.asarray(obj["vertices"], np.float32), np.asarray(obj["faces"], np.int32), mesh
+    used = np.zeros(vertices.shape[0], bool)
+    used[faces.reshape(-1)] = True
+    if not used.any():
+        raise ValueError(f"--mesh: {name} has no faces")
+    vertices = vertices - 0.5 * (vertices[used].min(0) + vertices[used].max(0))
+    vertices = vertices / max(float(np.max(np.abs(vertices[used]))), 1e-12)
+    for _ in range(levels):
+        vertices, faces = subdivide(vertices, faces)
+    return {"vertices": vertices.astype(np.float32), "faces": faces.astype(np.int32), "name": name}
+
+
+def _table_poses(vertices: np.ndarray, batch: int, scale: float, seed: int = 0) -> np.ndarray:
+    """``(B, V, 3)`` NDC: each item turned by a random yaw in +-0.5 rad, then scaled."""
+    yaw = np.random.default_rng(seed).uniform(-0.5, 0.5, batch)
+    out = []
+    for angle in yaw:
+        c, s = np.cos(angle), np.sin(angle)
+        world = vertices @ np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]).T
+        out.append(np.stack([world[:, 0], -world[:, 1], -world[:, 2]], -1) * scale)
+    return np.stack(out).astype(np.float32)
+
+
+def run_table(args: argparse.Namespace) -> dict:
+    batch = args.batch or 32
+    size = args.image or 224
+    repeats = args.repeats or 40
+    warmup = args.warmup if args.warmup is not None else 5
+    hw = (size, size)
+    head = table_mesh(args.mesh or "flame", args.subdivide)
+    faces = jnp.asarray(head["faces"])
+    raster = lambda v: rasterize(v, faces, hw, tile_size=args.tile_size, capacity=args.capacity,  # noqa: E731
+                                 impl=args.impl)
+    # frame the faces to cover ~50 % of the image (DECA's crops), measured on the batch
+    coverage_fn = jax.jit(jax.vmap(lambda v: jnp.mean(raster(v).mask)))
+    scale = 0.8
+    for _ in range(2):
+        coverage = float(jnp.mean(coverage_fn(jnp.asarray(_table_poses(head["vertices"], batch, scale)))))
+        scale *= float(np.sqrt(0.5 / max(coverage, 1e-3)))
+    ndc = jnp.asarray(_table_poses(head["vertices"], batch, scale))
+    coverage = float(jnp.mean(coverage_fn(ndc)))
+    normals = jax.vmap(vertex_normals, (0, None))
+    attrs = jnp.concatenate([ndc, ndc * 0.5 + 0.1, normals(ndc, faces), normals(ndc, faces) ** 2], axis=-1)
+    weights = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, hw + (12,)).astype(np.float32))
+    topology = edge_neighbours(faces)
+
+    def forward(v, a):
+        return interpolate(raster(v), a, faces)
+
+    def loss(a, v):
+        return jnp.sum(weights * forward(v, a))
+
+    def loss_aa(a, v):
+        fragments = raster(v)
+        image = antialias(interpolate(fragments, a, faces), fragments, v, faces, topology=topology)
+        return jnp.sum(weights * image)
+
+    stages = {
+        "fwd": (jax.jit(jax.vmap(forward)), (ndc, attrs)),
+        "fwd_bwd": (jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)))), (attrs, ndc)),
+    }
+    if args.antialias:
+        stages["aa_fwd_bwd"] = (jax.jit(jax.vmap(jax.value_and_grad(loss_aa, argnums=(0, 1)))), (attrs, ndc))
+    results = {
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "command": "python -m jface.bench render " + " ".join(args.argv),
+        "mesh": head["name"],
+        "subdivide": args.subdivide,
+        "num_vertices": int(head["vertices"].shape[0]),
+        "num_faces": int(head["faces"].shape[0]),
+        "batch": batch,
+        "image": size,
+        "coverage": coverage,
+        "impl": args.impl,
+        "repeats": repeats,
+        "warmup": warmup,
+        "timings_ms": {},
+        "compile_s": {},
+    }
+    for name, (fn, fargs) in stages.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*fargs))
+        results["compile_s"][name] = time.perf_counter() - start
+        ms = 1e3 * time_fn(fn, *fargs, warmup=warmup, repeats=repeats)
+        results["timings_ms"][name] = ms
+        results[f"{name}_ms"] = ms
+        print(f"{name:>12s}: {ms:9.3f} ms  (compile {results['compile_s'][name]:.1f} s)", flush=True)
+    if args.antialias:
+        results["aa_ms"] = results["aa_fwd_bwd_ms"] - results["fwd_bwd_ms"]
+        print(f"{'antialias':>12s}: {results['aa_ms']:+9.3f} ms over fwd_bwd", flush=True)
+    results["peak_bytes"] = peak_memory_bytes()
+    print(f"mesh {head['name']} x{args.subdivide} subdivisions ({results['num_vertices']} v / "
+          f"{results['num_faces']} f), batch {batch}, {size}x{size}, coverage {100 * coverage:.1f} %, "
+          f"{results['device_kind']} ({results['backend']}), impl {args.impl}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jface.bench render", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
@@ -307,9 +454,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also time several (tile_size, capacity)")
     parser.add_argument("--soft-vjp-reduce", choices=("variadic", "sums"), default=None)
     parser.add_argument("--profile", action="store_true", help="print each stage's top device ops")
+    parser.add_argument("--mesh", help="issue 24's table: an OBJ file or 'flame' (the default FLAME head template)")
+    parser.add_argument("--subdivide", type=int, default=0, help="midpoint subdivisions of --mesh (each: 4x faces)")
+    parser.add_argument("--antialias", action="store_true", help="issue 24's table: also time the antialias stage")
     parser.add_argument("--json", help="write the results here")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    results = run(args)
+    args.argv = argv
+    if args.subdivide < 0:
+        parser.error(f"--subdivide: expected >= 0, got {args.subdivide}")
+    table = args.mesh is not None or args.subdivide or args.antialias
+    results = run_table(args) if table else run(args)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, default=str)
