@@ -254,3 +254,32 @@ def test_all_rejects_unknown_part(capsys):
     with pytest.raises(SystemExit):
         bench_all.main(["--only", "nope"])
     assert "unknown parts" in capsys.readouterr().err
+
+
+def test_render_bench_table_runs_on_a_tiny_obj(tmp_path):
+    """Issue 24's table mode: an OBJ, one midpoint subdivision, antialias; the JSON has every field
+    (no timing is asserted)."""
+    from jface.bench import render
+
+    obj = tmp_path / "tetra.obj"
+    obj.write_text("v 0 1 0\nv -1 -1 0.5\nv 1 -1 0.5\nv 0 -0.5 -1\nf 1 2 3\nf 1 3 4\nf 1 4 2\nf 2 4 3\n")
+    out = tmp_path / "render.json"
+    assert render.main(["--mesh", str(obj), "--subdivide", "1", "--batch", "2", "--image", "16", "--antialias",
+                        "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_faces"] == 16 and result["num_vertices"] == 10 and result["subdivide"] == 1
+    assert result["batch"] == 2 and result["image"] == 16 and 0.2 < result["coverage"] < 0.8
+    for name in ("fwd", "fwd_bwd", "aa_fwd_bwd"):
+        assert _positive(result[f"{name}_ms"]) and result["timings_ms"][name] == result[f"{name}_ms"]
+    assert math.isfinite(result["aa_ms"]) and "--antialias" in result["command"]
+
+
+def test_render_bench_subdivide_splits_every_face_in_four():
+    from jface.bench.render import subdivide
+
+    vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    faces = np.array([[0, 1, 2], [2, 1, 3]])
+    new_v, new_f = subdivide(vertices, faces)
+    assert new_v.shape == (4 + 5, 3) and new_f.shape == (8, 3)  # 5 unique edges
+    area = lambda v, f: 0.5 * np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])[:, 2]  # noqa: E731
+    np.testing.assert_allclose(area(new_v, new_f), np.tile(area(vertices, faces), 4) / 4)  # orientation kept
