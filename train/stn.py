@@ -19,9 +19,16 @@ Any config field (:class:`jface.training.stn.Config`) can be overridden: ``--set
 batch_size=8`` or ``--steps 100``. Tuples are comma-separated (``--set loss_weights=0.9,0.1,0,0``),
 booleans true/false.
 
-Other flags: ``--eval RUN`` (a run folder, its checkpoint folder or one step's folder; prints held-out
-metrics next to the mean-pose-and-shape baseline; the run's own config and theta statistics come
-from its checkpoint), ``--coordinator host:port --num_processes N --process_id i`` (multi-host;
+Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator; a
+built TFDS dataset by name or directory; a folder of photographs in identity sub-folders, built
+into ``--data_dir`` on first use, see ``jface.data.sources``). A source that cannot be used is a
+one-line error and exit status 2, before the work directory is touched.
+
+Other flags: ``--eval RUN`` (a run folder, its checkpoint folder or one step's folder; prints
+metrics next to the mean-pose-and-shape baseline on ``--eval_data``, default the run's generated
+held-out split; the run's own config and theta statistics come from its checkpoint), ``--json OUT``
+(with ``--eval``: per-image and mean landmark NME as JSON: ``nme``, ``baseline_nme``,
+``per_image``, ``images``), ``--coordinator host:port --num_processes N --process_id i`` (multi-host;
 automatic on Cloud TPU VMs). A run resumes from ``workdir``'s latest checkpoint automatically;
 SIGTERM saves a checkpoint and exits with status 143.
 
@@ -38,6 +45,8 @@ import sys
 import jax
 
 from jface import training as common
+from jface.data.detect import DetectorMissingError
+from jface.data.errors import DataSourceError
 from jface.training.checkpoint import RunFormatError
 from jface.training.stn import Config, evaluate, train
 
@@ -77,6 +86,7 @@ def parse_args(argv):
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval", default=None, metavar="RUN")
+    parser.add_argument("--json", default=None, metavar="OUT", help="with --eval: write the metrics as JSON")
     common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
@@ -93,9 +103,12 @@ def main(argv=None) -> int:
               f"({jax.devices()[0].platform})", flush=True)
     try:
         if args.eval:
-            evaluate(args.eval)
+            evaluate(args.eval, config.eval_data, data_dir=config.data_dir or None, json_path=args.json)
         else:
             train(config)
+    except (DataSourceError, DetectorMissingError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     except (common.NonFiniteLossError, RunFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1

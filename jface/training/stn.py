@@ -35,7 +35,10 @@ import numpy as np
 import optax
 
 from jface.data import synthetic_stn
+from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
+from jface.data.pipeline import StreamLoader
+from jface.data.sources import load_all, open_source
 from jface.models import default_stn_model
 from jface.models import load_model as load_model_file
 from jface.models.defaults.stn_default import STN_VERSION
@@ -45,6 +48,7 @@ from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, ap
 from jface.stn import predict_theta as stn_predict_theta
 from jface.training.checkpoint import Checkpointer, RunFormatError, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
+from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
 from jface.training.metrics import MetricWriter, save_image_grid
 from jface.training.state import TrainState
@@ -53,6 +57,7 @@ __all__ = [
     "Config", "config_from_dict", "load_model", "model_record", "make_data", "make_localiser",
     "theta_statistics", "make_optimizer", "StepContext", "predict_theta", "loss_and_outputs", "train_step",
     "make_train_step", "landmark_error_px", "nme", "held_out_metrics", "format_metrics", "build",
+    "open_data", "theta_prior", "load_eval_data", "landmark_evaluation", "format_landmark_report",
     "run_metadata", "LoadedRun", "load_run", "train", "export_params", "evaluate",
 ]
 
@@ -78,6 +83,12 @@ class Config:
     eval_seed: int = 1_000_003
     yaw_deg: float = 60.0
     images_per_group: int = 1  # >1: identity-grouped batches (B identities x K images)
+    # data sources (jface.data.sources.open_source): "generated" (the in-memory generator above), a
+    # built TFDS dataset (name or directory) or a folder of photographs (built on first use)
+    data: str = "generated"
+    eval_data: str = "generated"
+    data_dir: str = ""  # the TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    all_faces: bool = False  # photo folders: every detected face, not only the largest
     # localiser
     localiser: str = "small"  # "small" or "vgg_face"
     localiser_input: int = 64  # small localiser input size (images are resized to it)
@@ -410,26 +421,127 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- data sources ----------------------------------------------------------------------------
+
+def _open(spec: str, config: Config, *, purpose: str, split: str = "train", generate=None):
+    """:func:`jface.data.sources.open_source` for this run; with several processes process 0 builds
+    a photo folder and the others open it after :func:`jface.training.barrier`."""
+    options = dict(task="stn", split=split, purpose=purpose, data_dir=config.data_dir or None,
+                   image_size=config.image_size, landmark_set=config.landmark_set, generate=generate,
+                   all_faces=config.all_faces, log=_log)
+    if spec == "generated" or jax.process_count() == 1:
+        return open_source(spec, build=True, **options)
+    source = open_source(spec, build=True, **options) if is_main_process() else None
+    barrier(f"data_built_{purpose}")
+    return source if source is not None else open_source(spec, build=False, **options)
+
+
+def _open_eval(spec: str, config: Config):
+    """The evaluation source: a dataset's ``test`` split, else its ``train`` split (photo folders
+    have only the one)."""
+    try:
+        return _open(spec, config, purpose="eval", split="test")
+    except DataSourceError as exc:
+        if "no split 'test'" not in str(exc):
+            raise
+        return _open(spec, config, purpose="eval", split="train")
+
+
+def theta_prior(config: Config, model: MorphableModel) -> tuple:
+    """Theta whitening statistics for data without theta labels (photographs): those of the run's
+    own generated training distribution (:func:`make_data` labels without rendering, so cheap).
+    The mean is the mean pose and shape of generated faces; the std the spread the localiser's
+    output map starts from."""
+    return theta_statistics(make_data(config, model, split="train", render_images=False))
+
+
+def open_data(config: Config, model: MorphableModel):
+    """``(loader, theta_mean, theta_std, train_count)`` of ``config.data``. ``"generated"``: today's
+    in-memory :class:`~jface.data.loader.BatchLoader` (the same batches and numbers as before);
+    otherwise a :class:`~jface.data.pipeline.StreamLoader` over the source, the theta statistics
+    from its ``theta`` column when it has one of the model's width, else :func:`theta_prior`.
+    Raises :class:`~jface.data.errors.DataSourceError` for a source that cannot be used."""
+    if config.data == "generated":
+        train_data = make_data(config, model, split="train")
+        loader = BatchLoader(
+            {"images": train_data["images"], "labels": train_data["labels"], "identity": train_data["identity"]},
+            batch_size=config.batch_size, seed=config.seed, mirror=config.mirror,
+            group_key="identity" if config.images_per_group > 1 else None,
+            images_per_group=config.images_per_group)
+        return (loader, *theta_statistics(train_data), len(train_data["labels"]))
+    source = _open(config.data, config, purpose="train")
+    try:
+        loader = StreamLoader(source, batch_size=config.batch_size, seed=config.seed,
+                              shard_index=jax.process_index(), shard_count=jax.process_count(),
+                              images_per_group=config.images_per_group, mirror=config.mirror,
+                              keys=("images", "labels", "identity"))
+    except ValueError as exc:
+        raise DataSourceError(f"{config.data}: {exc}") from exc
+    width = 6 + model.num_shape + model.num_expression
+    theta = source.column("theta") if "theta" in getattr(source, "_extras", ()) else None
+    if theta is not None and theta.ndim == 2 and theta.shape[1] == width:
+        mean, std = theta_statistics({"theta": theta})
+    else:
+        _log(f"data: {config.data} has no theta labels of width {width}: theta whitening from the "
+             f"generated training distribution (theta_prior)")
+        mean, std = theta_prior(config, model)
+    return loader, mean, std, len(source)
+
+
+def load_eval_data(config: Config, model: MorphableModel, spec: str | None = None) -> dict:
+    """The evaluation arrays of ``spec`` (default ``config.eval_data``): the generated held-out
+    split, or every record of a dataset / photo folder (:func:`jface.data.sources.load_all`)."""
+    spec = config.eval_data if spec is None else spec
+    if spec == "generated":
+        return make_data(config, model, split="eval")
+    return load_all(_open_eval(spec, config))
+
+
+def _has_theta(data: Mapping[str, Any], model: MorphableModel) -> bool:
+    theta = data.get("theta")
+    width = 6 + model.num_shape + model.num_expression
+    return theta is not None and np.ndim(theta) == 2 and np.shape(theta)[1] == width
+
+
+def landmark_evaluation(ctx: StepContext, params, data: Mapping[str, Any], batch: int = 50) -> dict:
+    """Per-image and mean landmark NME (outer-eye-corner distance,
+    :func:`jface.training.landmark_eval.landmark_report`) of the run and of the mean-pose-and-shape
+    baseline on ``data`` (``images``, ``labels``); no theta labels needed."""
+    model = ctx.model
+    idx = np.asarray(model.landmarks[ctx.config.landmark_set])
+
+    @jax.jit
+    def points(params, images):
+        theta = predict_theta(ctx, params, images.astype(jnp.float32))
+        return jax.vmap(lambda th: project(model, th))(theta)["points"][:, idx]
+
+    base = jax.jit(lambda th: project(model, th)["points"][idx])(jnp.asarray(ctx.whitening.mean))
+    count, preds = len(data["images"]), []
+    for start in range(0, count, batch):
+        images = np.asarray(data["images"][start:start + batch])
+        n = len(images)
+        if n < batch:
+            images = np.concatenate([images, np.repeat(images[-1:], batch - n, 0)])
+        preds.append(np.asarray(points(params, jnp.asarray(images)))[:n])
+    names = data.get("name")
+    return landmark_report(np.concatenate(preds), np.asarray(base), np.asarray(data["labels"]),
+                           names=None if names is None else [n.decode() if isinstance(n, bytes) else n for n in names])
+
+
 # --- wiring ----------------------------------------------------------------------------------
 
 def build(config: Config, *, with_eval: bool = True):
     """Model, data, loader, localiser, step context and the initial (host) state:
-    ``(ctx, state, loader, train_data, eval_data)`` (``eval_data`` None unless ``with_eval``)."""
+    ``(ctx, state, loader, train_count, eval_data)`` (``eval_data`` None unless ``with_eval``).
+    Data sources open first, so a bad one fails before anything is written."""
     t0 = time.time()
     model = load_model(config)
     num_coeffs = model.num_shape + model.num_expression
-    train_data = make_data(config, model, split="train")
-    eval_data = make_data(config, model, split="eval") if with_eval else None
-    _log(f"data: {len(train_data['labels'])} train / "
-         f"{len(eval_data['images']) if eval_data else 0} held-out images "
-         f"{config.image_size}x{config.image_size} generated in {time.time() - t0:.1f}s")
-    loader = BatchLoader(
-        {"images": train_data["images"], "labels": train_data["labels"], "identity": train_data["identity"]},
-        batch_size=config.batch_size, seed=config.seed, mirror=config.mirror,
-        group_key="identity" if config.images_per_group > 1 else None,
-        images_per_group=config.images_per_group)
+    loader, theta_mean, theta_std, train_count = open_data(config, model)
+    eval_data = load_eval_data(config, model) if with_eval else None
+    _log(f"data: {train_count} train ({config.data}) / {len(eval_data['images']) if eval_data else 0} "
+         f"held-out images ({config.eval_data}) {config.image_size}x{config.image_size} in {time.time() - t0:.1f}s")
     localiser = make_localiser(config, num_coeffs)
-    theta_mean, theta_std = theta_statistics(train_data)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
     params = jax.jit(localiser.init)(init_key, dummy)["params"]
@@ -443,7 +555,7 @@ def build(config: Config, *, with_eval: bool = True):
     state = TrainState(step=np.zeros((), np.int32), params=params, opt_state=optimizer.init(params),
                        rng=np.asarray(state_key))
     state = jax.tree_util.tree_map(np.asarray, state)
-    return ctx, state, loader, train_data, eval_data
+    return ctx, state, loader, train_count, eval_data
 
 
 def run_metadata(ctx: StepContext) -> dict:
@@ -588,6 +700,10 @@ def train(config: Config) -> dict:
         export_params(params, config.export)
     if not config.eval_at_end:
         return {"params": params, "step": step}
+    if not _has_theta(eval_data, ctx.model):
+        metrics = landmark_evaluation(ctx, params, eval_data, config.eval_batch)
+        _log(format_landmark_report(metrics, config.eval_data))
+        return {"params": params, "step": step, "metrics": metrics}
     metrics = held_out_metrics(ctx, params, eval_data, config.eval_batch)
     writer = MetricWriter(workdir / "tensorboard")
     writer.scalars(step, {"nme": metrics["model"]["nme"], "pose_deg": metrics["model"]["pose_deg"],
@@ -610,12 +726,37 @@ def export_params(params, path) -> Path:
     return path
 
 
-def evaluate(checkpoint) -> dict:
-    """Held-out metrics of a run (a run folder, its ``checkpoints`` folder or one step's folder),
-    loaded by :func:`load_run` (only the held-out split is generated)."""
+def format_landmark_report(report: Mapping[str, Any], source: str) -> str:
+    """One line of :func:`landmark_evaluation`'s means."""
+    def num(value):
+        return "n/a" if value is None else f"{value:.4f}"
+    return (f"landmark NME (outer-eye-corner distance) on {report['images']} images of {source} "
+            f"({report['images_scored']} scored): model {num(report['nme'])}, mean-pose baseline "
+            f"{num(report['baseline_nme'])}")
+
+
+def evaluate(checkpoint, eval_data: str = "generated", *, data_dir: str | None = None, json_path=None) -> dict:
+    """Metrics of a run (a run folder, its ``checkpoints`` folder or one step's folder), loaded by
+    :func:`load_run` alone, on ``eval_data``: ``"generated"`` (the run's own held-out split), a
+    built dataset or a folder of photographs. The result holds :func:`landmark_evaluation`'s keys
+    (``nme``, ``baseline_nme``, ``per_image``, ``images``) and, when the data has theta labels of
+    the run's model, :func:`held_out_metrics`' ``model`` / ``baseline`` (pose, shape). ``json_path``:
+    also write it there. ``data_dir``: the TFDS data dir (default: the run's)."""
     loaded = load_run(checkpoint)
-    eval_data = make_data(loaded.config, loaded.ctx.model, split="eval")
-    metrics = held_out_metrics(loaded.ctx, loaded.params, eval_data, loaded.config.eval_batch)
+    config = loaded.config.replace(eval_data=eval_data)
+    if data_dir is not None:
+        config = config.replace(data_dir=data_dir)
+    data = load_eval_data(config, loaded.ctx.model)
     _log(f"checkpoint {loaded.directory} step {loaded.step}")
-    _log(format_metrics(metrics))
+    metrics = {"run": str(loaded.directory), "step": loaded.step, "eval_data": eval_data}
+    metrics.update(landmark_evaluation(loaded.ctx, loaded.params, data, config.eval_batch))
+    if _has_theta(data, loaded.ctx.model):
+        metrics.update(held_out_metrics(loaded.ctx, loaded.params, data, config.eval_batch))
+        _log(format_metrics(metrics))
+    _log(format_landmark_report(metrics, eval_data))
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=1))
+        _log(f"wrote {path}")
     return metrics
