@@ -35,6 +35,7 @@ def _weights(hw, channels):
 
 
 def _fd_grad(loss, vertices, eps=1e-6):
+    loss = jax.jit(loss)
     out = np.zeros(vertices.shape)
     for index in np.ndindex(*vertices.shape):
         step = np.zeros(vertices.shape)
