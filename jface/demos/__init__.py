@@ -2,4 +2,6 @@
 
 * :mod:`jface.demos.astronaut`: 3DMM-STN landmark fit and flattening of scikit-image's
   ``astronaut.png``.
+* :mod:`jface.demos.silhouette_fit`: a silhouette term (rasterize -> interpolate -> antialias)
+  moves a mesh to a target silhouette.
 """
