@@ -204,6 +204,6 @@ def test_bad_arguments_name_the_argument():
 def test_silhouette_fit_demo_converges(capsys):
     from jface.demos import silhouette_fit
 
-    result = silhouette_fit.fit(steps=40, size=32, learning_rate=0.02, log_every=0)
+    result = silhouette_fit.fit(steps=40, size=32, log_every=0)
     assert result["loss"][0] > 10 * result["loss"][-1], result["loss"][::5]
     assert result["pose_error"][-1] < 0.2 * result["pose_error"][0]

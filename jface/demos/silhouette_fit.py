@@ -2,8 +2,8 @@
 
 Fits a 2-D translation and a log-scale of a coarse procedural head (:func:`jface.flame.heads.procedural_head`,
 12 rings x 16 meridians) to the silhouette of the same head shifted and scaled, starting from the
-wrong pose, with optax's Adam. The silhouette is the hard path plus :func:`jface.render.antialias`:
-``rasterize -> interpolate(ones) -> antialias``; its only vertex-position gradient is the one
+wrong pose, with optax's Adam (cosine-decayed step size). The silhouette is the hard path plus
+:func:`jface.render.antialias`: ``rasterize -> interpolate(ones) -> antialias``; its only vertex-position gradient is the one
 antialias gives at the silhouette edges (the hard mask alone has none). Loss: mean squared
 difference to the target's antialiased silhouette. Prints the loss and the pose error every few
 steps and the factor by which the loss fell; ``--json OUT`` writes them. Nothing is downloaded.
@@ -52,7 +52,7 @@ def silhouette(vertices, faces, image_hw, topology=None):
     return antialias(mask, fragments, vertices, faces, topology=topology)[..., 0]
 
 
-def fit(steps: int = 60, size: int = 48, learning_rate: float = 0.02, log_every: int = 10) -> dict:
+def fit(steps: int = 60, size: int = 48, learning_rate: float = 0.03, log_every: int = 10) -> dict:
     """Run the fit; returns ``{"loss": [...], "pose_error": [...], "target", "final", "loss_ratio"}``."""
     vertices, faces = demo_mesh()
     vertices, faces = jnp.asarray(vertices), jnp.asarray(faces)
@@ -70,7 +70,7 @@ def fit(steps: int = 60, size: int = 48, learning_rate: float = 0.02, log_every:
         return float(jnp.linalg.norm(params["shift"] - target_params["shift"])
                      + jnp.abs(params["log_scale"] - target_params["log_scale"]))
 
-    optimiser = optax.adam(learning_rate)
+    optimiser = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
 
     @jax.jit
     def step(params, state):
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jface.demos.silhouette_fit", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--size", type=int, default=48, help="image edge in pixels")
-    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate")
+    parser.add_argument("--lr", type=float, default=0.03, help="Adam peak learning rate (cosine decay)")
     parser.add_argument("--json", help="write the loss / pose-error history here")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.size < 2:
