@@ -160,7 +160,7 @@ def test_prepare_stn_end_to_end_tiny(tmp_path, capsys):
     assert model.mean.shape == (16, 3) and model.shape_basis.shape == (16, 3, 2)
     assert model.expression_basis.shape == (16, 3, 2) and model.faces.shape == (18, 3)
     # the planar grid's UV is its normalised xy (4 mm wide); grid vertex 0 is (u, v) = (0, 1) and
-    # the last (1, 0) (spec 3dmm_stn.md §7.2: V flipped so the texture is upright)
+    # the last (1, 0) (BFM_UV.mat as resampleModel.m reads it: V flipped so the texture is upright)
     np.testing.assert_allclose(np.asarray(model.mean)[[0, 15], :2], [[0, 4], [4, 0]], atol=1e-5)
 
 

@@ -1,6 +1,6 @@
 """Generate ``tiny_flame_chumpy.pkl``: a made-up 12-vertex, 5-joint model in FLAME's pkl layout,
 pickled by the real chumpy package (``shapedirs`` a ``chumpy.ch.Ch``) with ``J_regressor`` a
-``scipy.sparse.csc_matrix``, protocol 2 like FLAME's ``generic_model.pkl`` (spec deca.md §2.2).
+``scipy.sparse.csc_matrix``, protocol 2 like FLAME's ``generic_model.pkl`` (FLAME 2020).
 
 The data is random and ours (no FLAME content). Also writes ``tiny_flame_expected.npz`` with the
 plain arrays a loader must produce. Run it in a throwaway environment that has chumpy 0.70::

@@ -3,7 +3,7 @@
 Made-up inputs only (no BFM data): a noisy 72-vertex ``face_disc`` from ``tests/test_models_uv.py``,
 its ``tutte_embedding`` UV, random PCs and expression displacements. The Octave script below is a
 transcription of the original ``prepareExpressionBFM.m`` + ``resampleModel.m`` +
-``LaplaceBeltrami.m`` (spec 3dmm_stn.md §7.1-7.2) with generalised sizes. Used by
+``util/LaplaceBeltrami.m`` (3DMMasSTN) with generalised sizes. Used by
 ``tests/test_models_prepare.py::test_prepare_matches_octave_transcription``.
 
 Run from the repository root: ``python tests/data/make_models_uv_octave_reference.py``.
@@ -24,7 +24,7 @@ from jface.models.tutte import mirror_map, tutte_embedding  # noqa: E402
 from test_models_uv import face_disc  # noqa: E402
 
 OCTAVE_SCRIPT = r"""% Octave transcription of 3DMMasSTN prepareModel/prepareExpressionBFM.m + resampleModel.m +
-% util/LaplaceBeltrami.m (spec 3dmm_stn.md sections 7.1-7.2), generalised from the BFM's fixed
+% util/LaplaceBeltrami.m (3DMMasSTN), generalised from the BFM's fixed
 % sizes (53490 / 53215 / 112) to the sizes of the input. MATLAB's triangulation/pointLocation
 % is replaced by Octave's tsearch plus explicit barycentric coordinates.
 1;
