@@ -42,7 +42,7 @@ def _time(fn, *args, repeats: int):
     return compile_s, float(np.median(times))
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jface.bench stn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64, help="images per step (even: image/mirror pairs)")
     parser.add_argument("--model", default="default", help="'default', 'toy:RES' or a model npz")
@@ -83,8 +83,8 @@ def main(argv=None):
         print(f"{name}: compile {compile_s:.2f} s, step {step_s * 1e3:.2f} ms, "
               f"{args.batch / step_s:.1f} images/s")
     print(json.dumps(results))
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
