@@ -25,7 +25,15 @@ pretrain_steps=10`` or ``--pretrain_steps 10``. A run resumes each stage from
 ``workdir/<stage>``'s latest checkpoint; SIGTERM saves and exits 143; a non-finite loss stops the
 run and leaves the last good checkpoint in place. Every checkpoint carries the config, the face
 model and the code whitening, so ``python -m jface.reconstruct --weights WORKDIR`` loads the run
-alone. ``--eval DIR`` prints the held-out metrics of a finished run. Multi-host: ``--coordinator
+alone. ``--eval DIR`` prints the held-out metrics a finished run saved; with ``--eval_data SRC``
+and/or ``--json OUT`` it loads the run from its checkpoints and writes per-image and mean landmark
+NME beside the mean face's (keys ``nme``, ``baseline_nme``, ``per_image``, ``images``).
+
+Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator; a
+built TFDS dataset by name or directory; a folder of photographs in identity sub-folders, built
+into ``--data_dir`` on first use, see ``jface.data.sources``). Sources open before the work
+directory is locked or written: one that cannot be used is a one-line error and exit status 2.
+Multi-host: ``--coordinator
 host:port --num_processes N --process_id i`` (automatic on Cloud TPU VMs).
 """
 
@@ -37,8 +45,10 @@ import sys
 from pathlib import Path
 
 from jface import training as common
-from jface.training.checkpoint import WorkdirBusyError, WorkdirLock
-from jface.training.deca import STAGES, Config, format_metrics, train, validate_config
+from jface.data.detect import DetectorMissingError
+from jface.data.errors import DataSourceError
+from jface.training.checkpoint import RunFormatError, WorkdirBusyError, WorkdirLock
+from jface.training.deca import STAGES, Config, evaluate, format_metrics, prepare_data, train, validate_config
 
 __all__ = ["Config", "STAGES", "preset", "parse_args", "main"]
 
@@ -81,6 +91,7 @@ def parse_args(argv) -> tuple:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval", default=None, metavar="WORKDIR")
+    parser.add_argument("--json", default=None, metavar="OUT", help="with --eval: write the metrics as JSON")
     common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
@@ -98,15 +109,18 @@ def main(argv=None) -> int:
     common.initialize_from_args(args)
     try:
         if args.eval:
-            saved = Path(args.eval) / "metrics.json"
-            if not saved.is_file():
-                print(f"train.deca: --eval: {saved} not found (run training with eval_at_end)", file=sys.stderr)
-                return 2
-            print(format_metrics(json.loads(saved.read_text())["final"]))
+            if config.eval_data == "generated" and not args.json:
+                saved = Path(args.eval) / "metrics.json"
+                if saved.is_file():  # the metrics the run wrote at its end
+                    print(format_metrics(json.loads(saved.read_text())["final"]))
+                    return 0
+            evaluate(args.eval, config.eval_data, data_dir=config.data_dir or None, json_path=args.json)
             return 0
+        data = prepare_data(config)  # before the lock: a bad source leaves the workdir untouched
         with WorkdirLock(config.workdir):
-            train(config)
-    except (WorkdirBusyError, NotADirectoryError) as exc:
+            train(config, data=data)
+    except (DataSourceError, DetectorMissingError, RunFormatError, FileNotFoundError,
+            WorkdirBusyError, NotADirectoryError) as exc:
         print(f"train.deca: {exc}", file=sys.stderr)
         return 2
     except common.NonFiniteLossError as exc:

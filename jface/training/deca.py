@@ -40,7 +40,10 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
 from jface.data import synthetic_deca
+from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
+from jface.data.pipeline import StreamLoader
+from jface.data.sources import load_all, open_source
 from jface.deca import networks as nets
 from jface.deca.model import decode_geometry_batch
 from jface.deca.stages import (
@@ -62,6 +65,7 @@ from jface.models.defaults.flame_default import FLAME_VERSION
 from jface.models.morphable import FlameModel
 from jface.training.checkpoint import Checkpointer, RunFormatError, read_run, restore_params, restore_state_only
 from jface.training.distributed import barrier, is_main_process, make_mesh, map_items, replicate
+from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
 from jface.training.metrics import MetricWriter
 from jface.training.state import TrainState
@@ -70,8 +74,11 @@ __all__ = [
     "STAGES", "RUN_FORMAT", "Config", "validate_config", "config_from_dict", "load_model", "model_record",
     "make_data", "make_networks", "init_variables", "loss_weights", "apply_train_mode", "make_setup", "StepContext",
     "make_context", "train_step", "make_train_step", "held_out_metrics", "format_metrics", "run_metadata",
-    "LoadedRun", "load_run", "announce", "run_stage", "train",
+    "LoadedRun", "load_run", "announce", "run_stage", "train", "RunData", "prepare_data", "code_prior",
+    "load_eval_data", "landmark_evaluation", "evaluate",
 ]
+
+LABEL_FIELDS = ("shape", "albedo", "expression", "pose", "cam", "light")  # codes_from_labels' inputs
 
 RUN_FORMAT = 1  # version of the "run" item written with each checkpoint
 
@@ -92,6 +99,12 @@ class Config:
     data_seed: int = 0
     eval_seed: int = 1_000_003
     image_size: int = 224  # generated images' square size (DECA's crops: 224)
+    # data sources (jface.data.sources.open_source): "generated" (the in-memory generator above), a
+    # built TFDS dataset (name or directory) or a folder of photographs (built on first use)
+    data: str = "generated"
+    eval_data: str = "generated"
+    data_dir: str = ""  # the TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    all_faces: bool = False  # photo folders: every detected face, not only the largest
     # networks ("full": DECA's ResNet-50; "small": same structure, narrow and shallow, for CPUs)
     encoder: str = "small"
     encoder_width: int = 8
@@ -467,6 +480,106 @@ class _LoweredWithModel:
         return lambda state, batch: compiled(state, batch, model)
 
 
+# --- data sources --------------------------------------------------------------------------------
+
+def _open(spec: str, config: Config, *, purpose: str, split: str = "train", generate=None):
+    """:func:`jface.data.sources.open_source` for this run; with several processes process 0 builds
+    a photo folder and the others open it after :func:`jface.training.barrier`."""
+    options = dict(task="deca", split=split, purpose=purpose, data_dir=config.data_dir or None,
+                   image_size=config.image_size, generate=generate, all_faces=config.all_faces, log=_log)
+    if spec == "generated" or jax.process_count() == 1:
+        return open_source(spec, build=True, **options)
+    source = open_source(spec, build=True, **options) if is_main_process() else None
+    barrier(f"data_built_{purpose}")
+    return source if source is not None else open_source(spec, build=False, **options)
+
+
+def _open_eval(spec: str, config: Config):
+    """The evaluation source: a dataset's ``test`` split, else its ``train`` split."""
+    try:
+        return _open(spec, config, purpose="eval", split="test")
+    except DataSourceError as exc:
+        if "no split 'test'" not in str(exc):
+            raise
+        return _open(spec, config, purpose="eval", split="train")
+
+
+def code_prior(config: Config, model: FlameModel) -> tuple:
+    """Code whitening for data without code labels (photographs): :func:`code_statistics` of a
+    small generated sample (16 identities x 4 images of the run's FLAME model, seed ``data_seed``;
+    the codes do not depend on the rendered size, so it renders at 32 px): the generator's mean
+    face, pose and camera, and its spread."""
+    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32)
+    return code_statistics(labels)
+
+
+@dataclasses.dataclass
+class RunData:
+    """A run's data, opened before anything is written: ``train`` (the generated arrays or a
+    source), ``eval`` (arrays or None), ``code_stats`` (mean, std), the face model and its record."""
+
+    model: FlameModel
+    model_info: dict
+    train: Any
+    eval: Any
+    code_stats: tuple
+    train_count: int
+
+
+def load_eval_data(config: Config, model: FlameModel, spec: str | None = None) -> dict:
+    """The evaluation arrays of ``spec`` (default ``config.eval_data``): the generated held-out
+    split, or every record of a dataset / photo folder (:func:`jface.data.sources.load_all`)."""
+    spec = config.eval_data if spec is None else spec
+    if spec == "generated":
+        return make_data(config, model, split="eval")
+    return load_all(_open_eval(spec, config))
+
+
+def prepare_data(config: Config) -> RunData:
+    """The face model and the data of ``config`` (:class:`RunData`). ``"generated"``: today's
+    in-memory arrays and code statistics (the same numbers as before); a dataset or photo folder:
+    its source, code statistics from its label columns when it has them all (``shape``,
+    ``albedo``, ``expression``, ``pose``, ``cam``, ``light``), else :func:`code_prior`. Raises
+    :class:`~jface.data.errors.DataSourceError` for a source that cannot be used."""
+    t0 = time.time()
+    model = load_model(config)
+    model_info = model_record(config, model)
+    if config.data == "generated":
+        train_data = make_data(config, model, split="train")
+        code_stats, count = code_statistics(train_data), len(train_data["images"])
+    else:
+        train_data = _open(config.data, config, purpose="train")
+        count = len(train_data)
+        extras = getattr(train_data, "_extras", ())
+        if all(k in extras for k in LABEL_FIELDS):
+            code_stats = code_statistics({k: train_data.column(k) for k in LABEL_FIELDS})
+        else:
+            _log(f"data: {config.data} has no code labels: code whitening from a generated sample (code_prior)")
+            code_stats = code_prior(config, model)
+    eval_data = load_eval_data(config, model) if config.eval_at_end else None
+    _log(f"data: {count} train ({config.data}) / {0 if eval_data is None else len(eval_data['images'])} "
+         f"held-out images ({config.eval_data}) in {time.time() - t0:.1f}s")
+    return RunData(model=model, model_info=model_info, train=train_data, eval=eval_data,
+                   code_stats=code_stats, train_count=count)
+
+
+def _loader(config: Config, stage_name: str, data):
+    """The stage's batches: :class:`~jface.data.loader.BatchLoader` over generated arrays (as
+    before), :class:`~jface.data.pipeline.StreamLoader` over a source."""
+    ids, k = config.batch(stage_name)
+    seed = config.seed + STAGES.index(stage_name)
+    if isinstance(data, Mapping):
+        return BatchLoader(
+            {n: data[n] for n in ("images", "landmarks68", "face_mask", "identity")},
+            batch_size=ids * k, seed=seed, group_key="identity" if k > 1 else None, images_per_group=k)
+    try:
+        return StreamLoader(data, batch_size=ids * k, seed=seed, shard_index=jax.process_index(),
+                            shard_count=jax.process_count(), images_per_group=k,
+                            keys=("images", "landmarks68", "face_mask", "identity"))
+    except ValueError as exc:
+        raise DataSourceError(f"{config.data}: {stage_name} stage: {exc}") from exc
+
+
 # --- evaluation ----------------------------------------------------------------------------------
 
 def _rigid_align(source, target):
@@ -695,11 +808,7 @@ def run_stage(config: Config, stage_name: str, mesh, networks: Networks, model: 
     workdir = Path(config.workdir) / stage_name
     steps = config.steps(stage_name)
     ctx = make_context(config, stage_name, networks, *code_stats, mesh=mesh)
-    ids, k = config.batch(stage_name)
-    loader = BatchLoader(
-        {n: data[n] for n in ("images", "landmarks68", "face_mask", "identity")},
-        batch_size=ids * k, seed=config.seed + STAGES.index(stage_name),
-        group_key="identity" if k > 1 else None, images_per_group=k)
+    loader = _loader(config, stage_name, data)
     rng = np.asarray(jax.random.PRNGKey(config.seed + 17 * (1 + STAGES.index(stage_name))))
     host_state = jax.tree_util.tree_map(np.asarray, _template(ctx, variables, rng))
     state = replicate(host_state, mesh)
@@ -727,22 +836,18 @@ def run_stage(config: Config, stage_name: str, mesh, networks: Networks, model: 
     return jax.device_get(state.params)
 
 
-def train(config: Config, *, identity=None, vgg19=None) -> dict:
+def train(config: Config, *, identity=None, vgg19=None, data: RunData | None = None) -> dict:
     """Run (or resume) every stage of ``config`` in ``config.workdir``; returns ``{"params",
     "metrics"}`` (held-out metrics after pretraining and at the end unless ``eval_at_end`` is off).
-    ``identity`` / ``vgg19``: as in :func:`make_networks`."""
+    ``identity`` / ``vgg19``: as in :func:`make_networks`. ``data``: :func:`prepare_data`'s result
+    when the caller opened the data first (``train.deca`` does, before taking the workdir lock)."""
     announce(config)
     mesh = make_mesh()
-    t0 = time.time()
-    model = load_model(config)
-    model_info = model_record(config, model)
-    train_data = make_data(config, model, split="train")
-    eval_data = make_data(config, model, split="eval") if config.eval_at_end else None
-    _log(f"data: {len(train_data['images'])} train / {0 if eval_data is None else len(eval_data['images'])} "
-         f"held-out images generated in {time.time() - t0:.1f}s")
+    data = prepare_data(config) if data is None else data
+    model, model_info, train_data, eval_data = data.model, data.model_info, data.train, data.eval
     barrier("data_ready")
     networks = make_networks(config, identity=identity, vgg19=vgg19)
-    code_stats = code_statistics(train_data)
+    code_stats = data.code_stats
     variables = jax.tree_util.tree_map(np.asarray, init_variables(config, networks, jax.random.PRNGKey(config.seed)))
     workdir = Path(config.workdir)
     if is_main_process():
@@ -761,11 +866,17 @@ def train(config: Config, *, identity=None, vgg19=None) -> dict:
     for stage_name in stages:
         variables = run_stage(config, stage_name, mesh, networks, model, train_data, variables, code_stats,
                               model_info)
-        if eval_data is not None and stage_name == "pretrain":
+        if eval_data is not None and stage_name == "pretrain" and _has_labels(eval_data):
             setup = make_setup(config, networks, *code_stats)
             results["pretrain"] = held_out_metrics(setup, model, variables, eval_data, batch_size=config.eval_batch)
             _log("after pretrain: " + format_metrics(results["pretrain"]))
-    if eval_data is not None:
+    if eval_data is not None and not _has_labels(eval_data):
+        setup = make_setup(config, networks, *code_stats)
+        results["final"] = landmark_evaluation(setup, model, variables, eval_data, batch_size=config.eval_batch)
+        _log(format_landmark_report(results["final"], config.eval_data))
+        if is_main_process():
+            (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
+    elif eval_data is not None:
         setup = make_setup(config, networks, *code_stats)
         final = held_out_metrics(setup, model, variables, eval_data, batch_size=config.eval_batch,
                                  with_detail="detail" in stages)
@@ -774,3 +885,69 @@ def train(config: Config, *, identity=None, vgg19=None) -> dict:
         if is_main_process():
             (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
     return {"params": variables, "metrics": results}
+
+
+# --- evaluation on any dataset -------------------------------------------------------------------
+
+def _has_labels(data: Mapping) -> bool:
+    """Whether ``data`` has the FLAME labels :func:`held_out_metrics` needs (vertex error)."""
+    return all(k in data for k in ("shape", "expression", "pose"))
+
+
+def landmark_evaluation(setup: DecaSetup, model: FlameModel, params: Mapping, data: Mapping, *,
+                        batch_size: int = 16) -> dict:
+    """Per-image and mean landmark NME (iBUG 36-45 distance,
+    :func:`jface.training.landmark_eval.landmark_report`) of E_coarse's 68 landmarks and of the
+    mean face's (the code mean of ``setup``) on ``data`` (``images``, ``landmarks68`` in DECA's NDC)."""
+
+    @jax.jit
+    def predict(model, variables, images):
+        codes, _ = predict_codes(setup, variables, images.astype(jnp.float32) / 255.0, train=False)
+        return decode_geometry_batch(model, codes)["landmarks2d"]
+
+    mean_code = nets.split_codes(jnp.asarray(setup.code_mean)[None])
+    base = np.asarray(jax.jit(decode_geometry_batch)(model, mean_code)["landmarks2d"][0])
+    count, preds = len(data["images"]), []
+    for start in range(0, count, batch_size):
+        idx = np.arange(start, min(start + batch_size, count))
+        n = len(idx)
+        idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
+        preds.append(np.asarray(predict(model, params["E_flame"], jnp.asarray(data["images"][idx])))[:n])
+    return landmark_report(np.concatenate(preds)[..., :2], base[..., :2], np.asarray(data["landmarks68"]))
+
+
+def format_landmark_report(report: Mapping, source: str) -> str:
+    """One line of :func:`landmark_evaluation`'s means."""
+    def num(value):
+        return "n/a" if value is None else f"{value:.4f}"
+    return (f"landmark NME (outer-eye-corner distance) on {report['images']} images of {source} "
+            f"({report['images_scored']} scored): model {num(report['nme'])}, mean-face baseline "
+            f"{num(report['baseline_nme'])}")
+
+
+def evaluate(path, eval_data: str = "generated", *, data_dir: str | None = None, json_path=None) -> dict:
+    """Metrics of a ``train.deca`` run folder, loaded by :func:`load_run` alone, on ``eval_data``
+    (``"generated"``: the run's own held-out split; a built dataset or a folder of photographs):
+    :func:`landmark_evaluation`'s keys (``nme``, ``baseline_nme``, ``per_image``, ``images``) and,
+    when the data has FLAME labels, :func:`held_out_metrics`' ``model`` / ``baseline``.
+    ``json_path``: also write it there. ``data_dir``: the TFDS data dir (default: the run's)."""
+    loaded = load_run(path)
+    config = loaded.config.replace(eval_data=eval_data)
+    if data_dir is not None:
+        config = config.replace(data_dir=data_dir)
+    data = load_eval_data(config, loaded.model)
+    _log(f"run {loaded.directory} ({loaded.stage} step {loaded.step})")
+    metrics = {"run": str(loaded.directory), "stage": loaded.stage, "step": loaded.step, "eval_data": eval_data}
+    metrics.update(landmark_evaluation(loaded.setup, loaded.model, loaded.params, data,
+                                       batch_size=config.eval_batch))
+    if _has_labels(data):
+        metrics.update(held_out_metrics(loaded.setup, loaded.model, loaded.params, data,
+                                        batch_size=config.eval_batch))
+        _log(format_metrics(metrics))
+    _log(format_landmark_report(metrics, eval_data))
+    if json_path:
+        out = Path(json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=1))
+        _log(f"wrote {out}")
+    return metrics
