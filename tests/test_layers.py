@@ -36,7 +36,7 @@ UNITS = [unit for _, units in LAYERS for unit in units]
 # install never loads. jface's own modules are always imported at module level.
 OPTIONAL = {"PIL", "tensorflow_datasets", "dlib", "face_recognition_models", "mediapipe", "imageio",
             "imageio_ffmpeg", "skimage", "torch", "jax.experimental.pallas", "jax._src", "cv2",
-            "array_record", "grain", "scipy.io", "h5py", "trimesh", "dm_pix", "pix", "tqdm", "IPython"}
+            "array_record", "grain", "tensorboardX", "scipy.io", "h5py", "trimesh", "dm_pix", "pix", "tqdm", "IPython"}
 
 
 def _modules():

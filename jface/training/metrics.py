@@ -8,7 +8,6 @@ from typing import Mapping, Optional
 
 import numpy as np
 from PIL import Image
-from tensorboardX import SummaryWriter
 
 from jface.training.distributed import is_main_process
 
@@ -20,7 +19,13 @@ class MetricWriter:
 
     def __init__(self, logdir):
         self.enabled = is_main_process() and logdir is not None
-        self._writer = SummaryWriter(str(logdir)) if self.enabled else None
+        self._writer = None
+        if self.enabled:
+            # imported here: tensorboardX imports torch when it is installed (~7 s on 2 cores), which
+            # programs that only load runs (reconstruct, flatten) should not pay for
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(logdir))
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train") -> None:
         if not self.enabled:
