@@ -399,7 +399,7 @@ def test_corrupted_torch_zip_container_is_a_model_file_error(tmp_path):
     clean = _write_archive(tmp_path / "clean.tar", deflate=True).read_bytes()
     rng = np.random.default_rng(0)
     leaked = []
-    for trial in range(200):
+    for _trial in range(200):
         data = bytearray(clean)
         for _ in range(3):
             data[rng.integers(len(data))] = rng.integers(256)
@@ -415,7 +415,8 @@ def test_corrupted_torch_zip_container_is_a_model_file_error(tmp_path):
 
 
 @pytest.mark.parametrize("opcode", [b"\x80\x04\x8e" + (2**62).to_bytes(8, "little"),
-                                    b"\x80\x05\x96" + (2**63 + 5).to_bytes(8, "little")], ids=["binbytes8", "bytearray8"])
+                                    b"\x80\x05\x96" + (2**63 + 5).to_bytes(8, "little")],
+                         ids=["binbytes8", "bytearray8"])
 def test_pickle_length_bombs_are_refused(tmp_path, opcode):
     (tmp_path / "p.pkl").write_bytes(opcode)
     with zipfile.ZipFile(tmp_path / "z.tar", "w") as zf:

@@ -3,10 +3,10 @@
 Fits a 2-D translation and a log-scale of a coarse procedural head (:func:`jface.flame.heads.procedural_head`,
 12 rings x 16 meridians) to the silhouette of the same head shifted and scaled, starting from the
 wrong pose, with optax's Adam (cosine-decayed step size). The silhouette is the hard path plus
-:func:`jface.render.antialias`: ``rasterize -> interpolate(ones) -> antialias``; its only vertex-position gradient is the one
-antialias gives at the silhouette edges (the hard mask alone has none). Loss: mean squared
-difference to the target's antialiased silhouette. Prints the loss and the pose error every few
-steps and the factor by which the loss fell; ``--json OUT`` writes them. Nothing is downloaded.
+:func:`jface.render.antialias`: ``rasterize -> interpolate(ones) -> antialias``; its only
+vertex-position gradient is the one antialias gives at the silhouette edges (the hard mask alone
+has none). Loss: mean squared difference to the target's antialiased silhouette. Prints the loss
+and the pose error every few steps and the factor by which the loss fell; ``--json OUT`` writes them. Nothing is downloaded.
 """
 
 from __future__ import annotations

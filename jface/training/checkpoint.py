@@ -19,8 +19,9 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -61,7 +62,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data", "run"))
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         self.manager.reload()
         return self.manager.latest_step()
 
@@ -69,7 +70,7 @@ class Checkpointer:
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: TrainState, data_state: Mapping, run: Optional[Mapping] = None) -> None:
+    def save(self, step: int, state: TrainState, data_state: Mapping, run: Mapping | None = None) -> None:
         """Write ``state``, ``data_state`` and (when given) the ``run`` metadata at ``step``."""
         items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state)))
         if run is not None:
@@ -77,7 +78,7 @@ class Checkpointer:
         self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
-    def _newest_intact(self, read: Callable[[int], Any], step: Optional[int]):
+    def _newest_intact(self, read: Callable[[int], Any], step: int | None):
         """``(read(step), step)`` for ``step``, or for the newest step that reads back; damaged
         steps newer than it are moved aside with a message. None when there is no step."""
         if step is not None:
@@ -113,7 +114,7 @@ class Checkpointer:
         shutil.move(str(source), str(target))
         self.manager.reload()
 
-    def restore(self, target: TrainState, step: Optional[int] = None):
+    def restore(self, target: TrainState, step: int | None = None):
         """``(state, data_state, step)`` from ``step`` (default: the newest intact one), placed like
         ``target`` (same shardings), or None when there is no checkpoint."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
@@ -129,7 +130,7 @@ class Checkpointer:
         (state, data_state), step = found
         return state, data_state, step
 
-    def read_run(self, step: Optional[int] = None) -> dict:
+    def read_run(self, step: int | None = None) -> dict:
         """The ``run`` item of ``step`` (default: the newest step that has one)."""
         steps = [step] if step is not None else list(reversed(self.all_steps()))
         if not steps:
@@ -148,7 +149,7 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_state_only(directory, target: TrainState, step: Optional[int] = None):
+def restore_state_only(directory, target: TrainState, step: int | None = None):
     """Load just the ``state`` item of a checkpoint directory (for evaluation)."""
     ckpt = Checkpointer(directory)
     try:
@@ -169,7 +170,7 @@ def _checkpoint_dir(directory) -> Path:
     return directory
 
 
-def read_run(directory, step: Optional[int] = None) -> dict:
+def read_run(directory, step: int | None = None) -> dict:
     """The ``run`` metadata (JSON) saved with a checkpoint directory's newest step."""
     ckpt = Checkpointer(_checkpoint_dir(directory))
     try:
@@ -178,7 +179,7 @@ def read_run(directory, step: Optional[int] = None) -> dict:
         ckpt.close()
 
 
-def restore_params(directory, step: Optional[int] = None):
+def restore_params(directory, step: int | None = None):
     """``(params, step)``: the ``params`` of the saved train state as nested dicts of numpy arrays,
     read without a template (no networks or optimiser need to be built), from ``step`` or the newest
     intact step."""
@@ -217,7 +218,7 @@ class WorkdirLock:
         self.path = self.workdir / ".lock"
         self._file = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         if jax.process_index() != 0:
             return self
         if self.workdir.exists() and not self.workdir.is_dir():
@@ -254,7 +255,7 @@ class WorkdirLock:
         self._file.close()
         self._file = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

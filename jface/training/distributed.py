@@ -7,7 +7,8 @@ must run per device."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,8 +22,8 @@ def _on_cloud_tpu_vm() -> bool:
     return any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID"))
 
 
-def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, local_device_ids=None) -> None:
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, local_device_ids=None) -> None:
     """Start multi-process JAX when asked.
 
     With ``coordinator`` ("host:port"), ``num_processes`` and ``process_id`` given, call
@@ -62,7 +63,7 @@ def initialize_from_args(args) -> None:
                            local_device_ids=args.local_device_ids)
 
 
-def parse_device_ids(text: Optional[str]) -> Optional[list]:
+def parse_device_ids(text: str | None) -> list | None:
     """``--local_device_ids``: ``"0,1"`` -> ``[0, 1]``; None or empty -> None (every visible device)."""
     if text is None or str(text).strip() == "":
         return None
@@ -118,7 +119,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
     return out
 
 
-def map_items(fn, mesh: Optional[Mesh], *args, shared=()):
+def map_items(fn, mesh: Mesh | None, *args, shared=()):
     """``jax.vmap(fn)`` over the leading (batch) axis of ``args`` and of every output; on a mesh of
     several devices inside ``jax.shard_map`` over ``'data'``, so each device maps its own shard.
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Sequence
-from typing import Any, Callable, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from jface.training.distributed import barrier, is_main_process, shard_batch
 
-__all__ = ["TERMINATED_EXIT_CODE", "StopFlag", "NonFiniteLossError", "check_finite", "OneStepLate", "progress", "train_loop"]
+__all__ = ["TERMINATED_EXIT_CODE", "StopFlag", "NonFiniteLossError", "check_finite", "OneStepLate", "progress",
+           "train_loop"]
 
 TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM: what a run stopped by a signal exits with, after saving
 
@@ -56,7 +57,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss (or a metric) became NaN/inf; the run stops and keeps the last good checkpoint."""
 
 
-def check_finite(metrics: Mapping[str, Any], step: int, last_checkpoint: Optional[int],
+def check_finite(metrics: Mapping[str, Any], step: int, last_checkpoint: int | None,
                  directory=None) -> None:
     """Raise :class:`NonFiniteLossError` naming the step and the last good checkpoint."""
     bad = {k: float(v) for k, v in metrics.items() if not math.isfinite(float(v))}
@@ -100,9 +101,9 @@ def progress(total: int, initial: int = 0, desc: str = "train"):
 
 def train_loop(state, step_fn: Callable, loader, mesh, checkpointer, *, steps: int, checkpoint_every: int,
                log_every: int, writer=None, desc: str = "train", prefix: str = "train",
-               run: Optional[Mapping] = None, last_saved: Optional[int] = None, images_per_step: int = 0,
-               postfix: Optional[Callable[[dict], dict]] = None,
-               periodic: Sequence[Tuple[int, Callable[[int, Any, Mapping], None]]] = (),
+               run: Mapping | None = None, last_saved: int | None = None, images_per_step: int = 0,
+               postfix: Callable[[dict], dict] | None = None,
+               periodic: Sequence[tuple[int, Callable[[int, Any, Mapping], None]]] = (),
                step_delay: float = 0.0, log: Callable[[str], None] = print):
     """The generic training loop: ``state <- step_fn(state, sharded batch)`` until ``steps``.
 

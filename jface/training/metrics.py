@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 from PIL import Image
@@ -39,7 +39,7 @@ class MetricWriter:
             self._writer.close()
 
 
-def save_image_grid(path, images, *, columns: Optional[int] = None, pad: int = 2) -> None:
+def save_image_grid(path, images, *, columns: int | None = None, pad: int = 2) -> None:
     """Write ``images (B, H, W, C)`` (0-255) as one PNG grid (process 0 only)."""
     if not is_main_process():
         return

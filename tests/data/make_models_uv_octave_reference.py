@@ -20,8 +20,9 @@ import scipy.io as sio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from jface.models.tutte import mirror_map, tutte_embedding  # noqa: E402
 from test_models_uv import face_disc  # noqa: E402
+
+from jface.models.tutte import mirror_map, tutte_embedding  # noqa: E402
 
 OCTAVE_SCRIPT = r"""% Octave transcription of 3DMMasSTN prepareModel/prepareExpressionBFM.m + resampleModel.m +
 % util/LaplaceBeltrami.m (3DMMasSTN), generalised from the BFM's fixed
