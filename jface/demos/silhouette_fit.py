@@ -6,7 +6,8 @@ wrong pose, with optax's Adam (cosine-decayed step size). The silhouette is the 
 :func:`jface.render.antialias`: ``rasterize -> interpolate(ones) -> antialias``; its only
 vertex-position gradient is the one antialias gives at the silhouette edges (the hard mask alone
 has none). Loss: mean squared difference to the target's antialiased silhouette. Prints the loss
-and the pose error every few steps and the factor by which the loss fell; ``--json OUT`` writes them. Nothing is downloaded.
+and the pose error every few steps and the factor by which the loss fell; ``--json OUT`` writes
+them. Nothing is downloaded.
 """
 
 from __future__ import annotations
