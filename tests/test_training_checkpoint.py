@@ -134,3 +134,20 @@ def test_workdir_lock_across_processes(tmp_path):
         holder.communicate("\n", timeout=60)
     with WorkdirLock(tmp_path / "run"):
         pass
+
+
+def test_train_stn_refuses_a_busy_workdir(tmp_path, capsys):
+    from train import stn
+
+    with WorkdirLock(tmp_path / "run"):
+        code = stn.main(["--preset", "tiny", "--workdir", str(tmp_path / "run"), "--eval_at_end", "false"])
+    assert code == 2
+    assert "in use by another run" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_flag_suggests_the_field(capsys):
+    from train import stn
+
+    assert stn.main(["--stpes", "10"]) == 2
+    assert "did you mean --steps?" in capsys.readouterr().err

@@ -47,7 +47,7 @@ import jax
 from jface import training as common
 from jface.data.detect import DetectorMissingError
 from jface.data.errors import DataSourceError
-from jface.training.checkpoint import RunFormatError
+from jface.training.checkpoint import RunFormatError, WorkdirBusyError
 from jface.training.stn import Config, evaluate, train
 
 __all__ = ["Config", "PRESETS", "preset", "parse_args", "main"]
@@ -96,7 +96,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    args, config = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args, config = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:  # a user's mistake in the flags: one line, not a traceback
+        print(f"train.stn: {err}", file=sys.stderr, flush=True)
+        return 2
     common.initialize_from_args(args)
     if common.is_main_process():
         print(f"jax {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
@@ -106,8 +110,8 @@ def main(argv=None) -> int:
             evaluate(args.eval, config.eval_data, data_dir=config.data_dir or None, json_path=args.json)
         else:
             train(config)
-    except (DataSourceError, DetectorMissingError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except (DataSourceError, DetectorMissingError, WorkdirBusyError, NotADirectoryError) as err:
+        print(f"train.stn: {err}", file=sys.stderr, flush=True)
         return 2
     except (common.NonFiniteLossError, RunFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 __all__ = ["parse_value", "apply_overrides", "override_pairs"]
 
@@ -32,7 +33,9 @@ def apply_overrides(config, pairs):
     updates = {}
     for name, text in pairs:
         if name not in fields:
-            raise ValueError(f"--{name}: not a config field (fields: {', '.join(sorted(fields))})")
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f"did you mean --{close[0]}? " if close else ""
+            raise ValueError(f"--{name}: not a config field; {hint}(fields: {', '.join(sorted(fields))})")
         updates[name] = parse_value(fields[name], text)
     return dataclasses.replace(config, **updates)
 

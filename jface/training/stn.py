@@ -46,7 +46,7 @@ from jface.models.landmarks import AFLW21_OUTER_EYE_CORNERS
 from jface.models.morphable import MorphableModel
 from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, apply_network, load_vggface_mat, project
 from jface.stn import predict_theta as stn_predict_theta
-from jface.training.checkpoint import Checkpointer, RunFormatError, read_run, restore_params
+from jface.training.checkpoint import Checkpointer, RunFormatError, WorkdirLock, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
 from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
@@ -664,53 +664,54 @@ def train(config: Config) -> dict:
     workdir = Path(config.workdir)
     mesh = make_mesh()
     ctx, host_state, loader, _, eval_data = build(config, with_eval=config.eval_at_end)
-    if is_main_process():
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    local_batch = config.batch_size // jax.process_count() * (2 if config.mirror else 1)
-    if local_batch % len(mesh.local_devices):
-        raise ValueError(f"batch_size: per-process batch {local_batch} (after mirroring) is not divisible "
-                         f"by {len(mesh.local_devices)} local devices")
-    state = replicate(host_state, mesh)
-    barrier("data_ready")
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep)
-    restored = ckpt.restore(state)
-    last_saved = None
-    if restored is not None:
-        state, data_state, last_saved = restored
-        loader.set_state(data_state)
-        _log(f"resumed from {ckpt.directory} step {last_saved}")
-    writer = MetricWriter(workdir / "tensorboard")
+    with WorkdirLock(workdir):  # after the data opened: a bad source leaves the workdir untouched
+        if is_main_process():
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        local_batch = config.batch_size // jax.process_count() * (2 if config.mirror else 1)
+        if local_batch % len(mesh.local_devices):
+            raise ValueError(f"batch_size: per-process batch {local_batch} (after mirroring) is not divisible "
+                             f"by {len(mesh.local_devices)} local devices")
+        state = replicate(host_state, mesh)
+        barrier("data_ready")
+        ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep)
+        restored = ckpt.restore(state)
+        last_saved = None
+        if restored is not None:
+            state, data_state, last_saved = restored
+            loader.set_state(data_state)
+            _log(f"resumed from {ckpt.directory} step {last_saved}")
+        writer = MetricWriter(workdir / "tensorboard")
 
-    def sample_textures(step, state, batch):
-        _sample_textures(ctx, jax.device_get(state.params), batch, workdir / "textures" / f"step_{step:07d}.png")
+        def sample_textures(step, state, batch):
+            _sample_textures(ctx, jax.device_get(state.params), batch, workdir / "textures" / f"step_{step:07d}.png")
 
-    try:
-        state, step = train_loop(
-            state, make_train_step(ctx, mesh), loader, mesh, ckpt, steps=config.steps,
-            checkpoint_every=config.checkpoint_every, log_every=config.log_every, writer=writer, desc="stn",
-            run=run_metadata(ctx), last_saved=last_saved, images_per_step=local_batch * jax.process_count(),
-            postfix=lambda m: {"loss": f"{m['loss']:.4g}", "lmk_px": f"{m['landmark_px']:.2f}"},
-            periodic=[(config.image_every, sample_textures)], step_delay=config.step_delay, log=_log)
-    finally:
+        try:
+            state, step = train_loop(
+                state, make_train_step(ctx, mesh), loader, mesh, ckpt, steps=config.steps,
+                checkpoint_every=config.checkpoint_every, log_every=config.log_every, writer=writer, desc="stn",
+                run=run_metadata(ctx), last_saved=last_saved, images_per_step=local_batch * jax.process_count(),
+                postfix=lambda m: {"loss": f"{m['loss']:.4g}", "lmk_px": f"{m['landmark_px']:.2f}"},
+                periodic=[(config.image_every, sample_textures)], step_delay=config.step_delay, log=_log)
+        finally:
+            writer.close()
+        params = jax.device_get(state.params)
+        ckpt.close()
+        if config.export:
+            export_params(params, config.export)
+        if not config.eval_at_end:
+            return {"params": params, "step": step}
+        if not _has_theta(eval_data, ctx.model):
+            metrics = landmark_evaluation(ctx, params, eval_data, config.eval_batch)
+            _log(format_landmark_report(metrics, config.eval_data))
+            return {"params": params, "step": step, "metrics": metrics}
+        metrics = held_out_metrics(ctx, params, eval_data, config.eval_batch)
+        writer = MetricWriter(workdir / "tensorboard")
+        writer.scalars(step, {"nme": metrics["model"]["nme"], "pose_deg": metrics["model"]["pose_deg"],
+                              "shape_mm": metrics["model"]["shape_mm"]}, prefix="eval")
         writer.close()
-    params = jax.device_get(state.params)
-    ckpt.close()
-    if config.export:
-        export_params(params, config.export)
-    if not config.eval_at_end:
-        return {"params": params, "step": step}
-    if not _has_theta(eval_data, ctx.model):
-        metrics = landmark_evaluation(ctx, params, eval_data, config.eval_batch)
-        _log(format_landmark_report(metrics, config.eval_data))
+        _log(format_metrics(metrics))
         return {"params": params, "step": step, "metrics": metrics}
-    metrics = held_out_metrics(ctx, params, eval_data, config.eval_batch)
-    writer = MetricWriter(workdir / "tensorboard")
-    writer.scalars(step, {"nme": metrics["model"]["nme"], "pose_deg": metrics["model"]["pose_deg"],
-                          "shape_mm": metrics["model"]["shape_mm"]}, prefix="eval")
-    writer.close()
-    _log(format_metrics(metrics))
-    return {"params": params, "step": step, "metrics": metrics}
 
 
 def export_params(params, path) -> Path:
