@@ -88,3 +88,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(training.NonFiniteLossError, match="the last good checkpoint is step 4"):
         _run(tmp_path / "c", 10, _Loader(poison_at=5))
     assert training.Checkpointer(tmp_path / "c").all_steps() == [4]
+
+
+def test_compilation_cache_folder_and_switch(tmp_path, monkeypatch):
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("JFACE_COMPILATION_CACHE", "0")
+        assert training.enable_compilation_cache(tmp_path / "xla") is None
+        monkeypatch.delenv("JFACE_COMPILATION_CACHE")
+        monkeypatch.setenv("JFACE_CACHE", str(tmp_path))
+        assert training.enable_compilation_cache() == tmp_path / "xla"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)

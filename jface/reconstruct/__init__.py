@@ -69,6 +69,7 @@ from jface.render import world2uv
 from jface.sampling import grid_sample
 from jface.training.checkpoint import RunFormatError
 from jface.training.deca import load_run
+from jface.training.distributed import enable_compilation_cache
 
 __all__ = [
     "RANDOM_WEIGHTS_WARNING",
@@ -525,6 +526,7 @@ def main(argv=None):
     parser.add_argument("--fit-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (no --weights)")
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # a second run on the same shapes loads its programs instead of compiling
     try:
         model = None
         if args.flame:

@@ -15,6 +15,7 @@ from jface.training.config import apply_overrides, override_pairs, parse_value
 from jface.training.distributed import (
     add_distributed_args,
     barrier,
+    enable_compilation_cache,
     initialize_distributed,
     initialize_from_args,
     is_main_process,
@@ -38,7 +39,8 @@ from jface.training.state import TrainState
 
 __all__ = [
     "Checkpointer", "restore_state_only", "apply_overrides", "override_pairs", "parse_value",
-    "add_distributed_args", "barrier", "initialize_distributed", "initialize_from_args", "is_main_process",
+    "add_distributed_args", "barrier", "enable_compilation_cache", "initialize_distributed", "initialize_from_args",
+    "is_main_process",
     "make_mesh", "map_items", "parse_device_ids", "replicate", "shard_batch", "TERMINATED_EXIT_CODE",
     "NonFiniteLossError", "OneStepLate", "StopFlag", "check_finite", "progress", "train_loop", "MetricWriter",
     "save_image_grid", "TrainState",

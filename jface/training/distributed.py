@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jface.models.defaults.cache import cache_dir
+
 __all__ = ["initialize_distributed", "add_distributed_args", "initialize_from_args", "parse_device_ids",
-           "barrier", "is_main_process", "make_mesh", "shard_batch", "map_items", "replicate"]
+           "barrier", "is_main_process", "enable_compilation_cache", "make_mesh", "shard_batch", "map_items",
+           "replicate"]
 
 
 def _on_cloud_tpu_vm() -> bool:
@@ -149,3 +153,16 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree_util.tree_map(put, tree)
+
+
+def enable_compilation_cache(directory=None) -> Path | None:
+    """JAX's persistent compilation cache in ``directory`` (default: ``<jface cache>/xla``, see
+    :func:`jface.models.defaults.cache.cache_dir`): a program compiled once is read from disk by
+    later runs of the same program. ``JFACE_COMPILATION_CACHE=0`` leaves it off. Returns the folder."""
+    if os.environ.get("JFACE_COMPILATION_CACHE", "1") == "0":
+        return None
+    path = Path(directory) if directory is not None else cache_dir() / "xla"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
