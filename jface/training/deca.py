@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,11 +62,13 @@ from jface.flame import forward as flame_forward
 from jface.models import default_flame_model, load_flame
 from jface.models.defaults.flame_default import FLAME_VERSION
 from jface.models.morphable import FlameModel
+from jface.training import runs
 from jface.training.checkpoint import Checkpointer, RunFormatError, read_run, restore_params, restore_state_only
 from jface.training.distributed import barrier, is_main_process, make_mesh, map_items, replicate
 from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
 from jface.training.metrics import MetricWriter
+from jface.training.runs import check_face_model, require_run_keys
 from jface.training.state import TrainState
 
 __all__ = [
@@ -211,13 +212,8 @@ def validate_config(config: Config) -> Config:
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
-    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). Fields
-    the dict lacks keep their defaults; names that are not fields raise, naming ``source``."""
-    fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise RunFormatError(f"{source}: not train.deca config fields: {unknown}")
-    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples)."""
+    return runs.config_from_dict(Config, values, source=source, trainer="train.deca")
 
 
 def _log(msg: str) -> None:
@@ -718,27 +714,11 @@ def _has_steps(folder: Path) -> bool:
 
 
 def _require(run: Mapping[str, Any], keys, directory) -> None:
-    missing = [k for k in keys if k not in run]
-    if missing:
-        raise RunFormatError(f"{directory}: the run metadata lacks {missing} (expected a train.deca run)")
+    require_run_keys(run, keys, directory, "train.deca")
 
 
 def _check_face_model(recorded: Mapping[str, Any], current: Mapping[str, Any], config: Config, directory) -> None:
-    """The face model loaded now must be the one the run recorded: a model file with another sha256,
-    or another version of the default generator, is an error; the same generator version with other
-    array bytes (floating-point noise of another machine) only a warning."""
-    if recorded.get("generator_version") != current.get("generator_version"):
-        raise RunFormatError(
-            f"{directory}: trained on face model {recorded.get('model')!r} generator version "
-            f"{recorded.get('generator_version')}, this jface has version {current.get('generator_version')}")
-    if recorded.get("sha256") == current["sha256"]:
-        return
-    message = (f"{directory}: the face model {config.model!r} differs from the one the run was trained on "
-               f"(sha256 {current['sha256'][:12]} here, {str(recorded.get('sha256'))[:12]} in the run)")
-    if config.model == "default":
-        print(f"warning: {message}", file=sys.stderr)
-    else:
-        raise RunFormatError(message)
+    check_face_model(recorded, current, config.model, directory, generated=config.model == "default")
 
 
 def load_run(path, *, model: FlameModel | None = None) -> LoadedRun:
@@ -916,13 +896,9 @@ def landmark_evaluation(setup: DecaSetup, model: FlameModel, params: Mapping, da
     return landmark_report(np.concatenate(preds)[..., :2], base[..., :2], np.asarray(data["landmarks68"]))
 
 
-def format_landmark_report(report: Mapping, source: str) -> str:
+def format_landmark_report(report: Mapping[str, Any], source: str) -> str:
     """One line of :func:`landmark_evaluation`'s means."""
-    def num(value):
-        return "n/a" if value is None else f"{value:.4f}"
-    return (f"landmark NME (outer-eye-corner distance) on {report['images']} images of {source} "
-            f"({report['images_scored']} scored): model {num(report['nme'])}, mean-face baseline "
-            f"{num(report['baseline_nme'])}")
+    return runs.format_landmark_report(report, source, baseline="mean-face")
 
 
 def evaluate(path, eval_data: str = "generated", *, data_dir: str | None = None, json_path=None) -> dict:

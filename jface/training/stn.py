@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,11 +45,13 @@ from jface.models.landmarks import AFLW21_OUTER_EYE_CORNERS
 from jface.models.morphable import MorphableModel
 from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, apply_network, load_vggface_mat, project
 from jface.stn import predict_theta as stn_predict_theta
-from jface.training.checkpoint import Checkpointer, RunFormatError, WorkdirLock, read_run, restore_params
+from jface.training import runs
+from jface.training.checkpoint import Checkpointer, WorkdirLock, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
 from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
 from jface.training.metrics import MetricWriter, save_image_grid
+from jface.training.runs import check_face_model, require_run_keys
 from jface.training.state import TrainState
 
 __all__ = [
@@ -128,13 +129,8 @@ class Config:
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
-    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). Fields
-    the dict lacks keep their defaults; names that are not fields raise, naming ``source``."""
-    fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise RunFormatError(f"{source}: not train.stn config fields: {unknown}")
-    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples)."""
+    return runs.config_from_dict(Config, values, source=source, trainer="train.stn")
 
 
 def _log(msg: str) -> None:
@@ -605,27 +601,12 @@ def _checkpoint_path(path) -> tuple:
 
 
 def _require(run: Mapping[str, Any], keys, directory) -> None:
-    missing = [k for k in keys if k not in run]
-    if missing:
-        raise RunFormatError(f"{directory}: the run metadata lacks {missing} (expected a train.stn run)")
+    require_run_keys(run, keys, directory, "train.stn")
 
 
 def _check_face_model(recorded: Mapping[str, Any], current: Mapping[str, Any], config: Config, directory) -> None:
-    """The face model loaded now must be the one the run recorded: a model file with another sha256,
-    or another version of the default generator, is an error; the same generator version with other
-    array bytes (floating-point noise of another machine) only a warning."""
-    if recorded.get("generator_version") != current.get("generator_version"):
-        raise RunFormatError(
-            f"{directory}: trained on face model {recorded.get('model')!r} generator version "
-            f"{recorded.get('generator_version')}, this jface has version {current.get('generator_version')}")
-    if recorded.get("sha256") == current["sha256"]:
-        return
-    message = (f"{directory}: the face model {config.model!r} differs from the one the run was trained on "
-               f"(sha256 {current['sha256'][:12]} here, {str(recorded.get('sha256'))[:12]} in the run)")
-    if config.model == "default" or config.model.startswith("toy:"):
-        print(f"warning: {message}", file=sys.stderr)
-    else:
-        raise RunFormatError(message)
+    generated = config.model == "default" or config.model.startswith("toy:")
+    check_face_model(recorded, current, config.model, directory, generated=generated)
 
 
 def load_run(path, step: int | None = None) -> LoadedRun:
@@ -729,11 +710,7 @@ def export_params(params, path) -> Path:
 
 def format_landmark_report(report: Mapping[str, Any], source: str) -> str:
     """One line of :func:`landmark_evaluation`'s means."""
-    def num(value):
-        return "n/a" if value is None else f"{value:.4f}"
-    return (f"landmark NME (outer-eye-corner distance) on {report['images']} images of {source} "
-            f"({report['images_scored']} scored): model {num(report['nme'])}, mean-pose baseline "
-            f"{num(report['baseline_nme'])}")
+    return runs.format_landmark_report(report, source, baseline="mean-pose")
 
 
 def evaluate(checkpoint, eval_data: str = "generated", *, data_dir: str | None = None, json_path=None) -> dict:
