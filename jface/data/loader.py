@@ -54,7 +54,29 @@ def _default_mirror(labels, image_width):
     return np.concatenate([np.asarray(xy), np.asarray(vis)[..., None]], -1).astype(labels.dtype)
 
 
-class BatchLoader:
+class StepIterator:
+    """The iterator protocol of a loader whose batch is a function of its step: ``next`` starts the
+    subclass's ``_make_iter(step)`` lazily (again after ``set_state`` resets ``_iter`` to None) and
+    counts ``_step``, which is what a checkpoint saves."""
+
+    _step: int = 0
+    _iter = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            self._iter = self._make_iter(self._step)
+        batch = next(self._iter)
+        self._step += 1
+        return batch
+
+    def _make_iter(self, start: int):
+        raise NotImplementedError
+
+
+class BatchLoader(StepIterator):
     """Iterator of local (per-process) batches: dicts of numpy arrays with a leading batch axis.
 
     ``arrays``: name -> array with a common leading length M. ``batch_size``: the GLOBAL batch
@@ -174,16 +196,6 @@ class BatchLoader:
             raise ValueError(f"state: saved with seed {state['seed']}, loader has seed {self.seed}")
         self._step = int(state["step"])
         self._iter = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        if self._iter is None:
-            self._iter = self._make_iter(self._step)
-        batch = next(self._iter)
-        self._step += 1
-        return batch
 
     def _make_iter(self, start: int):
         if not self.use_grain:

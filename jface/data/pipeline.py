@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
+from jface.data.loader import StepIterator
 from jface.models.landmarks import AFLW21_MIRROR, IBUG68_MIRROR
 from jface.stn.losses import mirror_labels
 
@@ -111,7 +112,7 @@ def _mirror_labels_host(labels: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([np.asarray(xy), np.asarray(vis)[..., None]], -1).astype(labels.dtype)
 
 
-class StreamLoader:
+class StreamLoader(StepIterator):
     """Iterator of this process's batches over a random-access ``source`` (see the module docstring).
 
     ``batch_size``: the GLOBAL batch before mirroring (this process gets ``batch_size /
@@ -245,16 +246,6 @@ class StreamLoader:
             raise ValueError(f"state: expected a 'step' entry, got {sorted(state)}")
         self._step = int(state["step"])
         self._iter = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        if self._iter is None:
-            self._iter = self._make_iter(self._step)
-        batch = next(self._iter)
-        self._step += 1
-        return batch
 
     def _make_iter(self, start: int):
         if not self.use_grain:
