@@ -78,7 +78,7 @@ class Checkpointer:
         self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
-    def _newest_intact(self, read: Callable[[int], Any], step: int | None):
+    def _newest_intact(self, read: Callable[[int], Any], step: int | None, *, move_aside: bool = True):
         """``(read(step), step)`` for ``step``, or for the newest step that reads back; damaged
         steps newer than it are moved aside with a message. None when there is no step."""
         if step is not None:
@@ -92,12 +92,13 @@ class Checkpointer:
                 older = steps[len(steps) - index - 2] if index + 1 < len(steps) else None
                 then = f"falling back to step {older}" if older is not None else "no older step is left"
                 _warn(f"step {candidate} in {self.directory} is damaged ({reason}); {then}")
-                self._move_aside(candidate)
+                if move_aside:  # a resuming run moves it out of its way; a reader leaves the run as it is
+                    self._move_aside(candidate)
                 continue
             return value, candidate
         if steps:
-            raise CheckpointError(f"{self.directory}: every checkpoint step is damaged ({steps}); "
-                                  f"they were moved to {self._damaged_dir()}")
+            where = f"; they were moved to {self._damaged_dir()}" if move_aside else ""
+            raise CheckpointError(f"{self.directory}: every checkpoint step is damaged ({steps}){where}")
         return None
 
     def _damaged_dir(self) -> Path:
@@ -192,7 +193,7 @@ def restore_params(directory, step: int | None = None):
         return jax.tree_util.tree_map(np.asarray, params)
 
     try:
-        found = ckpt._newest_intact(read, step)
+        found = ckpt._newest_intact(read, step, move_aside=False)
     finally:
         ckpt.close()
     if found is None:
