@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-__all__ = ["as_float"]
+__all__ = ["as_float", "floats_to_float32"]
 
 
 def as_float(x):
@@ -14,3 +15,9 @@ def as_float(x):
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
     return x
+
+
+def floats_to_float32(tree):
+    """Every floating leaf of ``tree`` (a model pytree, say) as float32; other leaves unchanged."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, tree)

@@ -38,6 +38,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
+from jface.arrays import floats_to_float32
 from jface.data import synthetic_deca
 from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
@@ -223,18 +224,13 @@ def _log(msg: str) -> None:
 
 # --- model, data, networks ---------------------------------------------------------------------
 
-def _float32(tree):
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, tree)
-
-
 def load_face_model(model: str = "default", landmark_embedding: str = "") -> FlameModel:
     """A FLAME model, float32: ``"default"`` (the embedded procedural head, generated into the cache
     on first use) or a FLAME file (``generic_model.pkl`` / jface npz, with DECA's
     ``landmark_embedding.npy`` when given)."""
     if model == "default":
-        return _float32(default_flame_model())
-    return _float32(load_flame(model, landmark_embedding=landmark_embedding or None))
+        return floats_to_float32(default_flame_model())
+    return floats_to_float32(load_flame(model, landmark_embedding=landmark_embedding or None))
 
 
 def load_model(config: Config) -> FlameModel:

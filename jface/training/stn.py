@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jface.arrays import floats_to_float32
 from jface.data import synthetic_stn
 from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
@@ -140,11 +141,6 @@ def _log(msg: str) -> None:
 
 # --- model, data, localiser -----------------------------------------------------------------
 
-def _as_float32(model: MorphableModel) -> MorphableModel:
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, model)
-
-
 def _load_full_model(config: Config) -> MorphableModel:
     spec = config.model
     if spec == "default":
@@ -167,7 +163,7 @@ def load_model(config: Config) -> MorphableModel:
             f"config asks for {config.num_shape} + {config.num_expression}")
     model = model.replace(shape_basis=model.shape_basis[..., :config.num_shape],
                           expression_basis=model.expression_basis[..., :config.num_expression])
-    return _as_float32(model)
+    return floats_to_float32(model)
 
 
 def _model_sha256(config: Config, model: MorphableModel) -> str:
