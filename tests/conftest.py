@@ -21,9 +21,11 @@ REALDATA = SHARED / "realdata"
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    """``../shared/realdata`` (real-layout files; never copied into the project)."""
+    """``../shared/realdata`` (real-layout files; never copied into the project). Its parent is
+    ``$JFACE_SHARED`` when set, else ``../shared`` beside the repository."""
     if not REALDATA.is_dir():
-        pytest.skip("../shared/realdata is absent")
+        pytest.skip(f"real-layout files not found at {REALDATA}: set JFACE_SHARED to the folder that holds "
+                    f"realdata/ (default: ../shared beside the repository)")
     return REALDATA
 
 
