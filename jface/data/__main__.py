@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jface.data.aflw2000 import JfaceAflw2000, list_aflw2000
+from jface.data.photos import resolve_data_dir
 from jface.data.tfds_real import JfaceRealFaces
 from jface.data.tfds_synthetic import PRESETS, JfaceSyntheticFaces, custom_config, load_source
 from jface.data.the300w_lp import JfaceThe300wLp, list_300w_lp
@@ -221,6 +222,8 @@ def main(argv=None):
     ins.add_argument("-o", "--output", required=True)
 
     args = parser.parse_args(argv)
+    # $TFDS_DATA_DIR as set now (tfds reads it once, at import), as jface.data.sources resolves it
+    args.data_dir = str(resolve_data_dir(args.data_dir))
     if args.command == "inspect":
         inspect(args)
     elif args.dataset == "synthetic":

@@ -21,7 +21,8 @@ Records (``source[i]``, numpy), for ``task="deca"``: ``images (S, S, 3)`` uint8,
 the dataset has one, ``identity`` int64. For ``task="stn"``: ``images``, ``labels (L, 3)`` (x, y,
 vis) in the 3DMM-STN y-up pixel frame (``landmark_set`` "aflw21": L = 21, the dataset's own
 AFLW-21 points or :func:`jface.data.detect.aflw21_from_ibug68` of its 68; "ibug68": L = 68),
-``landmarks68`` in the same frame when the dataset has 68 points, ``identity``. Frames are
+``landmarks68`` in the same frame when the dataset has 68 points, ``identity``; for
+``purpose="eval"`` also ``name`` (str: the dataset's ``name`` or ``path`` field) when it has one. Frames are
 converted as the dataset's ``frame`` field says (BUILD_NOTES.md, Frames and conventions); DECA
 NDC labels stay in the convention they were stored in (exact pixel centres for generated faces,
 p / 224 * 2 - 1 for crops of photographs, as ``decalib/datasets/vggface.py`` writes them).
@@ -274,6 +275,10 @@ class DatasetSource:
         used = {"image", "face_mask", "frame", self._lm68, self._lm21, self._identity}
         self._extras = tuple(sorted(k for k in names if k not in used and k not in _TEXT_KEYS
                                     and np.dtype(features[k].np_dtype).kind in "biuf"))
+        # evaluation names its images (``per_image`` rows): the dataset's image name or photo path
+        self._name_key = next((k for k in ("name", "path") if k in names), None) if purpose == "eval" else None
+        if self._name_key is not None:
+            self.fields = self.fields + ("name",)
         self._frame = self._find_frame(info, names)
         self._out_kind = STN if task == "stn" else (NDC if self._frame == STN else self._frame)
         self._identities = None
@@ -341,6 +346,9 @@ class DatasetSource:
             if lm68 is not None:
                 out["landmarks68"] = lm68
         out["identity"] = self._identity_of(index, raw)
+        if self._name_key is not None:
+            name = raw[self._name_key]
+            out["name"] = np.str_(name.decode() if isinstance(name, bytes) else name)
         for key in self._extras:  # e.g. theta, shape, expression, pose: as stored
             out[key] = np.asarray(raw[key])
         return out
