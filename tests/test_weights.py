@@ -424,10 +424,10 @@ def test_cli_convert_deca_without_torch(tmp_path, monkeypatch):
     )
     with pytest.raises(ModelFileError, match="kind 'deca', expected 'vgg19'"):
         fw.load_variables(dst, kind="vgg19")
-    # a state dict missing a group / with a wrong shape -> exit status 1 and the reason on stderr
+    # a state dict missing a group / with a wrong shape -> exit status 2 and the reason on stderr
     del obj["E_detail"]
     bad = write_torch_zip(tmp_path / "bad.tar", obj)
-    assert cli_main(["convert", "deca", str(bad), "-o", str(tmp_path / "x.npz")]) == 1
+    assert cli_main(["convert", "deca", str(bad), "-o", str(tmp_path / "x.npz")]) == 2
     with pytest.raises(WeightConversionError, match=r"missing state dict\(s\) \['E_detail'\]"):
         dw.convert_deca(bad)
 

@@ -4,8 +4,13 @@ Commands:
   info FILE                     what the file is, its fields, shapes and dtypes
   convert FILE -o model.npz     an original file (FLAME pkl / pkl-named npz, BFM 2009 .mat) ->
                                 the project's own npz format
-  prepare-stn --bfm .. --expression .. --uv .. --map .. -o stn_model.npz
+  prepare-stn --bfm .. --expression .. --uv .. --map .. [--landmarks NAME=FILE.anl ..] -o stn_model.npz
                                 the original prepareExpressionBFM + resampleModel
+  add-landmarks MODEL.npz --landmarks NAME=FILE.anl [-o OUT.npz]
+                                attach landmark sets to a prepared 3DMM-STN model
+
+Mistakes (a missing or unreadable file, an unknown flag, an output path that cannot be written)
+are one line on stderr and exit status 2.
 
 Adding a command: one entry in :data:`COMMANDS`, ``name: (help, "module:function")``, where
 ``function(parser)`` adds its arguments to the ``argparse`` sub-parser and returns
@@ -15,7 +20,6 @@ are imported only when chosen.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import time
@@ -24,6 +28,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from jface import cli
 from jface.errors import ModelFileError
 from jface.files.mat import load_mat
 from jface.files.npy import read_npy_header
@@ -39,6 +44,8 @@ COMMANDS = {
                 "jface.models.__main__:convert_command"),
     "prepare-stn": ("build the 3DMM-STN model from BFM 2009 + 3DDFA expression files",
                     "jface.models.__main__:prepare_stn_command"),
+    "add-landmarks": ("attach landmark sets (.anl files) to a 3DMM-STN model npz",
+                      "jface.models.__main__:add_landmarks_command"),
     "regenerate": ("rebuild the cached synthetic default models",
                    "jface.models.defaults.cli:regenerate_command"),
     "show": ("draw the synthetic default models as PNGs", "jface.models.defaults.cli:show_command"),
@@ -52,7 +59,7 @@ def _resolve(target: str):
 
 def build_parser(argv=None):
     """The argparse parser; only the command named in ``argv`` is configured (lazy import)."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m jface.models", description="Inspect, convert and prepare face model files."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -69,11 +76,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, runners = build_parser(argv)
     args = parser.parse_args(argv)
-    try:
-        return int(runners[args.command](args) or 0)
-    except ModelFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run("python -m jface.models", lambda: runners[args.command](args), (ModelFileError,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,12 +248,8 @@ def prepare_stn_command(parser):
             if not args.quiet:
                 print(f"[{time.perf_counter() - t0:7.1f} s] {message}", flush=True)
 
-        landmark_files = {}
-        for item in args.landmarks:
-            name, sep, file = item.partition("=")
-            if not sep or not name or not file:
-                parser.error(f"--landmarks expects NAME=FILE.anl, got {item!r}")
-            landmark_files[name] = file
+        landmark_files = _landmark_files(parser, args.landmarks)
+        cli.check_output_file(args.output, "-o")
         say(f"reading {args.bfm}")
         bfm = loaders.load_bfm2009(args.bfm)
         say(f"reading {args.expression}")
@@ -258,17 +257,11 @@ def prepare_stn_command(parser):
         say(f"reading {args.uv} and {args.map}")
         uv = loaders.load_bfm_uv(args.uv, n_vertices=bfm["mean"].shape[0])
         index = loaders.load_map_tddfa_to_basel(args.map, n_vertices=bfm["mean"].shape[0])
-        landmarks = {name: loaders.load_anl(file) for name, file in landmark_files.items()}
-        for name, idx in landmarks.items():
-            if idx.max() >= args.res ** 2:
-                parser.error(f"--landmarks {name}: index {idx.max() + 1} (1-based) exceeds the "
-                             f"{args.res}x{args.res} grid; use the *_{args.res}.anl file")
+        landmarks = _read_landmarks(parser, landmark_files, args.res ** 2, f"the {args.res}x{args.res} grid",
+                                    args.res)
         model = prepare.prepare_stn_model(bfm, expression, uv, index, res=args.res, n_shape=args.n_shape,
                                   n_expression=args.n_expression, progress=say)
-        if landmarks:
-            merged = dict(model.landmarks or {})
-            merged.update({k: jnp.asarray(v) for k, v in landmarks.items()})
-            model = model.replace(landmarks=merged)
+        model = _with_landmarks(model, landmarks)
         sources = [args.bfm, args.expression, args.uv, args.map, *landmark_files.values()]
         say(f"writing {args.output}")
         out = store.save_model(model, args.output, sources=sources,
@@ -276,6 +269,77 @@ def prepare_stn_command(parser):
                                                       "n_expression": args.n_expression}})
         say(f"done: {model.num_vertices} vertices, {model.num_shape}+{model.num_expression} "
             f"components -> {out}")
+        print(landmark_summary(model, out), flush=True)
+        return 0
+
+    return run
+
+
+def _landmark_files(parser, items) -> dict:
+    """``--landmarks NAME=FILE.anl`` items -> ``{name: file}`` (a malformed item: a usage error)."""
+    files = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            parser.error(f"--landmarks expects NAME=FILE.anl, got {item!r}")
+        files[name] = file
+    return files
+
+
+def _read_landmarks(parser, files: dict, num_vertices: int, grid: str, res: int) -> dict:
+    """Each ``.anl`` file's 0-based indices, checked against the model's vertex count."""
+    landmarks = {name: loaders.load_anl(file) for name, file in files.items()}
+    for name, idx in landmarks.items():
+        if idx.size and (idx.max() >= num_vertices or idx.min() < 0):
+            parser.error(f"--landmarks {name}: index {idx.max() + 1} (1-based) exceeds {grid}; use the "
+                         f"*_{res}.anl file")
+    return landmarks
+
+
+def _with_landmarks(model, landmarks: dict):
+    if not landmarks:
+        return model
+    merged = dict(model.landmarks or {})
+    merged.update({k: jnp.asarray(v) for k, v in landmarks.items()})
+    return model.replace(landmarks=merged)
+
+
+def landmark_summary(model, path) -> str:
+    """One line: which landmark sets ``path`` holds, or that it holds none and how to add the ones
+    ``python -m jface.stn.demo`` and ``train.stn`` need."""
+    sets = dict(model.landmarks or {})
+    if sets:
+        listed = ", ".join(f"{name} ({len(np.asarray(idx))} points)" for name, idx in sorted(sets.items()))
+        return f"landmark sets in {path}: {listed}"
+    return (f"landmark sets in {path}: none; python -m jface.stn.demo and train.stn need aflw21: pass "
+            f"--landmarks aflw21={prepare.landmark_file_name('aflw21', model)} here, or run python -m jface.models "
+            f"add-landmarks {path} --landmarks aflw21={prepare.landmark_file_name('aflw21', model)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# add-landmarks
+
+
+def add_landmarks_command(parser):
+    parser.add_argument("model", help="a 3DMM-STN model npz (prepare-stn's output)")
+    parser.add_argument("--landmarks", action="append", default=[], required=True, metavar="NAME=FILE.anl",
+                        help="a landmark set from a .anl file indexing the model's grid, e.g. "
+                             "aflw21=Landmarks21_112.anl (repeatable; replaces a set of that name)")
+    parser.add_argument("-o", "--output", help="output .npz (default: rewrite MODEL in place, atomically)")
+
+    def run(args):
+        files = _landmark_files(parser, args.landmarks)
+        output = cli.check_output_file(args.output or args.model, "-o")
+        model = store.load_model(args.model)
+        if not isinstance(model, MorphableModel):
+            raise ModelFileError(args.model, f"expected a 3DMM-STN MorphableModel, got a {type(model).__name__}")
+        res = model.grid_hw[0] if model.grid_hw is not None else 0
+        grid = f"the {res}x{res} grid" if res else f"the model's {model.num_vertices} vertices"
+        model = _with_landmarks(model, _read_landmarks(parser, files, model.num_vertices, grid, res or 112))
+        meta = store.read_metadata(args.model)
+        sources = [*meta.get("sources", []), *files.values()]
+        out = store.save_model(model, output, sources=sources, licence=meta.get("licence"), extra=meta.get("extra"))
+        print(landmark_summary(model, out), flush=True)
         return 0
 
     return run

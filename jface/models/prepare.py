@@ -17,10 +17,37 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from jface.errors import ModelFileError
 from jface.models.morphable import MorphableModel
 from jface.models.resample import _check_res, resample_model
 
-__all__ = ["laplace_beltrami", "prepare_stn_model", "extend_expression", "corner_cotangents"]
+__all__ = ["laplace_beltrami", "prepare_stn_model", "extend_expression", "corner_cotangents", "LANDMARK_FILES",
+           "landmark_file_name", "require_landmark_set"]
+
+#: The original 3DMMasSTN repository's landmark files per set (``{res}``: the UV grid size, 112 or
+#: 224; 1-based indices of the res x res grid vertices).
+LANDMARK_FILES = {"aflw21": "Landmarks21_{res}.anl", "ibug68": "Landmarks68_{res}.anl"}
+
+
+def landmark_file_name(name: str, model: MorphableModel) -> str:
+    """The original's ``.anl`` file of landmark set ``name`` for ``model``'s UV grid (a placeholder
+    name for sets the original does not ship)."""
+    res = model.grid_hw[0] if model.grid_hw is not None else 112
+    return LANDMARK_FILES.get(name, f"{name}.anl").format(res=res)
+
+
+def require_landmark_set(model: MorphableModel, name: str, source, *, needed_by: str) -> np.ndarray:
+    """``model.landmarks[name]`` as int indices; a model without that set (one prepared without
+    ``--landmarks``) raises :class:`~jface.errors.ModelFileError` naming ``source`` with the one
+    command that adds it."""
+    landmarks = dict(model.landmarks or {})
+    if name in landmarks:
+        return np.asarray(landmarks[name])
+    has = ", ".join(sorted(landmarks)) or "none"
+    raise ModelFileError(
+        source, f"has no landmark set {name!r} (it has: {has}), which {needed_by} needs; add it with: "
+        f"python -m jface.models add-landmarks {source} --landmarks {name}={landmark_file_name(name, model)} "
+        f"(the .anl file of the original 3DMMasSTN repository for this grid)")
 
 
 def _as_mesh(vertices, faces, *, name_v="vertices", name_f="faces"):

@@ -14,7 +14,6 @@ images with a user-prepared model from ``jface.models.save_model``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,10 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jface import cli
+from jface.errors import ModelFileError
+from jface.files.mat import load_mat
 from jface.models import default_stn_model, load_model
+from jface.models.prepare import require_landmark_set
 from jface.stn import layers
 from jface.stn.fit import fit_adam, fit_gd, init_theta, landmark_objective
 from jface.stn.toy import render_image, toy_grid_model
+from jface.training.distributed import enable_compilation_cache
 
 __all__ = [
     "init_theta",
@@ -49,19 +53,14 @@ def load_demodata(path):
     Returns ``(images (B, 224, 224, 3) float32 raw 0-255, labels (B, 21, 2) float32)`` with labels
     (x, y) in the y-up 224-pixel frame (x = 1-based column, y = 225 - 1-based row).
     """
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as err:  # scipy raises MatReadError, ValueError, OSError, ...
-        raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({err})") from err
+    mat = load_mat(path)  # bounded; a missing, unreadable or corrupt file is a ModelFileError naming it
     if "Images" not in mat or "Labels" not in mat:
-        raise ValueError(f"{path}: expected variables 'Images' (HxWx3xB) and 'Labels' (1x2xLxB)")
+        raise ModelFileError(path, "expected variables 'Images' (HxWx3xB) and 'Labels' (1x2xLxB)")
     images = np.asarray(mat["Images"], np.float32)
     labels = np.asarray(mat["Labels"], np.float32)
     if images.ndim != 4 or images.shape[2] != 3 or labels.ndim != 4 or labels.shape[:2] != (1, 2):
-        raise ValueError(
-            f"{path}: expected Images HxWx3xB and Labels 1x2xLxB, got {images.shape} and {labels.shape}"
+        raise ModelFileError(
+            path, f"expected Images HxWx3xB and Labels 1x2xLxB, got {images.shape} and {labels.shape}"
         )
     return images.transpose(3, 0, 1, 2), labels[0].transpose(2, 1, 0)
 
@@ -187,8 +186,9 @@ def run(model, images, labels, out_dir, *, seed: int = 0, max_steps: int = 100_0
     return summary
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m jface.stn.demo", description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    """The command line (module docstring); a user's mistake is one line and exit status 2."""
+    parser = cli.ArgumentParser(prog="python -m jface.stn.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="demodata.mat (Images 224x224x3xB, Labels 1x2x21xB); default: generated images")
     parser.add_argument("--model", help="model npz from jface.models.save_model; default: default_stn_model()")
     parser.add_argument("--toy-res", type=int, default=None, help="use the procedural toy_grid_model(RES) instead")
@@ -199,8 +199,15 @@ def main(argv=None):
     parser.add_argument("--padding", default="symmetric", choices=("symmetric", "matconvnet_cpu"))
     parser.add_argument("-o", "--out", required=True, help="output folder for PNGs and summary.json")
     args = parser.parse_args(argv)
+    return cli.run("python -m jface.stn.demo", lambda: _main(args), (ModelFileError,))
+
+
+def _main(args) -> int:
+    out = cli.check_output_dir(args.out, "-o")
+    enable_compilation_cache()  # a second demo loads its compiled fits instead of compiling them
     if args.model:
         model, name = load_model(args.model), args.model
+        require_landmark_set(model, "aflw21", args.model, needed_by="python -m jface.stn.demo")
     else:
         model, name = demo_model(args.toy_res)
     print(f"model: {name}, N = {model.num_vertices}, grid {layers.grid_hw_of(model)}")
@@ -208,7 +215,7 @@ def main(argv=None):
         images, labels = load_demodata(args.data)
     else:
         images, labels, _ = generate_demo_data(model, args.batch, seed=args.seed)
-    run(model, images, labels, args.out, seed=args.seed, max_steps=args.max_steps,
+    run(model, images, labels, out, seed=args.seed, max_steps=args.max_steps,
         adam_lr=args.adam_lr, padding=args.padding)
     return 0
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from jface import cli
 from jface.deca import weights as deca_weights
 from jface.errors import ModelFileError
 from jface.files.weights import flatten_tree, save_variables
@@ -39,7 +39,9 @@ def _convert(kind: str, src: str, dst: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jface.weights", description=__doc__)
+    """The command line; a bad or refused file, an unknown flag or an output path that cannot be
+    written is one line on stderr and exit status 2."""
+    parser = cli.ArgumentParser(prog="python -m jface.weights", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert released weights to the project's .npz weight format")
     p.add_argument("kind", choices=KINDS)
@@ -48,12 +50,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("-o", "--output", required=True, help="destination .npz")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
+        cli.check_output_file(args.output, "-o")
         print(_convert(args.kind, args.src, args.output))
-    except ModelFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return cli.run("python -m jface.weights", body, (ModelFileError,))
 
 
 if __name__ == "__main__":
