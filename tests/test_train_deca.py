@@ -57,6 +57,7 @@ def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path, monkeypatch):
         raise AssertionError("loading a run must not generate data")
 
     monkeypatch.setattr(synthetic_deca, "generate_deca", no_data)
+    monkeypatch.setattr(synthetic_deca, "iter_deca", no_data)
     start = time.perf_counter()
     params, encode, generator = load_train_deca(workdir)
     load_s = time.perf_counter() - start

@@ -39,16 +39,29 @@ host:port --num_processes N --process_id i`` (automatic on Cloud TPU VMs).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from jface import cli
 from jface import training as common
 from jface.data.detect import DetectorMissingError
 from jface.data.errors import DataSourceError
-from jface.training.checkpoint import RunFormatError, WorkdirBusyError, WorkdirLock
-from jface.training.deca import STAGES, Config, evaluate, format_metrics, prepare_data, train, validate_config
+from jface.errors import ModelFileError
+from jface.training.checkpoint import CheckpointError, RunFormatError, WorkdirBusyError, WorkdirLock
+from jface.training.deca import (
+    STAGES,
+    Config,
+    evaluate,
+    finished_steps,
+    format_saved_metrics,
+    prepare_data,
+    report_finished,
+    train,
+    validate_config,
+)
+from jface.training.loop import CheckpointWriteError
+from jface.training.runs import refuse_busy_workdir
 
 __all__ = ["Config", "STAGES", "preset", "parse_args", "main"]
 
@@ -87,42 +100,63 @@ def preset(name: str) -> Config:
 
 def parse_args(argv) -> tuple:
     """``(args, config)``: the preset with ``--set k=v`` / ``--key v`` overrides, validated."""
-    parser = argparse.ArgumentParser(prog="python -m train.deca", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m train.deca", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval", default=None, metavar="WORKDIR")
     parser.add_argument("--json", default=None, metavar="OUT", help="with --eval: write the metrics as JSON")
+    parser.add_argument("--no_compilation_cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (also: JFACE_COMPILATION_CACHE=0)")
     common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
-    config = common.apply_overrides(preset(args.preset), common.override_pairs(args.set, rest))
+    config = common.apply_overrides(preset(args.preset), common.override_pairs(args.set, rest),
+                                    flags=list(parser._option_string_actions))
     return args, validate_config(config)
 
 
+#: Mistakes of the user or the machine that end ``main`` with one line and exit status 2.
+USER_ERRORS = (DataSourceError, DetectorMissingError, RunFormatError, CheckpointError, CheckpointWriteError,
+               ModelFileError, FileNotFoundError, WorkdirBusyError, NotADirectoryError)
+
+
 def main(argv=None) -> int:
+    """The command line (module docstring). A user's mistake (a flag, a preset, a missing or refused
+    file, a workdir that cannot be used, a disk that refuses a checkpoint) is one line on stderr and
+    exit status 2; a non-finite loss exits 3, a signal 143."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, config = parse_args(argv)
     except ValueError as exc:
         print(f"train.deca: {exc}", file=sys.stderr)
         return 2
+    return cli.run("train.deca", lambda: _run(args, config), USER_ERRORS)
+
+
+def _run(args, config) -> int:
     common.initialize_from_args(args)
+    if not args.no_compilation_cache:
+        common.enable_compilation_cache()  # a second run compiles nothing it compiled before
     try:
         if args.eval:
             if config.eval_data == "generated" and not args.json:
                 saved = Path(args.eval) / "metrics.json"
                 if saved.is_file():  # the metrics the run wrote at its end
-                    print(format_metrics(json.loads(saved.read_text())["final"]))
+                    for line in format_saved_metrics(json.loads(saved.read_text())):
+                        print(line)
                     return 0
             evaluate(args.eval, config.eval_data, data_dir=config.data_dir or None, json_path=args.json)
+            return 0
+        cli.check_output_dir(config.workdir, "--workdir", create=False)
+        if common.is_main_process():
+            refuse_busy_workdir(config.workdir)  # a live run there: say so before making any data
+        steps = finished_steps(config)  # before any data is made: a finished run only reports
+        if steps is not None:
+            report_finished(config, steps)
             return 0
         data = prepare_data(config)  # before the lock: a bad source leaves the workdir untouched
         with WorkdirLock(config.workdir):
             train(config, data=data)
-    except (DataSourceError, DetectorMissingError, RunFormatError, FileNotFoundError,
-            WorkdirBusyError, NotADirectoryError) as exc:
-        print(f"train.deca: {exc}", file=sys.stderr)
-        return 2
     except common.NonFiniteLossError as exc:
         print(f"train.deca: {exc}", file=sys.stderr)
         return 3

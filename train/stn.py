@@ -44,11 +44,15 @@ import sys
 
 import jax
 
+from jface import cli
 from jface import training as common
 from jface.data.detect import DetectorMissingError
 from jface.data.errors import DataSourceError
-from jface.training.checkpoint import RunFormatError, WorkdirBusyError
-from jface.training.stn import Config, evaluate, train
+from jface.errors import ModelFileError
+from jface.training.checkpoint import CheckpointError, RunFormatError, WorkdirBusyError
+from jface.training.loop import CheckpointWriteError
+from jface.training.runs import refuse_busy_workdir
+from jface.training.stn import Config, evaluate, finished_step, report_finished, train
 
 __all__ = ["Config", "PRESETS", "preset", "parse_args", "main"]
 
@@ -79,7 +83,7 @@ def preset(name: str) -> Config:
 def parse_args(argv):
     """``(args, config)`` from the command line: the preset, then ``--set`` / ``--key`` overrides."""
     fields = "\n".join(f"  --{f.name} {f.default!r}" for f in dataclasses.fields(Config))
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m train.stn", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config fields (default preset values; override with --set KEY=VALUE or --KEY VALUE):\n" + fields)
@@ -87,34 +91,54 @@ def parse_args(argv):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval", default=None, metavar="RUN")
     parser.add_argument("--json", default=None, metavar="OUT", help="with --eval: write the metrics as JSON")
+    parser.add_argument("--no_compilation_cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (also: JFACE_COMPILATION_CACHE=0)")
     common.add_distributed_args(parser)
     args, rest = parser.parse_known_args(argv)
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     pairs = common.override_pairs(args.set, rest)
-    config = common.apply_overrides(preset(args.preset), pairs)
+    config = common.apply_overrides(preset(args.preset), pairs, flags=list(parser._option_string_actions))
     return args, config
 
 
+#: Mistakes of the user or the machine that end ``main`` with one line and exit status 2.
+USER_ERRORS = (DataSourceError, DetectorMissingError, WorkdirBusyError, RunFormatError, CheckpointError,
+               CheckpointWriteError, ModelFileError, FileNotFoundError, NotADirectoryError)
+
+
 def main(argv=None) -> int:
+    """The command line (module docstring). A user's mistake (a flag, a preset, a missing or refused
+    file, a workdir that cannot be used, a disk that refuses a checkpoint) is one line on stderr and
+    exit status 2; a non-finite loss exits 1, a signal 143."""
     try:
         args, config = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as err:  # a user's mistake in the flags: one line, not a traceback
         print(f"train.stn: {err}", file=sys.stderr, flush=True)
         return 2
+    return cli.run("train.stn", lambda: _run(args, config), USER_ERRORS)
+
+
+def _run(args, config) -> int:
     common.initialize_from_args(args)
+    if not args.no_compilation_cache:
+        common.enable_compilation_cache()  # a second run compiles nothing it compiled before
     if common.is_main_process():
         print(f"jax {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
               f"({jax.devices()[0].platform})", flush=True)
     try:
         if args.eval:
             evaluate(args.eval, config.eval_data, data_dir=config.data_dir or None, json_path=args.json)
-        else:
-            train(config)
-    except (DataSourceError, DetectorMissingError, WorkdirBusyError, NotADirectoryError) as err:
+            return 0
+        cli.check_output_dir(config.workdir, "--workdir", create=False)
+        if common.is_main_process():
+            refuse_busy_workdir(config.workdir)  # a live run there: say so before making any data
+        step = finished_step(config)  # before any data is made: a finished run only reports
+        if step is not None:
+            report_finished(config, step)
+            return 0
+        train(config)
+    except common.NonFiniteLossError as err:
         print(f"train.stn: {err}", file=sys.stderr, flush=True)
-        return 2
-    except (common.NonFiniteLossError, RunFormatError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     return 0
 

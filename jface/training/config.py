@@ -27,16 +27,23 @@ def parse_value(field, text: str):
     return text
 
 
-def apply_overrides(config, pairs):
-    """``pairs`` of (field name, text) -> a new dataclass config; unknown names raise naming the field."""
+def apply_overrides(config, pairs, *, flags=()):
+    """``pairs`` of (field name, text) -> a new dataclass config; unknown names raise naming the field
+    and the closest field or program flag (``flags``: the program's own ``--flag`` names)."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     updates = {}
     for name, text in pairs:
         if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f"did you mean --{close[0]}? " if close else ""
-            raise ValueError(f"--{name}: not a config field; {hint}(fields: {', '.join(sorted(fields))})")
-        updates[name] = parse_value(fields[name], text)
+            candidates = list(fields) + [f[2:] for f in flags if f.startswith("--")]
+            close = difflib.get_close_matches(name, candidates, n=1)
+            hint = f"did you mean --{close[0]}?" if close else f"(fields: {', '.join(sorted(fields))})"
+            raise ValueError(f"--{name}: not a config field or flag; {hint}")
+        try:
+            updates[name] = parse_value(fields[name], text)
+        except ValueError as err:
+            if str(err).startswith(f"--{name}:"):
+                raise
+            raise ValueError(f"--{name}: expected a value like {fields[name].default!r}, got {text!r}") from None
     return dataclasses.replace(config, **updates)
 
 

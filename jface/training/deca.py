@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
 from jface.arrays import floats_to_float32
+from jface.cli import UsageError
 from jface.data import synthetic_deca
 from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
@@ -67,16 +68,18 @@ from jface.training import runs
 from jface.training.checkpoint import Checkpointer, RunFormatError, read_run, restore_params, restore_state_only
 from jface.training.distributed import barrier, is_main_process, make_mesh, map_items, replicate
 from jface.training.landmark_eval import landmark_report
-from jface.training.loop import train_loop
-from jface.training.metrics import MetricWriter
+from jface.training.loop import progress, train_loop
+from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
 from jface.training.state import TrainState
 
 __all__ = [
     "STAGES", "RUN_FORMAT", "Config", "validate_config", "config_from_dict", "load_model", "model_record",
     "make_data", "make_networks", "init_variables", "loss_weights", "apply_train_mode", "make_setup", "StepContext",
-    "make_context", "train_step", "make_train_step", "held_out_metrics", "format_metrics", "run_metadata",
-    "LoadedRun", "load_run", "announce", "run_stage", "train", "RunData", "prepare_data", "code_prior",
+    "make_context", "train_step", "make_train_step", "held_out_metrics", "format_metrics", "compare_stages",
+    "run_metadata",
+    "LoadedRun", "load_run", "announce", "run_stage", "train", "finished_steps", "report_finished",
+    "format_saved_metrics", "RunData", "prepare_data", "code_prior",
     "load_eval_data", "landmark_evaluation", "evaluate",
 ]
 
@@ -269,12 +272,21 @@ def make_data(config: Config, model: FlameModel, *, split: str) -> dict:
     (:func:`jface.data.synthetic_deca.generate_deca`, seed-disjoint)."""
     if split == "train":
         if config.num_identities <= 0:
-            raise ValueError("the paper preset trains on real data: pass a data source "
+            raise UsageError("the paper preset trains on real data: pass a data source "
                              "(or --num_identities N to generate faces)")
-        return synthetic_deca.generate_deca(model, config.num_identities, config.images_per_identity,
-                                            config.data_seed, config.image_size)
-    return synthetic_deca.generate_deca(model, config.eval_identities, config.eval_images_per_identity,
-                                        config.eval_seed, config.image_size)
+        ids, per_id, seed = config.num_identities, config.images_per_identity, config.data_seed
+    else:
+        ids, per_id, seed = config.eval_identities, config.eval_images_per_identity, config.eval_seed
+    # synthetic_deca.generate_deca's chunks, with a progress bar
+    bar = progress(ids * per_id, desc=f"generating {split} faces")
+    chunks = []
+    for chunk in synthetic_deca.iter_deca(model, ids, per_id, seed, config.image_size):
+        chunks.append(chunk)
+        bar.update(len(chunk["images"]))
+    bar.close()
+    if not chunks:
+        raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def _dtype(config: Config):
@@ -584,13 +596,17 @@ def _rigid_align(source, target):
     return (source - mu_s) @ rot.T + mu_t
 
 
-def _nme(pred, gt) -> float:
-    """Mean landmark error over visible points / outer-eye-corner distance (iBUG 36, 45)."""
+def _nme_per_image(pred, gt) -> np.ndarray:
+    """Per image: mean landmark error over visible points / outer-eye-corner distance (iBUG 36, 45)."""
     vis = gt[..., 2] > 0
     err = np.linalg.norm(pred - gt[..., :2], axis=-1)
     iod = np.linalg.norm(gt[:, 36, :2] - gt[:, 45, :2], axis=-1)
-    per = (err * vis).sum(1) / np.maximum(vis.sum(1), 1) / np.maximum(iod, 1e-6)
-    return float(per.mean())
+    return (err * vis).sum(1) / np.maximum(vis.sum(1), 1) / np.maximum(iod, 1e-6)
+
+
+def _nme(pred, gt) -> float:
+    """Mean over images of :func:`_nme_per_image`."""
+    return float(_nme_per_image(pred, gt).mean())
 
 
 def held_out_metrics(setup: DecaSetup, model: FlameModel, params: Mapping, data: Mapping, *, batch_size: int = 16,
@@ -637,28 +653,70 @@ def held_out_metrics(setup: DecaSetup, model: FlameModel, params: Mapping, data:
             uv_err["detail"].append(np.asarray(d[:n]))
     preds = np.concatenate(preds)
     gt = np.asarray(data["landmarks68"], np.float64)
+    base_preds = np.broadcast_to(base_lmk, preds.shape)
     out = {
         "images": int(count),
         "model": {"nme": _nme(preds, gt), "vertex_mm": float(np.mean(verr))},
-        "baseline": {"nme": _nme(np.broadcast_to(base_lmk, preds.shape), gt), "vertex_mm": float(np.mean(base_verr))},
+        "baseline": {"nme": _nme(base_preds, gt), "vertex_mm": float(np.mean(base_verr))},
+        # per-image errors, for the verdicts of format_metrics and compare_stages
+        "per_image_errors": {
+            "model": {"nme": _nme_per_image(preds, gt).tolist(), "vertex_mm": [float(v) for v in verr]},
+            "baseline": {"nme": _nme_per_image(base_preds, gt).tolist(), "vertex_mm": [float(v) for v in base_verr]},
+        },
     }
     if with_detail:
-        out["uv_photometric"] = {k: float(np.concatenate(v).mean()) for k, v in uv_err.items()}
+        per_image = {k: np.concatenate(v) for k, v in uv_err.items()}
+        out["uv_photometric"] = {k: float(v.mean()) for k, v in per_image.items()}
+        out["per_image_errors"]["uv_photometric"] = {k: v.astype(np.float64).tolist() for k, v in per_image.items()}
     return out
 
 
+METRIC_ROWS = (("nme", "landmark NME (IOD)", 4), ("vertex_mm", "vertex error (mm, rigid)", 2))
+
+
 def format_metrics(metrics: Mapping) -> str:
-    """The held-out metrics as the table ``train.deca`` prints."""
+    """The held-out metrics as the table ``train.deca`` prints: each beside the mean face's, with the
+    verdict of :func:`jface.training.metrics.compare` on the per-image errors; the UV photometric
+    error with detail against coarse-only shading likewise."""
     m, b = metrics["model"], metrics["baseline"]
+    per_image = metrics.get("per_image_errors")
     lines = [f"held-out metrics on {metrics['images']} generated images (seed-disjoint split):",
-             f"  {'':26s}{'model':>10s}{'mean face':>12s}",
-             f"  {'landmark NME (IOD)':26s}{m['nme']:10.4f}{b['nme']:12.4f}",
-             f"  {'vertex error (mm, rigid)':26s}{m['vertex_mm']:10.2f}{b['vertex_mm']:12.2f}",
-             f"  NME ratio model/baseline: {m['nme'] / max(b['nme'], 1e-12):.3f}"]
+             f"  {'':26s}{'model':>10s}{'mean face':>12s}   verdict (model - mean face, ± noise)"]
+    for key, label, digits in METRIC_ROWS:
+        verdict = "n/a (no per-image errors saved)"
+        if per_image is not None:
+            verdict = verdict_text(compare(per_image["model"][key], per_image["baseline"][key]), digits)
+        lines.append(f"  {label:26s}{m[key]:10.{digits}f}{b[key]:12.{digits}f}   {verdict}")
+    lines.append(f"  NME ratio model/baseline: {m['nme'] / max(b['nme'], 1e-12):.3f}")
     if "uv_photometric" in metrics:
         uv = metrics["uv_photometric"]
-        lines.append(f"  UV photometric error: coarse only {uv['coarse']:.4f}, with detail {uv['detail']:.4f}")
+        line = f"  UV photometric error: coarse only {uv['coarse']:.4f}, with detail {uv['detail']:.4f}"
+        if per_image is not None and "uv_photometric" in per_image:
+            detail = compare(per_image["uv_photometric"]["detail"], per_image["uv_photometric"]["coarse"])
+            line += f"; the detail is {verdict_text(detail)} against coarse only"
+        lines.append(line)
+    lines.append(f"  (lower is better; noise = {NOISE_STANDARD_ERRORS:g} standard errors of the mean per-image "
+                 f"difference; mean face = always the mean code of the training faces)")
     return "\n".join(lines)
+
+
+def compare_stages(earlier: Mapping, later: Mapping, earlier_name: str, later_name: str) -> list:
+    """Lines saying how each held-out metric moved from ``earlier`` to ``later`` (two results of
+    :func:`held_out_metrics` on the same images), with the verdict; a metric made worse is said so
+    plainly."""
+    lines = []
+    for key, label, digits in METRIC_ROWS:
+        a = (earlier.get("per_image_errors") or {}).get("model", {}).get(key)
+        b = (later.get("per_image_errors") or {}).get("model", {}).get(key)
+        if a is None or b is None:
+            continue
+        judged = compare(b, a)
+        line = (f"{label} {later_name} {later['model'][key]:.{digits}f} against {earlier['model'][key]:.{digits}f} "
+                f"{earlier_name}: {verdict_text(judged, digits)}")
+        if judged["verdict"] == "worse":
+            line += f" -- the stages after {earlier_name} made the {label.split(' (')[0]} WORSE"
+        lines.append(line)
+    return lines
 
 
 # --- a self-contained run ------------------------------------------------------------------------
@@ -851,16 +909,65 @@ def train(config: Config, *, identity=None, vgg19=None, data: RunData | None = N
         results["final"] = landmark_evaluation(setup, model, variables, eval_data, batch_size=config.eval_batch)
         _log(format_landmark_report(results["final"], config.eval_data))
         if is_main_process():
-            (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
+            runs.write_metrics(workdir, results)
     elif eval_data is not None:
         setup = make_setup(config, networks, *code_stats)
+        _log(f"evaluating on {len(eval_data['images'])} held-out images ...")
         final = held_out_metrics(setup, model, variables, eval_data, batch_size=config.eval_batch,
                                  with_detail="detail" in stages)
         results["final"] = final
         _log(format_metrics(final))
+        if "pretrain" in results and len(stages) > 1:
+            for line in compare_stages(results["pretrain"], final, "after pretraining", "after all stages"):
+                _log(line)
         if is_main_process():
-            (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
+            runs.write_metrics(workdir, results)
     return {"params": variables, "metrics": results}
+
+
+def finished_steps(config: Config) -> dict | None:
+    """``{stage: newest saved step}`` when ``config.workdir`` holds a run whose every stage of
+    ``config.stage`` already reached its step count (read from the folder listing alone: nothing is
+    generated, loaded or written), else None."""
+    stages = STAGES if config.stage == "all" else (config.stage,)
+    found = {s: runs.newest_step(Path(config.workdir) / s / "checkpoints") for s in stages}
+    if all(step is not None and step >= config.steps(s) for s, step in found.items()):
+        return found
+    return None
+
+
+def report_finished(config: Config, steps: Mapping[str, int]) -> dict | None:
+    """Say that the run in ``config.workdir`` is finished and print the held-out metrics it saved
+    (after pretraining and at the end, and how the later stages moved them). Returns them (None
+    when it saved none: ``train.deca --eval WORKDIR --json OUT`` computes them)."""
+    workdir = Path(config.workdir)
+    done = ", ".join(f"{stage} step {step} of {config.steps(stage)}" for stage, step in steps.items())
+    _log(f"train.deca: {workdir} is already finished ({done}): nothing to train "
+         f"(pass larger step counts to train on, or another --workdir)")
+    saved = runs.read_metrics(workdir)
+    if saved is None or "final" not in saved:
+        _log(f"it saved no held-out metrics; python -m train.deca --eval {workdir} --json OUT computes them")
+        return None
+    _log("its held-out metrics, saved when it finished:")
+    for line in format_saved_metrics(saved, config.eval_data):
+        _log(line)
+    return saved
+
+
+def format_saved_metrics(saved: Mapping, source: str = "generated") -> list:
+    """The lines ``train.deca`` prints for a finished run's ``metrics.json`` (:func:`train`'s
+    ``metrics``): after pretraining, at the end, and how the later stages moved each metric."""
+    lines = []
+    pretrain, final = saved.get("pretrain"), saved["final"]
+    if pretrain is not None:
+        lines.append("after pretrain: " + format_metrics(pretrain))
+    if "model" in final:
+        lines.append(format_metrics(final))
+        if pretrain is not None:
+            lines += compare_stages(pretrain, final, "after pretraining", "after all stages")
+    elif "per_image" in final:
+        lines.append(format_landmark_report(final, source))
+    return lines
 
 
 # --- evaluation on any dataset -------------------------------------------------------------------
@@ -903,12 +1010,15 @@ def evaluate(path, eval_data: str = "generated", *, data_dir: str | None = None,
     :func:`landmark_evaluation`'s keys (``nme``, ``baseline_nme``, ``per_image``, ``images``) and,
     when the data has FLAME labels, :func:`held_out_metrics`' ``model`` / ``baseline``.
     ``json_path``: also write it there. ``data_dir``: the TFDS data dir (default: the run's)."""
+    t0 = time.time()
+    _log(f"loading the run {path} ...")
     loaded = load_run(path)
+    _log(f"run {loaded.directory} ({loaded.stage} step {loaded.step}; loaded in {time.time() - t0:.1f} s)")
     config = loaded.config.replace(eval_data=eval_data)
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
     data = load_eval_data(config, loaded.model)
-    _log(f"run {loaded.directory} ({loaded.stage} step {loaded.step})")
+    _log(f"evaluating on {len(data['images'])} images ({eval_data}) ...")
     metrics = {"run": str(loaded.directory), "stage": loaded.stage, "step": loaded.step, "eval_data": eval_data}
     metrics.update(landmark_evaluation(loaded.setup, loaded.model, loaded.params, data,
                                        batch_size=config.eval_batch))

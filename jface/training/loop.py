@@ -4,9 +4,11 @@ the progress bar."""
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -14,10 +16,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from jface.cli import WRITE_ERRNOS
 from jface.training.distributed import barrier, is_main_process, shard_batch
 
 __all__ = ["TERMINATED_EXIT_CODE", "StopFlag", "NonFiniteLossError", "check_finite", "OneStepLate", "progress",
-           "train_loop"]
+           "CheckpointWriteError", "save_checkpoint", "train_loop"]
 
 TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM: what a run stopped by a signal exits with, after saving
 
@@ -93,6 +96,45 @@ class OneStepLate:
         self._handle(index, {k: float(v) for k, v in jax.device_get(device_metrics).items()})
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written because of the disk (read-only, full, no permission); the
+    message names the folder and the step, and says which checkpoint is still intact."""
+
+
+_WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "No space left", "Read-only file system",
+                   "Permission denied", "Disk quota exceeded")
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """Whether ``err`` (from orbax / TensorStore, which wrap OS errors in their own types) says the
+    disk refused the write, rather than a bug."""
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return True
+    text = str(err)
+    return any(marker in text for marker in _WRITE_FAILURES)
+
+
+def save_checkpoint(checkpointer, step: int, state, data_state, *, run=None, previous: int | None = None) -> None:
+    """``checkpointer.save``; when the disk refuses the write (read-only, full), the half-written
+    step (orbax's ``<step>.orbax-checkpoint-tmp*`` folder) is removed and :class:`CheckpointWriteError`
+    raised in one line naming the folder, the step, the reason and the intact checkpoint ``previous``."""
+    try:
+        checkpointer.save(step, state, data_state, run=run)
+    except Exception as err:
+        leftovers = list(Path(checkpointer.directory).glob(f"{int(step)}.orbax-checkpoint-tmp*"))
+        if not _is_write_failure(err):
+            raise
+        for partial in leftovers:
+            shutil.rmtree(partial, ignore_errors=True)
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        kept = (f"the checkpoint of step {previous} is intact" if previous is not None
+                else "no earlier checkpoint was written")
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint of step {step} to {checkpointer.directory} (read-only or full disk? "
+            f"{reason}); {kept}; free space or fix the folder's permissions, then run the same command "
+            f"to resume") from None
+
+
 def progress(total: int, initial: int = 0, desc: str = "train"):
     """A tqdm bar on process 0 (a disabled one elsewhere)."""
     return tqdm(total=total, initial=initial, desc=desc, disable=not is_main_process(),
@@ -124,7 +166,7 @@ def train_loop(state, step_fn: Callable, loader, mesh, checkpointer, *, steps: i
     Returns ``(state, step)``.
     """
     step = int(jax.device_get(state.step))
-    bar = progress(steps, initial=step, desc=desc)
+    bar = None  # made after the compile, so a finished run shows none and the rate excludes compiling
     stop = StopFlag()
     compiled = None
     t_start, steps_done = time.time(), 0
@@ -148,16 +190,23 @@ def train_loop(state, step_fn: Callable, loader, mesh, checkpointer, *, steps: i
             if stop.should_stop():
                 late.settle()
                 if step != saved["step"]:  # the periodic save may have just written this step
-                    checkpointer.save(step, state, loader.get_state(), run=run)
-                bar.close()
+                    save_checkpoint(checkpointer, step, state, loader.get_state(), run=run, previous=saved["step"])
+                if bar is not None:
+                    bar.close()
                 log(f"signal {stop.signum}: checkpoint saved at {desc} step {step} in {checkpointer.directory}; "
                     f"exiting")
                 raise SystemExit(TERMINATED_EXIT_CODE)
             batch = next(loader)
             global_batch = shard_batch(batch, mesh)
             if compiled is None:  # compile ahead, then line the processes up for the first collective
+                t_compile = time.time()
+                log(f"{desc}: compiling the train step (up to minutes on a CPU; a later run of the same "
+                    f"config reads it from the compilation cache) ...")
                 compiled = step_fn.lower(state, global_batch).compile()
+                log(f"{desc}: compiled in {time.time() - t_compile:.1f} s")
                 barrier(f"{desc}_compiled")
+                bar = progress(steps, initial=step, desc=desc)
+                t_start = time.time()
             new_state, device_metrics = compiled(state, global_batch)
             late.push(step, device_metrics)  # reads the previous step's metrics while this one runs
             state, step, steps_done = new_state, step + 1, steps_done + 1
@@ -167,12 +216,13 @@ def train_loop(state, step_fn: Callable, loader, mesh, checkpointer, *, steps: i
                     callback(step, state, batch)
             if step % checkpoint_every == 0 or step == steps:
                 late.settle()  # a state is saved only after its own metrics were found finite
-                checkpointer.save(step, state, loader.get_state(), run=run)
+                save_checkpoint(checkpointer, step, state, loader.get_state(), run=run, previous=saved["step"])
                 saved["step"] = step
             if step_delay:
                 time.sleep(step_delay)
         late.settle()
-        bar.close()
+        if bar is not None:
+            bar.close()
     finally:
         stop.restore_handlers()
     return state, step

@@ -1,16 +1,73 @@
 """What loading a trained run needs, for both trainers: the run metadata's keys, the face model it was
-trained on, its config, and the one-line summary of a landmark evaluation."""
+trained on, its config, the one-line summary of a landmark evaluation, and whether a run is already
+finished (read from its folder alone, before any data is made)."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import json
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from jface.training.checkpoint import RunFormatError
+from jface.training.checkpoint import RunFormatError, WorkdirBusyError
+from jface.training.metrics import NOISE_STANDARD_ERRORS, compare, verdict_text
 
-__all__ = ["require_run_keys", "check_face_model", "config_from_dict", "format_landmark_report"]
+__all__ = ["require_run_keys", "check_face_model", "config_from_dict", "format_landmark_report", "newest_step",
+           "read_metrics", "write_metrics", "METRICS_FILE", "refuse_busy_workdir"]
+
+METRICS_FILE = "metrics.json"  # a run's held-out metrics, written when it finishes
+
+
+def newest_step(checkpoints) -> int | None:
+    """The newest step saved in a ``checkpoints`` folder, from its listing alone (no orbax, nothing
+    written): step folders that hold a ``state`` item; orbax's temporary folders and hollow steps do
+    not count. None when there is none (or no folder)."""
+    folder = Path(checkpoints)
+    if not folder.is_dir():
+        return None
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
+    return max(steps) if steps else None
+
+
+def refuse_busy_workdir(workdir) -> None:
+    """Raise :class:`~jface.training.checkpoint.WorkdirBusyError` at once when a live run holds
+    ``workdir``'s lock (:class:`~jface.training.checkpoint.WorkdirLock`), so a second start is told
+    before it makes any data; nothing is written (the lock itself is taken later, as before)."""
+    path = Path(workdir) / ".lock"
+    try:
+        handle = open(path)
+    except OSError:  # no lock file (a new run) or unreadable: the real lock decides later
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            holder = handle.read().strip() or "unknown"
+            raise WorkdirBusyError(f"--workdir {workdir} is in use by another run ({holder}); wait for it to "
+                                   f"finish or pass another --workdir") from None
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read_metrics(workdir) -> dict | None:
+    """The metrics a finished run wrote (``workdir/metrics.json``), or None when it has none or it
+    cannot be read."""
+    path = Path(workdir) / METRICS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_metrics(workdir, metrics: Mapping[str, Any]) -> Path:
+    """Write ``workdir/metrics.json`` (atomically: a reader never sees half a file)."""
+    path = Path(workdir) / METRICS_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(metrics, indent=1))
+    partial.replace(path)
+    return path
 
 
 def require_run_keys(run: Mapping[str, Any], keys, directory, trainer: str) -> None:
@@ -49,9 +106,13 @@ def config_from_dict(config_cls, values: Mapping[str, Any], *, source: str, trai
 
 
 def format_landmark_report(report: Mapping[str, Any], source: str, *, baseline: str) -> str:
-    """One line of a landmark evaluation's means (:mod:`jface.training.landmark_eval`)."""
+    """One line of a landmark evaluation's means (:mod:`jface.training.landmark_eval`), with the
+    verdict of the per-image NME against the baseline's (:func:`jface.training.metrics.compare`)."""
     def num(value):
         return "n/a" if value is None else f"{value:.4f}"
+    rows = report.get("per_image") or []
+    judged = compare([r.get("nme") for r in rows], [r.get("baseline_nme") for r in rows])
     return (f"landmark NME (outer-eye-corner distance) on {report['images']} images of {source} "
             f"({report['images_scored']} scored): model {num(report['nme'])}, {baseline} baseline "
-            f"{num(report['baseline_nme'])}")
+            f"{num(report['baseline_nme'])}: {verdict_text(judged)} (lower is better; noise = "
+            f"{NOISE_STANDARD_ERRORS:g} standard errors of the mean per-image difference)")

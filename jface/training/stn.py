@@ -34,16 +34,19 @@ import numpy as np
 import optax
 
 from jface.arrays import floats_to_float32
+from jface.cli import UsageError
 from jface.data import synthetic_stn
 from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
+from jface.errors import ModelFileError
 from jface.models import default_stn_model
 from jface.models import load_model as load_model_file
 from jface.models.defaults.stn_default import STN_VERSION
 from jface.models.landmarks import AFLW21_OUTER_EYE_CORNERS
 from jface.models.morphable import MorphableModel
+from jface.models.prepare import require_landmark_set
 from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, apply_network, load_vggface_mat, project
 from jface.stn import predict_theta as stn_predict_theta
 from jface.training import runs
@@ -51,16 +54,16 @@ from jface.training.checkpoint import Checkpointer, WorkdirLock, read_run, resto
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
 from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
-from jface.training.metrics import MetricWriter, save_image_grid
+from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, save_image_grid, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
 from jface.training.state import TrainState
 
 __all__ = [
     "Config", "config_from_dict", "load_model", "model_record", "make_data", "make_localiser",
     "theta_statistics", "make_optimizer", "StepContext", "predict_theta", "loss_and_outputs", "train_step",
-    "make_train_step", "landmark_error_px", "nme", "held_out_metrics", "format_metrics", "build",
+    "make_train_step", "landmark_error_px", "nme_per_image", "nme", "held_out_metrics", "format_metrics", "build",
     "open_data", "theta_prior", "load_eval_data", "landmark_evaluation", "format_landmark_report",
-    "run_metadata", "LoadedRun", "load_run", "train", "export_params", "evaluate",
+    "run_metadata", "LoadedRun", "load_run", "train", "finished_step", "report_finished", "export_params", "evaluate",
 ]
 
 RUN_FORMAT = 1  # version of the "run" item written with each checkpoint
@@ -148,9 +151,14 @@ def _load_full_model(config: Config) -> MorphableModel:
     if spec.startswith("toy:"):
         return synthetic_stn.toy_model(int(spec.split(":", 1)[1]))
     if not spec:
-        raise ValueError("model: the paper preset needs --model path/to/model.npz "
-                         "(jface.models.prepare_stn_model + save_model from the BFM files)")
-    return load_model_file(spec)
+        raise UsageError("--model: the paper preset needs --model path/to/model.npz (python -m jface.models "
+                         "prepare-stn ... --landmarks aflw21=Landmarks21_112.anl -o model.npz, from the BFM files)")
+    model = load_model_file(spec)
+    if isinstance(model, MorphableModel):
+        require_landmark_set(model, config.landmark_set, spec,
+                             needed_by=f"train.stn (--landmark_set {config.landmark_set})")
+        return model
+    raise ModelFileError(spec, f"expected a 3DMM-STN model (MorphableModel), got a {type(model).__name__}")
 
 
 def load_model(config: Config) -> MorphableModel:
@@ -158,7 +166,7 @@ def load_model(config: Config) -> MorphableModel:
     ``num_shape`` + ``num_expression`` components (D = 10 in the original), float32."""
     model = _load_full_model(config)
     if model.num_shape < config.num_shape or model.num_expression < config.num_expression:
-        raise ValueError(
+        raise UsageError(
             f"num_shape/num_expression: model has {model.num_shape} + {model.num_expression} components, "
             f"config asks for {config.num_shape} + {config.num_expression}")
     model = model.replace(shape_basis=model.shape_basis[..., :config.num_shape],
@@ -236,7 +244,7 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
     elif config.lr_schedule == "constant":
         schedule = optax.constant_schedule(config.learning_rate)
     else:
-        raise ValueError(f"lr_schedule: expected 'cosine' or 'constant', got {config.lr_schedule!r}")
+        raise UsageError(f"lr_schedule: expected 'cosine' or 'constant', got {config.lr_schedule!r}")
 
     def multipliers(path, _):
         names = [getattr(k, "key", str(k)) for k in path]
@@ -261,7 +269,7 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
             parts += [optax.add_decayed_weights(config.weight_decay, decay_mask)]
         parts += [optax.trace(decay=config.momentum, nesterov=False)]
     else:
-        raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {config.optimizer!r}")
+        raise UsageError(f"optimizer: expected 'adam' or 'sgd', got {config.optimizer!r}")
     parts += [scale_mult, optax.scale_by_learning_rate(schedule)]
     return optax.chain(*parts)
 
@@ -333,9 +341,9 @@ def make_train_step(ctx: StepContext, mesh) -> Callable:
 
 # --- evaluation ------------------------------------------------------------------------------
 
-def nme(pred, labels, landmark_set: str) -> float:
-    """Mean over images of the visible points' mean error / the outer-eye-corner distance (AFLW 7 and
-    12; the landmark box diagonal for other sets); images missing an eye corner are left out."""
+def nme_per_image(pred, labels, landmark_set: str) -> np.ndarray:
+    """Per image: the visible points' mean error / the outer-eye-corner distance (AFLW 7 and 12; the
+    landmark box diagonal for other sets); ``nan`` for an image missing an eye corner."""
     vis = labels[..., 2]
     err = np.linalg.norm(pred - labels[..., :2], axis=-1)
     if landmark_set == "aflw21":
@@ -346,7 +354,13 @@ def nme(pred, labels, landmark_set: str) -> float:
         iod = np.linalg.norm(labels[..., :2].max(1) - labels[..., :2].min(1), axis=-1)
         both = np.ones(len(labels), bool)
     per_image = (err * vis).sum(1) / np.maximum(vis.sum(1), 1) / np.maximum(iod, 1e-6)
-    return float(per_image[both].mean())
+    return np.where(both, per_image, np.nan)
+
+
+def nme(pred, labels, landmark_set: str) -> float:
+    """Mean over images of :func:`nme_per_image`; images missing an eye corner are left out."""
+    per_image = nme_per_image(pred, labels, landmark_set)
+    return float(per_image[~np.isnan(per_image)].mean())
 
 
 def held_out_metrics(ctx: StepContext, params, data: Mapping[str, Any], batch: int = 50) -> dict:
@@ -389,27 +403,46 @@ def held_out_metrics(ctx: StepContext, params, data: Mapping[str, Any], batch: i
     labels, true_theta = np.asarray(data["labels"]), np.asarray(data["theta"])
     base_pred = np.broadcast_to(np.asarray(base_points), preds.shape)
     landmark_set = ctx.config.landmark_set
+    per_image = {
+        "model": {"nme": nme_per_image(preds, labels, landmark_set),
+                  "pose_deg": synthetic_stn.pose_error_deg(thetas[:, :3], true_theta[:, :3]),
+                  "shape_mm": np.concatenate(shape_err)},
+        "baseline": {"nme": nme_per_image(base_pred, labels, landmark_set),
+                     "pose_deg": synthetic_stn.pose_error_deg(
+                         np.broadcast_to(theta_baseline[:3], thetas[:, :3].shape), true_theta[:, :3]),
+                     "shape_mm": np.concatenate(base_shape_err)},
+    }
+    # the means as before: images without both eye corners are left out of the NME
+    means = {who: {name: float(values[~np.isnan(values)].mean()) for name, values in errors.items()}
+             for who, errors in per_image.items()}
     return {
-        "model": {"nme": nme(preds, labels, landmark_set),
-                  "pose_deg": float(synthetic_stn.pose_error_deg(thetas[:, :3], true_theta[:, :3]).mean()),
-                  "shape_mm": float(np.concatenate(shape_err).mean())},
-        "baseline": {"nme": nme(base_pred, labels, landmark_set),
-                     "pose_deg": float(synthetic_stn.pose_error_deg(
-                         np.broadcast_to(theta_baseline[:3], thetas[:, :3].shape), true_theta[:, :3]).mean()),
-                     "shape_mm": float(np.concatenate(base_shape_err).mean())},
+        **means,
         "images": int(count),
+        # per-image errors (None: an image without both eye corners), for the verdicts of format_metrics
+        "per_image_errors": {who: {name: [None if np.isnan(v) else float(v) for v in np.asarray(values, np.float64)]
+                                   for name, values in errors.items()} for who, errors in per_image.items()},
     }
 
 
+METRIC_ROWS = (("nme", "landmark NME (IOD)", 4), ("pose_deg", "pose error (deg)", 2),
+               ("shape_mm", "shape error (mm)", 2))
+
+
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """The held-out table that ``train.stn`` prints."""
+    """The held-out table that ``train.stn`` prints: each metric beside the mean-pose-and-shape
+    baseline's, with the verdict of :func:`jface.training.metrics.compare` on the per-image errors."""
     m, b = metrics["model"], metrics["baseline"]
+    per_image = metrics.get("per_image_errors")
     lines = [f"held-out metrics on {metrics['images']} generated images (seed-disjoint split):",
-             f"  {'':22s}{'model':>10s}{'baseline':>12s}",
-             f"  {'landmark NME (IOD)':22s}{m['nme']:10.4f}{b['nme']:12.4f}",
-             f"  {'pose error (deg)':22s}{m['pose_deg']:10.2f}{b['pose_deg']:12.2f}",
-             f"  {'shape error (mm)':22s}{m['shape_mm']:10.2f}{b['shape_mm']:12.2f}",
-             f"  NME ratio model/baseline: {m['nme'] / max(b['nme'], 1e-12):.3f}"]
+             f"  {'':22s}{'model':>10s}{'baseline':>12s}   verdict (model - baseline, ± noise)"]
+    for key, label, digits in METRIC_ROWS:
+        verdict = "n/a (no per-image errors saved)"
+        if per_image is not None:
+            verdict = verdict_text(compare(per_image["model"][key], per_image["baseline"][key]), digits)
+        lines.append(f"  {label:22s}{m[key]:10.{digits}f}{b[key]:12.{digits}f}   {verdict}")
+    lines += [f"  NME ratio model/baseline: {m['nme'] / max(b['nme'], 1e-12):.3f}",
+              f"  (lower is better; noise = {NOISE_STANDARD_ERRORS:g} standard errors of the mean per-image "
+              f"difference; baseline = always the mean pose and shape of the training faces)"]
     return "\n".join(lines)
 
 
@@ -529,6 +562,13 @@ def build(config: Config, *, with_eval: bool = True):
     t0 = time.time()
     model = load_model(config)
     num_coeffs = model.num_shape + model.num_expression
+    if config.data == "generated" or (with_eval and config.eval_data == "generated"):
+        what = [f"{n} {name} images" for n, name, used in (
+            (config.num_identities * config.images_per_identity, "training", config.data == "generated"),
+            (config.eval_identities * config.eval_images_per_identity, "held-out",
+             with_eval and config.eval_data == "generated")) if used]
+        _log(f"data: generating {' and '.join(what)} ({config.image_size} px; a minute or more for the "
+             f"default preset) ...")
     loader, theta_mean, theta_std, train_count = open_data(config, model)
     eval_data = load_eval_data(config, model) if with_eval else None
     _log(f"data: {train_count} train ({config.data}) / {len(eval_data['images']) if eval_data else 0} "
@@ -647,7 +687,7 @@ def train(config: Config) -> dict:
             (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
         local_batch = config.batch_size // jax.process_count() * (2 if config.mirror else 1)
         if local_batch % len(mesh.local_devices):
-            raise ValueError(f"batch_size: per-process batch {local_batch} (after mirroring) is not divisible "
+            raise UsageError(f"batch_size: per-process batch {local_batch} (after mirroring) is not divisible "
                              f"by {len(mesh.local_devices)} local devices")
         state = replicate(host_state, mesh)
         barrier("data_ready")
@@ -678,17 +718,55 @@ def train(config: Config) -> dict:
             export_params(params, config.export)
         if not config.eval_at_end:
             return {"params": params, "step": step}
+        _log(f"evaluating on {len(eval_data['images'])} held-out images ({config.eval_data}) ...")
         if not _has_theta(eval_data, ctx.model):
             metrics = landmark_evaluation(ctx, params, eval_data, config.eval_batch)
             _log(format_landmark_report(metrics, config.eval_data))
-            return {"params": params, "step": step, "metrics": metrics}
-        metrics = held_out_metrics(ctx, params, eval_data, config.eval_batch)
-        writer = MetricWriter(workdir / "tensorboard")
-        writer.scalars(step, {"nme": metrics["model"]["nme"], "pose_deg": metrics["model"]["pose_deg"],
-                              "shape_mm": metrics["model"]["shape_mm"]}, prefix="eval")
-        writer.close()
-        _log(format_metrics(metrics))
+        else:
+            metrics = held_out_metrics(ctx, params, eval_data, config.eval_batch)
+            writer = MetricWriter(workdir / "tensorboard")
+            writer.scalars(step, {"nme": metrics["model"]["nme"], "pose_deg": metrics["model"]["pose_deg"],
+                                  "shape_mm": metrics["model"]["shape_mm"]}, prefix="eval")
+            writer.close()
+            _log(format_metrics(metrics))
+        if is_main_process():  # a later start on this finished run prints these instead of redoing anything
+            runs.write_metrics(workdir, {"step": step, "eval_data": config.eval_data, "final": metrics})
         return {"params": params, "step": step, "metrics": metrics}
+
+
+def finished_step(config: Config) -> int | None:
+    """The newest saved step when ``config.workdir`` holds a run that already reached
+    ``config.steps`` (read from the folder listing alone: nothing is generated, loaded or written),
+    else None."""
+    step = runs.newest_step(Path(config.workdir) / "checkpoints")
+    return step if step is not None and step >= config.steps else None
+
+
+def report_finished(config: Config, step: int) -> dict | None:
+    """Say that the run in ``config.workdir`` is finished and print its held-out metrics: those it
+    saved when it finished; when it has none although ``eval_at_end`` is on (stopped during the final
+    evaluation), :func:`evaluate` it from its checkpoints (no training data is made) and save them.
+    Returns the metrics (None with ``eval_at_end`` off and none saved)."""
+    workdir = Path(config.workdir)
+    _log(f"train.stn: {workdir} is already finished (step {step} of {config.steps}): nothing to train "
+         f"(pass a larger --steps to train on, or another --workdir)")
+    saved = runs.read_metrics(workdir)
+    if saved is not None and "final" in saved:
+        metrics = saved["final"]
+        _log("its held-out metrics, saved when it finished:")
+        if "model" in metrics:
+            _log(format_metrics(metrics))
+        if "per_image" in metrics:
+            _log(format_landmark_report(metrics, saved.get("eval_data", config.eval_data)))
+        return metrics
+    if not config.eval_at_end:
+        _log(f"it saved no held-out metrics; python -m train.stn --eval {workdir} computes them")
+        return None
+    _log("it saved no held-out metrics (stopped during its final evaluation?): evaluating it now")
+    metrics = evaluate(workdir, config.eval_data, data_dir=config.data_dir or None)
+    if is_main_process():
+        runs.write_metrics(workdir, {"step": metrics["step"], "eval_data": config.eval_data, "final": metrics})
+    return metrics
 
 
 def export_params(params, path) -> Path:
@@ -716,12 +794,18 @@ def evaluate(checkpoint, eval_data: str = "generated", *, data_dir: str | None =
     (``nme``, ``baseline_nme``, ``per_image``, ``images``) and, when the data has theta labels of
     the run's model, :func:`held_out_metrics`' ``model`` / ``baseline`` (pose, shape). ``json_path``:
     also write it there. ``data_dir``: the TFDS data dir (default: the run's)."""
+    t0 = time.time()
+    _log(f"loading the run {checkpoint} ...")
     loaded = load_run(checkpoint)
+    _log(f"checkpoint {loaded.directory} step {loaded.step} (loaded in {time.time() - t0:.1f} s)")
     config = loaded.config.replace(eval_data=eval_data)
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
+    if eval_data == "generated":
+        _log(f"data: generating the run's {config.eval_identities * config.eval_images_per_identity} held-out "
+             f"images ...")
     data = load_eval_data(config, loaded.ctx.model)
-    _log(f"checkpoint {loaded.directory} step {loaded.step}")
+    _log(f"evaluating on {len(data['images'])} images ({eval_data}) ...")
     metrics = {"run": str(loaded.directory), "step": loaded.step, "eval_data": eval_data}
     metrics.update(landmark_evaluation(loaded.ctx, loaded.params, data, config.eval_batch))
     if _has_theta(data, loaded.ctx.model):
