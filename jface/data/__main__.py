@@ -7,8 +7,21 @@
     python -m jface.data build real --config deca_train|deca_test|stn --manual_dir DIR [--data_dir DIR]
     python -m jface.data build aflw2000 --config raw|deca|stn --manual_dir DIR [--data_dir DIR]
     python -m jface.data build 300w_lp --config raw|deca|stn --manual_dir DIR [--data_dir DIR]
+    python -m jface.data build photos FOLDER [--task stn|deca|all] [--data_dir DIR] [--all_faces]
+        [--detector mediapipe|dlib|none] [--fit [--fit_model default|FLAME_FILE] [--fit_steps L,P]
+        [--fit_render_size S] [--fit_batch B]]
     python -m jface.data inspect [--dataset synthetic|real|aflw2000] --config NAME [--split train]
         [--data_dir DIR] [--num 16] -o sheet.png
+
+``build photos`` builds a folder of photographs (identity sub-folders, or flat: one photo per
+identity) into the data dir exactly as ``train.stn`` / ``train.deca --data FOLDER`` do on first use
+(:func:`jface.data.photos.build_photo_folder`: landmark side files win, else the detector; the
+task's crop), with a progress bar and the build report (found / labelled / skipped and why), for
+each task of ``--task`` (default all: both trainers then reuse it). ``--fit`` also fits DECA's
+FLAME codes to every face (:func:`jface.fit.fit_flame`, ``--fit_steps`` landmark and photometric
+steps) and stores them as pseudo-labels (``shape``, ``albedo``, ``expression``, ``pose``, ``cam``,
+``light``), which ``train.deca --data FOLDER`` then reads (code whitening, held-out vertex error).
+Exit status 2 with one line for a folder that cannot be built.
 
 ``build synthetic`` with ``--num`` / ``--split`` / ``--images_per_identity`` builds only that split
 under a derived config name (printed; e.g. ``stn-train1000-k10``), which ``inspect --config`` and
@@ -27,7 +40,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jface.data.aflw2000 import JfaceAflw2000, list_aflw2000
-from jface.data.photos import resolve_data_dir
+from jface.data.detect import DETECTORS, DetectorMissingError
+from jface.data.errors import DataSourceError
+from jface.data.photos import TASKS, PhotoFit, build_photo_folder, resolve_data_dir
 from jface.data.tfds_real import JfaceRealFaces
 from jface.data.tfds_synthetic import PRESETS, JfaceSyntheticFaces, custom_config, load_source
 from jface.data.the300w_lp import JfaceThe300wLp, list_300w_lp
@@ -91,6 +106,40 @@ def build_aflw2000(args):
     builder = Builder(config=args.config, data_dir=args.data_dir)
     _prepare(builder, manual)
     print(f"built {builder.name}/{args.config} in {builder.data_dir}")
+
+
+def _fit_steps(text: str) -> tuple[int, int]:
+    parts = str(text).split(",")
+    try:
+        steps = tuple(int(part) for part in parts)
+    except ValueError:
+        steps = ()
+    if len(steps) != 2 or min(steps) < 0:
+        raise argparse.ArgumentTypeError(f"expected LANDMARK,PHOTOMETRIC steps (e.g. 200,100), got {text!r}")
+    return steps
+
+
+def build_photos(args) -> list:
+    """``build photos``: every task of ``args.task`` built (or reused); ``[(version dir, report)]``."""
+    tasks = TASKS if args.task == "all" else (args.task,)
+    fit = None
+    if args.fit:
+        fit = PhotoFit(model=args.fit_model, landmark_embedding=args.fit_landmark_embedding or "",
+                       landmark_steps=args.fit_steps[0], photometric_steps=args.fit_steps[1],
+                       render_size=args.fit_render_size, batch=args.fit_batch)
+    built = []
+    for task in tasks:
+        messages = []
+        version_dir, report = build_photo_folder(args.folder, task=task, data_dir=args.data_dir,
+                                                 detector=args.detector, all_faces=args.all_faces, fit=fit,
+                                                 log=messages.append)
+        print("\n".join(messages), flush=True)
+        if not any(m.startswith("built ") for m in messages):  # reused: the report of the build
+            print(report.summary(), flush=True)
+        built.append((version_dir, report))
+    print(f"train on it: python -m train.stn --data {args.folder}  /  python -m train.deca --data {args.folder}"
+          + (f" --data_dir {args.data_dir}" if args.data_dir else ""))
+    return built
 
 
 def landmarks_to_pixels(landmarks, frame: str, size: int):
@@ -213,6 +262,22 @@ def main(argv=None):
     lp.add_argument("--manual_dir", required=True)
     lp.add_argument("--data_dir", default=None)
 
+    photos = bsub.add_parser("photos", help="a folder of photographs (jface_photos), as --data FOLDER builds it")
+    photos.add_argument("folder", help="identity sub-folders of photos, or photos directly in it (one identity each)")
+    photos.add_argument("--task", choices=[*TASKS, "all"], default="all",
+                        help="whose crop and label frame: stn, deca or all (both; default)")
+    photos.add_argument("--data_dir", default=None)
+    photos.add_argument("--all_faces", action="store_true", help="every detected face, not only the largest")
+    photos.add_argument("--detector", choices=[*DETECTORS, "none"], default="mediapipe",
+                        help="labels for photos without a landmark side file (none: skip them)")
+    photos.add_argument("--fit", action="store_true", help="also store FLAME codes fitted to every face")
+    photos.add_argument("--fit_model", default="default", help="FLAME model of the fit: default or a FLAME file")
+    photos.add_argument("--fit_landmark_embedding", default="", help="DECA's landmark_embedding.npy for a FLAME file")
+    photos.add_argument("--fit_steps", type=_fit_steps, default=(200, 100), metavar="L,P",
+                        help="landmark and photometric steps (default 200,100)")
+    photos.add_argument("--fit_render_size", type=int, default=224)
+    photos.add_argument("--fit_batch", type=int, default=16, help="faces fitted together")
+
     ins = sub.add_parser("inspect", help="write a PNG contact sheet with landmarks drawn")
     ins.add_argument("--dataset", choices=["synthetic", "real", "aflw2000", "300w_lp"], default="synthetic")
     ins.add_argument("--config", required=True)
@@ -230,6 +295,12 @@ def main(argv=None):
         build_synthetic(args)
     elif args.dataset == "real":
         build_real(args)
+    elif args.dataset == "photos":
+        try:
+            build_photos(args)
+        except (DataSourceError, DetectorMissingError, ValueError) as exc:
+            print(f"python -m jface.data: {exc}", file=sys.stderr, flush=True)
+            return 2
     else:
         build_aflw2000(args)
     return 0

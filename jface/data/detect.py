@@ -59,6 +59,9 @@ __all__ = [
     "SIDE_SUFFIXES",
     "Face",
     "MediapipeDetector",
+    "DlibDetector",
+    "DETECTORS",
+    "make_detector",
     "DetectorMissingError",
     "side_file",
     "read_side_landmarks",
@@ -89,6 +92,8 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 
 SIDE_SUFFIXES = (".pts", ".txt", ".npy", ".mat")
 EXTRA = "pip install 'jface[detect]'  (mediapipe==0.10.14)"
+DLIB_EXTRA = "pip install 'jface[detector]'  (dlib-bin + face-recognition-models; the 68-point model is for " \
+             "non-commercial use only)"
 
 
 class DetectorMissingError(ImportError):
@@ -98,16 +103,18 @@ class DetectorMissingError(ImportError):
 @dataclasses.dataclass(frozen=True)
 class Face:
     """One detected face. ``mesh (478, 3)``: x, y in 0-based pixels (x = column, y = row), z in
-    pixels relative to the mesh centre (smaller = closer); ``landmarks68 (68, 2)`` pixels."""
+    pixels relative to the mesh centre (smaller = closer), or None for a detector without a mesh
+    (dlib); ``landmarks68 (68, 2)`` pixels."""
 
-    mesh: np.ndarray
+    mesh: np.ndarray | None
     landmarks68: np.ndarray
 
     @property
     def box(self) -> tuple[float, float, float, float]:
-        """(left, top, right, bottom) of the mesh in pixels."""
-        left, top = self.mesh[:, :2].min(0)
-        right, bottom = self.mesh[:, :2].max(0)
+        """(left, top, right, bottom) of the mesh (else of the 68 points) in pixels."""
+        points = self.landmarks68 if self.mesh is None else self.mesh
+        left, top = np.asarray(points)[:, :2].min(0)
+        right, bottom = np.asarray(points)[:, :2].max(0)
         return float(left), float(top), float(right), float(bottom)
 
     @property
@@ -286,3 +293,54 @@ class MediapipeDetector:
 
     def close(self) -> None:
         self._graph.close()
+
+
+class DlibDetector:
+    """Faces of a photograph by dlib's HOG face detector and the 68-point shape predictor of
+    face-recognition-models (the ``[detector]`` extra; that model was trained on iBUG 300-W and is
+    for non-commercial use only): ``detector(image) -> [Face]`` (``mesh`` None, so the skin mask is
+    :func:`landmark_mask`), largest first. ``upsample``: dlib's upsampling passes (finds smaller
+    faces, slower). Raises :class:`DetectorMissingError` naming the extra when it is not installed.
+    """
+
+    name = "dlib-hog-shape-predictor-68"
+
+    def __init__(self, upsample: int = 1, predictor_path=None):
+        try:
+            import dlib  # type: ignore
+            if predictor_path is None:
+                import face_recognition_models  # type: ignore
+
+                predictor_path = face_recognition_models.pose_predictor_model_location()
+        except ImportError as exc:
+            raise DetectorMissingError(f"the dlib detector needs the optional extra: {DLIB_EXTRA} ({exc})") from exc
+        self._upsample = int(upsample)
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(predictor_path))
+
+    def __call__(self, image) -> list[Face]:
+        image = np.ascontiguousarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}")
+        faces = []
+        for rect in self._detector(image, self._upsample):
+            shape = self._predictor(image, rect)
+            # dlib counts pixels from 0 at pixel centres, as jface does
+            points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float64)
+            faces.append(Face(mesh=None, landmarks68=points))
+        return sorted(faces, key=lambda face: -face.area)
+
+    def close(self) -> None:
+        pass
+
+
+# The detectors by the name ``--detector`` takes.
+DETECTORS = {"mediapipe": MediapipeDetector, "dlib": DlibDetector}
+
+
+def make_detector(name: str):
+    """The detector called ``name`` (:data:`DETECTORS`); raises ValueError for another name and
+    :class:`DetectorMissingError` (naming the extra) when it is not installed."""
+    if name not in DETECTORS:
+        raise ValueError(f"detector: expected one of {sorted(DETECTORS)} (or none), got {name!r}")
+    return DETECTORS[name]()

@@ -53,8 +53,10 @@ from jface.data.photos import (
     DATASET_NAME,
     TASKS,
     VERSION,
+    PhotoFit,
     build_photo_folder,
     detector_name,
+    find_built_photos,
     photo_config_name,
     resolve_data_dir,
     scan_photo_folder,
@@ -528,7 +530,7 @@ def find_dataset(name: str, *, task: str, purpose: str = "train", data_dir=None)
 def open_source(spec: str, *, task: str, split: str = "train", purpose: str = "train", data_dir=None,
                 image_size: int | None = None, landmark_set: str = "aflw21",
                 generate: Callable[[], Mapping[str, np.ndarray]] | None = None, build: bool = True,
-                detector="mediapipe", all_faces: bool = False, progress: bool = True,
+                detector="mediapipe", all_faces: bool = False, fit: PhotoFit | None = None, progress: bool = True,
                 log: Callable = print):
     """The source named by ``spec`` for ``task`` ("stn" | "deca"), see the module docstring.
 
@@ -536,7 +538,9 @@ def open_source(spec: str, *, task: str, split: str = "train", purpose: str = "t
     ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). ``generate``: for ``"generated"``, a
     callable returning the arrays. ``build``: a photo folder not built yet is built (False: a
     :class:`DataSourceError`, for processes that wait for process 0 to build it). ``detector`` /
-    ``all_faces``: see :func:`jface.data.photos.build_photo_folder`. Returns an
+    ``all_faces`` / ``fit``: see :func:`jface.data.photos.build_photo_folder`; without ``fit``, a
+    build of the folder with fitted codes (``python -m jface.data build photos FOLDER --fit``) is
+    used when there is one (:func:`jface.data.photos.find_built_photos`). Returns an
     :class:`ArraySource` or a :class:`DatasetSource`.
     """
     _check_task(task, purpose, landmark_set)
@@ -555,17 +559,26 @@ def open_source(spec: str, *, task: str, split: str = "train", purpose: str = "t
             raise DataSourceError(f"{spec}: holds several built datasets; name one of {[str(p) for p in found]}")
         if found:
             return DatasetSource(found[0], split=split, **options)
-        if not build:
-            groups = scan_photo_folder(path)
-            config = photo_config_name(path.absolute(), groups, task=task, detector=detector_name(detector),
-                                       all_faces=all_faces)
+        root = path.expanduser().absolute()
+        groups = scan_photo_folder(root)
+        if fit is None:
+            built = find_built_photos(root, groups, task=task, detector=detector_name(detector), all_faces=all_faces,
+                                      data_dir=data_dir)
+        else:
+            config = photo_config_name(root, groups, task=task, detector=detector_name(detector),
+                                       all_faces=all_faces, fit=fit)
             built = resolve_data_dir(data_dir) / DATASET_NAME / config / VERSION
-            if not (built / "dataset_info.json").is_file():
-                raise DataSourceError(f"{spec}: the photo folder is not built yet (expected {built}); the first "
-                                      f"process builds it")
+            built = built if (built / "dataset_info.json").is_file() else None
+        if built is not None:
+            log(f"{root}: using the dataset built before, {built}")
             return DatasetSource(built, split="train", **options)
-        version_dir, _ = build_photo_folder(path, task=task, data_dir=data_dir, detector=detector,
-                                            all_faces=all_faces, progress=progress, log=log)
+        if not build:
+            expected = resolve_data_dir(data_dir) / DATASET_NAME / photo_config_name(
+                root, groups, task=task, detector=detector_name(detector), all_faces=all_faces, fit=fit) / VERSION
+            raise DataSourceError(f"{spec}: the photo folder is not built yet (expected {expected}); the first "
+                                  f"process builds it")
+        version_dir, _ = build_photo_folder(root, task=task, data_dir=data_dir, detector=detector,
+                                            all_faces=all_faces, fit=fit, progress=progress, log=log)
         return DatasetSource(version_dir, split="train", **options)
     found = find_dataset(spec, task=task, purpose=purpose, data_dir=data_dir)
     if found is None:
