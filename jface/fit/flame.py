@@ -6,15 +6,21 @@ DECA's decode (:func:`jface.deca.decode`: FLAME, the orthographic camera, the al
 
 (a) **landmark stage**: shape, expression, pose and camera against 68 iBUG landmarks, with DECA's
     landmark terms (:func:`jface.deca.losses.landmark_losses`: the weighted 68-point L1 with the
-    dynamic contour of ``FLAME.forward``, eye and lip closure, the shape / expression priors);
-(b) **photometric stage**: albedo (``tex``) and SH light, and by default the geometry too, against
-    the photograph inside a face mask, with DECA's photometric terms
-    (:func:`jface.deca.losses.photometric_losses`: masked L1, the texture prior, the colour-neutral
-    light prior) plus the landmark terms of (a); an optional silhouette term (off by default).
+    dynamic contour of ``FLAME.forward``, eye and lip closure, the shape / expression priors) plus
+    the summed squared landmark distance (``landmark_l2``, the objective of
+    ``jface.reconstruct.fit_codes``: L1 alone converges slowly, and the squared term is what the
+    pixel error measures). Nothing is rendered, so this stage is cheap;
+(b) **photometric stage**: albedo (``tex``) and SH light, and by default the geometry too with
+    smaller steps (``geometry_step``: the landmark stage has placed it), against the photograph
+    inside a face mask, with DECA's photometric terms (:func:`jface.deca.losses.photometric_losses`:
+    masked L1, the texture prior, the colour-neutral light prior) plus the landmark terms of (a)
+    at full weight, so the photometric fit keeps the landmark fit; an optional silhouette term
+    (off by default).
 
 Every item is fitted on its own: the objective is a sum of per-item losses (each item's terms are
 computed as a batch of one), and Adam acts per element, so a batch gives the per-item fits. The
-whole fit, both stages, is one jitted program (``lax.scan`` over a fixed number of steps).
+whole fit, both stages, is one jitted program (``lax.scan`` over a fixed number of steps; a stage
+of 0 steps is not traced at all).
 
 Frames: images ``(B, S, S, 3)`` RGB in [0, 1] (DECA's 224 x 224 test crop, or any square size);
 landmarks ``(B, 68, 2|3)`` in DECA's NDC of that crop: x right, y down, NDC = p / 224 * 2 - 1 for
@@ -34,6 +40,7 @@ import numpy as np
 import optax
 
 from jface import flame
+from jface.deca import appearance
 from jface.deca import losses as L
 from jface.deca.model import decode
 from jface.sampling import grid_sample
@@ -46,6 +53,7 @@ __all__ = [
     "crop_pixels_to_ndc",
     "ndc_to_crop_pixels",
     "landmark_hull_mask",
+    "landmarks_2d",
     "code_sizes",
     "GEOMETRY_CODES",
     "APPEARANCE_CODES",
@@ -68,7 +76,9 @@ class FitConfig:
     translation in FLAME units). Weights: λ of every term, DECA's names
     (:data:`jface.deca.losses.LOSS_WEIGHTS`); ``silhouette`` (needs ``masks``) is off by default.
     ``render_size``: the photometric stage's render size (the images are resized to it).
-    ``refine_geometry``: the photometric stage also moves shape, exp, pose and cam.
+    ``refine_geometry``: the photometric stage also moves shape, exp, pose and cam, with the
+    ``scale_*`` step sizes times ``geometry_step``. ``landmark_l2``: the weight of the summed
+    squared NDC distance of the 68 points (per item), added to DECA's landmark terms.
     ``landmark_mask``: the photometric mask includes the face outline of the given landmarks (jaw
     and brows, :func:`landmark_hull_mask`). ``light_dc``: the mean light's band-0 value (white,
     ambient) where the start has no light.
@@ -80,6 +90,7 @@ class FitConfig:
     photometric_lr: float = 0.02
     render_size: int = 224
     refine_geometry: bool = True
+    geometry_step: float = 0.3
     landmark_mask: bool = True
     light_dc: float = 3.0
     scale_shape: float = 1.0
@@ -90,10 +101,11 @@ class FitConfig:
     scale_tex: float = 2.0
     scale_light: float = 2.0
     landmark: float = 1.0
+    landmark_l2: float = 10.0
     eye: float = 1.0
     lip: float = 0.5
-    reg_shape: float = 1e-3
-    reg_exp: float = 1e-3
+    reg_shape: float = 1e-4
+    reg_exp: float = 1e-4
     photometric: float = 2.0
     reg_tex: float = 1e-4
     reg_light: float = 1.0
@@ -265,32 +277,54 @@ def _masked_error(rendered, images, mask):
     return jnp.sum(mask * jnp.abs(rendered - images), axis=(1, 2, 3)) / jnp.maximum(3.0 * jnp.sum(mask, (1, 2, 3)), 1.0)
 
 
+def landmarks_2d(model, codes) -> jax.Array:
+    """DECA's ``landmarks2d (B, 68, 2)`` (NDC) of the code dict's geometry without the rest of the
+    decode: ``FLAME.forward``'s 17 dynamic contour + 51 static points through ``batch_orth_proj``
+    and the y/z flip (the same points as :func:`jface.deca.decode`'s ``landmarks2d``)."""
+    def item(shape, exp, pose, cam):
+        return appearance.project(flame.forward(model, shape, exp, pose)["landmarks2d"], cam)[:, :2]
+
+    return jax.vmap(item)(codes["shape"], codes["exp"], codes["pose"], codes["cam"])
+
+
+def _landmark_terms(landmarks2d, landmarks, codes, config):
+    """Per-item landmark terms ``{name: (B,)}``: DECA's (each item as a batch of one) and
+    ``landmark_l2`` (the summed squared NDC distance, weighted by a third landmark column)."""
+    weights = config.loss_weights()
+    terms = _per_item(lambda lm, gt, c: L.landmark_losses(lm, gt, c, weights=weights),
+                      landmarks2d, landmarks, {k: codes[k] for k in ("shape", "exp")})
+    if config.landmark_l2:
+        visible = landmarks[..., 2] if landmarks.shape[-1] == 3 else 1.0
+        squared = jnp.sum(jnp.square(landmarks2d[..., :2] - landmarks[..., :2]), axis=-1)
+        terms["landmark_l2"] = config.landmark_l2 * jnp.sum(visible * squared, axis=1)
+    return terms
+
+
 def _terms(model, codes, images, landmarks, masks, config, photometric: bool):
     """Per-item weighted terms ``{name: (B,)}`` and their total ``'loss'``; with ``photometric``
     also the unweighted ``photometric_error`` (mean |render - image| inside the mask)."""
+    if not photometric:
+        terms = _landmark_terms(landmarks_2d(model, codes), landmarks, codes, config)
+        terms["loss"] = sum(terms.values())
+        return terms
     weights = config.loss_weights()
     size = images.shape[1]
-    out = decode({}, model, codes, image_hw=(size, size), rendering=photometric, use_detail=False)
-    terms = _per_item(lambda lm, gt, c: L.landmark_losses(lm, gt, c, weights=weights),
-                      out["landmarks2d"], landmarks, {k: codes[k] for k in ("shape", "exp")})
-    if photometric:
-        outputs = {k: out[k] for k in ("rendered_images", "alpha_images", "mask_face_eye")}
-        mask = masks * outputs["mask_face_eye"][..., 0] * outputs["alpha_images"][..., 0]
-        if config.landmark_mask:
-            mask = mask * jax.vmap(landmark_hull_mask, (0, None))(landmarks, size)
-        mask = jax.lax.stop_gradient(mask)
-        terms.update(_per_item(
-            lambda o, c, im, m: L.photometric_losses(o, c, im, weights=weights, seg_masks=m),
-            outputs, {k: codes[k] for k in ("tex", "light")}, images, mask))
-        terms.pop("identity", None)
-        if config.silhouette:
-            terms["silhouette"] = config.silhouette * _silhouette(out, masks)
-        rendered = outputs["rendered_images"] * outputs["mask_face_eye"] * outputs["alpha_images"]
-        error = _masked_error(rendered, images, mask)
-    total = sum(terms.values())
-    terms["loss"] = total
-    if photometric:
-        terms["photometric_error"] = jax.lax.stop_gradient(error)
+    out = decode({}, model, codes, image_hw=(size, size), rendering=True, use_detail=False)
+    terms = _landmark_terms(out["landmarks2d"], landmarks, codes, config)
+    outputs = {k: out[k] for k in ("rendered_images", "alpha_images", "mask_face_eye")}
+    mask = masks * outputs["mask_face_eye"][..., 0] * outputs["alpha_images"][..., 0]
+    if config.landmark_mask:
+        mask = mask * jax.vmap(landmark_hull_mask, (0, None))(landmarks, size)
+    mask = jax.lax.stop_gradient(mask)
+    terms.update(_per_item(
+        lambda o, c, im, m: L.photometric_losses(o, c, im, weights=weights, seg_masks=m),
+        outputs, {k: codes[k] for k in ("tex", "light")}, images, mask))
+    terms.pop("identity", None)
+    if config.silhouette:
+        terms["silhouette"] = config.silhouette * _silhouette(out, masks)
+    rendered = outputs["rendered_images"] * outputs["mask_face_eye"] * outputs["alpha_images"]
+    terms["loss"] = sum(terms.values())
+    terms["photometric_error"] = jax.lax.stop_gradient(_masked_error(rendered, images, mask))
     return terms
 
 
@@ -308,7 +342,11 @@ def _silhouette(out, masks):
 
 def _stage(objective, codes, trainable, scales, learning_rate, steps):
     """``steps`` Adam steps on code = start + scale * z for the ``trainable`` codes. Returns the
-    codes and the per-item terms ``{name: (steps + 1, B)}`` (before every step, and at the end)."""
+    codes and the per-item terms ``{name: (steps + 1, B)}`` (before every step, and at the end).
+
+    The scan runs ``steps + 1`` evaluations and drops the last update, so that the final terms
+    come from the same compiled body as the others (no second copy of the objective to compile).
+    """
     optimiser = optax.adam(learning_rate)
     z = {k: jnp.zeros_like(codes[k]) for k in trainable}
 
@@ -319,35 +357,60 @@ def _stage(objective, codes, trainable, scales, learning_rate, steps):
         terms = objective(codes_of(z))
         return jnp.sum(terms["loss"]), terms
 
-    def step(carry, _):
+    def step(carry, index):
         z, state = carry
         (_, terms), grad = jax.value_and_grad(total, has_aux=True)(z)
-        updates, state = optimiser.update(grad, state, z)
-        return (optax.apply_updates(z, updates), state), terms
+        updates, new_state = optimiser.update(grad, state, z)
+        last = index == steps
+        z = jax.tree_util.tree_map(lambda old, new: jnp.where(last, old, new), z, optax.apply_updates(z, updates))
+        return (z, new_state), terms
 
-    (z, _), history = jax.lax.scan(step, (z, optimiser.init(z)), None, length=steps)
-    final = objective(codes_of(z))
-    history = jax.tree_util.tree_map(lambda h, f: jnp.concatenate([h, f[None]]), history, final)
+    (z, _), history = jax.lax.scan(step, (z, optimiser.init(z)), jnp.arange(steps + 1))
     return codes_of(z), history
+
+
+def _resized(images, masks, size):
+    if images.shape[1] != size:
+        images = jax.image.resize(images, (images.shape[0], size, size, 3), "linear", antialias=True)
+        masks = jax.image.resize(masks, (masks.shape[0], size, size), "linear", antialias=True)
+    return images, masks
+
+
+def _fit_stages(model, images, landmarks, masks, codes, config, *, scales=None, landmark_codes=GEOMETRY_CODES,
+                photometric_codes=None, extra_terms=None):
+    """The two stages on ``codes`` (images already at ``config.render_size``); a stage of 0 steps
+    is skipped (its history is empty). ``extra_terms(codes) -> {name: (B,)}`` adds terms to both
+    stages (the video tracker's smoothness); ``scales`` the step sizes (default :func:`_scales`).
+    Returns ``(codes, {'landmark': terms, 'photometric': terms})``."""
+    scales = _scales(config, codes) if scales is None else scales
+    if photometric_codes is None:
+        photometric_codes = APPEARANCE_CODES + (GEOMETRY_CODES if config.refine_geometry else ())
+
+    def objective(photometric):
+        def terms_of(c):
+            terms = _terms(model, c, images, landmarks, masks, config, photometric)
+            if extra_terms is not None:
+                extra = extra_terms(c)
+                terms.update(extra)
+                terms["loss"] = terms["loss"] + sum(extra.values())
+            return terms
+        return terms_of
+
+    history = {"landmark": {}, "photometric": {}}
+    if config.landmark_steps:
+        codes, history["landmark"] = _stage(objective(False), codes, landmark_codes, scales,
+                                            config.landmark_lr, config.landmark_steps)
+    if config.photometric_steps:
+        fine = {k: v * config.geometry_step if k in GEOMETRY_CODES else v for k, v in scales.items()}
+        codes, history["photometric"] = _stage(objective(True), codes, photometric_codes, fine,
+                                               config.photometric_lr, config.photometric_steps)
+    return codes, history
 
 
 @partial(jax.jit, static_argnames=("config",))
 def _fit_program(model, images, landmarks, masks, codes, config):
-    scales = _scales(config, codes)
-    size = config.render_size
-    if images.shape[1] != size:
-        images = jax.image.resize(images, (images.shape[0], size, size, 3), "linear", antialias=True)
-        masks = jax.image.resize(masks, (masks.shape[0], size, size), "linear", antialias=True)
-    landmark_objective = partial(_terms, model, images=images, landmarks=landmarks, masks=masks, config=config,
-                                 photometric=False)
-    codes, history_lmk = _stage(lambda c: landmark_objective(c), codes, GEOMETRY_CODES, scales,
-                                config.landmark_lr, config.landmark_steps)
-    photometric_objective = partial(_terms, model, images=images, landmarks=landmarks, masks=masks, config=config,
-                                    photometric=True)
-    trainable = APPEARANCE_CODES + (GEOMETRY_CODES if config.refine_geometry else ())
-    codes, history_photo = _stage(lambda c: photometric_objective(c), codes, trainable, scales,
-                                  config.photometric_lr, config.photometric_steps)
-    return codes, {"landmark": history_lmk, "photometric": history_photo}
+    images, masks = _resized(images, masks, config.render_size)
+    return _fit_stages(model, images, landmarks, masks, codes, config)
 
 
 def fit_flame(model, images, landmarks, init=None, config: FitConfig = FitConfig(), *, masks=None):
@@ -370,7 +433,8 @@ def fit_flame(model, images, landmarks, init=None, config: FitConfig = FitConfig
     Returns ``(codes, history)``: ``codes`` DECA's code dict as numpy (``light (B, 9, 3)``);
     ``history`` ``{'landmark': {term: (landmark_steps + 1, B)}, 'photometric': {term:
     (photometric_steps + 1, B)}}`` numpy: each weighted term and ``loss`` per item before every
-    step and after the last (``photometric_error``: mean |render - image| inside the mask).
+    step and after the last (``photometric_error``: mean |render - image| inside the mask); a
+    stage of 0 steps has an empty dict.
     """
     if not isinstance(config, FitConfig):
         raise ValueError(f"config: expected a jface.fit.FitConfig, got {type(config)}")
@@ -391,9 +455,7 @@ def fit_flame(model, images, landmarks, init=None, config: FitConfig = FitConfig
 
 @partial(jax.jit, static_argnames=("size", "landmark_mask"))
 def _evaluate(model, codes, images, landmarks, masks, size, landmark_mask):
-    if images.shape[1] != size:
-        images = jax.image.resize(images, (images.shape[0], size, size, 3), "linear", antialias=True)
-        masks = jax.image.resize(masks, (masks.shape[0], size, size), "linear", antialias=True)
+    images, masks = _resized(images, masks, size)
     out = decode({}, model, codes, image_hw=(size, size), use_detail=False)
     weight = landmarks[..., 2] if landmarks.shape[-1] == 3 else jnp.ones(landmarks.shape[:2])
     dist = jnp.linalg.norm(out["landmarks2d"] - landmarks[..., :2], axis=-1)
