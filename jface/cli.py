@@ -83,9 +83,9 @@ def one_line(err: BaseException) -> str:
 
 
 def run(prog: str, body: Callable[[], int | None], user_errors: tuple = ()) -> int:
-    """``body()``'s exit status; :class:`UsageError`, the exceptions in ``user_errors`` and write
-    errors of the environment (:data:`WRITE_ERRNOS`) print ``prog: one line`` and give
-    :data:`EXIT_USAGE`. Anything else propagates (a traceback: a bug)."""
+    """``body()``'s exit status; :class:`UsageError`, the exceptions in ``user_errors`` and the
+    machine's refusals (:data:`WRITE_ERRNOS`: no permission, a read-only or full disk) print
+    ``prog: one line`` and give :data:`EXIT_USAGE`. Anything else propagates (a traceback: a bug)."""
     try:
         return int(body() or 0)
     except (UsageError, *user_errors) as err:
@@ -94,7 +94,7 @@ def run(prog: str, body: Callable[[], int | None], user_errors: tuple = ()) -> i
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"{prog}: cannot write: {one_line(err)}", file=sys.stderr, flush=True)
+        print(f"{prog}: {one_line(err)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
 
@@ -116,8 +116,10 @@ def check_output_dir(path, flag: str, *, create: bool = True) -> Path:
         where = "it is a file" if blocker == path else f"{blocker} is a file"
         raise UsageError(f"{flag} {path}: expected a folder, but {where}")
     if not create:
-        if path.exists() and not os.access(path, os.W_OK):
-            raise UsageError(f"{flag} {path}: the folder is not writable")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            where = "the folder" if existing == path else f"the folder {existing} it would be made in"
+            raise UsageError(f"{flag} {path}: {where} is not writable")
         return path
     try:
         path.mkdir(parents=True, exist_ok=True)

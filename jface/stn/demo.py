@@ -205,15 +205,16 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     out = cli.check_output_dir(args.out, "-o")
     enable_compilation_cache()  # a second demo loads its compiled fits instead of compiling them
+    images = labels = None
+    if args.data:  # the user's files first: a mistake there is reported before any model is built
+        images, labels = load_demodata(args.data)
     if args.model:
         model, name = load_model(args.model), args.model
         require_landmark_set(model, "aflw21", args.model, needed_by="python -m jface.stn.demo")
     else:
         model, name = demo_model(args.toy_res)
     print(f"model: {name}, N = {model.num_vertices}, grid {layers.grid_hw_of(model)}")
-    if args.data:
-        images, labels = load_demodata(args.data)
-    else:
+    if images is None:
         images, labels, _ = generate_demo_data(model, args.batch, seed=args.seed)
     run(model, images, labels, out, seed=args.seed, max_steps=args.max_steps,
         adam_lr=args.adam_lr, padding=args.padding)
