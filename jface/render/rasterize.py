@@ -237,19 +237,24 @@ def _face_index_core(vertices, faces, znear, *, image_hw, tile_size, capacity, s
         jnp.full((grid.num_tiles, grid.size * grid.size), jnp.inf, params.dtype),
         jnp.full((grid.num_tiles, grid.size * grid.size), -1, jnp.int32),
     )
-    state, count0 = run_window(init, jnp.int32(0))
-    max_count, total = jnp.max(count0), ft.total
-    # the kernel has no per-tile capacity: only more pairs than one window is an overflow
-    flag = (total > pair_budget) if impl != "jnp" else (max_count > capacity) | (total > pair_budget)
+    total = ft.total
     if grow:
-        num_windows = (total + pair_budget - 1) // pair_budget
+        # Every window, the first included, in one loop: ``run_window`` is traced (and compiled)
+        # once rather than once before the loop and again inside it.
+        num_windows = jnp.maximum((total + pair_budget - 1) // pair_budget, 1)
 
         def window_body(carry):
-            window, st = carry
-            st, _ = run_window(st, window)
-            return window + 1, st
+            window, st, first_max = carry
+            st, count = run_window(st, window)
+            return window + 1, st, jnp.where(window == 0, jnp.max(count), first_max)
 
-        _, state = lax.while_loop(lambda c: c[0] < num_windows, window_body, (jnp.int32(1), state))
+        _, state, max_count = lax.while_loop(lambda c: c[0] < num_windows, window_body,
+                                             (jnp.int32(0), init, jnp.int32(0)))
+    else:
+        state, count0 = run_window(init, jnp.int32(0))
+        max_count = jnp.max(count0)
+    # the kernel has no per-tile capacity: only more pairs than one window is an overflow
+    flag = (total > pair_budget) if impl != "jnp" else (max_count > capacity) | (total > pair_budget)
     return grid.untile(state[1]), flag, max_count, total
 
 

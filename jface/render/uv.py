@@ -8,15 +8,17 @@ with the y flip of its rasterizer).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jface.arrays import as_float
-from jface.render.checks import check_faces
+from jface.render.checks import check_faces, is_concrete
 from jface.render.interpolate import face_attributes, interpolate
-from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, rasterize
+from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, Fragments, rasterize
 
 __all__ = ["uv_ndc", "world2uv", "as_hw"]
 
@@ -56,6 +58,8 @@ def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size: 
     ``uv_size`` int or ``(H, W)`` -> ``(H, W, D)`` in the UV image layout (row 0 = v = 1), 0
     outside the UV charts; differentiable w.r.t. ``attributes``.
     """
+    layout_known = is_concrete(uv_coords, uv_faces)  # before any jnp op stages them into a trace
+    layout = (np.asarray(uv_coords), np.asarray(uv_faces)) if layout_known else None
     attributes = jnp.asarray(attributes)
     faces = jnp.asarray(faces)
     uv_faces = jnp.asarray(uv_faces)
@@ -71,5 +75,38 @@ def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size: 
     uv_faces = check_faces(uv_faces, uv_vertices.shape[0], name="uv_faces",
                            rows=f"{uv_vertices.shape[0]} uv_coords")
     corners = face_attributes(attributes, faces)
-    fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
+    if layout_known:
+        fragments = layout_fragments(*layout, hw, tile_size=tile_size, capacity=capacity, impl=impl)
+    else:
+        fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
     return interpolate(fragments, corners)
+
+
+_LAYOUTS: dict = {}
+_MAX_LAYOUTS = 8
+
+
+def layout_fragments(uv_coords, uv_faces, hw, *, tile_size: int = DEFAULT_TILE_SIZE,
+                     capacity: int = DEFAULT_CAPACITY, impl: str = "auto") -> Fragments:
+    """The rasterized UV layout (``uv_coords (T, 2)``, ``uv_faces (F, 3)``, known values) at
+    ``hw``, computed once per layout and size and kept (up to 8 layouts).
+
+    A UV layout is a constant of its model, so :func:`world2uv` under ``jit`` takes its fragments
+    as constants instead of compiling a rasterizer into every program that maps to UV (the
+    same values: the same rasterizer, run eagerly, even while an outer function is traced).
+    """
+    vertices = np.asarray(uv_coords)
+    faces = np.asarray(uv_faces)
+    digest = hashlib.sha1(vertices.tobytes() + faces.tobytes()).hexdigest()
+    key = (digest, vertices.shape, str(vertices.dtype), faces.shape, tuple(hw), tile_size, capacity, impl)
+    cached = _LAYOUTS.get(key)
+    if cached is None:
+        with jax.ensure_compile_time_eval():
+            fragments = rasterize(uv_ndc(vertices), jnp.asarray(faces, jnp.int32), hw, tile_size=tile_size,
+                                  capacity=capacity, impl=impl)
+        cached = Fragments(*(np.asarray(x) for x in (fragments.face_index, fragments.bary, fragments.depth,
+                                                    fragments.mask)))
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        _LAYOUTS[key] = cached
+    return cached
