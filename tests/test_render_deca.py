@@ -40,6 +40,29 @@ def test_world2uv_affine_attributes():
         world2uv(attrs, faces, uv_coords, uv_faces[:1], size)
 
 
+def test_world2uv_known_layout_is_rasterized_once_and_equals_a_traced_layout():
+    """A UV layout given as values (a model constant) is rasterized once per size and enters jitted
+    programs as constants; a traced layout is rasterized inside the program: same maps."""
+    from jface.render import uv as uv_module
+
+    rng = np.random.default_rng(1)
+    uv_coords = rng.uniform(0.05, 0.95, (30, 2))
+    uv_faces = rng.integers(0, 30, (40, 3)).astype(np.int32)
+    faces = rng.integers(0, 12, (40, 3)).astype(np.int32)
+    attrs = jnp.asarray(rng.normal(size=(12, 2)))
+    uv_module._LAYOUTS.clear()
+    known = jax.jit(lambda a: world2uv(a, faces, uv_coords, uv_faces, 24))(attrs)
+    assert len(uv_module._LAYOUTS) == 1
+    jax.jit(lambda a: world2uv(2 * a, faces, uv_coords, uv_faces, 24))(attrs)
+    assert len(uv_module._LAYOUTS) == 1  # the same layout and size: reused
+    traced = jax.jit(lambda a, c: world2uv(a, faces, c, uv_faces, 24))(attrs, jnp.asarray(uv_coords))
+    np.testing.assert_allclose(np.asarray(known), np.asarray(traced), atol=1e-12)
+    g_known = jax.grad(lambda a: jnp.sum(world2uv(a, faces, uv_coords, uv_faces, 24) ** 2))(attrs)
+    g_traced = jax.jit(jax.grad(lambda a, c: jnp.sum(world2uv(a, faces, c, uv_faces, 24) ** 2)))(
+        attrs, jnp.asarray(uv_coords))
+    np.testing.assert_allclose(np.asarray(g_known), np.asarray(g_traced), atol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def small_head():
     head = procedural_head(n_rings=8, n_lon=12, num_vertices=0)
