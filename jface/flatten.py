@@ -22,6 +22,13 @@ and for identity folders ``DIR/mean/<identity>.png`` / ``.npy``, the mean flatte
 
 Landmarks: 68 iBUG points are reduced to the 21 AFLW points of the 3DMM-STN
 (:data:`IBUG68_TO_AFLW21`); the two ear points have no iBUG counterpart and are left out of the fit.
+
+Bad input (:mod:`jface.reconstruct.inputs`): a missing or unreadable input, ``--model`` or
+``--weights``, or an output folder that is a file or cannot be written, is one line
+``error: ...`` and exit status 2 before any work. A failure of one image (unreadable, no
+landmarks, a malformed landmark file, a degenerate landmark box, outputs that cannot be written)
+skips that image; the summary names every skipped file and why. Exit status 0 when at least one
+image was processed, 1 when every image was skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +48,20 @@ from jface.errors import ModelFileError
 from jface.models import default_stn_model, load_model
 from jface.models.landmarks import AFLW21_EARS, AFLW21_FROM_IBUG68
 from jface.reconstruct.inputs import (
+    SKIPPED_ERRORS,
     InputError,
     LandmarkFileError,
+    SkipImage,
     SkipReport,
+    check_input_file,
     collect_inputs,
+    describe_error,
     load_face,
+    load_input_file,
     make_detector,
-    progress,
+    prepare_output_dir,
+    prepared_batches,
+    progress_bar,
 )
 from jface.stn import layers
 from jface.stn.fit import landmark_objective
@@ -229,6 +242,25 @@ def _gallery(means: dict, zoom: int = 2):
     return np.asarray(sheet)
 
 
+def _write_item(out_dir, item, stem, flat, theta, crops, labels, transform, b, aflw_indices) -> dict:
+    """Write one image's products (module docstring); returns its summary record."""
+    folder = out_dir / item.identity
+    fitted = flat["points"][b][aflw_indices]
+    paths = {
+        "texture": export.save_png(folder / f"{stem}_texture.png", flat["texture"][b], (0, 255)),
+        "sampled": export.save_png(folder / f"{stem}_sampled.png", flat["sampled"][b], (0, 255)),
+        "mask": export.save_png(folder / f"{stem}_mask.png", flat["mask"][b]),
+        "landmarks": export.save_png(folder / f"{stem}_landmarks.png", _overlay(crops[b], labels[b], fitted)),
+    }
+    np.savez(folder / f"{stem}_flat.npz", texture=flat["texture"][b], mask=flat["mask"][b], theta=theta[b],
+             labels21=labels[b], fitted21=fitted, crop_matrix=transform.matrix())
+    paths["npz"] = folder / f"{stem}_flat.npz"
+    valid = AFLW21_FROM_IBUG_VALID
+    error = float(np.sqrt(np.mean(np.sum((fitted[valid] - labels[b][valid]) ** 2, -1))))
+    return {"image": str(item.path), "identity": item.identity, "landmark_rmse_px": error,
+            **{k: str(v) for k, v in paths.items()}}
+
+
 def _unique_stem(item, used):
     stem = item.path.stem
     key = (item.identity, stem)
@@ -242,13 +274,17 @@ def _unique_stem(item, used):
 
 def run(inputs, out_dir, *, model=None, weights=None, fit_landmarks=False, detector=False,
         batch_size: int = 8, steps: int = 300, crop_scale: float = 1.6, log=print):
-    """The tool's work (see the module docstring); returns the summary dict."""
+    """The tool's work (see the module docstring); returns the summary dict (``processed``
+    counts the images with outputs, ``skipped`` lists the others and why)."""
     if (weights is None) == (not fit_landmarks):
         raise InputError("expected exactly one of --weights RUN or --fit-landmarks")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch {batch_size}: expected a positive number of images per batch")
     items = collect_inputs(inputs)
+    out_dir = prepare_output_dir(out_dir, "-o")
+    if weights is not None:
+        check_input_file(weights, "--weights", folder=True)
     det = make_detector(detector)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     predict = None
     crop_size = 224
     if weights is not None:
@@ -256,58 +292,50 @@ def run(inputs, out_dir, *, model=None, weights=None, fit_landmarks=False, detec
     elif model is None:
         model = default_stn_model()
     grid_hw = tuple(model.grid_hw) if model.grid_hw is not None else None
-    report = SkipReport()
     used, outputs = set(), []
     per_identity: dict = {}
     aflw_indices = np.asarray(model.landmarks["aflw21"])
 
-    faces = []
-    for item in items:
+    def prepare(item):
         loaded, reason = load_face(item, det)
         if loaded is None:
-            report.add(item.path, reason)
-            continue
-        faces.append((item, *loaded))
+            raise SkipImage(reason)
+        image, landmarks = loaded
+        crop, lab68, transform = stn_crop(image.astype(np.float64), landmarks, scale=crop_scale, out_size=crop_size)
+        return crop, ibug68_to_aflw21(lab68[:, :2]), transform
 
-    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
-    for batch in progress(batches, total=len(batches), desc="flatten"):
-        crops, labels, transforms = [], [], []
-        for _item, image, landmarks in batch:
-            crop, lab68, transform = stn_crop(image.astype(np.float64), landmarks, scale=crop_scale,
-                                              out_size=crop_size)
-            crops.append(crop)
-            labels.append(ibug68_to_aflw21(lab68[:, :2]))
-            transforms.append(transform)
-        # pad to a fixed batch so that every batch reuses one compiled shape
-        pad = batch_size - len(batch)
-        crops_arr = np.stack(crops + [crops[-1]] * pad).astype(np.float32)
-        labels_arr = np.stack(labels + [labels[-1]] * pad)
-        if predict is not None:
-            theta = predict(crops_arr)
-        else:
-            theta, _ = fit_theta(model, labels_arr, steps=steps)
-        flat = flatten_batch(model, theta, crops_arr)
-        for b, (item, _image, _lm) in enumerate(batch):
-            stem = _unique_stem(item, used)
-            folder = out_dir / item.identity
-            fitted = flat["points"][b][aflw_indices]
-            paths = {
-                "texture": export.save_png(folder / f"{stem}_texture.png", flat["texture"][b], (0, 255)),
-                "sampled": export.save_png(folder / f"{stem}_sampled.png", flat["sampled"][b], (0, 255)),
-                "mask": export.save_png(folder / f"{stem}_mask.png", flat["mask"][b]),
-                "landmarks": export.save_png(folder / f"{stem}_landmarks.png",
-                                             _overlay(crops_arr[b], labels_arr[b], fitted)),
-            }
-            np.savez(folder / f"{stem}_flat.npz", texture=flat["texture"][b], mask=flat["mask"][b],
-                     theta=theta[b], labels21=labels_arr[b], fitted21=fitted,
-                     crop_matrix=transforms[b].matrix())
-            paths["npz"] = folder / f"{stem}_flat.npz"
-            valid = AFLW21_FROM_IBUG_VALID
-            error = float(np.sqrt(np.mean(np.sum((fitted[valid] - labels_arr[b][valid]) ** 2, -1))))
-            outputs.append({"image": str(item.path), "identity": item.identity, "landmark_rmse_px": error,
-                            **{k: str(v) for k, v in paths.items()}})
-            if item.from_folder:
-                per_identity.setdefault(item.identity, []).append((flat["texture"][b], flat["mask"][b]))
+    bar = progress_bar(len(items), "flatten")
+    report = SkipReport(write=bar.write)
+    try:
+        for batch in prepared_batches(items, prepare, report, batch_size, bar):
+            crops = [prepared[0] for _, prepared in batch]
+            labels = [prepared[1] for _, prepared in batch]
+            # pad to a fixed batch so that every batch reuses one compiled shape
+            pad = batch_size - len(batch)
+            crops_arr = np.stack(crops + [crops[-1]] * pad).astype(np.float32)
+            labels_arr = np.stack(labels + [labels[-1]] * pad)
+            if predict is not None:
+                theta = predict(crops_arr)
+            else:
+                theta, _ = fit_theta(model, labels_arr, steps=steps)
+            flat = flatten_batch(model, theta, crops_arr)
+            for b, (item, (_, _, transform)) in enumerate(batch):
+                if not np.all(np.isfinite(theta[b])):
+                    report.add(item.path, "non-finite theta (the fit or the localiser diverged)")
+                    continue
+                try:
+                    record = _write_item(out_dir, item, _unique_stem(item, used), flat, theta, crops_arr, labels_arr,
+                                         transform, b, aflw_indices)
+                except SKIPPED_ERRORS as err:
+                    report.add(item.path, f"cannot write its outputs in {out_dir / item.identity} "
+                                          f"({describe_error(err)})")
+                    continue
+                outputs.append(record)
+                if item.from_folder:
+                    per_identity.setdefault(item.identity, []).append((flat["texture"][b], flat["mask"][b]))
+            bar.update(len(batch))
+    finally:
+        bar.close()  # before the summary, so that it does not print over the bar
 
     means = {}
     for identity, pairs in per_identity.items():
@@ -319,6 +347,7 @@ def run(inputs, out_dir, *, model=None, weights=None, fit_landmarks=False, detec
     if means:
         export.save_png(out_dir / "gallery.png", _gallery(means))
     summary = {
+        "processed": len(outputs),
         "model_grid": grid_hw,
         "theta_source": "weights" if predict is not None else "fit-landmarks",
         "images": outputs,
@@ -332,6 +361,8 @@ def run(inputs, out_dir, *, model=None, weights=None, fit_landmarks=False, detec
 
 
 def main(argv=None):
+    """The command line (``python -m jface.flatten --help``). Exit status: 0 when at least one
+    image was processed, 1 when every image was skipped, 2 for a usage or input error (one line)."""
     parser = argparse.ArgumentParser(prog="python -m jface.flatten", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (identity sub-folders)")
     parser.add_argument("-o", "--out", required=True, help="output folder")
@@ -346,12 +377,20 @@ def main(argv=None):
     parser.add_argument("--crop-scale", type=float, default=1.6, help="crop size / landmark box size")
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.model) if args.model else None
-        run(args.inputs, args.out, model=model, weights=args.weights, fit_landmarks=args.fit_landmarks,
-            detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
+        collect_inputs(args.inputs)
+        prepare_output_dir(args.out, "-o")
+        if args.weights is not None:
+            check_input_file(args.weights, "--weights", folder=True)
+        model = load_input_file("--model", args.model, load_model) if args.model else None
+        summary = run(args.inputs, args.out, model=model, weights=args.weights, fit_landmarks=args.fit_landmarks,
+                      detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
     except (InputError, LandmarkFileError, ImportError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if summary["processed"] == 0:
+        print(f"error: no image could be processed ({len(summary['skipped'])} skipped; reasons above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
