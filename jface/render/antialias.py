@@ -87,15 +87,18 @@ def _silhouette_edges(col, row, faces, opposite):
     return (opposite < 0) | (side_own * side_other >= 0)
 
 
-def _pair_blend(color, face_index, depth, col, row, faces, silhouette, first, second, horizontal):
+def _pair_blend(color, face_index, depth, col, row, faces, silhouette, has_silhouette, first, second, horizontal):
     """Colour added to the first and second pixel of each pair (``first``/``second`` slices)."""
     face_a, face_b = face_index[first], face_index[second]
     depth_a = jnp.where(face_a >= 0, depth[first], jnp.inf)
     depth_b = jnp.where(face_b >= 0, depth[second], jnp.inf)
     differ = face_a != face_b
     a_front = (face_a >= 0) & (depth_a <= depth_b)
-    # pairs that do not differ gather nothing (-1), so the backward scatters nothing for them
-    front = jnp.where(differ, jnp.where(a_front, face_a, face_b), -1)
+    front = jnp.where(a_front, face_a, face_b)
+    # Only a front face with a silhouette edge can blend: every other pair (equal faces, or an
+    # interior front face: most pairs inside the mesh) gathers nothing (-1), so the backward
+    # scatters nothing for it (not even zeros) and the result is the same.
+    front = jnp.where(differ & take_rows(has_silhouette, front, fill=False), front, -1)
 
     height, width = face_index.shape
     dtype = col.dtype
@@ -204,14 +207,17 @@ def _antialias(color, face_index, depth, vertices, faces, topology):
         return color
     col, row = ndc_to_pixel(vertices[:, :2], (height, width))
     silhouette = _silhouette_edges(lax.stop_gradient(col), lax.stop_gradient(row), faces, topology)
+    has_silhouette = jnp.any(silhouette, axis=1)
     depth = lax.stop_gradient(depth)
     out = color
     if width > 1:
         first, second = (slice(None), slice(None, -1)), (slice(None), slice(1, None))
-        add_a, add_b = _pair_blend(color, face_index, depth, col, row, faces, silhouette, first, second, True)
+        add_a, add_b = _pair_blend(color, face_index, depth, col, row, faces, silhouette, has_silhouette, first, second,
+                                   True)
         out = out + jnp.pad(add_a, ((0, 0), (0, 1), (0, 0))) + jnp.pad(add_b, ((0, 0), (1, 0), (0, 0)))
     if height > 1:
         first, second = (slice(None, -1), slice(None)), (slice(1, None), slice(None))
-        add_a, add_b = _pair_blend(color, face_index, depth, col, row, faces, silhouette, first, second, False)
+        add_a, add_b = _pair_blend(color, face_index, depth, col, row, faces, silhouette, has_silhouette, first, second,
+                                   False)
         out = out + jnp.pad(add_a, ((0, 1), (0, 0), (0, 0))) + jnp.pad(add_b, ((1, 0), (0, 0), (0, 0)))
     return out
