@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from jface import export
+from jface.data import detect
 from jface.data.crops import stn_crop
 from jface.errors import ModelFileError
 from jface.models import default_stn_model, load_model
@@ -371,7 +372,9 @@ def main(argv=None):
                         help="train.stn run folder (its trained localiser; --checkpoint is the old name)")
     source.add_argument("--fit-landmarks", action="store_true", help="fit theta to the landmarks by gradient descent")
     parser.add_argument("--model", help="model npz (jface.models.save_model); default: default_stn_model()")
-    parser.add_argument("--detector", action="store_true", help="use the optional dlib detector when no side file")
+    parser.add_argument("--detector", nargs="?", const="mediapipe", choices=sorted(detect.DETECTORS),
+                        help="landmarks of images without a side file from a detector: mediapipe (the default with "
+                             "no value; the [detect] extra) or dlib (the [detector] extra, non-commercial model)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of --fit-landmarks")
     parser.add_argument("--crop-scale", type=float, default=1.6, help="crop size / landmark box size")

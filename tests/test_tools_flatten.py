@@ -223,12 +223,13 @@ def test_astronaut_demo(tmp_path):
     assert 0.3 < summary["visible_fraction"] < 1.0
 
 
-def test_detector_missing_is_a_clear_error(tmp_path, stn_folder):
+def test_detector_missing_is_a_clear_error(tmp_path, stn_folder, capsys):
     try:
         import dlib  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="detector"):
-            flatten.run([stn_folder], tmp_path, fit_landmarks=True, detector=True)
-        assert flatten.main([str(stn_folder), "-o", str(tmp_path), "--fit-landmarks", "--detector"]) == 2
+            flatten.run([stn_folder], tmp_path, fit_landmarks=True, detector="dlib")
+        assert flatten.main([str(stn_folder), "-o", str(tmp_path), "--fit-landmarks", "--detector", "dlib"]) == 2
+        _one_line_error(capsys.readouterr().err, "dlib")
     else:
         pytest.skip("dlib is installed")

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jface.data import detect
 from jface.data.real import (
     IMAGE_SUFFIXES,
     ImageReadError,
-    dlib_detector,
     read_image,
     read_landmarks,
     scan_identity_folders,
@@ -225,11 +225,23 @@ def load_face(item: InputItem, detector=None):
     return (image, np.asarray(landmarks, np.float64)), None
 
 
-def make_detector(enabled: bool):
-    """The optional dlib 68-point detector (``[detector]`` extra) when ``enabled``, else None."""
-    if not enabled:
+def make_detector(name):
+    """The landmark detector for images without a side file: ``detect(image (H, W, 3) uint8) ->
+    (68, 2) pixels or None`` (the largest face), or None when ``name`` is None / False.
+
+    ``name``: ``'mediapipe'`` (the default detector, ``True`` means it; the ``[detect]`` extra) or
+    ``'dlib'`` (the ``[detector]`` extra, non-commercial model), :func:`jface.data.detect.make_detector`.
+    A detector that is not installed raises an ``ImportError`` naming the extra to install.
+    """
+    if not name:
         return None
-    return dlib_detector()
+    detector = detect.make_detector("mediapipe" if name is True else name)
+
+    def landmarks(image):
+        faces = detector(image)
+        return np.asarray(faces[0].landmarks68, np.float64) if faces else None
+
+    return landmarks
 
 
 def prepared_batches(items, prepare, report: SkipReport, batch_size: int, bar=None):
