@@ -87,7 +87,7 @@ class FitConfig:
     landmark_steps: int = 200
     photometric_steps: int = 100
     landmark_lr: float = 0.02
-    photometric_lr: float = 0.02
+    photometric_lr: float = 0.05
     render_size: int = 224
     refine_geometry: bool = True
     geometry_step: float = 0.3
@@ -211,9 +211,14 @@ def _check_masks(masks, images):
 def mean_codes(model, landmarks, *, light_dc: float = 3.0) -> dict:
     """The fit's default start for ``landmarks (B, 68, 2|3)`` (DECA NDC): zero shape, expression,
     pose and albedo, a white ambient light (band 0 = ``light_dc``), and the camera (s, t) that
-    best aligns the mean face's 68 landmarks with the given ones (least squares, no rotation)."""
+    best aligns the mean face's 68 landmarks with the given ones (least squares, no rotation).
+    One jitted program per model and batch size."""
+    return _mean_codes(model, jnp.asarray(landmarks, jnp.float32), jnp.float32(light_dc))
+
+
+@jax.jit
+def _mean_codes(model, landmarks, light_dc):
     sizes = code_sizes(model)
-    landmarks = jnp.asarray(landmarks, jnp.float32)
     batch = landmarks.shape[0]
     mean = flame.forward(model, jnp.zeros(sizes["shape"]), jnp.zeros(sizes["exp"]), jnp.zeros(6))["landmarks2d"]
     # NDC = s (X + t) with y and z flipped (jface.deca.appearance.project): work in x right, y down
@@ -300,9 +305,11 @@ def _landmark_terms(landmarks2d, landmarks, codes, config):
     return terms
 
 
-def _terms(model, codes, images, landmarks, masks, config, photometric: bool):
+def _terms(model, codes, images, landmarks, masks, config, photometric: bool, photo_masks=None):
     """Per-item weighted terms ``{name: (B,)}`` and their total ``'loss'``; with ``photometric``
-    also the unweighted ``photometric_error`` (mean |render - image| inside the mask)."""
+    also the unweighted ``photometric_error`` (mean |render - image| inside the mask).
+    ``photo_masks``: the photometric mask before the render's own (:func:`_photo_masks`; default
+    ``masks``); ``masks`` is the silhouette's target."""
     if not photometric:
         terms = _landmark_terms(landmarks_2d(model, codes), landmarks, codes, config)
         terms["loss"] = sum(terms.values())
@@ -312,10 +319,8 @@ def _terms(model, codes, images, landmarks, masks, config, photometric: bool):
     out = decode({}, model, codes, image_hw=(size, size), rendering=True, use_detail=False)
     terms = _landmark_terms(out["landmarks2d"], landmarks, codes, config)
     outputs = {k: out[k] for k in ("rendered_images", "alpha_images", "mask_face_eye")}
-    mask = masks * outputs["mask_face_eye"][..., 0] * outputs["alpha_images"][..., 0]
-    if config.landmark_mask:
-        mask = mask * jax.vmap(landmark_hull_mask, (0, None))(landmarks, size)
-    mask = jax.lax.stop_gradient(mask)
+    photo_masks = masks if photo_masks is None else photo_masks
+    mask = jax.lax.stop_gradient(photo_masks * outputs["mask_face_eye"][..., 0] * outputs["alpha_images"][..., 0])
     terms.update(_per_item(
         lambda o, c, im, m: L.photometric_losses(o, c, im, weights=weights, seg_masks=m),
         outputs, {k: codes[k] for k in ("tex", "light")}, images, mask))
@@ -376,34 +381,33 @@ def _resized(images, masks, size):
     return images, masks
 
 
-def _fit_stages(model, images, landmarks, masks, codes, config, *, scales=None, landmark_codes=GEOMETRY_CODES,
-                photometric_codes=None, extra_terms=None):
+def _photo_masks(masks, landmarks, landmark_mask: bool):
+    """The photometric mask before the render's face / coverage masks: ``masks`` x the landmark
+    outline when ``landmark_mask`` (computed once per fit, outside the optimisation loop)."""
+    if not landmark_mask:
+        return masks
+    return masks * jax.vmap(landmark_hull_mask, (0, None))(landmarks, masks.shape[1])
+
+
+def _fit_stages(model, images, landmarks, masks, codes, config):
     """The two stages on ``codes`` (images already at ``config.render_size``); a stage of 0 steps
-    is skipped (its history is empty). ``extra_terms(codes) -> {name: (B,)}`` adds terms to both
-    stages (the video tracker's smoothness); ``scales`` the step sizes (default :func:`_scales`).
-    Returns ``(codes, {'landmark': terms, 'photometric': terms})``."""
-    scales = _scales(config, codes) if scales is None else scales
-    if photometric_codes is None:
-        photometric_codes = APPEARANCE_CODES + (GEOMETRY_CODES if config.refine_geometry else ())
+    is skipped (its history is empty). Returns ``(codes, {'landmark': terms, 'photometric':
+    terms})``."""
+    scales = _scales(config, codes)
+    photo_masks = _photo_masks(masks, landmarks, config.landmark_mask)
 
     def objective(photometric):
-        def terms_of(c):
-            terms = _terms(model, c, images, landmarks, masks, config, photometric)
-            if extra_terms is not None:
-                extra = extra_terms(c)
-                terms.update(extra)
-                terms["loss"] = terms["loss"] + sum(extra.values())
-            return terms
-        return terms_of
+        return lambda c: _terms(model, c, images, landmarks, masks, config, photometric, photo_masks)
 
     history = {"landmark": {}, "photometric": {}}
     if config.landmark_steps:
-        codes, history["landmark"] = _stage(objective(False), codes, landmark_codes, scales,
-                                            config.landmark_lr, config.landmark_steps)
+        codes, history["landmark"] = _stage(objective(False), codes, GEOMETRY_CODES, scales, config.landmark_lr,
+                                            config.landmark_steps)
     if config.photometric_steps:
         fine = {k: v * config.geometry_step if k in GEOMETRY_CODES else v for k, v in scales.items()}
-        codes, history["photometric"] = _stage(objective(True), codes, photometric_codes, fine,
-                                               config.photometric_lr, config.photometric_steps)
+        trainable = APPEARANCE_CODES + (GEOMETRY_CODES if config.refine_geometry else ())
+        codes, history["photometric"] = _stage(objective(True), codes, trainable, fine, config.photometric_lr,
+                                               config.photometric_steps)
     return codes, history
 
 
@@ -461,10 +465,7 @@ def _evaluate(model, codes, images, landmarks, masks, size, landmark_mask):
     dist = jnp.linalg.norm(out["landmarks2d"] - landmarks[..., :2], axis=-1)
     mean_dist = jnp.sum(dist * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1e-8)
     outer_eyes = jnp.linalg.norm(landmarks[:, 36, :2] - landmarks[:, 45, :2], axis=-1)
-    face = out["mask_face_eye"][..., 0] * out["alpha_images"][..., 0]
-    mask = masks * face
-    if landmark_mask:
-        mask = mask * jax.vmap(landmark_hull_mask, (0, None))(landmarks, size)
+    mask = _photo_masks(masks, landmarks, landmark_mask) * out["mask_face_eye"][..., 0] * out["alpha_images"][..., 0]
     rendered = out["rendered_images"] * out["mask_face_eye"] * out["alpha_images"]
     return {"landmark_error_px": mean_dist * 112.0, "landmark_nme": mean_dist / outer_eyes,
             "photometric_error": _masked_error(rendered, images, mask), "mask_pixels": jnp.sum(mask, (1, 2)),

@@ -107,6 +107,7 @@ def _chunk_program(model, images, landmarks, masks, weights, shared, per_frame, 
     """Both stages on one chunk. ``shared`` ``{shape (n,), tex (50,)}`` moves with step size x
     ``shared_step`` (1 in the identity pass, 0 when tracking); ``weights (C,)`` 0 for padding."""
     images, masks = F._resized(images, masks, config.render_size)
+    photo_masks = F._photo_masks(masks, landmarks, config.landmark_mask)
     count = images.shape[0]
     codes = {**{k: v[None] for k, v in shared.items()}, **per_frame}
     scales = F._scales(config, codes)
@@ -119,7 +120,7 @@ def _chunk_program(model, images, landmarks, masks, weights, shared, per_frame, 
     def objective(photometric):
         def terms_of(c):
             full = expand(c)
-            terms = F._terms(model, full, images, landmarks, masks, config, photometric)
+            terms = F._terms(model, full, images, landmarks, masks, config, photometric, photo_masks)
             error = terms.pop("photometric_error", None)
             terms.pop("loss")
             terms.update(_smoothness_terms(full, previous, linked, smooth))
