@@ -99,11 +99,70 @@ def reference(tmp_path_factory, jax_cache):
 def test_reference_run_prints_metrics_and_eval_cli(reference, jax_cache):
     workdir, out, _ = reference
     assert "landmark NME (IOD)" in out and "baseline" in out
+    # no silent minute: generation and compile are announced; each metric has a verdict
+    assert "data: generating 32 training images and 8 held-out images" in out
+    assert "stn: compiling the train step" in out and "evaluating on 8 held-out images" in out
+    table = out[out.index("held-out metrics on"):].splitlines()
+    for row in table[2:5]:
+        assert any(v in row for v in ("better (", "worse (", "within noise (")), row
+    assert json.loads((workdir / "metrics.json").read_text())["step"] == STEPS
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     proc = subprocess.run([sys.executable, "-m", "train.stn", "--eval", str(workdir / "checkpoints")],
                           cwd=REPO, env=_env(jax_cache), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"step {STEPS}" in proc.stdout and "pose error (deg)" in proc.stdout
+
+
+def test_second_start_on_the_finished_run_only_reports(reference, capsys, monkeypatch):
+    """A finished run is recognised from its folder: no data, no compile, no progress bar; it prints
+    the metrics it saved."""
+    from jface.data import synthetic_stn
+    from train import stn
+
+    workdir, out, _ = reference
+    monkeypatch.setenv("JFACE_COMPILATION_CACHE", "0")
+    monkeypatch.setattr(synthetic_stn, "generate", lambda *a, **k: pytest.fail("generated data"))
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    start = time.perf_counter()
+    assert stn.main([*COMMON, "--workdir", str(workdir)]) == 0
+    elapsed = time.perf_counter() - start
+    captured = capsys.readouterr()
+    assert f"is already finished (step {STEPS} of {STEPS})" in captured.out
+    saved = out[out.index("held-out metrics on"):].splitlines()[3]  # the NME row of the first run
+    assert saved in captured.out and "stn:" not in captured.err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    assert elapsed < 5.0, elapsed
+
+
+def test_readme_train_stn_commands(reference, tmp_path, monkeypatch, capsys):
+    """The README's train.stn lines as written with ``--preset tiny ...`` appended (tests/test_readme.py
+    leaves them to this test): on a copy of the reference run as runs/stn, the quickstart and
+    ``--preset default`` lines find it finished and print its metrics; ``--eval runs/stn`` evaluates it."""
+    import shutil
+
+    import jax
+    from test_readme import readme_commands, rule_of, run_command
+
+    workdir, _, _ = reference
+    shutil.copytree(workdir, tmp_path / "runs" / "stn")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JFACE_COMPILATION_CACHE", "0")
+    lines = [c for c in readme_commands() if "test_readme_train_stn_commands" in rule_of(c).why]
+    assert {"python -m train.stn", "python -m train.stn --eval runs/stn"} <= set(lines), lines
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)  # as a user runs it
+    try:
+        for line in lines:
+            extra = [] if "--eval" in line else [*COMMON, "--workdir", "runs/stn"]
+            assert run_command(line, extra) == 0, line
+            out = capsys.readouterr().out
+            if "--eval" in line:
+                assert f"step {STEPS}" in out and "pose error (deg)" in out, out
+                assert any(v in out for v in ("better (", "worse (", "within noise (")), out
+            else:
+                assert f"runs/stn is already finished (step {STEPS} of {STEPS})" in out, out
+    finally:
+        jax.config.update("jax_enable_x64", previous)
 
 
 def test_two_processes_match_one(reference, tmp_path, jax_cache):
