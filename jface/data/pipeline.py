@@ -105,8 +105,9 @@ def mirror_pairs(batch: Mapping[str, np.ndarray]) -> dict:
 def _mirror_labels_host(labels: np.ndarray, width: int) -> np.ndarray:
     if labels.ndim != 3 or labels.shape[-1] != 3 or labels.shape[1] not in _MIRROR_ORDER:
         raise ValueError(f"labels: expected (B, 21 or 68, 3) (x, y, vis) to mirror, got shape {labels.shape}")
-    # The library's mirror, on the host CPU: the data pipeline never touches the accelerator.
-    with jax.default_device(jax.devices("cpu")[0]):
+    # The library's mirror, on this process's host CPU: the data pipeline never touches the
+    # accelerator (jax.devices("cpu")[0] would be process 0's CPU, not addressable from the others).
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
         xy, vis = mirror_labels(labels[..., :2], labels[..., 2], image_width=width,
                                 order=_MIRROR_ORDER[labels.shape[1]])
     return np.concatenate([np.asarray(xy), np.asarray(vis)[..., None]], -1).astype(labels.dtype)
