@@ -67,6 +67,7 @@ from jface.reconstruct.inputs import (
 from jface.stn import layers
 from jface.stn.fit import landmark_objective
 from jface.training.checkpoint import RunFormatError
+from jface.training.distributed import enable_compilation_cache
 from jface.training.stn import load_run
 
 __all__ = [
@@ -379,6 +380,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of --fit-landmarks")
     parser.add_argument("--crop-scale", type=float, default=1.6, help="crop size / landmark box size")
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # JFACE_COMPILATION_CACHE=0 turns it off
     try:
         collect_inputs(args.inputs)
         prepare_output_dir(args.out, "-o")

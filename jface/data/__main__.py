@@ -46,6 +46,7 @@ from jface.data.photos import TASKS, PhotoFit, build_photo_folder, resolve_data_
 from jface.data.tfds_real import JfaceRealFaces
 from jface.data.tfds_synthetic import PRESETS, JfaceSyntheticFaces, custom_config, load_source
 from jface.data.the300w_lp import JfaceThe300wLp, list_300w_lp
+from jface.training.distributed import enable_compilation_cache
 
 __all__ = ["main", "contact_sheet", "landmarks_to_pixels"]
 
@@ -287,6 +288,7 @@ def main(argv=None):
     ins.add_argument("-o", "--output", required=True)
 
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # JFACE_COMPILATION_CACHE=0 turns it off
     # $TFDS_DATA_DIR as set now (tfds reads it once, at import), as jface.data.sources resolves it
     args.data_dir = str(resolve_data_dir(args.data_dir))
     if args.command == "inspect":

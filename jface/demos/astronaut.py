@@ -31,6 +31,7 @@ from jface.data.crops import stn_crop
 from jface.data.real import dlib_detector
 from jface.flatten import AFLW21_FROM_IBUG_VALID, fit_theta, flatten_batch, ibug68_to_aflw21
 from jface.models import default_stn_model
+from jface.training.distributed import enable_compilation_cache
 
 __all__ = ["ASTRONAUT_LANDMARKS68", "load_astronaut", "astronaut_landmarks", "run", "main"]
 
@@ -192,6 +193,7 @@ def main(argv=None):
     parser.add_argument("--no-detector", action="store_true",
                         help="use the hand-placed landmarks even if dlib is installed")
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # JFACE_COMPILATION_CACHE=0 turns it off
     run(args.out, steps=args.steps, use_detector=not args.no_detector)
     return 0
 

@@ -23,6 +23,7 @@ import optax
 
 from jface.flame.heads import procedural_head
 from jface.render import antialias, edge_neighbours, interpolate, rasterize
+from jface.training.distributed import enable_compilation_cache
 
 __all__ = ["demo_mesh", "silhouette", "fit", "main"]
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.03, help="Adam peak learning rate (cosine decay)")
     parser.add_argument("--json", help="write the loss / pose-error history here")
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # JFACE_COMPILATION_CACHE=0 turns it off
     if args.steps < 1 or args.size < 2:
         parser.error("--steps must be >= 1 and --size >= 2")
     result = fit(args.steps, args.size, args.lr)

@@ -19,6 +19,7 @@ from jface.deca.render import render, render_shape
 from jface.flame.heads import deca_camera, demo_head
 from jface.geometry import axis_angle_to_matrix
 from jface.render import soft_rasterize
+from jface.training.distributed import enable_compilation_cache
 
 
 def _save(path, image):
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--yaw", type=float, default=25.0, help="head yaw in degrees")
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # JFACE_COMPILATION_CACHE=0 turns it off
     if args.command == "demo":
         demo(args.out, args.size, args.yaw)
     return 0
