@@ -29,6 +29,13 @@ alone. ``--eval DIR`` prints the held-out metrics a finished run saved; with ``-
 and/or ``--json OUT`` it loads the run from its checkpoints and writes per-image and mean landmark
 NME beside the mean face's (keys ``nme``, ``baseline_nme``, ``per_image``, ``images``).
 
+A start on a finished run (every stage at its step count) is recognised from the folder before any
+data is made and prints the metrics the run saved. Every held-out metric is printed beside the mean
+face's with a verdict (better / worse / within noise: 2 standard errors of the mean per-image
+difference), and the end says how the stages after pretraining moved each metric (a stage that made
+one worse says so). JAX's persistent compilation cache is on unless ``--no_compilation_cache`` or
+``JFACE_COMPILATION_CACHE=0``. A user's mistake is one line on stderr and exit status 2.
+
 Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator; a
 built TFDS dataset by name or directory; a folder of photographs in identity sub-folders, built
 into ``--data_dir`` on first use, see ``jface.data.sources``). Sources open before the work

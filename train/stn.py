@@ -30,7 +30,14 @@ held-out split; the run's own config and theta statistics come from its checkpoi
 (with ``--eval``: per-image and mean landmark NME as JSON: ``nme``, ``baseline_nme``,
 ``per_image``, ``images``), ``--coordinator host:port --num_processes N --process_id i`` (multi-host;
 automatic on Cloud TPU VMs). A run resumes from ``workdir``'s latest checkpoint automatically;
-SIGTERM saves a checkpoint and exits with status 143.
+SIGTERM saves a checkpoint and exits with status 143. A start on a finished run (its newest
+checkpoint at ``steps``) is recognised from the folder before any data is made: it prints the
+metrics the run saved (``workdir/metrics.json``) and exits 0. Every held-out metric is printed beside
+the baseline's with a verdict (better / worse / within noise: 2 standard errors of the mean
+per-image difference, :func:`jface.training.metrics.compare`). JAX's persistent compilation cache
+(in the jface cache folder) is on unless ``--no_compilation_cache`` or ``JFACE_COMPILATION_CACHE=0``.
+A user's mistake (a flag, a preset, a missing or refused file, a workdir that cannot be used, a disk
+that refuses a checkpoint) is one line on stderr and exit status 2.
 
 The training itself is :mod:`jface.training.stn` (the pure step ``train_step(state, batch) ->
 (state, metrics)`` around :func:`jface.stn.apply_network`, the loop, evaluation, loading a run).
