@@ -447,10 +447,10 @@ def fitted(tmp_path_factory, model, detail):
     """Two 224 photos of the mean face rendered with known albedo and coloured light over noise,
     their exact landmarks; fitted by the photometric stage alone (the landmark stage has 0 steps:
     the mean face's camera from the landmarks is already exact), albedo and light only, at 32 px
-    (the smallest fit program). Same batch and detail generator as ``reconstructed``, so the
-    decode program is reused."""
-    from jface.deca import decode
+    (the smallest fit program). The photos are rendered by the tool's own decode program, with the
+    batch and detail generator of ``reconstructed``: one compiled decode serves all three runs."""
     from jface.fit import FitConfig
+    from jface.reconstruct import decode_batch
 
     rng = np.random.default_rng(3)
     batch = 2
@@ -460,8 +460,9 @@ def fitted(tmp_path_factory, model, detail):
     codes = {"shape": np.zeros((batch, 100)), "exp": np.zeros((batch, 50)), "pose": np.zeros((batch, 6)),
              "cam": np.asarray([[8.0, 0.0, 0.0], [7.0, 0.03, -0.02]]), "tex": 1.5 * rng.normal(size=(batch, 50)),
              "light": light}
-    rendered = decode({}, model, {k: jnp.asarray(v, jnp.float32) for k, v in codes.items()}, image_hw=(224, 224),
-                      use_detail=False)
+    generator, params = detail
+    rendered = decode_batch(params, model, {k: np.asarray(v, np.float32) for k, v in codes.items()},
+                            np.zeros((batch, 224, 224, 3), np.float32), detail_generator=generator)
     alpha = np.asarray(rendered["alpha_images"])
     photos = np.asarray(rendered["rendered_images"]) * alpha + rng.uniform(0.2, 0.6, (batch, 224, 224, 3)) * (1 - alpha)
     folder = tmp_path_factory.mktemp("fit_in") / "person"
@@ -469,7 +470,6 @@ def fitted(tmp_path_factory, model, detail):
     for b in range(batch):
         Image.fromarray(np.round(np.clip(photos[b], 0, 1) * 255).astype(np.uint8)).save(folder / f"f{b}.png")
         np.savetxt(folder / f"f{b}.txt", (np.asarray(rendered["landmarks2d"][b]) + 1.0) * 112.0)
-    generator, params = detail
     out = tmp_path_factory.mktemp("fit_out")
     config = FitConfig(landmark_steps=0, photometric_steps=30, render_size=32, refine_geometry=False)
     summary = run([folder], out, fit=True, fit_config=config, batch_size=2, params=params,

@@ -98,7 +98,7 @@ from jface.reconstruct.inputs import (
     prepared_batches,
     progress_bar,
 )
-from jface.render import interpolate, rasterize, world2uv
+from jface.render import interpolate, layout_fragments, world2uv
 from jface.sampling import grid_sample
 from jface.training.checkpoint import RunFormatError
 from jface.training.deca import load_run
@@ -341,7 +341,9 @@ def _vertex_visibility(fragments, faces, transformed_normals):
 
 
 @partial(jax.jit, static_argnames=("image_hw", "detail_generator"))
-def _decode(params, model, codes, crops, fixed_displacement, image_hw=(224, 224), detail_generator=None):
+def _decode(params, model, codes, crops, fixed_displacement, uv_layout, image_hw=(224, 224), detail_generator=None):
+    # One rasterization of the heads (decode's render) serves every image product below, and the UV
+    # layout's comes rasterized from outside (``uv_layout``): no rasterizer is compiled twice.
     out = decode(params, model, codes, image_hw=image_hw, fixed_displacement=fixed_displacement,
                  detail_generator=detail_generator)
     faces = jnp.asarray(model.faces, jnp.int32)
@@ -351,37 +353,47 @@ def _decode(params, model, codes, crops, fixed_displacement, image_hw=(224, 224)
     ncc = pncc_colours(model)
 
     def per_item(o, crop):
-        fragments = rasterize(o["trans_verts"], faces, image_hw)
+        fragments = o["fragments"]
         visible = _vertex_visibility(fragments, faces, o["transformed_normals"])
         # one UV rasterization for every attribute: NDC position, visibility (, coarse normals)
         attributes = [o["trans_verts"], visible[:, None].astype(o["trans_verts"].dtype)]
         if "uv_detail_normals" not in o:
             attributes.append(o["normals"])
-        uv = world2uv(jnp.concatenate(attributes, -1), faces, model.uv_coords, model.uv_faces, uv_size)
+        uv = world2uv(jnp.concatenate(attributes, -1), faces, model.uv_coords, model.uv_faces, uv_size,
+                      layout=uv_layout)
         uv_visible = (uv[..., 3] > 0.5).astype(crop.dtype)
         uv_gt = grid_sample(crop, uv[..., :2])
         fill = o["albedo"] if has_albedo else jnp.full(uv_gt.shape, 0.7, uv_gt.dtype)
         keep = (uv_mask * uv_visible)[..., None]
         texture = uv_gt * keep + fill * (1.0 - keep)
-        shape = render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw)
+        shape = render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw, fragments=fragments)
         result = {"uv_texture_gt": texture, "uv_visibility": uv_visible, "shape_images": shape["images"],
                   "depth_images": jnp.where(fragments.mask > 0, fragments.depth, jnp.nan),
                   "pncc_images": interpolate(fragments, ncc, faces), "coverage": fragments.mask}
         if "uv_detail_normals" in o:
             normal_images = grid_sample(o["uv_detail_normals"], o["grid"]) * o["alpha_images"]
             detail = render_shape(o["verts"], o["trans_verts"], faces, image_hw=image_hw,
-                                  detail_normal_images=normal_images)
+                                  detail_normal_images=normal_images, fragments=fragments)
             result["shape_detail_images"] = detail["images"]
         else:
             result["uv_coarse_normals"] = uv[..., 4:7]
         return result
 
     keep = ("verts", "trans_verts", "normals", "transformed_normals", "albedo", "grid", "alpha_images",
-            "uv_detail_normals")
+            "uv_detail_normals", "fragments")
     extra = jax.vmap(per_item)({k: out[k] for k in keep if k in out}, crops)
     out.update(extra)
     out.pop("fragments", None)
     return out
+
+
+def _uv_size(model, codes) -> tuple:
+    """The UV size of :func:`jface.deca.decode`'s maps: the albedo's, else the face/eye mask's, else 256²."""
+    if model.albedo_mean is not None and "tex" in codes:
+        return tuple(int(n) for n in np.shape(model.albedo_mean)[:2])
+    if model.uv_face_eye_mask is not None:
+        return tuple(int(n) for n in np.shape(model.uv_face_eye_mask)[:2])
+    return (256, 256)
 
 
 def decode_batch(params, model, codes, crops, fixed_displacement=None, detail_generator=None):
@@ -397,6 +409,8 @@ def decode_batch(params, model, codes, crops, fixed_displacement=None, detail_ge
         codes["detail"] = jnp.zeros((codes["shape"].shape[0], 128), jnp.float32)
     out = _decode(params, model, codes, jnp.asarray(crops, jnp.float32),
                   None if fixed_displacement is None else jnp.asarray(fixed_displacement, jnp.float32),
+                  layout_fragments(np.asarray(model.uv_coords, np.float32), np.asarray(model.uv_faces, np.int32),
+                                   _uv_size(model, codes)),
                   detail_generator=detail_generator)
     return {k: np.asarray(v) for k, v in out.items() if hasattr(v, "shape")}
 
