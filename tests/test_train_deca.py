@@ -25,7 +25,7 @@ from train import deca
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path, monkeypatch):
+def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path, monkeypatch, capsys):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     workdir = tmp_path / "deca"
     proc = subprocess.run(
@@ -37,6 +37,12 @@ def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path, monkeypatch):
     # The run says up front which losses are off for lack of user weights.
     assert "identity loss is OFF" in out and "ID-MRF loss is OFF" in out
     assert "held-out metrics" in out and "UV photometric error" in out
+    # each metric beside the mean face's with a verdict, and how the stages after pretraining moved it
+    assert "generating train faces" in proc.stderr and "pretrain: compiling the train step" in out
+    table = out[out.rindex("held-out metrics on"):].splitlines()
+    for row in table[2:4]:
+        assert any(v in row for v in ("better (", "worse (", "within noise (")), row
+    assert "landmark NME (IOD) after all stages" in out and "after pretraining:" in out
     metrics = json.loads((workdir / "metrics.json").read_text())["final"]
     for who in ("model", "baseline"):
         assert metrics[who]["nme"] > 0 and metrics[who]["vertex_mm"] > 0
@@ -85,7 +91,20 @@ def test_tiny_run_trains_all_stages_and_prints_metrics(tmp_path, monkeypatch):
     # --eval reads the finished run's metrics.
     ev = subprocess.run([sys.executable, "-m", "train.deca", "--eval", str(workdir)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
-    assert ev.returncode == 0 and "landmark NME" in ev.stdout
+    assert ev.returncode == 0 and "landmark NME" in ev.stdout and "after pretraining:" in ev.stdout
+    # the README's train.deca lines (tests/test_readme.py leaves them to this test) with --preset tiny
+    # appended: a second start on the finished run reports it from its folder; no data (generation is
+    # patched to fail above), no compile, no progress bar
+    from test_readme import readme_commands, rule_of, run_command
+
+    monkeypatch.setenv("JFACE_COMPILATION_CACHE", "0")
+    lines = [c for c in readme_commands() if "test_tiny_run_trains_all_stages" in rule_of(c).why]
+    assert "python -m train.deca --preset default" in lines, lines
+    for line in lines:
+        assert run_command(line, ["--preset", "tiny", "--workdir", str(workdir)]) == 0, line
+        captured = capsys.readouterr()
+        assert "is already finished (pretrain step 3 of 3" in captured.out, line
+        assert "after pretraining:" in captured.out and "pretrain:" not in captured.err
 
 
 def test_bad_config_fields_are_named():

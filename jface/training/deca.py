@@ -714,7 +714,7 @@ def compare_stages(earlier: Mapping, later: Mapping, earlier_name: str, later_na
         line = (f"{label} {later_name} {later['model'][key]:.{digits}f} against {earlier['model'][key]:.{digits}f} "
                 f"{earlier_name}: {verdict_text(judged, digits)}")
         if judged["verdict"] == "worse":
-            line += f" -- the stages after {earlier_name} made the {label.split(' (')[0]} WORSE"
+            line += f" -- the later stages made the {label.split(' (')[0]} WORSE"
         lines.append(line)
     return lines
 
