@@ -23,11 +23,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from jface.deca.detail import generate_dense_triangles
-from jface.render import rasterize, uv_ndc
+from jface.render import layout_fragments
 
 __all__ = [
     "FLAME_SHAPE_DIM",
@@ -335,8 +334,8 @@ def uv_pixel_table(uv_coords, uv_faces, uv_hw=(256, 256), mask=None):
     ``(Hu, Wu)`` (e.g. the face/eye mask) restricts the valid pixels to mask > 0.5.
     """
     height, width = (int(v) for v in uv_hw)
-    fragments = rasterize(uv_ndc(jnp.asarray(uv_coords, jnp.float32)), jnp.asarray(uv_faces, jnp.int32),
-                          (height, width))
+    # the same (cached) rasterization of the layout that jface.reconstruct's programs take
+    fragments = layout_fragments(np.asarray(uv_coords, np.float32), np.asarray(uv_faces, np.int32), (height, width))
     face_index = np.asarray(fragments.face_index)
     bary = np.asarray(fragments.bary, np.float64)
     valid = face_index >= 0

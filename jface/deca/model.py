@@ -192,6 +192,7 @@ def decode(
             normal_images=ops["normal_images"],
             albedo_images=ops["albedo_images"],
             mask_face_eye=ops["mask_face_eye"],
+            fragments=ops["fragments"],
         )
         if "shading_images" in ops:
             out["shading_images"] = ops["shading_images"]

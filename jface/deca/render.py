@@ -22,7 +22,7 @@ from jax import lax
 from jface.geometry import vertex_normals
 from jface.lighting import directional_shading, sh_shading
 from jface.render.interpolate import interpolate
-from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, rasterize
+from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, Fragments, rasterize
 from jface.render.uv import as_hw, uv_ndc
 from jface.sampling import grid_sample
 
@@ -161,6 +161,7 @@ def render_shape(
     tile_size: int = DEFAULT_TILE_SIZE,
     capacity: int = DEFAULT_CAPACITY,
     impl: str = "auto",
+    fragments: Fragments | None = None,
 ) -> dict:
     """DECA's grey "shape" render (``SRenderY.render_shape``), per item.
 
@@ -170,7 +171,8 @@ def render_shape(
     (interpolated transformed-normal z < 0.15), composited over ``background`` (black by default).
 
     Returns a dict: ``images (H, W, 3)``, ``alpha_images (H, W, 1)``, ``normal_images (H, W, 3)``,
-    ``fragments``.
+    ``fragments``. ``fragments``: the rasterization of ``transformed_vertices`` at ``image_hw``
+    when the caller has it (e.g. :func:`render`'s), so that it is not rasterized again.
     """
     vertices = jnp.asarray(vertices)
     transformed_vertices = jnp.asarray(transformed_vertices)
@@ -184,7 +186,10 @@ def render_shape(
     colors = jnp.asarray(colors, dtype)
     if colors.shape != vertices.shape:
         raise ValueError(f"colors: expected per-vertex {vertices.shape}, got {colors.shape}")
-    fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
+    if fragments is None:
+        fragments = rasterize(transformed_vertices, faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
+    elif tuple(jnp.shape(fragments.face_index)) != hw:
+        raise ValueError(f"fragments: expected a rasterization at {hw}, got {jnp.shape(fragments.face_index)}")
     attributes = jnp.concatenate(
         [colors[faces], lax.stop_gradient(transformed_normals[faces]), lax.stop_gradient(normals[faces])],
         axis=-1,

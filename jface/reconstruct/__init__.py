@@ -583,8 +583,11 @@ def run(inputs, out_dir, *, weights=None, fit=False, fit_landmarks=False, fit_co
         transfer=None, detector=False, batch_size=4, model=None, fixed_displacement=None, fit_steps=400, seed=0,
         params=None, detail_generator=None, log=print):
     """The tool's work (see the module docstring); returns a summary dict (``processed`` counts
-    the images with outputs; ``images`` one record per output folder; ``skipped`` every skipped
-    image and why; ``throughput``).
+    the images with outputs; ``images`` one record per output folder, with ``pose_deg``,
+    ``landmark_error_px`` (crop pixels) and, with ``fit``, ``fit``: ``photometric_error_before``
+    (mean |render - photo| inside the fit's face mask with the start's albedo and light: the mean
+    albedo and white light, or the network's; on the landmark-fitted geometry) and
+    ``photometric_error_after``; ``skipped`` every skipped image and why; ``throughput``).
 
     ``fit``: :func:`jface.fit.fit_flame` with ``fit_config`` (default :class:`jface.fit.FitConfig`)
     from the network's codes when there are networks, else from the mean face; ``fit_landmarks``:
@@ -661,15 +664,15 @@ def run(inputs, out_dir, *, weights=None, fit=False, fit_landmarks=False, fit_co
 
     def codes_for(crops, ndc):
         """Padded batch -> (codes, per-item fit records or None)."""
-        model, _ = face_model()
+        face, _ = face_model()
         if encode_fn is not None:
             codes = {k: np.asarray(v) for k, v in encode_fn(jnp.asarray(crops, jnp.float32)).items()}
         else:
             codes = encode_batch(params, crops) if "E_flame" in params else None
         if fit_landmarks:
-            codes, _ = fit_codes(model, ndc, codes, steps=fit_steps)
+            codes, _ = fit_codes(face, ndc, codes, steps=fit_steps)
         elif fit:
-            codes, history = fit_flame(model, crops, ndc, init=codes, config=config)
+            codes, history = fit_flame(face, crops, ndc, init=codes, config=config)
             error = history["photometric"]["photometric_error"]  # (photometric_steps + 1, B)
             records = [{"photometric_error_before": float(error[0, b]), "photometric_error_after": float(error[-1, b])}
                        for b in range(crops.shape[0])]
@@ -701,16 +704,16 @@ def run(inputs, out_dir, *, weights=None, fit=False, fit_landmarks=False, fit_co
                     failed.add(b)
             stems = [_unique_stem(item, used) for item, _ in batch]
             done_here = 0
-            model, table = face_model()
+            face, table = face_model()
             for suffix, job_codes in jobs:
-                out = decode_batch(params, model, job_codes, crops, fixed_displacement, detail_generator)
+                out = decode_batch(params, face, job_codes, crops, fixed_displacement, detail_generator)
                 for b, (item, (_, _, transform)) in enumerate(batch):
                     if b in failed:
                         continue
                     folder = out_dir / item.identity / (stems[b] + suffix)
                     out_b = {k: v[b] for k, v in out.items()}
                     try:
-                        paths = write_outputs(folder, model, {k: v[b] for k, v in job_codes.items()}, out_b,
+                        paths = write_outputs(folder, face, {k: v[b] for k, v in job_codes.items()}, out_b,
                                               crops[b], ndc[b], transform, table, label=label)
                     except SKIPPED_ERRORS as err:
                         report.add(item.path, f"cannot write its outputs in {folder} ({describe_error(err)})")

@@ -27,7 +27,7 @@ from jface.render.rasterize import (
     rasterize_face_index,
 )
 from jface.render.soft import soft_rasterize
-from jface.render.uv import uv_ndc, world2uv
+from jface.render.uv import layout_fragments, uv_ndc, world2uv
 
 __all__ = [
     "Fragments",
@@ -43,4 +43,5 @@ __all__ = [
     "edge_neighbours",
     "uv_ndc",
     "world2uv",
+    "layout_fragments",
 ]

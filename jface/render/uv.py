@@ -20,7 +20,7 @@ from jface.render.checks import check_faces, is_concrete
 from jface.render.interpolate import face_attributes, interpolate
 from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, Fragments, rasterize
 
-__all__ = ["uv_ndc", "world2uv", "as_hw"]
+__all__ = ["uv_ndc", "world2uv", "layout_fragments", "as_hw"]
 
 
 def as_hw(size: int | Sequence[int], name: str) -> tuple:
@@ -46,7 +46,7 @@ def uv_ndc(uv_coords) -> jax.Array:
 
 
 def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size: int = DEFAULT_TILE_SIZE,
-             capacity: int = DEFAULT_CAPACITY, impl: str = "auto") -> jax.Array:
+             capacity: int = DEFAULT_CAPACITY, impl: str = "auto", layout: Fragments | None = None) -> jax.Array:
     """Per-vertex attributes into a UV map (DECA's ``SRenderY.world2uv``), per item.
 
     The UV layout is rasterized as a mesh: vertices ``uv_ndc(uv_coords)`` (constant z = 1), faces
@@ -56,10 +56,12 @@ def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size: 
 
     ``attributes (V, D)``, ``faces (F, 3)``, ``uv_coords (T, 2)``, ``uv_faces (F, 3)``,
     ``uv_size`` int or ``(H, W)`` -> ``(H, W, D)`` in the UV image layout (row 0 = v = 1), 0
-    outside the UV charts; differentiable w.r.t. ``attributes``.
+    outside the UV charts; differentiable w.r.t. ``attributes``. ``layout``: the layout's
+    fragments from :func:`layout_fragments` (computed outside ``jit`` and passed in, when the
+    layout is a traced argument of the caller's program), so that it is not rasterized again.
     """
     layout_known = is_concrete(uv_coords, uv_faces)  # before any jnp op stages them into a trace
-    layout = (np.asarray(uv_coords), np.asarray(uv_faces)) if layout_known else None
+    known = (np.asarray(uv_coords), np.asarray(uv_faces)) if layout_known else None
     attributes = jnp.asarray(attributes)
     faces = jnp.asarray(faces)
     uv_faces = jnp.asarray(uv_faces)
@@ -75,8 +77,12 @@ def world2uv(attributes, faces, uv_coords, uv_faces, uv_size=256, *, tile_size: 
     uv_faces = check_faces(uv_faces, uv_vertices.shape[0], name="uv_faces",
                            rows=f"{uv_vertices.shape[0]} uv_coords")
     corners = face_attributes(attributes, faces)
-    if layout_known:
-        fragments = layout_fragments(*layout, hw, tile_size=tile_size, capacity=capacity, impl=impl)
+    if layout is not None:
+        if tuple(jnp.shape(layout.face_index)) != hw:
+            raise ValueError(f"layout: expected fragments of size {hw}, got {jnp.shape(layout.face_index)}")
+        fragments = layout
+    elif layout_known:
+        fragments = layout_fragments(*known, hw, tile_size=tile_size, capacity=capacity, impl=impl)
     else:
         fragments = rasterize(uv_vertices, uv_faces, hw, tile_size=tile_size, capacity=capacity, impl=impl)
     return interpolate(fragments, corners)
