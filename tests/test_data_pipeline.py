@@ -1,5 +1,6 @@
 """jface.data.pipeline.StreamLoader: the batches of BatchLoader over any random-access source,
-sharded per process, identity-grouped, mirrored, and resumed exactly from its state."""
+sharded per process, identity-grouped, mirrored, and resumed exactly from its state. (Processes
+reading an on-disk dataset together, through jax.distributed: tests/test_multiprocess.py.)"""
 
 from __future__ import annotations
 
@@ -32,30 +33,6 @@ def _arrays(identities=12, per_identity=4, size=8, points=21, seed=0):
         "labels": labels,
         "identity": np.repeat(np.arange(identities) * 7 + 3, per_identity).astype(np.int64),
     }
-
-
-def write_photo_folder(root: Path, identities: int = 4, per_identity: int = 2, seed: int = 0) -> Path:
-    """Identity folders of small random photos, each with a 68-point ``.npy`` side file."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for identity in range(identities):
-        folder = root / f"person{identity}"
-        folder.mkdir(parents=True)
-        for k in range(per_identity):
-            Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(folder / f"photo{k}.png")
-            np.save(folder / f"photo{k}.npy", np.stack([rng.uniform(8, 28, 68), rng.uniform(8, 32, 68)], 1))
-    return root
-
-
-@pytest.fixture
-def photo_dataset(tmp_path):
-    """A photo folder built for the STN (the side files label it) into ``<folder>-tfds``."""
-    from jface.data.sources import open_source
-
-    folder = write_photo_folder(tmp_path / "photos")
-    open_source(str(folder), task="stn", data_dir=str(folder) + "-tfds", progress=False, log=lambda *_: None)
-    return folder
 
 
 def _assert_batches_equal(a, b):
@@ -182,36 +159,6 @@ def test_mirror_pairs_is_the_library_mirror():
         assert list(out["mirrored"]) == [False, True] * 3 and list(out["identity"]) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError, match="21 or 68"):
         mirror_pairs({"images": np.zeros((1, 4, 4, 3)), "labels": np.zeros((1, 5, 3))})
-
-
-_SHARD_CHILD = textwrap.dedent("""
-    import json, sys
-    from jface.data.pipeline import StreamLoader
-    from jface.data.sources import open_source
-    directory, shard, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    source = open_source(directory, task="stn", data_dir=directory + "-tfds")
-    loader = StreamLoader(source, batch_size=4, seed=7, shard_index=shard, shard_count=2, with_index=True,
-                          keys=("images", "labels", "identity"))
-    read = [int(i) for _ in range(loader.steps_per_epoch) for i in next(loader)["index"]]
-    json.dump({"read": read, "records": len(source), "state": loader.get_state()}, open(out, "w"))
-""")
-
-
-def test_two_processes_read_disjoint_halves_of_an_epoch(tmp_path, photo_dataset):
-    """Two processes (shard 0 and 1 of 2) over an on-disk dataset: what they read in one epoch is
-    disjoint and together the whole split."""
-    folder = photo_dataset
-    outs = [tmp_path / f"shard{i}.json" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", _SHARD_CHILD, str(folder), str(i), str(outs[i])], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
-    results = [json.loads(out.read_text()) for out in outs]
-    records = results[0]["records"]
-    read0, read1 = set(results[0]["read"]), set(results[1]["read"])
-    assert len(results[0]["read"]) == len(read0) == records // 2 == len(read1)
-    assert not read0 & read1 and read0 | read1 == set(range(records))
 
 
 # --- host memory does not grow with the dataset -------------------------------------------------------

@@ -108,8 +108,8 @@ def test_processes_read_disjoint_shards_that_make_the_global_batches(runs):
             assert a + b == whole  # together: the one-process global batch, in process order
             seen += whole
         assert len(seen) == len(set(seen))  # an epoch reads each record at most once
-        if kind == "flat":
-            assert len(seen) == steps * 8 and set(seen) <= set(range(24))
+        if kind == "flat":  # 24 records, batches of 8: one epoch is the whole split
+            assert sorted(seen) == list(range(24))
     # identity-grouped (K = 2): each process's slice holds whole pairs of one identity
     for report in (p0, p1):
         for identities in report["grouped"]["identities"]:
