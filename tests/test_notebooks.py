@@ -43,4 +43,4 @@ def test_train_on_photos_notebook(tmp_path, monkeypatch):
     assert text.count("exit status 0") == 2, text[-3000:]
     report = json.loads((tmp_path / "stn_eval.json").read_text())
     assert report["images"] == 8 and report["step"] == 2 and report["nme"] > 0 and report["baseline_nme"] > 0
-    assert (tmp_path / "runs" / "stn_photos" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "stn_photos" / "checkpoints").is_dir()

@@ -37,7 +37,10 @@ def test_compare_is_a_paired_test_of_per_image_errors():
     assert compare([1.0, None, 3.0], [2.0, 1.0, np.nan])["images"] == 1
     assert compare([1.0], [2.0])["verdict"] == "within noise" and compare([1.0], [2.0])["noise"] is None
     assert compare([None], [1.0])["verdict"] == "n/a"
-    assert verdict_text(compare(baseline + 0.1, baseline)).startswith("worse (+0.1000 ± 0.0000)")
+    assert verdict_text(compare(baseline + 0.1, baseline)).startswith("worse (+0.1000 ± ")
+    assert verdict_text(compare(baseline + rng.normal(0, 0.05, 100), baseline)).endswith(")")
+    assert verdict_text(compare(baseline - 1e-3 + rng.normal(0, 1e-6, 100), baseline)).startswith(
+        "better (-0.0010 ± 1.9e-07)")  # a noise below 0.0001 keeps 2 significant digits
     with pytest.raises(ValueError, match="same images"):
         compare([1.0, 2.0], [1.0])
 

@@ -98,8 +98,13 @@ def compare(errors, reference) -> dict:
 
 def verdict_text(comparison: Mapping, digits: int = 4) -> str:
     """``"better (-0.0123 ± 0.0040)"``: the verdict of :func:`compare` with the mean difference and
-    the noise it was judged against."""
+    the noise it was judged against (``digits`` decimals; a noise below that shown to 2 significant
+    digits)."""
     if comparison["verdict"] == "n/a":
         return "n/a (no image scored on both)"
-    noise = "n/a: 1 image" if comparison["noise"] is None else f"{comparison['noise']:.{digits}f}"
-    return f"{comparison['verdict']} ({comparison['difference']:+.{digits}f} ± {noise})"
+    noise = comparison["noise"]
+    if noise is None:
+        shown = "n/a: 1 image"
+    else:  # two significant digits when the fixed format would print 0
+        shown = f"{noise:.{digits}f}" if noise >= 10 ** -digits or noise == 0 else f"{noise:.2g}"
+    return f"{comparison['verdict']} ({comparison['difference']:+.{digits}f} ± {shown})"
