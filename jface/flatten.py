@@ -48,6 +48,7 @@ from jface.data.crops import stn_crop
 from jface.errors import ModelFileError
 from jface.models import default_stn_model, load_model
 from jface.models.landmarks import AFLW21_EARS, AFLW21_FROM_IBUG68
+from jface.models.prepare import require_landmark_set
 from jface.reconstruct.inputs import (
     SKIPPED_ERRORS,
     InputError,
@@ -387,6 +388,8 @@ def main(argv=None):
         if args.weights is not None:
             check_input_file(args.weights, "--weights", folder=True)
         model = load_input_file("--model", args.model, load_model) if args.model else None
+        if model is not None:  # a model prepared without --landmarks: one sentence saying how to add them
+            require_landmark_set(model, "aflw21", args.model, needed_by="python -m jface.flatten")
         summary = run(args.inputs, args.out, model=model, weights=args.weights, fit_landmarks=args.fit_landmarks,
                       detector=args.detector, batch_size=args.batch, steps=args.steps, crop_scale=args.crop_scale)
     except (InputError, LandmarkFileError, ImportError, ModelFileError) as err:

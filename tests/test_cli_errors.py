@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from jface import cli, training
+from jface.flatten import main as flatten_main
 from jface.models import save_model
 from jface.models.__main__ import main as models_main
 from jface.stn.demo import main as demo_main
@@ -26,7 +27,7 @@ from train import stn as train_stn
 
 ROOT = os.geteuid() == 0  # root ignores file permissions: the chmod cases need another user
 MAINS = {"train.stn": train_stn.main, "train.deca": train_deca.main, "stn.demo": demo_main,
-         "models": models_main, "weights": weights_main}
+         "models": models_main, "weights": weights_main, "flatten": flatten_main}
 
 
 @pytest.fixture()
@@ -42,6 +43,11 @@ def files(tmp_path, monkeypatch):
     save_model(model.replace(landmarks={}), tmp_path / "no_landmarks.npz")
     (tmp_path / "locked.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 200)
     (tmp_path / "locked.mat").chmod(0)
+    (tmp_path / "faces").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "faces" / "a.png")
+    np.savetxt(tmp_path / "faces" / "a.txt", np.random.default_rng(0).uniform(5, 35, (68, 2)))
     (tmp_path / "read_only").mkdir()
     (tmp_path / "read_only").chmod(stat.S_IRUSR | stat.S_IXUSR)
     yield tmp_path
@@ -68,6 +74,8 @@ CASES = [
     ("demo-out-is-file", "stn.demo", ["-o", "a_file"], "-o a_file: expected a folder, but it is a file"),
     ("demo-model-without-aflw21", "stn.demo", ["--model", "no_landmarks.npz", "-o", "out"],
      "python -m jface.models add-landmarks no_landmarks.npz --landmarks aflw21=Landmarks21_8.anl"),
+    ("flatten-model-without-aflw21", "flatten", ["faces", "-o", "flat", "--fit-landmarks", "--model",
+                                                 "no_landmarks.npz"], "add-landmarks no_landmarks.npz"),
     ("stn-missing-model", "train.stn", ["--model", "/nonexistent.npz", "--workdir", "run"],
      "/nonexistent.npz: no such file"),
     ("stn-model-without-aflw21", "train.stn", ["--preset", "tiny", "--model", "no_landmarks.npz", "--workdir", "run"],
