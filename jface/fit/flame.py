@@ -85,7 +85,7 @@ class FitConfig:
     """
 
     landmark_steps: int = 200
-    photometric_steps: int = 100
+    photometric_steps: int = 200
     landmark_lr: float = 0.02
     photometric_lr: float = 0.05
     render_size: int = 224

@@ -10,11 +10,13 @@ by one jitted chunk program that every call reuses (padded frames carry weight 0
    and light); the shared codes are then fixed;
 2. **tracking**: the chunks in order, each frame warm-started from the last fitted frame before
    its chunk (expression, pose, light; the camera moved by the change of the landmark-aligned
-   camera between the two frames), with a temporal smoothness term: for consecutive frames,
-   ``smooth_pose`` x |Δ pose|² (radians) + ``smooth_exp`` x |Δ exp|² + ``smooth_cam`` x
-   (|Δ log s|² + |Δ t|²) + ``smooth_light`` x |Δ light|², the first frame of a chunk tied to the
-   last frame of the previous one. The smoothness weights are traced values (changing them does
-   not compile again).
+   camera between the two frames), with a temporal smoothness term on the second difference
+   (acceleration) over consecutive frames, Δ²x_t = x_t - 2 x_{t-1} + x_{t-2}: ``smooth_pose`` x
+   |Δ² pose|² (radians) + ``smooth_exp`` x |Δ² exp|² + ``smooth_cam`` x (|Δ² log s|² + |Δ² t|²) +
+   ``smooth_light`` x |Δ² light|²; the first frames of a chunk are tied to the last two fitted
+   frames before it. The second difference removes frame-to-frame jitter without pulling a
+   steady turn back (a first difference would make the track lag). The smoothness weights are
+   traced values (changing them does not compile again).
 
 Frames: ``frames (T, S, S, 3)`` RGB in [0, 1], each a DECA crop; ``landmarks (T, 68, 2|3)`` in
 that crop's NDC (x right, y down; :func:`jface.fit.crop_pixels_to_ndc`), a third column weighting
@@ -49,16 +51,16 @@ class TrackConfig:
 
     fit: F.FitConfig = F.FitConfig(landmark_steps=100, photometric_steps=50)
     chunk: int = 16
-    smooth_pose: float = 100.0
-    smooth_exp: float = 1.0
-    smooth_cam: float = 100.0
-    smooth_light: float = 0.1
+    smooth_pose: float = 10.0
+    smooth_exp: float = 0.1
+    smooth_cam: float = 10.0
+    smooth_light: float = 0.01
 
     def __post_init__(self):
         if not isinstance(self.fit, F.FitConfig):
             raise ValueError(f"config.fit: expected a jface.fit.FitConfig, got {type(self.fit)}")
-        if not isinstance(self.chunk, (int, np.integer)) or self.chunk < 1:
-            raise ValueError(f"config.chunk: expected an int >= 1, got {self.chunk!r}")
+        if not isinstance(self.chunk, (int, np.integer)) or self.chunk < 2:
+            raise ValueError(f"config.chunk: expected an int >= 2, got {self.chunk!r}")
         for name in ("smooth_pose", "smooth_exp", "smooth_cam", "smooth_light"):
             if not float(getattr(self, name)) >= 0.0:
                 raise ValueError(f"config.{name}: expected a non-negative weight, got {getattr(self, name)!r}")
@@ -87,17 +89,19 @@ def _cam_track(cam):
 
 
 def _smoothness_terms(codes, previous, linked, weights) -> dict:
-    """Per-frame ``{'smooth_<name>': (C,)}``: the weighted squared change from the frame before
-    (for frame 0 the ``previous`` codes, counted only where ``linked`` is 1)."""
+    """Per-frame ``{'smooth_<name>': (C,)}``: the weighted squared second difference over frames.
+    ``previous``: the two fitted frames before the chunk (``(2, ...)`` per code, older first);
+    ``linked (2,)``: 1 where that frame exists. Frame 0 counts where both exist, frame 1 where
+    the last one does."""
+    count = codes["pose"].shape[0]
+    present = jnp.ones(count).at[0].set(linked[0] * linked[1]).at[1].set(linked[1])
     terms = {}
     for name in _PER_FRAME:
         values = _cam_track(codes[name]) if name == "cam" else codes[name]
         before = _cam_track(previous[name]) if name == "cam" else previous[name]
-        sequence = jnp.concatenate([before[None], values], axis=0)
-        change = (sequence[1:] - sequence[:-1]).reshape(values.shape[0], -1)
-        squared = jnp.sum(jnp.square(change), axis=-1)
-        squared = squared.at[0].multiply(linked)
-        terms[f"smooth_{name}"] = weights[name] * squared
+        sequence = jnp.concatenate([before, values], axis=0).reshape(count + 2, -1)
+        second = sequence[2:] - 2.0 * sequence[1:-1] + sequence[:-2]
+        terms[f"smooth_{name}"] = weights[name] * present * jnp.sum(jnp.square(second), axis=-1)
     return terms
 
 
@@ -221,23 +225,24 @@ def track_flame(model, frames, landmarks, config: TrackConfig = TrackConfig(), *
     def run(index, weights, shared, per_frame, previous, linked, smoothness, shared_step):
         index = jnp.asarray(index)
         return _chunk_program(model, frames[index], landmarks[index], masks[index], jnp.asarray(weights, jnp.float32),
-                              shared, per_frame, previous, jnp.float32(linked), smoothness, jnp.float32(shared_step),
+                              shared, per_frame, previous, jnp.asarray(linked, jnp.float32), smoothness,
+                              jnp.float32(shared_step),
                               config.fit)
 
     # 1. identity: key frames fitted together with the shared codes free
     keys = key_frames(num_frames, chunk)
     shared = {k: jnp.mean(start[k], axis=0) for k in _SHARED}
     per_frame = {k: start[k][keys] for k in _PER_FRAME}
-    unlinked = _take(per_frame, 0)
+    unlinked = _take(per_frame, np.array([0, 0]))
     zero = jax.tree_util.tree_map(jnp.zeros_like, smooth)
-    shared, key_codes, identity = run(keys, np.ones(chunk), shared, per_frame, unlinked, 0.0, zero, 1.0)
+    shared, key_codes, identity = run(keys, np.ones(chunk), shared, per_frame, unlinked, (0.0, 0.0), zero, 1.0)
     if progress is not None:
         progress(1, total)
 
     # 2. tracking: chunks in order, warm-started, smoothness linking consecutive frames
     results = {k: [] for k in _PER_FRAME}
     tracking = []
-    reference, reference_frame = None, None
+    reference, reference_frame, before_reference = None, None, None
     for done, begin in enumerate(range(0, num_frames, chunk), start=2):
         index = np.arange(begin, min(begin + chunk, num_frames))
         weights = np.concatenate([np.ones(len(index)), np.zeros(chunk - len(index))])
@@ -246,17 +251,20 @@ def track_flame(model, frames, landmarks, config: TrackConfig = TrackConfig(), *
             nearest = np.abs(index[:, None] - keys[None, :]).argmin(axis=1)
             ref = _take(key_codes, nearest)
             ref_cam = start["cam"][keys[nearest]]
-            previous, linked = unlinked, 0.0
+            previous, linked = unlinked, (0.0, 0.0)
         else:
             ref = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (chunk,) + x.shape), reference)
             ref_cam = start["cam"][reference_frame]
-            previous, linked = reference, 1.0
+            older = reference if before_reference is None else before_reference
+            previous = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), older, reference)
+            linked = (0.0 if before_reference is None else 1.0, 1.0)
         per_frame = {**ref, "cam": ref["cam"] + start["cam"][index] - ref_cam}
         _, fitted, history = run(index, weights, shared, per_frame, previous, linked, smooth, 0.0)
         count = int(weights.sum())
         for k in _PER_FRAME:
             results[k].append(np.asarray(fitted[k][:count]))
         tracking.append(history)
+        before_reference = _take(fitted, count - 2) if count >= 2 else reference
         reference, reference_frame = _take(fitted, count - 1), int(index[count - 1])
         if progress is not None:
             progress(done, total)
