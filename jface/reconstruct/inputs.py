@@ -51,7 +51,6 @@ __all__ = [
     "make_detector",
     "prepared_batches",
     "describe_error",
-    "progress",
     "progress_bar",
 ]
 
@@ -313,12 +312,3 @@ def progress_bar(total: int, desc: str = ""):
         return _TqdmBar(total, desc)
     except ImportError:  # pragma: no cover
         return _NoBar()
-
-
-def progress(iterable, total=None, desc=""):
-    """A tqdm progress bar on stderr (plain iteration when tqdm is unavailable)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
