@@ -91,6 +91,11 @@ RULES = [
     # DECA
     Rule(r"^python -m jface\.reconstruct photos/ --weights deca\.npz", "parse",
          "DECA's released weights (a user download); tests/test_tools_reconstruct.py runs reconstruct"),
+    Rule(r"^python -m jface\.reconstruct photos/ --detector --fit", "parse",
+         "a photometric fit at 224 px compiles and runs for minutes on 2 CPU cores; "
+         "tests/test_tools_reconstruct.py runs --fit on small photos"),
+    Rule(r"^python -m jface\.reconstruct\.video clip\.mp4", "parse",
+         "the user's video; tests/test_fit_video.py tracks a rendered frame folder"),
     Rule(r"^python -m jface\.weights convert deca deca_model\.tar", "parse",
          "DECA's deca_model.tar (a user download); tests/test_weights.py converts a synthetic archive"),
     Rule(r"^python -m jface\.render demo", "parse",
