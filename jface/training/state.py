@@ -5,8 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import flax.struct
+import jax
 
-__all__ = ["TrainState"]
+__all__ = ["TrainState", "init_variables"]
+
+
+def init_variables(init_fn, *args):
+    """``jax.jit(init_fn)(*args)`` (a Flax ``module.init``), compiled without XLA's backend
+    optimisation on CPU: initialisation runs once, and XLA CPU spends ~30 s optimising the random
+    initialisers' threefry loops of even a 5-layer network at the default level (~3 s at level 0).
+    Values agree with the optimised program to float32 rounding (1.7e-7 relative)."""
+    lowered = jax.jit(init_fn).lower(*args)
+    if jax.default_backend() == "cpu":
+        return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(*args)
+    return lowered.compile()(*args)
 
 
 @flax.struct.dataclass
