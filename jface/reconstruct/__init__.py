@@ -103,7 +103,7 @@ from jface.sampling import grid_sample
 from jface.training.checkpoint import RunFormatError
 from jface.training.deca import load_run
 from jface.training.distributed import enable_compilation_cache
-from jface.training.state import init_variables
+from jface.training.state import init_network
 
 __all__ = [
     "RANDOM_WEIGHTS_WARNING",
@@ -147,7 +147,7 @@ def random_weights(seed: int = 0, *, detail: bool = True) -> dict:
                 "D_detail": jnp.zeros((1, 181))}
     keys = jax.random.split(jax.random.PRNGKey(seed), len(modules))
     # compiled (an eager ResNet-50 init runs op by op and takes minutes on a small CPU), unoptimised on CPU
-    return {name: dict(init_variables(module.init, key, examples[name]))
+    return {name: dict(init_network(module.init, key, examples[name]))
             for (name, module), key in zip(modules.items(), keys)}
 
 

@@ -71,7 +71,7 @@ from jface.training.landmark_eval import landmark_report
 from jface.training.loop import progress, train_loop
 from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
-from jface.training.state import TrainState, init_variables
+from jface.training.state import TrainState, init_network
 
 __all__ = [
     "STAGES", "RUN_FORMAT", "Config", "validate_config", "config_from_dict", "load_model", "model_record",
@@ -329,9 +329,9 @@ def init_variables(config: Config, networks: Networks, key) -> dict:
     size = config.encoder_size()
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     return {
-        "E_flame": init_variables(networks.coarse.init, k1, images),
-        "E_detail": init_variables(networks.detail.init, k2, images),
-        "D_detail": init_variables(networks.generator.init, k3, jnp.zeros((1, 181), jnp.float32)),
+        "E_flame": init_network(networks.coarse.init, k1, images),
+        "E_detail": init_network(networks.detail.init, k2, images),
+        "D_detail": init_network(networks.generator.init, k3, jnp.zeros((1, 181), jnp.float32)),
     }
 
 

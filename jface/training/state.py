@@ -7,10 +7,10 @@ from typing import Any
 import flax.struct
 import jax
 
-__all__ = ["TrainState", "init_variables"]
+__all__ = ["TrainState", "init_network"]
 
 
-def init_variables(init_fn, *args):
+def init_network(init_fn, *args):
     """``jax.jit(init_fn)(*args)`` (a Flax ``module.init``), compiled without XLA's backend
     optimisation on CPU: initialisation runs once, and XLA CPU spends ~30 s optimising the random
     initialisers' threefry loops of even a 5-layer network at the default level (~3 s at level 0).

@@ -56,7 +56,7 @@ from jface.training.landmark_eval import landmark_report
 from jface.training.loop import train_loop
 from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, save_image_grid, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
-from jface.training.state import TrainState, init_variables
+from jface.training.state import TrainState, init_network
 
 __all__ = [
     "Config", "config_from_dict", "load_model", "model_record", "make_data", "make_localiser",
@@ -576,7 +576,7 @@ def build(config: Config, *, with_eval: bool = True):
     localiser = make_localiser(config, num_coeffs)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     dummy = jnp.zeros((1,) + tuple(localiser.config.input_hw) + (3,), jnp.float32)
-    params = init_variables(localiser.init, init_key, dummy)["params"]
+    params = init_network(localiser.init, init_key, dummy)["params"]
     if config.localiser == "vgg_face" and config.vggface_mat:
         params = load_vggface_mat(config.vggface_mat, localiser.config, params=params)
     init_bias = np.asarray(params["theta"]["bias"])
