@@ -80,7 +80,7 @@ from jface.files.weights import load_variables
 from jface.fit import FitConfig, fit_flame
 from jface.models import default_flame_model, load_flame, load_model
 from jface.models.morphable import uv_face_eye_mask
-from jface.reconstruct import draw
+from jface.reconstruct import draw, video
 from jface.reconstruct.inputs import (
     SKIPPED_ERRORS,
     InputError,
@@ -674,8 +674,10 @@ def run(inputs, out_dir, *, weights=None, fit=False, fit_landmarks=False, fit_co
             codes, _ = fit_codes(face, ndc, codes, steps=fit_steps)
         elif fit:
             codes, history = fit_flame(face, crops, ndc, init=codes, config=config)
-            error = history["photometric"]["photometric_error"]  # (photometric_steps + 1, B)
-            records = [{"photometric_error_before": float(error[0, b]), "photometric_error_after": float(error[-1, b])}
+            # (photometric_steps + 1, B); no photometric stage (--photometric-steps 0): no record
+            error = history.get("photometric", {}).get("photometric_error")
+            records = [{} if error is None else
+                       {"photometric_error_before": float(error[0, b]), "photometric_error_after": float(error[-1, b])}
                        for b in range(crops.shape[0])]
             return _float32(codes), records
         return _float32(codes), None
@@ -749,8 +751,13 @@ def run(inputs, out_dir, *, weights=None, fit=False, fit_landmarks=False, fit_co
 def main(argv=None):
     """The command line (``python -m jface.reconstruct --help``). Exit status: 0 when at least one
     image was processed, 1 when every image was skipped, 2 for a usage or input error (one line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--video" in argv:  # python -m jface.reconstruct --video CLIP_OR_FRAMES -o OUT [...]
+        i = argv.index("--video")
+        return video.main(argv[:i] + argv[i + 1:])
     parser = argparse.ArgumentParser(prog="python -m jface.reconstruct", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders (identity sub-folders)")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (identity sub-folders); "
+                        "--video CLIP_OR_FRAMES tracks a video instead (python -m jface.reconstruct.video --help)")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--weights", help="converted DECA weights (.npz) or a train.deca checkpoint folder")
     mode = parser.add_mutually_exclusive_group()

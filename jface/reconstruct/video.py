@@ -52,7 +52,7 @@ from jface.training.deca import load_run
 __all__ = ["VideoInputError", "read_frames", "frame_landmarks", "crop_frames", "load_encoder", "track_video",
            "measure_frames", "overlay_frame", "write_outputs", "run", "main"]
 
-VIDEO_EXTRA = "pip install imageio-ffmpeg"
+VIDEO_EXTRA = "pip install 'jface[video]' (imageio-ffmpeg)"
 _CROP_SCALE = 1.1 * 1.25  # DECA's TestData box enlargement
 
 
