@@ -80,8 +80,8 @@ RULES = [
     Rule(r"^python -m train\.(stn|deca) +--(data photos/|eval runs/\w+_photos)", "parse",
          "the user's photo folder and runs on it; tests/test_train_data.py trains and evaluates on a real "
          "photo folder the same way"),
-    Rule(r"^python -c \"from jface\.data\.sources import open_source", "parse",
-         "the user's photo folder (and mediapipe); tests/test_train_data.py builds real photo folders"),
+    Rule(r"^python -m jface\.data build photos photos/", "parse",
+         "the user's photo folder (and mediapipe); tests/test_data_*.py build photo folders with side files"),
     # 3DMM-STN
     Rule(r"^python -m jface\.stn\.demo -o out/demo$", "run", extra=("--max-steps", "30", "--batch", "2")),
     Rule(r"^python -m jface\.stn\.demo --data demodata\.mat --model stn_model\.npz", "run",
