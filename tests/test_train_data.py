@@ -8,14 +8,26 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from test_data_sources import _toy
 
 from jface.training import stn as stn_training
+from jface.training.distributed import enable_compilation_cache
 from train import deca as train_deca
 from train import stn as train_stn
+
+
+@pytest.fixture()
+def float32_session():
+    """The trainers as a user runs them: x64 off (the suite turns it on in conftest.py; under x64 the
+    generator's renders and the train steps compile as float64 programs, several times slower)."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 
 def _listing(root: Path) -> dict:
@@ -103,12 +115,13 @@ def _check_report(path: Path, count: int, points: int) -> None:
 
 
 @pytest.mark.slow
-def test_stn_trains_and_evaluates_on_real_photos(realdata, tmp_path, monkeypatch):
+def test_stn_trains_and_evaluates_on_real_photos(realdata, tmp_path, monkeypatch, float32_session):
     pytest.importorskip("mediapipe")
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     photos = _photo_folder(realdata, tmp_path / "photos")
     run = tmp_path / "stn_run"
-    assert train_stn.main(["--preset", "tiny", "--data", str(photos), "--eval_data", str(photos),
+    # the evaluation is --eval's below (an evaluation at the end of training would compile it twice)
+    assert train_stn.main(["--preset", "tiny", "--data", str(photos), "--eval_at_end", "false",
                            "--batch_size", "4", "--steps", "2", "--workdir", str(run)]) == 0
     assert (run / "checkpoints").is_dir()
     out = tmp_path / "stn_eval.json"
@@ -118,14 +131,14 @@ def test_stn_trains_and_evaluates_on_real_photos(realdata, tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_deca_trains_and_evaluates_on_real_photos(realdata, tmp_path, monkeypatch):
+def test_deca_trains_and_evaluates_on_real_photos(realdata, tmp_path, monkeypatch, float32_session):
     pytest.importorskip("mediapipe")
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     photos = _photo_folder(realdata, tmp_path / "photos")
     run = tmp_path / "deca_run"
     # the pretraining stage only: the coarse and detail steps take minutes to compile on a CPU
     assert train_deca.main(["--preset", "tiny", "--stage", "pretrain", "--data", str(photos),
-                            "--eval_data", str(photos), "--pretrain_steps", "2", "--workdir", str(run)]) == 0
+                            "--eval_at_end", "false", "--pretrain_steps", "2", "--workdir", str(run)]) == 0
     out = tmp_path / "deca_eval.json"
     assert train_deca.main(["--eval", str(run), "--eval_data", str(photos), "--json", str(out)]) == 0
     _check_report(out, 7, 68)
@@ -166,16 +179,35 @@ class GeneratedOnDisk(tfds.core.GeneratorBasedBuilder):
 
 
 @pytest.mark.slow
-def test_generated_data_on_disk_trains_like_the_in_memory_path(tmp_path):
+def test_generated_data_on_disk_trains_like_the_in_memory_path(tmp_path, monkeypatch, float32_session):
     config = train_stn.preset("tiny").replace(eval_at_end=True)
     model = stn_training.load_model(config)
+    # each split is generated once (the generator is seeded, so a run would regenerate the same
+    # arrays): the in-memory run trains on the very arrays written to disk
+    generated, make_data = {}, stn_training.make_data
+
+    def make_data_once(config, model, *, split, render_images=True):
+        key = (split, render_images)
+        if key not in generated:
+            generated[key] = make_data(config, model, split=split, render_images=render_images)
+        return generated[key]
+
+    monkeypatch.setattr(stn_training, "make_data", make_data_once)
+    # the two runs compile the same programs: the second reads them from the persistent cache
+    # (as train.stn does by default) instead of compiling them again
+    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    enable_compilation_cache(tmp_path / "xla")
     arrays = stn_training.make_data(config, model, split="train")
     builder = GeneratedOnDisk(arrays=arrays, data_dir=str(tmp_path / "tfds"),
                               config=tfds.core.BuilderConfig(name="tiny"))
     tfds.disable_progress_bar()
     builder.download_and_prepare()
-    memory = stn_training.train(config.replace(workdir=str(tmp_path / "memory")))
-    disk = stn_training.train(config.replace(workdir=str(tmp_path / "disk"), data=str(builder.data_dir)))
+    try:
+        memory = stn_training.train(config.replace(workdir=str(tmp_path / "memory")))
+        disk = stn_training.train(config.replace(workdir=str(tmp_path / "disk"), data=str(builder.data_dir)))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
     assert disk["step"] == memory["step"] == config.steps
     for part in ("model", "baseline"):
         for key, value in memory["metrics"][part].items():
