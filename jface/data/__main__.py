@@ -138,8 +138,8 @@ def build_photos(args) -> list:
         if not any(m.startswith("built ") for m in messages):  # reused: the report of the build
             print(report.summary(), flush=True)
         built.append((version_dir, report))
-    print(f"train on it: python -m train.stn --data {args.folder}  /  python -m train.deca --data {args.folder}"
-          + (f" --data_dir {args.data_dir}" if args.data_dir else ""))
+    for task in tasks:
+        print(f"train on it: python -m train.{task} --data {args.folder} --data_dir {args.data_dir}")
     return built
 
 
