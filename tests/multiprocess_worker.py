@@ -5,8 +5,9 @@
 the local device count from ``XLA_FLAGS``), reads the on-disk ``DATASET`` through the streamed
 loader as this process's shard (one epoch, ungrouped and identity-grouped K = 2), assembles the
 first global batch from every process's local slice (``shard_batch``) and gathers it back, then
-trains ``train.stn``'s tiny preset for S steps on ``--data DATASET``. Writes
-``OUT/report<I>.json`` and ``OUT/stn_params.npz[.p<I>]``.
+trains ``train.stn``'s tiny preset for S steps on ``--data DATASET`` (and with ``--deca_dataset``
+``train.deca``'s tiny pretraining stage). Writes ``OUT/report<I>.json``,
+``OUT/stn_params.npz[.p<I>]`` and ``OUT/deca_params<I>.npz``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from jax.experimental import multihost_utils
 
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import open_source
+from jface.training import deca as deca_training
 from jface.training import stn as stn_training
 from jface.training.distributed import initialize_distributed, make_mesh, shard_batch
+from train import deca as train_deca
 from train import stn as train_stn
 
 BATCH = 8  # global batch (before the STN's mirror doubling)
@@ -51,6 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--stn_steps", type=int, default=3)
+    parser.add_argument("--deca_dataset", default=None, help="also train.deca's tiny pretraining stage on it")
+    parser.add_argument("--deca_steps", type=int, default=2)
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.time()
@@ -78,11 +83,22 @@ def main(argv=None) -> int:
     report["local_pixel_sum"] = float(batch["images"].astype(np.float64).sum())
     report["data_s"] = time.time() - start
 
-    config = train_stn.preset("tiny").replace(
-        data=args.dataset, steps=args.stn_steps, batch_size=BATCH, eval_at_end=False, checkpoint_every=1000,
-        log_every=1, workdir=str(out / "stn_run"), export=str(out / "stn_params.npz"))
-    result = stn_training.train(config)
-    report["stn_step"] = int(result["step"])
+    if args.stn_steps:
+        config = train_stn.preset("tiny").replace(
+            data=args.dataset, steps=args.stn_steps, batch_size=BATCH, eval_at_end=False, checkpoint_every=1000,
+            log_every=1, workdir=str(out / "stn_run"), export=str(out / "stn_params.npz"))
+        result = stn_training.train(config)
+        report["stn_step"] = int(result["step"])
+    if args.deca_dataset:
+        # BatchNorm statistics over the global batch: with the default per-device statistics the
+        # normalisation of 4 devices x 1 image differs from 1 device x 4 images by design
+        config = train_deca.preset("tiny").replace(
+            stage="pretrain", data=args.deca_dataset, pretrain_steps=args.deca_steps, eval_at_end=False,
+            checkpoint_every=1000, workdir=str(out / "deca_run"), bn_stats="global")
+        params = deca_training.train(config)["params"]
+        flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(value)
+                for path, value in jax.tree_util.tree_flatten_with_path(params)[0]}
+        np.savez(out / f"deca_params{jax.process_index()}.npz", **flat)
     report["total_s"] = time.time() - start
     (out / f"report{jax.process_index()}.json").write_text(json.dumps(report))
     return 0
