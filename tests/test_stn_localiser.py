@@ -251,3 +251,26 @@ def test_predict_theta_resizes_whitens_and_forward_means(small):
     np.testing.assert_allclose(summed["loss"], direct["loss"], rtol=1e-5)
     with pytest.raises(ValueError, match="reduction"):
         stn.apply_theta(model, theta, images, labels, reduction="max")
+
+
+def test_resnet_localiser_shapes_init_and_predict_theta():
+    """jface.stn.resnet: theta from raw 0-255 images, the original's theta-layer initialisation (t at
+    the input's centre), blocks that start as the identity, and predict_theta resizing to its input."""
+    from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig
+
+    cfg = ResNetLocaliserConfig.small(num_coeffs=4, input_hw=(32, 32), width=4)
+    assert cfg.widths == (4, 8, 16, 32) and cfg.translation_init == (16.0, 16.0) and cfg.num_outputs == 10
+    module = ResNetLocaliser(cfg)
+    key = jax.random.key(0, impl="unsafe_rbg")  # compiles far faster on CPUs than threefry
+    params = jax.jit(module.init)(key, jnp.zeros((1, 32, 32, 3)))["params"]
+    np.testing.assert_array_equal(params["theta"]["bias"], [0, 0, 0, 16, 16, 0, 0, 0, 0, 0])
+    assert params["fc"]["kernel"].shape == (2 * 2 * 32, 32)  # the flattened 2 x 2 x 32 map
+    assert np.all(np.asarray(params["stage2_1"]["norm2"]["scale"]) == 0)
+    images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)), jnp.float32)
+    theta = jax.jit(lambda p, x: stn.predict_theta(module, p, x))(params, images)
+    assert theta.shape == (2, 10) and theta.dtype == jnp.float32
+    np.testing.assert_allclose(theta, np.broadcast_to(params["theta"]["bias"], theta.shape), atol=0.5)
+    with pytest.raises(ValueError, match="input_hw"):
+        ResNetLocaliserConfig.small(input_hw=(30, 32))
+    with pytest.raises(ValueError, match="images"):
+        module.apply({"params": params}, jnp.zeros((1, 16, 16, 3)))

@@ -72,7 +72,7 @@ PRESETS = {
         mirror=True, loss_reduction="sum", steps=100_000, workdir="runs/stn_paper",
         checkpoint_every=2000, log_every=50, image_every=2000),
     "tiny": Config(
-        model="toy:16", image_size=64, num_identities=8, images_per_identity=4,
+        model="toy:16", generator="splat", image_size=64, num_identities=8, images_per_identity=4,
         eval_identities=4, eval_images_per_identity=2, localiser_input=32,
         localiser_width=2, batch_size=8, steps=6, warmup_steps=0,
         checkpoint_every=3, log_every=1, image_every=0, eval_batch=8,

@@ -1,10 +1,20 @@
 """Rendered 3DMM-STN training faces: a linear 3DMM through ``jface.render`` (triangle rasterizer).
 
 The rasterized counterpart of :mod:`jface.data.synthetic_stn` (whose splat renderer needs no
-rasterizer): the model's UV-grid mesh is rasterized with :func:`jface.render.rasterize` and shaded
-per pixel with per-vertex albedo and DECA's SH lighting (:func:`jface.lighting.sh_shading`) of
-the interpolated outward normals, composited over a random background
-(:func:`jface.data.synthetic_deca.random_backgrounds`).
+rasterizer). Two looks (``StnSynthConfig.look``):
+
+* **photographic** (the default, :class:`jface.data.appearance.AppearanceConfig`): the mesh (every
+  few grid rows / columns, so triangles are about 2 pixels wide: :func:`_render_grid`) is
+  rasterized with :func:`jface.render.rasterize`; per pixel the interpolated mean-face position
+  and UV carry the painted texture (:func:`jface.data.appearance.face_texture`: skin, eyes,
+  brows, lips, mouth interior, hair, beard, glasses, make-up), lit by the SH light plus a key
+  light with specular highlights and the face's cast shadows; the skull / hair, neck, shoulders
+  and hat are drawn with their depth, over a procedural or photographic background; occluders
+  and camera effects follow, then JPEG. Three compiled stages per chunk (geometry, composition,
+  camera), because one program fuses badly on CPUs.
+* **flat** (``look=None``): per-vertex model albedo shaded by DECA's SH lighting
+  (:func:`jface.lighting.sh_shading`) of the interpolated outward normals, composited over a
+  random background (:func:`jface.data.synthetic_deca.random_backgrounds`).
 
 Frames (BUILD_NOTES.md, Frames and conventions): theta = [r(3), t(2), logs(1), alpha(D)] with X = mean + basis alpha,
 X' = R X (x' = R x, axis-angle r), p = s X'_xy + t, s = 0.99**logs, in the y-up pixel frame of an
@@ -22,19 +32,28 @@ N(0, 1) and albedo coefficients N(0, 0.5²) per identity; per image expression N
 R = Ry(yaw) Rx(pitch) Rz(roll) with yaw U(±90°), pitch U(±20°), roll U(±15°)
 (:func:`jface.data.synthetic_deca.sample_pose`), scale s such that the mean face's ``aflw21``
 landmark width is ``face_width`` (0.55) of the image times exp(U(±0.1)), translation
-(S + 1)/2 + U(±0.06) S, SH light as :func:`jface.data.synthetic_deca.sample_sh_light`.
+(S + 1)/2 + U(±0.06) S, SH light as :func:`jface.data.synthetic_deca.sample_sh_light`. With
+``framing="crop"`` (the default) scale and translation are then replaced by a photograph's crop
+(:func:`crop_framing`): the 3DMM-STN crop of :mod:`jface.data.photos` (``crops.stn_crop``: 1.6 x
+the 68-point landmark box, the crop ``jface.flatten`` uses at inference) with a detector's jitter
+(box size x exp(U(±0.12)), centre + U(±0.06) x box), the model's box first widened to a
+detector's for the same face (:data:`EYE_TO_BOX`), so generated and real faces have the same size
+in their crops. Then the appearance draws (:func:`jface.data.appearance.sample_identity`,
+:func:`jface.data.appearance.sample_images`) and a JPEG quality.
 
 Labels: ``landmarks21 (M, 21, 3)`` (``model.landmarks["aflw21"]``) and ``landmarks68 (M, 68, 3)``
 (``"ibug68"``), (x, y, vis) in the y-up frame; vis = the original's normal sign test
 (:func:`jface.stn.visibility`, ``vl_nnvisibilitymask.m``) and inside the image; a missing landmark (hidden,
-outside the image, or index < 0 in the model) is (0, 0, 0) as in AFLW labels. ``theta
-(M, 6 + D)``, ``face_mask (M, S, S)`` uint8 (coverage), ``pose_deg (M, 3)``, ``albedo (M, Ka)``,
+outside the image, or index < 0 in the model) is (0, 0, 0) as in AFLW labels: occluders, hair and
+glasses change no label. ``theta (M, 6 + D)``, ``face_mask (M, S, S)`` uint8 (the face mesh where it
+is the nearest surface and no occluder covers it), ``pose_deg (M, 3)``, ``albedo (M, Ka)``,
 ``light (M, 9, 3)``, ``identity (M,)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -43,12 +62,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jface import geometry
+from jface.data import appearance, crops
 from jface.data.synthetic_deca import chunked_draws, random_backgrounds, sample_pose, sample_sh_light
 from jface.lighting import sh_shading
 from jface.render import interpolate, rasterize
-from jface.stn import visibility
+from jface.stn import grid_faces, visibility
 
-__all__ = ["StnSynthConfig", "stn_to_ndc", "iter_stn", "generate_stn"]
+__all__ = ["StnSynthConfig", "stn_to_ndc", "crop_framing", "iter_stn", "generate_stn", "CROP_SCALE"]
+
+# The 3DMM-STN crop of a photograph (jface.data.photos: crops.stn_crop at 1.6 x the landmark box,
+# the crop jface.flatten uses); generated faces are framed by the same rule.
+CROP_SCALE = 1.6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +91,14 @@ class StnSynthConfig:
     scale_jitter: float = 0.1
     translation_jitter: float = 0.06
     chunk: int = 8
+    # "crop": framed as a photograph's crop (crop_framing: CROP_SCALE x the 68-point landmark box,
+    # with detector-like jitter); "centred": the mean face's landmark width is face_width of the
+    # image, scale and translation jittered as above
+    framing: str = "crop"
+    crop_scale_jitter: float = 0.12  # log-uniform +-: the crop's size
+    crop_shift_jitter: float = 0.06  # uniform +-, fraction of the landmark box: the crop's centre
+    # None: flat SH-shaded albedo over a noise background; else the photographic look
+    look: appearance.AppearanceConfig | None = appearance.AppearanceConfig()
 
 
 def stn_to_ndc(points, depth, scale, image_size):
@@ -125,6 +157,122 @@ def _render_chunk(model, theta, albedo, light, background, idx21, idx68):
         model, theta, albedo, light, background, idx21, idx68)
 
 
+def _render_grid(model, image_size: int):
+    """The mesh the photographic renderer rasterizes: every ``step``-th row and column of the UV
+    grid (the last kept), so triangles stay about 2 pixels wide at ``image_size``. Returns (vertex
+    indices (N',) int32, faces (F', 3) int32); the full grid for small steps or non-grid models."""
+    if model.grid_hw is None:
+        return np.arange(model.num_vertices, dtype=np.int32), np.asarray(model.faces, np.int32)
+    height, width = model.grid_hw
+    step = max(1, int(round(width / (0.45 * image_size))))
+    rows = np.unique(np.r_[np.arange(0, height, step), height - 1])
+    cols = np.unique(np.r_[np.arange(0, width, step), width - 1])
+    index = (rows[:, None] * width + cols[None, :]).reshape(-1).astype(np.int32)
+    return index, grid_faces(len(rows), len(cols))
+
+
+def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, size, shadows):
+    """Stage 1 (per item): pose the mesh, rasterize it, interpolate the mean-face position, UV,
+    normal and rotated position per pixel; the key light's shadow; the labels."""
+    r, t, logs, alpha = theta[0:3], theta[3:5], theta[5], theta[6:]
+    shape = model.mean + jnp.einsum("nck,k->nc", model.basis, alpha)
+    rotated = shape @ geometry.axis_angle_to_matrix(r).T
+    scale = geometry.stn_scale(logs)
+    points = scale * rotated[:, :2] + t
+    normals = -geometry.vertex_normals(rotated, model.faces)  # outward (see _render_one)
+    sub = rotated[grid_index]
+    ndc = stn_to_ndc(points[grid_index], sub[:, 2], scale, size)
+    fragments = rasterize(ndc, grid_faces_, (size, size))
+    vertex_attrs = jnp.concatenate([model.mean[grid_index], model.uv[grid_index], normals[grid_index], sub], -1)
+    attrs = interpolate(fragments, vertex_attrs[grid_faces_])
+    shadow = jnp.zeros((size, size))
+    if shadows:
+        extent = 340.0 * layout.unit
+        depth_map = appearance.shadow_map(sub, grid_faces_, image_look["light_dir"], extent)
+        shadow = appearance.in_shadow(depth_map, attrs[..., 8:11], image_look["light_dir"], extent, 2.5 * layout.unit)
+    visible = visibility(rotated, model.faces)
+    box = points[jnp.maximum(idx21, 0)]
+    low, high = jnp.min(box, 0), jnp.max(box, 0)
+    face_box = jnp.stack([0.5 * (low[0] + high[0]) - 1.0, size - 0.5 * (low[1] + high[1]), jnp.max(high - low)])
+    return (attrs, fragments.mask, shadow, face_box, _labels(points, visible, idx21, size),
+            _labels(points, visible, idx68, size))
+
+
+def _photo_face(layout, attrs, shadow, sh_light, look, image_look):
+    """Stage 2 (per item): the face's painted texture, lit: ``(S, S, 3)``."""
+    noise = appearance.face_noise(look["key"])
+    albedo, gloss = appearance.face_texture(layout, look, image_look, attrs[..., 0:3], attrs[..., 3:5], noise)
+    normal = attrs[..., 5:8] / jnp.maximum(jnp.linalg.norm(attrs[..., 5:8], axis=-1, keepdims=True), 1e-6)
+    return appearance.shade(albedo, normal, gloss, image_look, sh_light, shadow)
+
+
+def _photo_compose(layout, theta, face, face_depth, mask, face_box, sh_light, background, use_photo, look, image_look,
+                   *, size, body):
+    """Stage 3 (per item): the body, background and occluders around the lit ``face``. Returns
+    (image (S, S, 3) in [0, 1] before the camera, face mask (S, S) uint8)."""
+    image_key = appearance.noise_key(image_look["key"])
+    image = appearance.background(jax.random.fold_in(image_key, 1), image_look, (size, size), background, use_photo)
+    face_visible = mask > 0
+    if body:
+        t, scale = theta[3:5], geometry.stn_scale(theta[5])
+        rotation = geometry.axis_angle_to_matrix(theta[0:3])
+        rows, cols = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
+                                  indexing="ij")
+        pixel = (jnp.stack([cols + 1.0, size - rows], -1) - t) / scale  # model-frame (x, y) of each pixel's ray
+        noise = appearance.face_noise(look["key"])
+        depth, b_albedo, b_normal, b_gloss, _ = appearance.body_layers(layout, look, image_look, rotation, pixel, noise)
+        image = jnp.where((depth > -jnp.inf)[..., None],
+                          appearance.shade(b_albedo, b_normal, b_gloss, image_look, sh_light, 0.0), image)
+        face_visible = face_visible & (face_depth >= depth)
+    image = jnp.where(face_visible[..., None], face, image)
+    image, cover = appearance.occluders(image, image_look, face_box, sh_light)
+    return jnp.clip(image, 0.0, 1.0), (face_visible & (cover < 0.5)).astype(jnp.uint8)
+
+
+def _per_item(fn, *batched):
+    """``fn`` over the leading axis of ``batched`` as a loop in the program (``lax.map``): per-item
+    work here is vectorised over pixels already, and a loop compiles about twice as fast as ``vmap``."""
+    return jax.lax.map(lambda items: fn(*items), batched)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "shadows"))
+def _photo_geometry_chunk(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, *, size, shadows):
+    return _per_item(lambda th, il: _photo_geometry(model, layout, th, il, idx21, idx68, grid_index, grid_faces_,
+                                                    size, shadows), theta, image_look)
+
+
+@jax.jit
+def _photo_face_chunk(layout, attrs, shadow, light, look, image_look):
+    return _per_item(functools.partial(_photo_face, layout), attrs, shadow, light, look, image_look)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "body"))
+def _photo_compose_chunk(layout, theta, face, face_depth, mask, face_box, light, background, use_photo, look,
+                         image_look, *, size, body):
+    one = functools.partial(_photo_compose, layout, size=size, body=body)
+    return _per_item(one, theta, face, face_depth, mask, face_box, light, background, use_photo, look, image_look)
+
+
+@jax.jit
+def _camera_chunk(images, image_look):
+    keys = jax.vmap(lambda k: jax.random.fold_in(appearance.noise_key(k), 2))(image_look["key"])
+    images = appearance.camera_effects(images, keys, image_look)
+    return jnp.clip(jnp.round(images * 255.0), 0, 255).astype(jnp.uint8)
+
+
+def _render_photo_chunk(model, layout, theta, light, background, use_photo, look, image_look, idx21, idx68, grid, *,
+                        shadows: bool, body: bool):
+    """A chunk of photographic images in four compiled stages (geometry, face, composition, camera),
+    each materialised: one program for all of it compiles and runs several times slower on CPUs."""
+    size = int(background.shape[1])
+    attrs, mask, shadow, face_box, lm21, lm68 = _photo_geometry_chunk(
+        model, layout, theta, image_look, idx21, idx68, *grid, size=size, shadows=shadows)
+    face = _photo_face_chunk(layout, attrs, shadow, light, look, image_look)
+    image, face_mask = _photo_compose_chunk(layout, theta, face, attrs[..., 10], mask, face_box, light, background,
+                                            use_photo, look, image_look, size=size, body=body)
+    return _camera_chunk(image, image_look), face_mask, lm21, lm68
+
+
 def _sub_model(model, config: StnSynthConfig):
     if config.n_shape > model.num_shape or config.n_expression > model.num_expression:
         raise ValueError(
@@ -142,7 +290,61 @@ def _landmark_index(model, name):
     return jnp.asarray(model.landmarks[name], jnp.int32)
 
 
-def _identity_draws(model, config, seed, identity, count, image_size, base_scale):
+def _projected(model, theta, idx):
+    """numpy: y-up pixel points ``(M, L, 2)`` of the vertices ``idx`` for thetas ``(M, 6 + D)``."""
+    mean = np.asarray(model.mean, np.float64)[idx]
+    basis = np.asarray(model.basis, np.float64)[idx]
+    shape = mean[None] + np.einsum("lck,mk->mlc", basis, theta[:, 6:])
+    rot = np.asarray(geometry.axis_angle_to_matrix(jnp.asarray(theta[:, :3], jnp.float32)), np.float64)
+    rotated = np.einsum("mij,mlj->mli", rot, shape)
+    scale = 0.99 ** theta[:, 5]
+    return scale[:, None, None] * rotated[..., :2] + theta[:, None, 3:5]
+
+
+# Outer-eye-corner distance / landmark box size (crops.landmark_box) of a typical frontal face's 68
+# points: 0.64 on the iBUG-68 mean face (OpenFace's dlib alignment template: corners at x = 0.18 and
+# 0.82 of a unit box); the mediapipe detector's 68 on photographs give 0.61-0.70.
+EYE_TO_BOX = 0.64
+
+
+def _box_factor(model, idx68) -> float:
+    """How much larger a detector's 68-point box is than the model's own, for the same face: the
+    model's frontal outer-eye / box ratio over :data:`EYE_TO_BOX` (1 without 68 points)."""
+    if not bool(jnp.all(idx68 >= 0)):
+        return 1.0
+    points = np.asarray(model.mean, np.float64)[np.asarray(idx68), :2]
+    _, old_size = crops.landmark_box(points)
+    return float(np.linalg.norm(points[36] - points[45]) / old_size / EYE_TO_BOX)
+
+
+def crop_framing(theta, box_points, image_size: int, rng: np.random.Generator, *, scale: float = CROP_SCALE,
+                 scale_jitter: float = 0.12, shift_jitter: float = 0.06):
+    """Reframe thetas ``(M, 6 + D)`` so each face sits in its ``image_size`` image as a
+    photograph's crop would put it: :func:`jface.data.crops.deca_crop_transform` of the landmark
+    box of ``box_points (M, L, 2)`` (the y-up pixel points the crop is made from; for photographs
+    the detector's 68) at ``scale`` x exp(U(+-``scale_jitter``)), its centre moved by
+    U(+-``shift_jitter``) x the box size in x and y (a detector's box is never exact).
+
+    The crop is a similarity ``c' = k c + o`` of 0-based pixels (col = x - 1, row = S - y), so in
+    the y-up frame s' = k s, t'_x = k (t_x - 1) + o_x + 1, t'_y = k t_y + S (1 - k) - o_y: the
+    labels stay exact. Returns the new thetas (float32).
+    """
+    theta = np.array(theta, np.float64, copy=True)
+    size = float(image_size)
+    for m in range(len(theta)):
+        pixels = np.stack([box_points[m, :, 0] - 1.0, size - box_points[m, :, 1]], -1)
+        centre, old_size = crops.landmark_box(pixels)
+        jitter = rng.uniform(-1, 1, size=2) * shift_jitter * old_size
+        crop_scale = scale * np.exp(rng.uniform(-scale_jitter, scale_jitter))
+        transform = crops.deca_crop_transform(pixels + jitter, crop_scale, out_size=int(image_size))
+        k, offset = transform.scale, transform.offset
+        theta[m, 3] = k * (theta[m, 3] - 1.0) + offset[0] + 1.0
+        theta[m, 4] = k * theta[m, 4] + size * (1.0 - k) - offset[1]
+        theta[m, 5] = theta[m, 5] + np.log(k) / np.log(0.99)
+    return theta.astype(np.float32)
+
+
+def _identity_draws(model, config, seed, identity, count, image_size, base_scale, box_idx, crop_scale, backgrounds):
     rng = np.random.default_rng([int(seed), int(identity)])
     n_albedo = 0 if model.albedo_basis is None else model.albedo_basis.shape[-1]
     shape = rng.normal(0, config.shape_std, size=config.n_shape)
@@ -154,19 +356,45 @@ def _identity_draws(model, config, seed, identity, count, image_size, base_scale
     t = (image_size + 1) / 2 + rng.uniform(-1, 1, size=(count, 2)) * config.translation_jitter * image_size
     theta = np.concatenate([r, t, logs[:, None], np.repeat(shape[None], count, 0), expression], -1)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
-    return {
+    draws = {
         "theta": f32(theta),
         "albedo": f32(np.repeat(albedo[None], count, 0)),
         "light": sample_sh_light(rng, count),
-        "background": random_backgrounds(rng, count, (image_size, image_size)),
         "pose_deg": f32(pose_deg),
         "identity": np.full(count, identity, np.int32),
     }
+    if config.look is None:
+        draws["background"] = random_backgrounds(rng, count, (image_size, image_size))
+    if config.framing == "crop":
+        draws["theta"] = crop_framing(theta, _projected(model, theta, box_idx), image_size, rng, scale=crop_scale,
+                                      scale_jitter=config.crop_scale_jitter, shift_jitter=config.crop_shift_jitter)
+    if config.look is not None:
+        look = appearance.sample_identity(rng, config.look)
+        images = appearance.sample_images(rng, count, config.look)
+        draws.update({f"look_{k}": np.repeat(v[None], count, 0) for k, v in look.items()})
+        draws.update({f"image_{k}": v for k, v in images.items()})
+        draws["jpeg"] = np.where(rng.uniform(size=count) < config.look.jpeg_prob,
+                                 rng.integers(30, 96, size=count), 0).astype(np.int32)
+        use_photo = np.zeros(count, np.float32)
+        photos = np.zeros((count, image_size, image_size, 3), np.float32)
+        if backgrounds:
+            use_photo = (rng.uniform(size=count) < config.look.background_photo_prob).astype(np.float32)
+            photos = appearance.background_crops(backgrounds, rng, count, image_size) * use_photo[:, None, None, None]
+        draws["use_photo"], draws["background"] = use_photo, photos
+    return draws
+
+
+def _split(merged, prefix):
+    return {k[len(prefix):]: v for k, v in merged.items() if k.startswith(prefix)}
 
 
 def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-             *, config: StnSynthConfig | None = None, identity_offset: int = 0) -> Iterator[dict]:
-    """Yield chunks (dicts of numpy arrays, module docstring) of at most ``config.chunk`` images."""
+             *, config: StnSynthConfig | None = None, identity_offset: int = 0,
+             render_images: bool = True) -> Iterator[dict]:
+    """Yield chunks (dicts of numpy arrays, module docstring) of at most ``config.chunk`` images.
+
+    ``render_images=False``: only the draws (``theta``, ``albedo``, ``light``, ``pose_deg``,
+    ``identity``), the same numbers as with rendering, without images, masks or landmarks."""
     config = config or StnSynthConfig()
     if int(num_identities) < 0 or int(images_per_identity) < 1:
         raise ValueError(
@@ -174,6 +402,8 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
             f"{num_identities} / {images_per_identity}")
     if int(image_size) < 8:
         raise ValueError(f"image_size: expected >= 8 pixels, got {image_size}")
+    if config.framing not in ("crop", "centred"):
+        raise ValueError(f"framing: expected 'crop' or 'centred', got {config.framing!r}")
     model32 = _sub_model(model, config)
     idx21, idx68 = _landmark_index(model32, "aflw21"), _landmark_index(model32, "ibug68")
     width_idx = idx21 if bool(jnp.all(idx21 >= 0)) else jnp.arange(model32.num_vertices)
@@ -182,12 +412,29 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
     if span <= 0:
         raise ValueError("model: landmarks span zero width; cannot choose a face scale")
     base_scale = config.face_width * image_size / span
+    # the crop box: the 68 points a detector gives, else the 21 (models without "ibug68")
+    box_idx = np.asarray(idx68 if bool(jnp.all(idx68 >= 0)) else width_idx)
+    crop_scale = CROP_SCALE * _box_factor(model32, idx68)
+    layout = appearance.face_layout(model32) if config.look is not None else None
+    grid = tuple(jnp.asarray(a) for a in _render_grid(model32, int(image_size)))
+    backgrounds = appearance.load_backgrounds(config.look.backgrounds) if (
+        config.look is not None and config.look.backgrounds) else []
     chunk = int(config.chunk)
-    keys = ("theta", "albedo", "light", "background")
 
     def render(merged, n, pad):
-        out = _render_chunk(model32, *[pad(merged[k]) for k in keys], idx21, idx68)
+        if not render_images:
+            return {k: merged[k] for k in ("theta", "albedo", "light", "pose_deg", "identity")}
+        if config.look is None:
+            keys = ("theta", "albedo", "light", "background")
+            out = _render_chunk(model32, *[pad(merged[k]) for k in keys], idx21, idx68)
+        else:
+            padded = {k: pad(v) for k, v in merged.items()}
+            out = _render_photo_chunk(model32, layout, padded["theta"], padded["light"], padded["background"],
+                                      padded["use_photo"], _split(padded, "look_"), _split(padded, "image_"),
+                                      idx21, idx68, grid, shadows=config.look.shadows, body=config.look.body)
         image, face_mask, lm21, lm68 = (np.asarray(x)[:n] for x in out)
+        if config.look is not None:
+            image = _jpeg(image, merged["jpeg"][:n])
         return {
             "images": image,
             "landmarks21": lm21.astype(np.float32),
@@ -203,14 +450,31 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
     identities = range(identity_offset, identity_offset + int(num_identities))
 
     def draw(ident):
-        return _identity_draws(model32, config, seed, ident, int(images_per_identity), int(image_size), base_scale)
+        return _identity_draws(model32, config, seed, ident, int(images_per_identity), int(image_size), base_scale,
+                               box_idx, crop_scale, backgrounds)
 
     for merged, n, pad in chunked_draws(draw, identities, images_per_identity, chunk):
         yield render(merged, n, pad)
 
 
+def _jpeg(images, qualities):
+    """JPEG round trip (Pillow) of each image whose quality is > 0."""
+    import io
+
+    from PIL import Image
+
+    out = np.array(images, copy=True)
+    for i, quality in enumerate(qualities):
+        if quality > 0:
+            buffer = io.BytesIO()
+            Image.fromarray(out[i]).save(buffer, format="JPEG", quality=int(quality))
+            buffer.seek(0)
+            out[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    return out
+
+
 def generate_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-                 *, config: StnSynthConfig | None = None) -> dict:
+                 *, config: StnSynthConfig | None = None, render_images: bool = True) -> dict:
     """``num_identities * images_per_identity`` rendered 3DMM-STN images with exact labels.
 
     ``model``: a UV-grid :class:`jface.models.MorphableModel` (e.g.
@@ -218,7 +482,8 @@ def generate_stn(model, num_identities: int, images_per_identity: int, seed: int
     components are used (the 3DMM-STN's 5 + 5). Returns a dict of numpy arrays (module docstring).
     Deterministic in ``seed``.
     """
-    chunks = list(iter_stn(model, num_identities, images_per_identity, seed, image_size, config=config))
+    chunks = list(iter_stn(model, num_identities, images_per_identity, seed, image_size, config=config,
+                           render_images=render_images))
     if not chunks:
         raise ValueError("num_identities: expected >= 1 to generate any image, got 0")
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}

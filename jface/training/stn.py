@@ -36,10 +36,12 @@ import optax
 from jface.arrays import floats_to_float32
 from jface.cli import UsageError
 from jface.data import synthetic_stn
+from jface.data.appearance import AppearanceConfig
 from jface.data.errors import DataSourceError
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
+from jface.data.synthetic_stn_render import StnSynthConfig, generate_stn
 from jface.errors import ModelFileError
 from jface.models import default_stn_model
 from jface.models import load_model as load_model_file
@@ -49,6 +51,7 @@ from jface.models.morphable import MorphableModel
 from jface.models.prepare import require_landmark_set
 from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, apply_network, load_vggface_mat, project
 from jface.stn import predict_theta as stn_predict_theta
+from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig
 from jface.training import runs
 from jface.training.checkpoint import Checkpointer, WorkdirLock, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
@@ -87,6 +90,13 @@ class Config:
     data_seed: int = 0
     eval_seed: int = 1_000_003
     yaw_deg: float = 60.0
+    # the generator: "photo" (jface.data.synthetic_stn_render with jface.data.appearance: textured,
+    # lit faces with hair, body, background, occluders and camera effects), "flat" (the same
+    # renderer, SH-shaded model albedo over colour noise) or "splat" (jface.data.synthetic_stn:
+    # untextured splats, the mean face's landmarks 0.55 of the image wide)
+    generator: str = "photo"
+    framing: str = "crop"  # photo / flat: "crop" (a photograph's crop rule, jittered) or "centred"
+    backgrounds: str = ""  # photo: a folder of background photographs (else procedural only)
     images_per_group: int = 1  # >1: identity-grouped batches (B identities x K images)
     # data sources (jface.data.sources.open_source): "generated" (the in-memory generator above), a
     # built TFDS dataset (name or directory) or a folder of photographs (built on first use)
@@ -95,9 +105,9 @@ class Config:
     data_dir: str = ""  # the TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     all_faces: bool = False  # photo folders: every detected face, not only the largest
     # localiser
-    localiser: str = "small"  # "small" or "vgg_face"
-    localiser_input: int = 64  # small localiser input size (images are resized to it)
-    localiser_width: int = 8
+    localiser: str = "small"  # "small" (VGG structure), "resnet" (jface.stn.resnet) or "vgg_face"
+    localiser_input: int = 64  # small / resnet localiser input size (images are resized to it)
+    localiser_width: int = 8  # small: first block's channels; resnet: first stage's
     vggface_mat: str = ""
     compute_dtype: str = "float32"  # or "bfloat16" for the backbone
     whiten_theta: bool = True
@@ -199,8 +209,15 @@ def model_record(config: Config, model: MorphableModel) -> dict:
 
 
 def make_data(config: Config, model: MorphableModel, *, split: str, render_images: bool = True) -> dict:
-    """The generated ``"train"`` or held-out (``"eval"``) split (:func:`jface.data.synthetic_stn.generate`)."""
+    """The generated ``"train"`` or held-out (``"eval"``) split of ``config.generator``
+    (:func:`jface.data.synthetic_stn_render.generate_stn` for ``"photo"`` / ``"flat"``,
+    :func:`jface.data.synthetic_stn.generate` for ``"splat"``): ``images``, ``labels (M, L, 3)`` of
+    ``config.landmark_set``, ``theta``, ``identity``, ``pose_deg``."""
     train_split = split == "train"
+    if config.generator in ("photo", "flat"):
+        return _render_data(config, model, train_split, render_images)
+    if config.generator != "splat":
+        raise ValueError(f"generator: expected 'photo', 'flat' or 'splat', got {config.generator!r}")
     syn = synthetic_stn.SyntheticConfig(
         image_hw=(config.image_size, config.image_size),
         num_identities=config.num_identities if train_split else config.eval_identities,
@@ -208,6 +225,22 @@ def make_data(config: Config, model: MorphableModel, *, split: str, render_image
         yaw_deg=config.yaw_deg, landmark_set=config.landmark_set)
     return synthetic_stn.generate(model, syn, seed=config.data_seed if train_split else config.eval_seed,
                                   render_images=render_images)
+
+
+def _render_data(config: Config, model: MorphableModel, train_split: bool, render_images: bool) -> dict:
+    if config.landmark_set not in ("aflw21", "ibug68"):
+        raise ValueError(f"landmark_set: the {config.generator} generator labels 'aflw21' or 'ibug68', "
+                         f"got {config.landmark_set!r}")
+    look = AppearanceConfig(backgrounds=config.backgrounds) if config.generator == "photo" else None
+    identities = config.num_identities if train_split else config.eval_identities
+    per_identity = config.images_per_identity if train_split else config.eval_images_per_identity
+    syn = StnSynthConfig(n_shape=model.num_shape, n_expression=model.num_expression, yaw_deg=config.yaw_deg,
+                         framing=config.framing, look=look, chunk=max(1, min(16, identities * per_identity)))
+    data = generate_stn(model, identities, per_identity, config.data_seed if train_split else config.eval_seed,
+                        config.image_size, config=syn, render_images=render_images)
+    labels = data.get("landmarks21" if config.landmark_set == "aflw21" else "landmarks68")
+    return {"images": data.get("images"), "labels": labels, "theta": data["theta"], "identity": data["identity"],
+            "pose_deg": data["pose_deg"]}
 
 
 def make_localiser(config: Config, num_coeffs: int) -> Localiser:
@@ -220,8 +253,12 @@ def make_localiser(config: Config, num_coeffs: int) -> Localiser:
         cfg = LocaliserConfig.vgg_face(num_coeffs=num_coeffs)
         cfg = dataclasses.replace(cfg, input_hw=(config.image_size, config.image_size),
                                   translation_init=(config.image_size / 2, config.image_size / 2))
+    elif config.localiser == "resnet":
+        cfg = ResNetLocaliserConfig.small(num_coeffs=num_coeffs, width=config.localiser_width,
+                                          input_hw=(config.localiser_input, config.localiser_input))
+        return ResNetLocaliser(config=cfg, dtype=dtype)
     else:
-        raise ValueError(f"localiser: expected 'small' or 'vgg_face', got {config.localiser!r}")
+        raise ValueError(f"localiser: expected 'small', 'resnet' or 'vgg_face', got {config.localiser!r}")
     return Localiser(config=cfg, dtype=dtype)
 
 

@@ -1,0 +1,117 @@
+"""The photographic 3DMM-STN generator (``jface.data.synthetic_stn_render`` with ``jface.data.appearance``):
+exact labels under the photograph crop framing, determinism, the appearance draws, background folders and
+``train.stn``'s ``make_data``.
+
+Compile cost is the budget: one tiny shape (the toy head, 32 px, chunk 2) is compiled once per module and
+shared by every test here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jface.data import appearance, crops
+from jface.data.synthetic_stn import project, toy_model
+from jface.data.synthetic_stn_render import StnSynthConfig, crop_framing, generate_stn
+from jface.training import stn as stn_training
+
+SIZE, CHUNK = 32, 2
+CONFIG = StnSynthConfig(chunk=CHUNK, yaw_deg=60.0)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_model(16, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def photos(toy):
+    return generate_stn(toy, 1, 2, 5, SIZE, config=CONFIG)
+
+
+def test_photo_images_have_exact_labels_and_are_deterministic(toy, photos):
+    data = photos
+    assert data["images"].shape == (2, SIZE, SIZE, 3) and data["images"].dtype == np.uint8
+    assert data["face_mask"].shape == (2, SIZE, SIZE) and set(np.unique(data["face_mask"])) <= {0, 1}
+    assert data["face_mask"].sum() > 20  # the face is in view
+    assert data["images"].std() > 5  # not a flat colour
+    # every visible label is the model's landmark vertex projected with the stored theta
+    idx = np.asarray(toy.landmarks["aflw21"])
+    for image in range(2):
+        points, _, _ = project(toy, data["theta"][image])
+        labels = data["landmarks21"][image]
+        visible = labels[:, 2] > 0
+        assert visible.sum() >= 8
+        np.testing.assert_allclose(labels[visible, :2], np.asarray(points)[idx][visible], atol=1e-3)
+    again = generate_stn(toy, 1, 2, 5, SIZE, config=CONFIG)
+    for key in data:
+        np.testing.assert_array_equal(data[key], again[key])
+    # the draws without rendering are the same numbers
+    draws = generate_stn(toy, 1, 2, 5, SIZE, config=CONFIG, render_images=False)
+    np.testing.assert_array_equal(draws["theta"], data["theta"])
+    assert "images" not in draws
+
+
+def test_crop_framing_is_the_crop_rule():
+    """Without jitter the landmark box lands where stn_crop puts a photo's: centred, 1.6 x its size."""
+    rng = np.random.default_rng(0)
+    theta = np.zeros((3, 8), np.float32)
+    theta[:, 3:5] = rng.uniform(80, 140, (3, 2))
+    theta[:, 5] = rng.uniform(-30, 10, 3)
+    shape = rng.normal(0, 30, (12, 2))
+    points = lambda th: (0.99 ** th[:, 5])[:, None, None] * shape[None] + th[:, None, 3:5]  # noqa: E731
+    framed = crop_framing(theta, points(theta), 100, rng, scale_jitter=0.0, shift_jitter=0.0)
+    for after in points(framed):
+        pixels = np.stack([after[:, 0] - 1.0, 100 - after[:, 1]], -1)
+        centre, old_size = crops.landmark_box(pixels)
+        np.testing.assert_allclose(centre, [49.5, 49.5], atol=1e-3)
+        assert abs(old_size * 1.6 - 99.0) < 99.0 * 0.02  # int() of the crop size
+    jittered = crop_framing(theta, points(theta), 100, rng)
+    assert not np.allclose(jittered, framed)
+
+
+def test_appearance_draws_are_complete_and_bounded():
+    rng = np.random.default_rng(3)
+    look = appearance.sample_identity(rng)
+    images = appearance.sample_images(rng, 4)
+    assert look["key"].shape == (4,) and look["key"].dtype == np.uint32
+    assert images["key"].shape == (4, 4) and images["light_dir"].shape == (4, 3)
+    np.testing.assert_allclose(np.linalg.norm(images["light_dir"], axis=-1), 1.0, rtol=1e-5)
+    for name in ("skin", "hair", "iris", "lip_colour", "clothes"):
+        assert look[name].shape == (3,) and np.all(look[name] >= 0) and np.all(look[name] <= 1.2)
+    # the share of glasses follows the config over many identities
+    half = appearance.AppearanceConfig(glasses_prob=0.5)
+    many = [appearance.sample_identity(rng, half)["glasses"] for _ in range(200)]
+    assert 0.35 < np.mean(many) < 0.65
+
+
+def test_background_folder(tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        appearance.load_backgrounds(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no image"):
+        appearance.load_backgrounds(tmp_path)
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((50, 30, 3), np.uint8)).save(tmp_path / "sub" / "b.jpg")
+    files = appearance.load_backgrounds(tmp_path)
+    assert [f.name for f in files] == ["a.png", "b.jpg"]
+    crops_ = appearance.background_crops(files, np.random.default_rng(0), 6, 16)
+    assert crops_.shape == (6, 16, 16, 3) and crops_.dtype == np.float32
+    values = np.unique(crops_)
+    assert np.all(np.isclose(values[:, None], [0.0, 200 / 255], atol=1e-6).any(1))  # crops of the two flat images
+
+
+def test_make_data_photo_generator(tmp_path):
+    """train.stn's make_data: the photo generator's images, labels of the landmark set, theta."""
+    config = stn_training.Config(model="toy:16", image_size=SIZE, num_identities=1, images_per_identity=2,
+                                 data_seed=5, yaw_deg=60.0, backgrounds="")
+    model = stn_training.load_model(config)
+    data = stn_training.make_data(config, model, split="train")
+    assert data["images"].shape == (2, SIZE, SIZE, 3) and data["labels"].shape == (2, 21, 3)
+    assert data["theta"].shape == (2, 16) and data["identity"].tolist() == [0, 0]
+    labels_only = stn_training.make_data(config, model, split="train", render_images=False)
+    np.testing.assert_array_equal(labels_only["theta"], data["theta"])
+    with pytest.raises(ValueError, match="generator"):
+        stn_training.make_data(config.replace(generator="paint"), model, split="train")
