@@ -170,3 +170,45 @@ def test_aflw2000_eval_reports_the_3ddfa_protocol(tmp_path, monkeypatch):
             for lo, hi in ((0, 30), (30, 60), (60, 90))]
     assert part["mean"] == pytest.approx(np.mean(bins), rel=2e-3)
     assert part["baseline"]["mean"] == pytest.approx(part["mean"], rel=1e-6)
+
+
+def test_deca_aflw2000_eval_reports_the_3ddfa_protocol(tmp_path, monkeypatch):
+    """The same folder built for DECA (``--config deca``) through
+    ``jface.training.deca.landmark_evaluation``: the report carries the protocol with the images in
+    their yaw bins, and the mean face's protocol NME is the one computed here from its 68 points."""
+    import scipy.io as sio
+
+    from jface.deca import networks as nets
+    from jface.deca.stages import decode_geometry_batch
+    from jface.training import deca as deca_training
+    from train import deca as train_deca
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(aflw2000, "read_mat", lambda path: sio.loadmat(str(path)))
+    _aflw2000_folder(tmp_path / "AFLW2000", np.random.default_rng(2))
+    assert data_main(["build", "aflw2000", "--config", "deca", "--manual_dir", str(tmp_path / "AFLW2000")]) == 0
+
+    config = train_deca.preset("tiny").replace(eval_data="jface_aflw2000/deca")
+    model = deca_training.load_model(config)
+    data = deca_training.load_eval_data(config, model)
+    order = [int(str(name)[5:]) // 2 - 1 for name in data["name"]]
+    yaws = np.asarray(YAWS)[order]
+
+    networks = deca_training.make_networks(config)
+    variables = deca_training.init_variables(config, networks, jax.random.PRNGKey(0))
+    code_mean, code_std = deca_training.code_prior(config, model)
+    setup = deca_training.make_setup(config, networks, code_mean, code_std)
+    report = deca_training.landmark_evaluation(setup, model, variables, data, batch_size=4)
+    part = report[PROTOCOL_3DDFA_KEY]
+    assert (part["count_0_30"], part["count_30_60"], part["count_60_90"]) == (3, 2, 2)
+    assert [row["yaw_deg"] for row in part["per_image"]] == pytest.approx(yaws, abs=1e-4)
+
+    base = np.asarray(decode_geometry_batch(model, nets.split_codes(jnp.asarray(code_mean)[None]))["landmarks2d"][0])
+    labels = np.asarray(data["landmarks68"], np.float64)
+    expected = [np.linalg.norm(base[:, :2] - lab[:, :2], axis=-1).mean()
+                / np.sqrt(np.ptp(lab[:, 0]) * np.ptp(lab[:, 1])) for lab in labels]
+    assert part["baseline"]["nme_all"] == pytest.approx(np.mean(expected), rel=1e-4)
+    bins = [np.mean([e for e, y in zip(expected, yaws) if lo < abs(y) <= hi or (lo == 0 and abs(y) <= hi)])
+            for lo, hi in ((0, 30), (30, 60), (60, 90))]
+    assert part["baseline"]["mean"] == pytest.approx(np.mean(bins), rel=1e-4)
+    assert np.isfinite([row["nme"] for row in part["per_image"]]).all()

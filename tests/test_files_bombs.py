@@ -35,10 +35,10 @@ _INSTANT = {"npz-load_model", "npz-load_flame", "npz-load_variables", "memo-nump
 def test_bomb_is_refused_under_a_memory_limit(name, tmp_path):
     report = bombs.run_bomb(name, tmp_path)
     file_name = report["file"].rsplit("/", 1)[-1]
-    if bombs.BOMBS[name][1].endswith(":main"):  # a command line: exit 1, one line on stderr
-        assert report["outcome"] == "returned" and report["value"] == "1", report
+    if bombs.BOMBS[name][1].endswith(":main"):  # a command line: exit 2 (jface.cli), one line on stderr
+        assert report["outcome"] == "returned" and report["value"] == "2", report
         lines = report["stderr"].strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), report
+        assert len(lines) == 1 and lines[0].startswith("python -m jface."), report
         message = lines[0]
     else:
         assert report["outcome"] == "ModelFileError", report

@@ -194,8 +194,8 @@ def sample_identity(rng: np.random.Generator, config: AppearanceConfig = Appeara
         "lip_full": u(0.75, 1.3),
         "lipstick": lipstick,
         "lipstick_amount": makeup * float(u() < 0.7) * u(0.4, 0.95),
-        "eye_shadow": _colour(rng, (), 0.1, 0.8),
-        "eye_shadow_amount": makeup * float(u() < 0.6) * u(0.2, 0.7),
+        "eye_shadow": _colour(rng, (), 0.35, 0.9),
+        "eye_shadow_amount": makeup * float(u() < 0.6) * u(0.15, 0.45),
         "eyeliner": makeup * float(u() < 0.6) * u(0.4, 1.0),
         "blush": makeup * u(0, 0.12),
         "hair": np.clip(hair, 0.01, 1),
@@ -248,8 +248,8 @@ def sample_images(rng: np.random.Generator, count: int, config: AppearanceConfig
         "occluder_colour": rng.uniform(0.05, 0.95, size=(count, 3)),
         "greyscale": (u(0, 1) < config.greyscale_prob).astype(np.float64),
         "white_balance": rng.normal(1, 0.07, size=(count, 3)),
-        "exposure": np.exp(rng.normal(0.2, 0.25, size=count)),
-        "contrast": u(0.85, 1.4),
+        "exposure": np.exp(rng.normal(0.12, 0.2, size=count)),
+        "contrast": u(0.85, 1.3),
         "saturation": u(0.6, 1.3),
         "gamma": u(0.85, 1.15),
         "blur": u(0, 1) ** 2 * config.blur_max,
@@ -817,18 +817,18 @@ def _bilinear(image, rows, cols):
     return top * (1 - fr) + bottom * fr
 
 
-def jpeg(images, rng: np.random.Generator, prob: float):
-    """JPEG-compress each of ``images (M, H, W, 3)`` uint8 with probability ``prob`` at a quality
-    U(30, 95) (Pillow, host side). Returns a new array."""
+def jpeg(images, qualities):
+    """A JPEG round trip (Pillow, host side) of each of ``images (M, H, W, 3)`` uint8 whose
+    ``qualities (M,)`` entry is > 0 (1-95). Returns a new array."""
     import io
 
     from PIL import Image
 
     out = np.array(images, copy=True)
-    for i in range(len(out)):
-        if rng.uniform() < prob:
+    for i, quality in enumerate(np.asarray(qualities)):
+        if quality > 0:
             buffer = io.BytesIO()
-            Image.fromarray(out[i]).save(buffer, format="JPEG", quality=int(rng.integers(30, 96)))
+            Image.fromarray(out[i]).save(buffer, format="JPEG", quality=int(quality))
             buffer.seek(0)
             out[i] = np.asarray(Image.open(buffer).convert("RGB"))
     return out

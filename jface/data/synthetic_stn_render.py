@@ -171,7 +171,16 @@ def _render_grid(model, image_size: int):
     return index, grid_faces(len(rows), len(cols))
 
 
-def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, size, shadows):
+def _landmark_faces(model, *indices):
+    """The faces (in the model's order) that touch a landmark vertex: the original's visibility of
+    those vertices (:func:`jface.stn.visibility`) needs no other face."""
+    wanted = np.concatenate([np.asarray(i)[np.asarray(i) >= 0] for i in indices])
+    faces = np.asarray(model.faces, np.int32)
+    return faces[np.isin(faces, wanted).any(axis=1)]
+
+
+def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, landmark_faces, size,
+                    shadows):
     """Stage 1 (per item): pose the mesh, rasterize it, interpolate the mean-face position, UV,
     normal and rotated position per pixel; the key light's shadow; the labels."""
     r, t, logs, alpha = theta[0:3], theta[3:5], theta[5], theta[6:]
@@ -179,18 +188,18 @@ def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, 
     rotated = shape @ geometry.axis_angle_to_matrix(r).T
     scale = geometry.stn_scale(logs)
     points = scale * rotated[:, :2] + t
-    normals = -geometry.vertex_normals(rotated, model.faces)  # outward (see _render_one)
     sub = rotated[grid_index]
+    normals = -geometry.vertex_normals(sub, grid_faces_)  # outward (see _render_one)
     ndc = stn_to_ndc(points[grid_index], sub[:, 2], scale, size)
     fragments = rasterize(ndc, grid_faces_, (size, size))
-    vertex_attrs = jnp.concatenate([model.mean[grid_index], model.uv[grid_index], normals[grid_index], sub], -1)
+    vertex_attrs = jnp.concatenate([model.mean[grid_index], model.uv[grid_index], normals, sub], -1)
     attrs = interpolate(fragments, vertex_attrs[grid_faces_])
     shadow = jnp.zeros((size, size))
     if shadows:
         extent = 340.0 * layout.unit
         depth_map = appearance.shadow_map(sub, grid_faces_, image_look["light_dir"], extent)
         shadow = appearance.in_shadow(depth_map, attrs[..., 8:11], image_look["light_dir"], extent, 2.5 * layout.unit)
-    visible = visibility(rotated, model.faces)
+    visible = visibility(rotated, landmark_faces)  # exact for the landmark vertices (_landmark_faces)
     box = points[jnp.maximum(idx21, 0)]
     low, high = jnp.min(box, 0), jnp.max(box, 0)
     face_box = jnp.stack([0.5 * (low[0] + high[0]) - 1.0, size - 0.5 * (low[1] + high[1]), jnp.max(high - low)])
@@ -236,9 +245,10 @@ def _per_item(fn, *batched):
 
 
 @functools.partial(jax.jit, static_argnames=("size", "shadows"))
-def _photo_geometry_chunk(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, *, size, shadows):
+def _photo_geometry_chunk(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, landmark_faces, *,
+                          size, shadows):
     return _per_item(lambda th, il: _photo_geometry(model, layout, th, il, idx21, idx68, grid_index, grid_faces_,
-                                                    size, shadows), theta, image_look)
+                                                    landmark_faces, size, shadows), theta, image_look)
 
 
 @jax.jit
@@ -416,7 +426,8 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
     box_idx = np.asarray(idx68 if bool(jnp.all(idx68 >= 0)) else width_idx)
     crop_scale = CROP_SCALE * _box_factor(model32, idx68)
     layout = appearance.face_layout(model32) if config.look is not None else None
-    grid = tuple(jnp.asarray(a) for a in _render_grid(model32, int(image_size)))
+    grid = tuple(jnp.asarray(a) for a in _render_grid(model32, int(image_size))) + (
+        jnp.asarray(_landmark_faces(model32, idx21, idx68)),)
     backgrounds = appearance.load_backgrounds(config.look.backgrounds) if (
         config.look is not None and config.look.backgrounds) else []
     chunk = int(config.chunk)
@@ -434,7 +445,7 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
                                       idx21, idx68, grid, shadows=config.look.shadows, body=config.look.body)
         image, face_mask, lm21, lm68 = (np.asarray(x)[:n] for x in out)
         if config.look is not None:
-            image = _jpeg(image, merged["jpeg"][:n])
+            image = appearance.jpeg(image, merged["jpeg"][:n])
         return {
             "images": image,
             "landmarks21": lm21.astype(np.float32),
@@ -455,22 +466,6 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
 
     for merged, n, pad in chunked_draws(draw, identities, images_per_identity, chunk):
         yield render(merged, n, pad)
-
-
-def _jpeg(images, qualities):
-    """JPEG round trip (Pillow) of each image whose quality is > 0."""
-    import io
-
-    from PIL import Image
-
-    out = np.array(images, copy=True)
-    for i, quality in enumerate(qualities):
-        if quality > 0:
-            buffer = io.BytesIO()
-            Image.fromarray(out[i]).save(buffer, format="JPEG", quality=int(quality))
-            buffer.seek(0)
-            out[i] = np.asarray(Image.open(buffer).convert("RGB"))
-    return out
 
 
 def generate_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,

@@ -67,7 +67,7 @@ from jface.models.morphable import FlameModel
 from jface.training import runs
 from jface.training.checkpoint import Checkpointer, RunFormatError, read_run, restore_params, restore_state_only
 from jface.training.distributed import barrier, is_main_process, make_mesh, map_items, replicate
-from jface.training.landmark_eval import landmark_report
+from jface.training.landmark_eval import landmark_report, yaw_degrees
 from jface.training.loop import progress, train_loop
 from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
@@ -996,7 +996,9 @@ def landmark_evaluation(setup: DecaSetup, model: FlameModel, params: Mapping, da
         n = len(idx)
         idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
         preds.append(np.asarray(predict(model, params["E_flame"], jnp.asarray(data["images"][idx])))[:n])
-    return landmark_report(np.concatenate(preds)[..., :2], base[..., :2], np.asarray(data["landmarks68"]))
+    pred, labels, yaw = np.concatenate(preds)[..., :2], np.asarray(data["landmarks68"]), yaw_degrees(data)
+    protocol = None if yaw is None else dict(pred68=pred, baseline68=base[..., :2], labels68=labels, yaw_deg=yaw)
+    return landmark_report(pred, base[..., :2], labels, names=data.get("name"), protocol=protocol)
 
 
 def format_landmark_report(report: Mapping[str, Any], source: str) -> str:

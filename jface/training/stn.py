@@ -55,7 +55,7 @@ from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig
 from jface.training import runs
 from jface.training.checkpoint import Checkpointer, WorkdirLock, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
-from jface.training.landmark_eval import landmark_report
+from jface.training.landmark_eval import landmark_report, yaw_degrees
 from jface.training.loop import train_loop
 from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, save_image_grid, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
@@ -571,23 +571,34 @@ def landmark_evaluation(ctx: StepContext, params, data: Mapping[str, Any], batch
     baseline on ``data`` (``images``, ``labels``); no theta labels needed."""
     model = ctx.model
     idx = np.asarray(model.landmarks[ctx.config.landmark_set])
+    # 3DDFA's AFLW2000-3D protocol needs the model's 68 iBUG points and the data's yaw
+    yaw = yaw_degrees(data)
+    protocol = (yaw is not None and "ibug68" in model.landmarks
+                and np.shape(data.get("landmarks68", ()))[1:] == (68, 3))
+    idx68 = np.asarray(model.landmarks["ibug68"]) if protocol else idx
 
     @jax.jit
     def points(params, images):
         theta = predict_theta(ctx, params, images.astype(jnp.float32))
-        return jax.vmap(lambda th: project(model, th))(theta)["points"][:, idx]
+        projected = jax.vmap(lambda th: project(model, th))(theta)["points"]
+        return projected[:, idx], projected[:, idx68]
 
-    base = jax.jit(lambda th: project(model, th)["points"][idx])(jnp.asarray(ctx.whitening.mean))
-    count, preds = len(data["images"]), []
+    base_all = np.asarray(jax.jit(lambda th: project(model, th)["points"])(jnp.asarray(ctx.whitening.mean)))
+    count, preds, preds68 = len(data["images"]), [], []
     for start in range(0, count, batch):
         images = np.asarray(data["images"][start:start + batch])
         n = len(images)
         if n < batch:
             images = np.concatenate([images, np.repeat(images[-1:], batch - n, 0)])
-        preds.append(np.asarray(points(params, jnp.asarray(images)))[:n])
+        pred, pred68 = points(params, jnp.asarray(images))
+        preds.append(np.asarray(pred)[:n])
+        preds68.append(np.asarray(pred68)[:n])
     names = data.get("name")
-    return landmark_report(np.concatenate(preds), np.asarray(base), np.asarray(data["labels"]),
-                           names=None if names is None else [n.decode() if isinstance(n, bytes) else n for n in names])
+    extra = dict(pred68=np.concatenate(preds68), baseline68=base_all[idx68], labels68=np.asarray(data["landmarks68"]),
+                 yaw_deg=yaw) if protocol else None
+    return landmark_report(np.concatenate(preds), base_all[idx], np.asarray(data["labels"]),
+                           names=None if names is None else [n.decode() if isinstance(n, bytes) else n for n in names],
+                           protocol=extra)
 
 
 # --- wiring ----------------------------------------------------------------------------------
