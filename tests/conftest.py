@@ -17,6 +17,9 @@ jax.config.update("jax_enable_x64", True)
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("JFACE_SHARED", REPO.parent / "shared"))
 REALDATA = SHARED / "realdata"
+# Generated training data is not cached between tests or sessions (jface.data.generated_cache):
+# every test generates what it trains on; the cache's own tests point JFACE_DATA_CACHE at a folder.
+os.environ.setdefault("JFACE_DATA_CACHE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ from jface.cli import UsageError
 from jface.data import synthetic_stn
 from jface.data.appearance import AppearanceConfig
 from jface.data.errors import DataSourceError
+from jface.data.generated_cache import cached_call, data_cache_dir
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
@@ -223,8 +224,17 @@ def make_data(config: Config, model: MorphableModel, *, split: str, render_image
         num_identities=config.num_identities if train_split else config.eval_identities,
         images_per_identity=config.images_per_identity if train_split else config.eval_images_per_identity,
         yaw_deg=config.yaw_deg, landmark_set=config.landmark_set)
-    return synthetic_stn.generate(model, syn, seed=config.data_seed if train_split else config.eval_seed,
-                                  render_images=render_images)
+    seed = config.data_seed if train_split else config.eval_seed
+    if not render_images:  # labels only: cheap, not cached
+        return synthetic_stn.generate(model, syn, seed=seed, render_images=False)
+    return cached_call(_split_name(config, train_split), synthetic_stn.generate, (model, syn),
+                       dict(seed=seed, render_images=True), log=_log)
+
+
+def _split_name(config: Config, train_split: bool) -> str:
+    count = (config.num_identities * config.images_per_identity if train_split
+             else config.eval_identities * config.eval_images_per_identity)
+    return f"{count} {'training' if train_split else 'held-out'} images ({config.generator}, {config.image_size} px)"
 
 
 def _render_data(config: Config, model: MorphableModel, train_split: bool, render_images: bool) -> dict:
@@ -236,8 +246,13 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
     per_identity = config.images_per_identity if train_split else config.eval_images_per_identity
     syn = StnSynthConfig(n_shape=model.num_shape, n_expression=model.num_expression, yaw_deg=config.yaw_deg,
                          framing=config.framing, look=look, chunk=max(1, min(16, identities * per_identity)))
-    data = generate_stn(model, identities, per_identity, config.data_seed if train_split else config.eval_seed,
-                        config.image_size, config=syn, render_images=render_images)
+    args = (model, identities, per_identity, config.data_seed if train_split else config.eval_seed, config.image_size)
+    if render_images:  # generated once into the cache (jface.data.generated_cache); labels only are cheap
+        data = cached_call(_split_name(config, train_split), generate_stn, args, dict(config=syn),
+                           files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [],
+                           keep=("images", "landmarks21", "landmarks68", "theta", "identity", "pose_deg"), log=_log)
+    else:
+        data = generate_stn(*args, config=syn, render_images=False)
     labels = data.get("landmarks21" if config.landmark_set == "aflw21" else "landmarks68")
     return {"images": data.get("images"), "labels": labels, "theta": data["theta"], "identity": data["identity"],
             "pose_deg": data["pose_deg"]}
@@ -610,7 +625,7 @@ def build(config: Config, *, with_eval: bool = True):
     t0 = time.time()
     model = load_model(config)
     num_coeffs = model.num_shape + model.num_expression
-    if config.data == "generated" or (with_eval and config.eval_data == "generated"):
+    if data_cache_dir() is None and (config.data == "generated" or (with_eval and config.eval_data == "generated")):
         what = [f"{n} {name} images" for n, name, used in (
             (config.num_identities * config.images_per_identity, "training", config.data == "generated"),
             (config.eval_identities * config.eval_images_per_identity, "held-out",
