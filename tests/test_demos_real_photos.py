@@ -159,13 +159,14 @@ def test_deca_wiring(tmp_path, monkeypatch):
     (run_dir / "pretrain" / "checkpoints" / "3").mkdir(parents=True)
     calls = []
 
-    def fake_evaluate(run, version_dir, data_dir):
-        calls.append((run, version_dir, data_dir))
+    def fake_evaluate(loaded, run, version_dir, data_dir):
+        calls.append((loaded, run, version_dir, data_dir))
         report = {"nme": 0.1, "baseline_nme": 0.4, "images": 1, "demodata_detector": None,
                   "per_image": [{"name": "astronaut.png", "nme": 0.1, "baseline_nme": 0.4}]}
         return real_photos._with_ratio(report), {"astronaut": [np.zeros((8, 8, 3), np.uint8)]}
 
     monkeypatch.setattr(real_photos, "evaluate_deca", fake_evaluate)
+    monkeypatch.setitem(real_photos.LOADERS, "deca", lambda path: f"loaded {path}")
     monkeypatch.setattr(real_photos, "load_photos", lambda demodata: {"astronaut": np.zeros((64, 64, 3), np.uint8)})
     monkeypatch.setattr(real_photos, "_detect", lambda images, log: (
         {"astronaut": np.stack(np.meshgrid(np.linspace(20, 44, 17), np.linspace(20, 44, 4)), -1).reshape(-1, 2)},
@@ -173,7 +174,8 @@ def test_deca_wiring(tmp_path, monkeypatch):
     out = tmp_path / "out.json"
     assert real_photos.main(["--deca", str(run_dir), "--workdir", str(tmp_path / "work"), "--json", str(out),
                              "--demodata", str(tmp_path / "none.mat"), "--sheet", str(tmp_path / "s.png")]) == 0
-    assert len(calls) == 1 and calls[0][0] == run_dir and "jface_photos/deca-photos-" in str(calls[0][1])
+    assert len(calls) == 1 and calls[0][:2] == (f"loaded {run_dir}", run_dir)
+    assert "jface_photos/deca-photos-" in str(calls[0][2])
     saved = json.loads(out.read_text())
     assert saved["deca"]["ratio"] == pytest.approx(0.25) and saved["deca"]["target_met"] is True
     assert saved["deca"]["build"]["examples"] == 1 and "stn" not in saved
@@ -192,10 +194,13 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         (["--stn", str(stn_like), "--sheet", str(real_photos.REPO / "sheet.png")],
          ["--sheet", "inside the repository"]),
         ([], ["expected --stn RUN and/or --deca RUN"]),
+        # a run folder that cannot be loaded fails before the photo folder is written
+        (["--deca", str(deca_like), "--workdir", str(tmp_path / "work")], ["coarse"]),
+        (["--stn", str(stn_like), "--workdir", str(tmp_path / "work")], [str(stn_like)]),
         (["--stn", str(stn_like), "--shet", "x.png"], ["did you mean --sheet"]),
     ]
     for argv, names in cases:
         assert _status(argv) == 2, argv
         _one_line(capsys.readouterr().err, *names)
-    assert not (real_photos.REPO / "sheet.png").exists()
+    assert not (real_photos.REPO / "sheet.png").exists() and not (tmp_path / "work").exists()
 

@@ -69,6 +69,7 @@ TARGET_RATIO = 0.5  # issue 22: mean NME at most half the mean-pose baseline's
 TILE = 160  # sheet panel size in pixels
 HUMAN_SUFFIX = ".aflw21.txt"
 REPO = Path(__file__).resolve().parents[2]
+LOADERS = {"stn": stn_training.load_run, "deca": deca_training.load_run}
 USER_ERRORS = (DataSourceError, DetectorMissingError, RunFormatError, CheckpointError, ModelFileError,
                FileNotFoundError, NotADirectoryError)
 
@@ -188,10 +189,10 @@ def _check_run(path, method: str) -> Path:
     return path
 
 
-def evaluate_stn(run_dir, folder, version_dir, data_dir) -> tuple[dict, dict]:
-    """``(report, sheet panels)`` of a ``train.stn`` run on the built STN photo dataset."""
+def evaluate_stn(loaded, run_dir, folder, version_dir, data_dir) -> tuple[dict, dict]:
+    """``(report, sheet panels)`` of the ``train.stn`` run ``run_dir`` (``loaded`` by
+    :func:`jface.training.stn.load_run`) on the built STN photo dataset."""
     report = _with_ratio(stn_training.evaluate(run_dir, eval_data=str(version_dir), data_dir=str(data_dir)))
-    loaded = stn_training.load_run(run_dir)
     config = loaded.config.replace(data_dir=str(data_dir))
     model, size = loaded.ctx.model, int(config.image_size)
     data = stn_training.load_eval_data(config, model, spec=str(version_dir))
@@ -223,11 +224,11 @@ def evaluate_stn(run_dir, folder, version_dir, data_dir) -> tuple[dict, dict]:
     return report, panels
 
 
-def evaluate_deca(run_dir, version_dir, data_dir) -> tuple[dict, dict]:
-    """``(report, sheet panels)`` of a ``train.deca`` run on the built DECA photo dataset."""
+def evaluate_deca(loaded, run_dir, version_dir, data_dir) -> tuple[dict, dict]:
+    """``(report, sheet panels)`` of the ``train.deca`` run ``run_dir`` (``loaded`` by
+    :func:`jface.training.deca.load_run`) on the built DECA photo dataset."""
     report = _with_ratio(deca_training.evaluate(run_dir, eval_data=str(version_dir), data_dir=str(data_dir)))
     report["demodata_detector"] = subset_means(report)
-    loaded = deca_training.load_run(run_dir)
     config = loaded.config.replace(data_dir=str(data_dir))
     data = deca_training.load_eval_data(config, loaded.model, spec=str(version_dir))
     images = np.asarray(data["images"])
@@ -293,7 +294,9 @@ def _outside_repo(path, flag: str):
 
 def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=None, json_path=None, sheet_path=None,
         log=print) -> dict:
-    """The program's work in ``workdir`` (module docstring); returns the JSON's dict."""
+    """The program's work in ``workdir`` (module docstring); returns the JSON's dict. The runs are
+    loaded first, so a run that cannot be used fails before anything is written."""
+    runs = {method: (path, LOADERS[method](path)) for method, path in (("stn", stn), ("deca", deca)) if path}
     workdir = Path(workdir)
     folder = workdir / "photos"
     data_dir = Path(data_dir) if data_dir else workdir / "tensorflow_datasets"
@@ -307,18 +310,16 @@ def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=Non
                "demodata": None if demodata is None else str(demodata)}
     panels: dict = {name: [] for name in labels}
     lines = []
-    for method, run_dir in (("stn", stn), ("deca", deca)):
-        if run_dir is None:
-            continue
+    for method, (run_dir, loaded) in runs.items():
         version_dir, build = photos.build_photo_folder(folder, task=method, data_dir=data_dir, detector="none",
                                                        progress=False, log=log)
         if method == "stn":
-            report, method_panels = evaluate_stn(run_dir, folder, version_dir, data_dir)
+            report, method_panels = evaluate_stn(loaded, run_dir, folder, version_dir, data_dir)
             lines.append(_line(f"STN {run_dir}", report, "mean-pose"))
             lines.append(_line("  human-labelled demodata (AFLW-21 by hand)", report["demodata_human"], "mean-pose"))
             lines.append(_line("  demodata, detector labels", report["demodata_detector"], "mean-pose"))
         else:
-            report, method_panels = evaluate_deca(run_dir, version_dir, data_dir)
+            report, method_panels = evaluate_deca(loaded, run_dir, version_dir, data_dir)
             lines.append(_line(f"DECA {run_dir}", report, "mean-face"))
             lines.append(_line("  demodata, detector labels", report["demodata_detector"], "mean-face"))
         report["build"] = build.to_json()
@@ -364,7 +365,7 @@ def main(argv=None) -> int:
         options = dict(stn=stn, deca=deca, demodata=args.demodata, data_dir=args.data_dir, json_path=args.json,
                        sheet_path=args.sheet)
         if args.workdir:
-            run(workdir=cli.check_output_dir(args.workdir, "--workdir"), **options)
+            run(workdir=cli.check_output_dir(args.workdir, "--workdir", create=False), **options)
         else:
             with tempfile.TemporaryDirectory(prefix="jface_real_photos_") as workdir:
                 run(workdir=workdir, **options)
