@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -238,3 +241,29 @@ def test_train_deca_make_data_keys_on_what_generates_the_split(cache, monkeypatc
     assert lines[1].startswith("data: reusing generated 12 training faces (224 px) from ")
     assert isinstance(first["images"], np.memmap) and first["images"].shape == (12, 4, 4, 3)
     assert len([p for p in root.iterdir() if not p.name.startswith(".")]) == 4
+
+
+def test_a_second_process_waits_for_the_first_then_reuses(cache):
+    """Two runs starting with the same key generate once: the second waits on the entry's lock."""
+    fcntl = pytest.importorskip("fcntl")
+    root, lines = cache
+    _call(lines)  # the entry the other process will write, kept aside for now
+    entry = _entry(root)
+    os.replace(entry, root / ".aside")
+    CALLS.clear()
+    with open(root / ".locks" / f"{entry.name}.lock", "a+") as handle:  # another process generating
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        waiting = []
+        thread = threading.Thread(target=lambda: waiting.append(_call(lines)))
+        thread.start()
+        deadline = time.time() + 10
+        while not any("waiting for another process" in line for line in lines) and time.time() < deadline:
+            time.sleep(0.01)
+        assert any(line.startswith("data: waiting for another process that is generating 3 fake images")
+                   for line in lines), lines
+        assert not waiting
+        os.replace(root / ".aside", entry)  # the other process's last step: its entry renamed into place
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    thread.join(10)
+    assert waiting and lines[-1] == f"data: reusing generated 3 fake images from {entry}"
+    assert CALLS == [], "the waiting run generated the data again"

@@ -284,9 +284,13 @@ def _lock(folder: Path, name: str, log: Callable[[str], None]):
     except ImportError:  # not POSIX: the atomic rename still keeps entries whole
         yield
         return
-    locks = folder.parent / ".locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / f"{folder.name}.lock", "a+") as handle:
+    try:
+        (folder.parent / ".locks").mkdir(exist_ok=True)
+        handle = open(folder.parent / ".locks" / f"{folder.name}.lock", "a+")
+    except OSError:  # a cache folder this user may only read: entries are still read whole or not at all
+        yield
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
