@@ -38,3 +38,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     if "JFACE_CACHE" not in os.environ:
         cache = tmp_path_factory.getbasetemp().parent / "jface-cache"
         monkeypatch.setenv("JFACE_CACHE", str(cache))
+
+
+# The slowest modules (a few minutes each on 2 cores: trainers run end to end, fit programs compile,
+# .mat fuzzers spawn child processes) run first, so that with ``-n 2 --dist worksteal`` (pyproject)
+# the two workers end together instead of one finishing a long test alone at the end.
+_SLOW_FIRST = (
+    "test_train_deca.py", "test_tools_reconstruct.py", "test_train_data.py", "test_fit_video.py",
+    "test_train_stn.py", "test_bench.py", "test_faults.py", "test_eval_protocol.py", "test_fit.py",
+    "test_data_pipeline.py", "test_multiprocess.py", "test_render_soft.py", "test_data_synthetic.py",
+    "test_render_rasterize.py", "test_render_antialias.py", "test_stn_localiser.py", "test_notebooks.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the collected tests slowest module first (:data:`_SLOW_FIRST`), keeping each module's
+    own order so its module-scoped fixtures are set up once per worker."""
+    rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules keep their order

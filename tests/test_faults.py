@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# .mat files are parsed in a child process (jface.files.mat), ~1 s each on 2 cores: fewer examples
+MAT_FUZZ = settings(FUZZ, max_examples=12)
 
 
 def _fresh(tmp_path_factory, name):
@@ -122,7 +124,7 @@ def test_fuzz_mat_loaders_random_fields(tmp_path_factory, loader):
     load, names = _MAT_LOADERS[loader]
     folder = _fresh(tmp_path_factory, f"mat_{loader}")
 
-    @FUZZ
+    @MAT_FUZZ
     @given(fields=_mat_fields(names))
     def run(fields):
         path = folder / "f.mat"
@@ -149,7 +151,7 @@ def _valid_bfm_fields():
     }
 
 
-@FUZZ
+@MAT_FUZZ
 @given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
        cut=st.one_of(st.none(), st.integers(1, 10**6)))
 def test_fuzz_corrupted_mat_bytes(tmp_path_factory, flips, cut):
