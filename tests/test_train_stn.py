@@ -445,3 +445,20 @@ def test_old_run_without_metadata_is_a_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert str(tmp_path / "old" / "checkpoints") in err and "run metadata" in err, err
+
+
+def test_a_run_shorter_than_its_warm_up_gets_a_shorter_warm_up():
+    """``--steps 1`` with the default 20 warm-up steps: the schedule warms up over the run instead of
+    failing inside optax with a negative decay length."""
+    import jax
+    import jax.numpy as jnp
+
+    from jface.training import stn as stn_training
+    from train import stn as train_stn
+
+    config = train_stn.preset("default").replace(steps=1)
+    params = {"theta": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+    optimizer = stn_training.make_optimizer(config, params)
+    state = optimizer.init(params)
+    updates, _ = optimizer.update(jax.tree_util.tree_map(jnp.ones_like, params), state, params)
+    assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree_util.tree_leaves(updates))

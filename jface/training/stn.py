@@ -290,9 +290,10 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
     theta layer's learning-rate multipliers and optional weight decay (none on the theta bias when
     ``theta_bias_decay`` is off), warm-up + cosine or constant learning rate."""
     if config.lr_schedule == "cosine":
+        total = max(config.steps, 2)
+        warmup = min(max(config.warmup_steps, 1), total - 1)  # a run shorter than its warm-up warms up less
         schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, 2),
-            end_value=config.learning_rate * 0.02)
+            0.0, config.learning_rate, warmup, total, end_value=config.learning_rate * 0.02)
     elif config.lr_schedule == "constant":
         schedule = optax.constant_schedule(config.learning_rate)
     else:
