@@ -88,6 +88,8 @@ RULES = [
          extra=("--max-steps", "30"), needs=r"^python -m jface\.models prepare-stn", realdata=True),
     Rule(r"^python -m jface\.flatten photos/ --fit-landmarks", "run"),
     Rule(r"^python -m jface\.demos\.astronaut", "run", extra=("--steps", "20", "--no-detector")),
+    Rule(r"^python -m jface\.demos\.real_photos --stn runs/stn", "parse",
+         "a trained run and mediapipe; tests/test_demos_real_photos.py runs it on a tiny run"),
     # DECA
     Rule(r"^python -m jface\.reconstruct photos/ --weights deca\.npz", "parse",
          "DECA's released weights (a user download); tests/test_tools_reconstruct.py runs reconstruct"),
