@@ -115,3 +115,33 @@ def test_make_data_photo_generator(tmp_path):
     np.testing.assert_array_equal(labels_only["theta"], data["theta"])
     with pytest.raises(ValueError, match="generator"):
         stn_training.make_data(config.replace(generator="paint"), model, split="train")
+
+
+def test_face_stage_paints_only_the_covered_pixels(toy, monkeypatch):
+    """The face stage's compact pass (the covered pixels gathered into a list) gives the colours of
+    painting the whole image, and 0 off the mask (eagerly, with a stand-in texture: no compile)."""
+    import jax
+
+    from jface.data import synthetic_stn_render as render
+
+    rng = np.random.default_rng(2)
+    layout = appearance.face_layout(toy)
+    look = appearance.sample_identity(rng)
+    image_look = {k: v[0] for k, v in appearance.sample_images(rng, 1).items()}
+    size = 12
+    attrs = rng.normal(0, 1, (size, size, 11)).astype(np.float32)
+    attrs[..., 0:3] *= 60.0  # mean-face positions (mm) around the features
+    attrs[..., 3:5] = rng.uniform(0, 1, (size, size, 2))
+    mask = (rng.uniform(size=(size, size)) < 0.4).astype(np.float32)
+    light = np.zeros((9, 3), np.float32)
+    light[0] = 0.8
+    # a cheap stand-in texture (the gather / scatter of the pixels is under test, not the painting)
+    monkeypatch.setattr(appearance, "face_texture", lambda layout, look, image_look, xyz, uv, noise: (
+        jax.numpy.abs(np.float32(0.01) * xyz), uv[..., 0]))
+    faces = {}
+    with jax.disable_jit():
+        for share in (1.0, 0.0):  # 1: the compact pass; 0: the capacity is 1 pixel, so the whole image
+            monkeypatch.setattr(render, "FACE_SHARE", share)
+            faces[share] = np.asarray(render._photo_face(layout, attrs, None, mask, light, look, image_look))
+    np.testing.assert_allclose(faces[1.0], faces[0.0], atol=1e-6)
+    assert np.all(faces[1.0][mask == 0] == 0) and np.all(faces[1.0][mask > 0].max(-1) > 0)

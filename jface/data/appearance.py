@@ -565,8 +565,9 @@ def body_layers(layout: FaceLayout, look: dict, image_look: dict, rotation, pixe
         jnp.stack([look["shoulders"], 190.0, 90.0]),
         jnp.array([86.0, 112.0, 100.0]) * vol * 1.09])
     depth, local, normal, hit = jax.vmap(lambda c, a, r: _ellipsoid(pixel, c, a, r))(centres, axes, radii)
+    hairy = local[:2]  # strands are looked up for the two hair layers only (skull, long hair)
     strands = _lookup(noise["strands"], jnp.stack(
-        [jnp.arctan2(local[..., 0], local[..., 2]) / (2 * jnp.pi) + 0.5, 0.5 + 0.5 * local[..., 1]], -1))[..., 0]
+        [jnp.arctan2(hairy[..., 0], hairy[..., 2]) / (2 * jnp.pi) + 0.5, 0.5 + 0.5 * hairy[..., 1]], -1))[..., 0]
     hair_col = look["hair"] * (0.7 + 0.45 * jnp.clip(0.5 + 0.35 * strands, 0.0, 1.2))[..., None]
     skull_hair = (local[0, ..., 1] > -0.25 + 0.1 * strands[0]) & (look["bald"] < 0.5)
     stripes = 0.5 + 0.5 * jnp.sin(local[3, ..., 1] * 40.0 * (0.3 + look["clothes_pattern"]))
@@ -592,7 +593,13 @@ def body_layers(layout: FaceLayout, look: dict, image_look: dict, rotation, pixe
     hit = hit.at[4].set(hit[4] & (local[4, ..., 1] > look["hat_cut"]))
     depth = jnp.where(hit, depth, -jnp.inf)
     best = jnp.argmax(depth, axis=0)
-    pick = lambda a: jnp.take_along_axis(a, best.reshape((1,) + best.shape + (1,) * (a.ndim - 1 - best.ndim)), 0)[0]  # noqa: E731
+
+    def pick(a):  # a[best] per pixel, as selects (a per-pixel gather is slow on CPUs)
+        out = a[0]
+        for k in range(1, a.shape[0]):
+            out = jnp.where((best == k).reshape(best.shape + (1,) * (a.ndim - 1 - best.ndim)), a[k], out)
+        return out
+
     return pick(depth), pick(albedo), pick(normal), pick(gloss), pick(is_skin)
 
 
@@ -772,20 +779,36 @@ def _blur_kernels(sigma, motion, angle):
     return kernel / jnp.sum(kernel, axis=(1, 2), keepdims=True)
 
 
+def _camera_blur(image, sigma, motion, angle):
+    """One image ``(H, W, 3)`` through its :func:`_blur_kernels` kernel. Without motion the kernel is
+    a Gaussian, which separates into a column and a row pass (2 T taps instead of T^2)."""
+    pad = BLUR_TAPS // 2
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+
+    def gaussian(_):
+        offsets = jnp.arange(BLUR_TAPS, dtype=jnp.float32) - pad
+        taps = jnp.exp(-0.5 * offsets ** 2 / jnp.maximum(sigma, 0.35) ** 2)
+        taps = taps / jnp.sum(taps)
+        rows = sum(taps[k] * padded[k:k + image.shape[0]] for k in range(BLUR_TAPS))
+        return sum(taps[k] * rows[:, k:k + image.shape[1]] for k in range(BLUR_TAPS))
+
+    def swept(_):
+        kernel = _blur_kernels(sigma[None], motion[None], angle[None])[0]
+        weights = jnp.repeat(kernel[:, :, None, None], 3, axis=3)  # (T, T, 1, 3)
+        return jax.lax.conv_general_dilated(padded[None], weights, (1, 1), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3)[0]
+
+    return jax.lax.cond(motion > 0, swept, gaussian, None)
+
+
 def camera_effects(images, keys, image_look):
     """The camera on a batch ``images (B, H, W, 3)`` in [0, 1] (``keys (B,)``, ``image_look`` rows
     of :func:`sample_images`): defocus and motion blur (one per-image kernel), low resolution,
     white balance, exposure, contrast, saturation, greyscale, gamma, vignetting, sensor noise."""
     count, height, width, _ = images.shape
     scale = height / 128.0
-    kernels = _blur_kernels(image_look["blur"] * scale, image_look["motion"] * scale, image_look["motion_angle"])
-    pad = BLUR_TAPS // 2
-    stacked = jnp.transpose(images, (1, 2, 0, 3)).reshape(1, height, width, count * 3)
-    stacked = jnp.pad(stacked, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    weights = jnp.repeat(kernels, 3, axis=0).transpose(1, 2, 0)[:, :, None, :]  # (T, T, 1, B * 3)
-    blurred = jax.lax.conv_general_dilated(stacked, weights, (1, 1), "VALID",
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=count * 3)
-    images = jnp.transpose(blurred.reshape(height, width, count, 3), (2, 0, 1, 3))
+    images = jax.lax.map(lambda item: _camera_blur(*item), (images, image_look["blur"] * scale,
+                                                            image_look["motion"] * scale, image_look["motion_angle"]))
     small = (max(int(height * 0.4), 8), max(int(width * 0.4), 8))
     low = jax.image.resize(jax.image.resize(images, (count,) + small + (3,), "linear", antialias=True), images.shape,
                            "linear")

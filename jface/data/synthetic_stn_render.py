@@ -10,8 +10,9 @@ rasterizer). Two looks (``StnSynthConfig.look``):
   brows, lips, mouth interior, hair, beard, glasses, make-up), lit by the SH light plus a key
   light with specular highlights and the face's cast shadows; the skull / hair, neck, shoulders
   and hat are drawn with their depth, over a procedural or photographic background; occluders
-  and camera effects follow, then JPEG. Three compiled stages per chunk (geometry, composition,
-  camera), because one program fuses badly on CPUs.
+  and camera effects follow, then JPEG. Four compiled stages per chunk (geometry, face,
+  composition, camera), because one program fuses badly on CPUs; the face is painted only at the
+  pixels it covers (:func:`_photo_face`).
 * **flat** (``look=None``): per-vertex model albedo shaded by DECA's SH lighting
   (:func:`jface.lighting.sh_shading`) of the interpolated outward normals, composited over a
   random background (:func:`jface.data.synthetic_deca.random_backgrounds`).
@@ -182,7 +183,7 @@ def _landmark_faces(model, *indices):
 def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, landmark_faces, size,
                     shadows):
     """Stage 1 (per item): pose the mesh, rasterize it, interpolate the mean-face position, UV,
-    normal and rotated position per pixel; the key light's shadow; the labels."""
+    normal and rotated position per pixel; the key light's depth map (None without shadows); the labels."""
     r, t, logs, alpha = theta[0:3], theta[3:5], theta[5], theta[6:]
     shape = model.mean + jnp.einsum("nck,k->nc", model.basis, alpha)
     rotated = shape @ geometry.axis_angle_to_matrix(r).T
@@ -194,25 +195,55 @@ def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, 
     fragments = rasterize(ndc, grid_faces_, (size, size))
     vertex_attrs = jnp.concatenate([model.mean[grid_index], model.uv[grid_index], normals, sub], -1)
     attrs = interpolate(fragments, vertex_attrs[grid_faces_])
-    shadow = jnp.zeros((size, size))
-    if shadows:
-        extent = 340.0 * layout.unit
-        depth_map = appearance.shadow_map(sub, grid_faces_, image_look["light_dir"], extent)
-        shadow = appearance.in_shadow(depth_map, attrs[..., 8:11], image_look["light_dir"], extent, 2.5 * layout.unit)
+    # the key light's depth map; the face stage looks its pixels up (appearance.in_shadow)
+    depth_map = (appearance.shadow_map(sub, grid_faces_, image_look["light_dir"], 340.0 * layout.unit) if shadows
+                 else None)
     visible = visibility(rotated, landmark_faces)  # exact for the landmark vertices (_landmark_faces)
     box = points[jnp.maximum(idx21, 0)]
     low, high = jnp.min(box, 0), jnp.max(box, 0)
     face_box = jnp.stack([0.5 * (low[0] + high[0]) - 1.0, size - 0.5 * (low[1] + high[1]), jnp.max(high - low)])
-    return (attrs, fragments.mask, shadow, face_box, _labels(points, visible, idx21, size),
+    return (attrs, fragments.mask, depth_map, face_box, _labels(points, visible, idx21, size),
             _labels(points, visible, idx68, size))
 
 
-def _photo_face(layout, attrs, shadow, sh_light, look, image_look):
-    """Stage 2 (per item): the face's painted texture, lit: ``(S, S, 3)``."""
+# Share of the pixels the face stage paints in its compact pass: faces in the crop framing cover
+# 45-70 % of the image; an image with more is painted whole (the same colours).
+FACE_SHARE = 0.72
+
+
+def _photo_face(layout, attrs, depth_map, mask, sh_light, look, image_look):
+    """Stage 2 (per item): the face's painted texture, lit (with the key light's shadow from
+    ``depth_map``, None for none): ``(S, S, 3)``, painted where ``mask`` (0 elsewhere: composition
+    uses the face only there). The painting is per pixel, so it runs on the face's pixels gathered
+    into a list of static length (:data:`FACE_SHARE` of the image; all pixels when more are
+    covered) rather than on the whole image."""
+    size = attrs.shape[0]
+    pixels = size * size
+    attrs, covered = attrs.reshape(pixels, -1), mask.reshape(pixels) > 0
     noise = appearance.face_noise(look["key"])
-    albedo, gloss = appearance.face_texture(layout, look, image_look, attrs[..., 0:3], attrs[..., 3:5], noise)
-    normal = attrs[..., 5:8] / jnp.maximum(jnp.linalg.norm(attrs[..., 5:8], axis=-1, keepdims=True), 1e-6)
-    return appearance.shade(albedo, normal, gloss, image_look, sh_light, shadow)
+
+    def paint(points):
+        shadow = 0.0
+        if depth_map is not None:
+            shadow = appearance.in_shadow(depth_map, points[:, 8:11], image_look["light_dir"], 340.0 * layout.unit,
+                                          2.5 * layout.unit)
+        albedo, gloss = appearance.face_texture(layout, look, image_look, points[:, 0:3], points[:, 3:5], noise)
+        normal = points[:, 5:8] / jnp.maximum(jnp.linalg.norm(points[:, 5:8], axis=-1, keepdims=True), 1e-6)
+        return appearance.shade(albedo, normal, gloss, image_look, sh_light, shadow)
+
+    capacity = min(pixels, max(1, int(math.ceil(FACE_SHARE * pixels))))
+
+    def compact(_):
+        index = jnp.nonzero(covered, size=capacity, fill_value=pixels)[0]
+        safe = jnp.minimum(index, pixels - 1)
+        colour = paint(attrs[safe])
+        return jnp.zeros((pixels, 3), colour.dtype).at[index].set(colour, mode="drop")
+
+    def whole(_):
+        return jnp.where(covered[:, None], paint(attrs), 0.0)
+
+    face = jax.lax.cond(jnp.sum(covered) <= capacity, compact, whole, None)
+    return face.reshape(size, size, 3)
 
 
 def _photo_compose(layout, theta, face, face_depth, mask, face_box, sh_light, background, use_photo, look, image_look,
@@ -252,8 +283,8 @@ def _photo_geometry_chunk(model, layout, theta, image_look, idx21, idx68, grid_i
 
 
 @jax.jit
-def _photo_face_chunk(layout, attrs, shadow, light, look, image_look):
-    return _per_item(functools.partial(_photo_face, layout), attrs, shadow, light, look, image_look)
+def _photo_face_chunk(layout, attrs, depth_map, mask, light, look, image_look):
+    return _per_item(functools.partial(_photo_face, layout), attrs, depth_map, mask, light, look, image_look)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "body"))
@@ -275,9 +306,9 @@ def _render_photo_chunk(model, layout, theta, light, background, use_photo, look
     """A chunk of photographic images in four compiled stages (geometry, face, composition, camera),
     each materialised: one program for all of it compiles and runs several times slower on CPUs."""
     size = int(background.shape[1])
-    attrs, mask, shadow, face_box, lm21, lm68 = _photo_geometry_chunk(
+    attrs, mask, depth_map, face_box, lm21, lm68 = _photo_geometry_chunk(
         model, layout, theta, image_look, idx21, idx68, *grid, size=size, shadows=shadows)
-    face = _photo_face_chunk(layout, attrs, shadow, light, look, image_look)
+    face = _photo_face_chunk(layout, attrs, depth_map, mask, light, look, image_look)
     image, face_mask = _photo_compose_chunk(layout, theta, face, attrs[..., 10], mask, face_box, light, background,
                                             use_photo, look, image_look, size=size, body=body)
     return _camera_chunk(image, image_look), face_mask, lm21, lm68
