@@ -118,8 +118,8 @@ def test_make_data_photo_generator(tmp_path):
 
 
 def test_face_stage_paints_only_the_covered_pixels(toy, monkeypatch):
-    """The face stage's compact pass (the covered pixels gathered into a list) gives the colours of
-    painting the whole image, and 0 off the mask (eagerly, with a stand-in texture: no compile)."""
+    """The face stage paints the covered pixels gathered into a list, block by block: the colours
+    of painting every pixel, and 0 off the mask (eagerly, with a stand-in texture: no compile)."""
     import jax
 
     from jface.data import synthetic_stn_render as render
@@ -136,12 +136,14 @@ def test_face_stage_paints_only_the_covered_pixels(toy, monkeypatch):
     light = np.zeros((9, 3), np.float32)
     light[0] = 0.8
     # a cheap stand-in texture (the gather / scatter of the pixels is under test, not the painting)
-    monkeypatch.setattr(appearance, "face_texture", lambda layout, look, image_look, xyz, uv, noise: (
-        jax.numpy.abs(np.float32(0.01) * xyz), uv[..., 0]))
-    faces = {}
+    texture = lambda layout, look, image_look, xyz, uv, noise: (np.float32(0.01) * jax.numpy.abs(xyz), uv[..., 0])  # noqa: E731
+    monkeypatch.setattr(appearance, "face_texture", texture)
+    normal = attrs[..., 5:8] / np.linalg.norm(attrs[..., 5:8], axis=-1, keepdims=True)
+    albedo, gloss = texture(None, None, None, attrs[..., 0:3], attrs[..., 3:5], None)
+    expected = np.asarray(appearance.shade(albedo, normal, gloss, image_look, light, 0.0)) * mask[..., None]
     with jax.disable_jit():
-        for share in (1.0, 0.0):  # 1: the compact pass; 0: the capacity is 1 pixel, so the whole image
-            monkeypatch.setattr(render, "FACE_SHARE", share)
-            faces[share] = np.asarray(render._photo_face(layout, attrs, None, mask, light, look, image_look))
-    np.testing.assert_allclose(faces[1.0], faces[0.0], atol=1e-6)
-    assert np.all(faces[1.0][mask == 0] == 0) and np.all(faces[1.0][mask > 0].max(-1) > 0)
+        for blocks in (1, 7):  # one block of the whole image; blocks of 21 pixels, as many as needed
+            monkeypatch.setattr(render, "FACE_BLOCKS", blocks)
+            face = np.asarray(render._photo_face(layout, attrs, None, mask, light, look, image_look))
+            np.testing.assert_allclose(face, expected, atol=1e-5)
+    assert np.all(face[mask > 0].max(-1) > 0)

@@ -715,9 +715,11 @@ def _blur(image, sigma, taps: int = 9):
     weights = jnp.where(sigma < 0.05, (offsets == 0).astype(weights.dtype), weights)
     weights = weights / jnp.sum(weights)
     pad = taps // 2
-    padded = jnp.pad(image, ((pad, pad), (0, 0), (0, 0)), mode="edge")
+    # each pass's input materialised (optimization_barrier): else XLA fuses it into every tap, and
+    # the scene and the first pass are computed again for each of the taps
+    padded = jax.lax.optimization_barrier(jnp.pad(image, ((pad, pad), (0, 0), (0, 0)), mode="edge"))
     image = sum(weights[k] * padded[k:k + image.shape[0]] for k in range(taps))
-    padded = jnp.pad(image, ((0, 0), (pad, pad), (0, 0)), mode="edge")
+    padded = jax.lax.optimization_barrier(jnp.pad(image, ((0, 0), (pad, pad), (0, 0)), mode="edge"))
     return sum(weights[k] * padded[:, k:k + image.shape[1]] for k in range(taps))
 
 

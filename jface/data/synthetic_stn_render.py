@@ -206,17 +206,16 @@ def _photo_geometry(model, layout, theta, image_look, idx21, idx68, grid_index, 
             _labels(points, visible, idx68, size))
 
 
-# Share of the pixels the face stage paints in its compact pass: faces in the crop framing cover
-# 45-70 % of the image; an image with more is painted whole (the same colours).
-FACE_SHARE = 0.72
+# The face stage paints the face's pixels in blocks of 1 / FACE_BLOCKS of the image, as many blocks
+# as the face needs (faces in the crop framing cover 45-70 % of the image).
+FACE_BLOCKS = 8
 
 
 def _photo_face(layout, attrs, depth_map, mask, sh_light, look, image_look):
     """Stage 2 (per item): the face's painted texture, lit (with the key light's shadow from
     ``depth_map``, None for none): ``(S, S, 3)``, painted where ``mask`` (0 elsewhere: composition
     uses the face only there). The painting is per pixel, so it runs on the face's pixels gathered
-    into a list of static length (:data:`FACE_SHARE` of the image; all pixels when more are
-    covered) rather than on the whole image."""
+    into a list, block by block (:data:`FACE_BLOCKS`), rather than on the whole image."""
     size = attrs.shape[0]
     pixels = size * size
     attrs, covered = attrs.reshape(pixels, -1), mask.reshape(pixels) > 0
@@ -231,18 +230,16 @@ def _photo_face(layout, attrs, depth_map, mask, sh_light, look, image_look):
         normal = points[:, 5:8] / jnp.maximum(jnp.linalg.norm(points[:, 5:8], axis=-1, keepdims=True), 1e-6)
         return appearance.shade(albedo, normal, gloss, image_look, sh_light, shadow)
 
-    capacity = min(pixels, max(1, int(math.ceil(FACE_SHARE * pixels))))
+    block = -(-pixels // FACE_BLOCKS)
+    # the covered pixels first, then `pixels` (no pixel: dropped when written back)
+    index = jnp.nonzero(covered, size=block * FACE_BLOCKS, fill_value=pixels)[0]
 
-    def compact(_):
-        index = jnp.nonzero(covered, size=capacity, fill_value=pixels)[0]
-        safe = jnp.minimum(index, pixels - 1)
-        colour = paint(attrs[safe])
-        return jnp.zeros((pixels, 3), colour.dtype).at[index].set(colour, mode="drop")
+    def paint_block(i, face):
+        rows = jax.lax.dynamic_slice(index, (i * block,), (block,))
+        return face.at[rows].set(paint(attrs[jnp.minimum(rows, pixels - 1)]).astype(face.dtype), mode="drop")
 
-    def whole(_):
-        return jnp.where(covered[:, None], paint(attrs), 0.0)
-
-    face = jax.lax.cond(jnp.sum(covered) <= capacity, compact, whole, None)
+    blocks = (jnp.sum(covered) + block - 1) // block
+    face = jax.lax.fori_loop(0, blocks, paint_block, jnp.zeros((pixels, 3), attrs.dtype))
     return face.reshape(size, size, 3)
 
 
