@@ -103,7 +103,7 @@ def test_background_folder(tmp_path):
     assert np.all(np.isclose(values[:, None], [0.0, 200 / 255], atol=1e-6).any(1))  # crops of the two flat images
 
 
-def test_make_data_photo_generator(tmp_path):
+def test_make_data_photo_generator(tmp_path, monkeypatch):
     """train.stn's make_data: the photo generator's images, labels of the landmark set, theta."""
     config = stn_training.Config(model="toy:16", image_size=SIZE, num_identities=1, images_per_identity=2,
                                  data_seed=5, yaw_deg=60.0, backgrounds="")
@@ -113,6 +113,18 @@ def test_make_data_photo_generator(tmp_path):
     assert data["theta"].shape == (2, 16) and data["identity"].tolist() == [0, 0]
     labels_only = stn_training.make_data(config, model, split="train", render_images=False)
     np.testing.assert_array_equal(labels_only["theta"], data["theta"])
+    # the trainer's chunk loop (with its progress bar) gives generate_stn's arrays, and the on-disk
+    # cache (jface.data.generated_cache) gives them back unchanged
+    direct = generate_stn(
+        model, 1, 2, 5, SIZE, config=StnSynthConfig(
+            n_shape=model.num_shape, n_expression=model.num_expression, yaw_deg=60.0, framing=config.framing,
+            look=appearance.AppearanceConfig(backgrounds=""), chunk=2))
+    np.testing.assert_array_equal(data["images"], direct["images"])
+    np.testing.assert_array_equal(data["labels"], direct["landmarks21"])
+    monkeypatch.setenv("JFACE_DATA_CACHE", str(tmp_path / "cache"))
+    cached = stn_training.make_data(config, model, split="train")
+    np.testing.assert_array_equal(cached["images"], data["images"])
+    assert any((tmp_path / "cache").iterdir())
     with pytest.raises(ValueError, match="generator"):
         stn_training.make_data(config.replace(generator="paint"), model, split="train")
 

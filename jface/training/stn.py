@@ -38,11 +38,11 @@ from jface.cli import UsageError
 from jface.data import synthetic_stn
 from jface.data.appearance import AppearanceConfig
 from jface.data.errors import DataSourceError
-from jface.data.generated_cache import cached_call, data_cache_dir
+from jface.data.generated_cache import cached_arrays, cached_call, call_key, data_cache_dir
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
-from jface.data.synthetic_stn_render import StnSynthConfig, generate_stn
+from jface.data.synthetic_stn_render import StnSynthConfig, generate_stn, iter_stn
 from jface.errors import ModelFileError
 from jface.models import default_stn_model
 from jface.models import load_model as load_model_file
@@ -57,7 +57,7 @@ from jface.training import runs
 from jface.training.checkpoint import Checkpointer, WorkdirLock, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
 from jface.training.landmark_eval import landmark_report, yaw_degrees
-from jface.training.loop import train_loop
+from jface.training.loop import progress, train_loop
 from jface.training.metrics import NOISE_STANDARD_ERRORS, MetricWriter, compare, save_image_grid, verdict_text
 from jface.training.runs import check_face_model, require_run_keys
 from jface.training.state import TrainState, init_network
@@ -248,9 +248,27 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
                          framing=config.framing, look=look, chunk=max(1, min(16, identities * per_identity)))
     args = (model, identities, per_identity, config.data_seed if train_split else config.eval_seed, config.image_size)
     if render_images:  # generated once into the cache (jface.data.generated_cache); labels only are cheap
-        data = cached_call(_split_name(config, train_split), generate_stn, args, dict(config=syn),
-                           files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [],
-                           keep=("images", "landmarks21", "landmarks68", "theta", "identity", "pose_deg"), log=_log)
+        keep = ("images", "landmarks21", "landmarks68", "theta", "identity", "pose_deg")
+        split = "train" if train_split else "held-out"
+
+        def generate():  # generate_stn's chunks, with a progress bar
+            bar = progress(identities * per_identity, desc=f"generating {split} images")
+            chunks = []
+            for chunk in iter_stn(*args, config=syn):
+                chunks.append({k: v for k, v in chunk.items() if k in keep})
+                bar.update(len(chunk["images"]))
+            bar.close()
+            if not chunks:
+                raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
+            return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+        if data_cache_dir() is None:
+            data = generate()
+        else:  # the key of generate_stn's call, as jface.data.generated_cache.cached_call makes it
+            key = call_key(generate_stn, args, dict(config=syn),
+                           files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [])
+            key["keep"] = sorted(keep)
+            data = cached_arrays(_split_name(config, train_split), key, generate, log=_log)
     else:
         data = generate_stn(*args, config=syn, render_images=False)
     labels = data.get("landmarks21" if config.landmark_set == "aflw21" else "landmarks68")
