@@ -37,6 +37,7 @@ __all__ = [
     "LocaliserConfig",
     "Localiser",
     "init_localiser",
+    "check_images",
     "theta_bias_init",
     "load_vggface_mat",
     "read_vggface_mat",
@@ -96,6 +97,16 @@ def vggface_layer_names(config: LocaliserConfig) -> list:
     return names + ["fc6", "fc7"]
 
 
+def check_images(images, input_hw, config_name: str):
+    """``images`` as an array, checked to be ``(B, *input_hw, 3)`` (raw 0-255 RGB) for a localiser
+    whose config class is ``config_name``."""
+    images = jnp.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != tuple(input_hw):
+        raise ValueError(f"images: expected (B, {input_hw[0]}, {input_hw[1]}, 3) raw 0-255 RGB "
+                         f"({config_name}.input_hw), got shape {images.shape}")
+    return images
+
+
 def theta_bias_init(config: LocaliserConfig):
     """Bias initialiser of the theta layer: zeros except t = ``config.translation_init``."""
 
@@ -130,12 +141,7 @@ class Localiser(nn.Module):
     @nn.compact
     def __call__(self, images, *, return_features: bool = False):
         cfg = self.config
-        images = jnp.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != tuple(cfg.input_hw):
-            raise ValueError(
-                f"images: expected (B, {cfg.input_hw[0]}, {cfg.input_hw[1]}, 3) raw 0-255 RGB "
-                f"(LocaliserConfig.input_hw), got shape {images.shape}"
-            )
+        images = check_images(images, cfg.input_hw, "LocaliserConfig")
         x = images.astype(self.dtype)
         for block, (width, count) in enumerate(zip(cfg.channels, cfg.convs_per_block), start=1):
             for i in range(1, count + 1):

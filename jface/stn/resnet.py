@@ -30,7 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jface.stn.localiser import theta_bias_init, theta_kernel_init
+from jface.stn.localiser import check_images, theta_bias_init, theta_kernel_init
 
 __all__ = ["ResNetLocaliserConfig", "ResNetLocaliser"]
 
@@ -110,11 +110,7 @@ class ResNetLocaliser(nn.Module):
     @nn.compact
     def __call__(self, images, *, return_features: bool = False):
         cfg = self.config
-        images = jnp.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != tuple(cfg.input_hw):
-            raise ValueError(
-                f"images: expected (B, {cfg.input_hw[0]}, {cfg.input_hw[1]}, 3) raw 0-255 RGB "
-                f"(ResNetLocaliserConfig.input_hw), got shape {images.shape}")
+        images = check_images(images, cfg.input_hw, "ResNetLocaliserConfig")
         x = (images.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
         x = nn.Conv(cfg.widths[0], (3, 3), strides=(2, 2), padding="SAME", use_bias=False, dtype=self.dtype,
                     param_dtype=jnp.float32, name="stem")(x)
