@@ -375,15 +375,17 @@ def cached_arrays(name: str, key: Mapping, generate: Callable[[], Mapping], *,
 
 def cached_call(name: str, fn: Callable[..., Mapping], args: Sequence = (), kwargs: Mapping | None = None, *,
                 files: Sequence = (), keep: Sequence[str] | None = None,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, generate: Callable[[], Mapping] | None = None) -> dict:
     """``fn(*args, **kwargs)`` (a generator returning a dict of numpy arrays) through
     :func:`cached_arrays`, keyed by :func:`call_key` (``files``: paths the generator reads).
-    ``keep``: the arrays to store and return (default all), so a caller does not store what it drops."""
+    ``keep``: the arrays to store and return (default all), so a caller does not store what it drops.
+    ``generate``: makes the same arrays as that call another way (e.g. chunk by chunk with a
+    progress bar); the key stays the call's."""
     kwargs = dict(kwargs or {})
+    make = generate if generate is not None else (lambda: fn(*args, **kwargs))
 
     def generate():
-        arrays = fn(*args, **kwargs)
-        return {k: v for k, v in arrays.items() if keep is None or k in keep}
+        return {k: v for k, v in make().items() if keep is None or k in keep}
 
     if data_cache_dir() is None:
         return generate()

@@ -42,7 +42,7 @@ from jface.arrays import floats_to_float32
 from jface.cli import UsageError
 from jface.data import synthetic_deca
 from jface.data.errors import DataSourceError
-from jface.data.generated_cache import cached_arrays, call_key, data_cache_dir
+from jface.data.generated_cache import cached_call
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
@@ -279,11 +279,9 @@ def make_data(config: Config, model: FlameModel, *, split: str) -> dict:
     else:
         ids, per_id, seed = config.eval_identities, config.eval_images_per_identity, config.eval_seed
     # generated once into the cache (jface.data.generated_cache), keyed by iter_deca's arguments
-    if data_cache_dir() is None:
-        return _generate_split(config, model, split, ids, per_id, seed)
-    key = call_key(synthetic_deca.iter_deca, (model, ids, per_id, seed, config.image_size))
     name = f"{ids * per_id} {'training' if split == 'train' else 'held-out'} faces ({config.image_size} px)"
-    return cached_arrays(name, key, lambda: _generate_split(config, model, split, ids, per_id, seed), log=_log)
+    return cached_call(name, synthetic_deca.iter_deca, (model, ids, per_id, seed, config.image_size), log=_log,
+                       generate=lambda: _generate_split(config, model, split, ids, per_id, seed))
 
 
 def _generate_split(config: Config, model: FlameModel, split: str, ids: int, per_id: int, seed: int) -> dict:

@@ -38,7 +38,7 @@ from jface.cli import UsageError
 from jface.data import synthetic_stn
 from jface.data.appearance import AppearanceConfig
 from jface.data.errors import DataSourceError
-from jface.data.generated_cache import cached_arrays, cached_call, call_key, data_cache_dir
+from jface.data.generated_cache import cached_call, data_cache_dir
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
@@ -262,13 +262,9 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
                 raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
             return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
-        if data_cache_dir() is None:
-            data = generate()
-        else:  # the key of generate_stn's call, as jface.data.generated_cache.cached_call makes it
-            key = call_key(generate_stn, args, dict(config=syn),
-                           files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [])
-            key["keep"] = sorted(keep)
-            data = cached_arrays(_split_name(config, train_split), key, generate, log=_log)
+        data = cached_call(_split_name(config, train_split), generate_stn, args, dict(config=syn),
+                           files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [],
+                           keep=keep, log=_log, generate=generate)
     else:
         data = generate_stn(*args, config=syn, render_images=False)
     labels = data.get("landmarks21" if config.landmark_set == "aflw21" else "landmarks68")
