@@ -11,7 +11,7 @@ from jface import deca, flame
 from jface.deca import appearance
 from jface.deca import losses as L
 from jface.flame.testing import random_flame_model
-from jface.render import world2uv
+from jface.render import layout_fragments, world2uv
 
 sh_shading = pytest.importorskip("jface.lighting", reason="jface.lighting (SH shading) not available").sh_shading
 pytest.importorskip("jface.render", reason="jface.render (rasterizer) not available")
@@ -137,7 +137,9 @@ def test_decode_render_detail_and_gradients():
     np.testing.assert_allclose(out["albedo"], alb, rtol=1e-5, atol=1e-6)
     uv_sh = jax.vmap(sh_shading)(out["uv_detail_normals"], codes["light"])
     np.testing.assert_allclose(out["uv_texture"], out["albedo"] * uv_sh, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["displacement_map"], out["displacement"] + fixed[None, :, :, None], rtol=1e-6)
+    # (atol: where D + Δ nearly cancels, float32 rounding of the sum is ~1e-12 absolute)
+    np.testing.assert_allclose(out["displacement_map"], out["displacement"] + fixed[None, :, :, None], rtol=1e-6,
+                               atol=1e-9)
     assert np.all(np.abs(out["displacement"]) < 0.01)
     # the shared UV rasterization equals world2uv (SRenderY.world2uv) per item
     uv_pos = jax.jit(world2uv, static_argnums=4)(out["verts"][1], model.faces, model.uv_coords, model.uv_faces,
@@ -168,6 +170,28 @@ def test_decode_render_detail_and_gradients():
     np.testing.assert_allclose(uv_maps["tex_gt"], uv_maps["uv_texture_gt"] * uvm + 0.7 * (1 - uvm), atol=1e-6)
     vis = np.asarray(uv_maps["uv_vis_mask"])[..., 0]
     assert vis.max() > 0 and np.all(vis <= np.asarray(model.uv_face_eye_mask)[None] + 1e-6)
+
+
+def test_decode_detail_maps_take_the_uv_layout_given_from_outside():
+    """``decode(uv_layout=...)``: the UV layout rasterized outside ``jit`` (for a program whose
+    model is a traced argument, e.g. jface.reconstruct's) gives the detail maps decode's own
+    rasterization gives; a layout of another size than the displacement map is not used."""
+    nets = pytest.importorskip("jface.deca.networks")
+    model = random_flame_model(2, head=(8, 12), uv_size=32, dtype=np.float32)
+    codes = _codes(2, 6, 4, 5)
+    generator = nets.DetailGenerator(latent_dim=3 + 4 + 128, init_size=2, init_channels=8,
+                                     block_channels=(8, 8, 4, 4))
+    params = {"D_detail": generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 135), jnp.float32))}
+    uv_coords, uv_faces = np.asarray(model.uv_coords, np.float32), np.asarray(model.uv_faces, np.int32)
+    layout = layout_fragments(uv_coords, uv_faces, (32, 32))
+    other_size = layout_fragments(uv_coords, uv_faces, (16, 16))
+    run = jax.jit(lambda m, c, lay: deca.decode(params, m, c, image_hw=(32, 32), detail_generator=generator,
+                                                uv_layout=lay))
+    own, given, ignored = run(model, codes, None), run(model, codes, layout), run(model, codes, other_size)
+    for key in ("uv_positions", "uv_normals", "uv_detail_normals", "uv_texture"):
+        assert np.any(np.asarray(own[key]) != 0), key
+        np.testing.assert_allclose(given[key], own[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(ignored[key], own[key], err_msg=key)
 
 
 def test_encode_shapes():

@@ -129,6 +129,7 @@ def decode(
     fixed_displacement=None,
     train: bool = False,
     detail_generator=None,
+    uv_layout=None,
 ):
     """``DECA.decode``, batched over the codes' leading axis.
 
@@ -147,6 +148,10 @@ def decode(
       train: F_d with batch statistics (returns ``(outputs, new_batch_stats)``).
       detail_generator: the F_d module (default ``DetailGenerator()``, DECA's 256² decoder; its
         output size must match the model's ``uv_face_eye_mask``).
+      uv_layout: the UV layout's fragments (:func:`jface.render.layout_fragments`, computed outside
+        ``jit``) when ``model`` is a traced argument of the caller's program, so that the detail
+        maps do not compile a second rasterizer; rasterized here when None or of another size than
+        the displacement map.
 
     Returns a dict (keys present when computed): ``verts``, ``trans_verts``, ``landmarks2d
     (B,68,2)``, ``landmarks3d (B,68,4)``, ``landmarks3d_world``, ``normals (B,V,3)``,
@@ -206,17 +211,17 @@ def decode(
         else:
             disp = generator.apply(params["D_detail"], z, train=False)
         out.update(detail_outputs(model, out["verts"], out["normals"], disp, light, albedo, uv_mask,
-                                  fixed_displacement))
+                                  fixed_displacement, uv_layout=uv_layout))
     return (out, updates) if train else out
 
 
 def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=None,
-                   fixed_displacement=None) -> dict:
+                   fixed_displacement=None, *, uv_layout=None) -> dict:
     """The detail half of ``DECA.decode``, batched: ``displacement (B, 256, 256, 1)`` D.
 
     Returns ``displacement``, ``uv_detail_normals``, ``uv_shading``, ``uv_texture`` (albedo ⊙
     uv_shading), ``displacement_map`` (D + Δ), ``uv_positions`` and ``uv_normals`` (coarse,
-    world2uv of the vertices and normals).
+    world2uv of the vertices and normals). ``uv_layout``: as in :func:`decode`.
     """
     displacement = jnp.asarray(displacement)
     size = displacement.shape[1:3]
@@ -226,7 +231,10 @@ def detail_outputs(model, verts, normals, displacement, light, albedo, uv_mask=N
 
     # world2uv (``SRenderY.world2uv``) rasterizes the UV layout, which does not depend on the item: do it
     # once and interpolate both attributes of every item with the same fragments.
-    fragments = rasterize(uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
+    if uv_layout is not None and tuple(jnp.shape(uv_layout.face_index)) == tuple(size):
+        fragments = uv_layout
+    else:
+        fragments = rasterize(uv_ndc(model.uv_coords).astype(dtype), model.uv_faces, size)
     faces = jnp.asarray(model.faces, jnp.int32)
 
     def item(v, n, d):

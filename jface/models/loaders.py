@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -331,7 +332,7 @@ def _flame_from_fields(fields: Mapping, path, *, n_shape=None, landmark_embeddin
             out = np.asarray(x, dtype=dtype)
         if out.dtype.kind == "f" and not np.all(np.isfinite(out)):
             raise ModelFileError(path, f"values overflow {np.dtype(dtype).name}", field)
-        return jnp.asarray(out)
+        return jax.device_put(out)  # (jnp.asarray compiles a conversion per new shape: ~30 ms each)
 
     lmk = {}
     if landmark_embedding is not None:
@@ -340,7 +341,7 @@ def _flame_from_fields(fields: Mapping, path, *, n_shape=None, landmark_embeddin
             emb = load_landmark_embedding(emb)
         lmk = _embedding_for_model(emb, n_faces=faces.shape[0])
         lmk = {
-            k_: (jnp.asarray(v.astype(np.int32)) if v.dtype.kind in "iu" else f(v, k_))
+            k_: (jax.device_put(v.astype(np.int32)) if v.dtype.kind in "iu" else f(v, k_))
             for k_, v in lmk.items()
         }
     return FlameModel(
@@ -349,7 +350,7 @@ def _flame_from_fields(fields: Mapping, path, *, n_shape=None, landmark_embeddin
         posedirs=f(posedirs, "posedirs"),
         j_regressor=f(j_reg, "J_regressor"),
         lbs_weights=f(weights, "weights"),
-        faces=jnp.asarray(faces),
+        faces=jax.device_put(np.asarray(faces, np.int32)),
         parents=tuple(parents),
         n_shape=int(n_shape),
         **lmk,

@@ -59,6 +59,7 @@ The progress bar counts images; the last line gives the throughput after compila
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from functools import partial
@@ -70,6 +71,7 @@ import numpy as np
 import optax
 
 from jface import export, flame, geometry
+from jface.arrays import fast_compile_options
 from jface.data import detect
 from jface.data.crops import deca_crop
 from jface.deca import decode, decode_geometry_batch, encode, load_fixed_displacement
@@ -311,9 +313,16 @@ def pose_angles(global_pose) -> dict:
     global_pose = np.asarray(global_pose, np.float64)
     if global_pose.shape != (3,) or not np.all(np.isfinite(global_pose)):
         raise ValueError(f"global_pose: expected a finite axis-angle (3,), got {global_pose.shape}")
-    rotation = np.asarray(geometry.axis_angle_to_matrix(global_pose))
-    pitch, yaw, roll = np.degrees(np.asarray(geometry.matrix_to_euler(rotation), np.float64))
-    return {"yaw": float(yaw), "pitch": float(pitch), "roll": float(roll), "rotation": rotation}
+    rotation, angles = _rotation_and_euler(global_pose)
+    pitch, yaw, roll = np.degrees(np.asarray(angles, np.float64))
+    return {"yaw": float(yaw), "pitch": float(pitch), "roll": float(roll), "rotation": np.asarray(rotation)}
+
+
+@jax.jit
+def _rotation_and_euler(global_pose):
+    # one small program (op-by-op dispatch of the same functions took ~1 s on a first image)
+    rotation = geometry.axis_angle_to_matrix(global_pose)
+    return rotation, geometry.matrix_to_euler(rotation)
 
 
 def pncc_colours(model) -> jax.Array:
@@ -341,12 +350,12 @@ def _vertex_visibility(fragments, faces, transformed_normals):
 # Decoding and the per-image products
 
 
-@partial(jax.jit, static_argnames=("image_hw", "detail_generator"))
-def _decode(params, model, codes, crops, fixed_displacement, uv_layout, image_hw=(224, 224), detail_generator=None):
+def _decode_products(params, model, codes, crops, fixed_displacement, uv_layout, image_hw=(224, 224),
+                     detail_generator=None):
     # One rasterization of the heads (decode's render) serves every image product below, and the UV
     # layout's comes rasterized from outside (``uv_layout``): no rasterizer is compiled twice.
     out = decode(params, model, codes, image_hw=image_hw, fixed_displacement=fixed_displacement,
-                 detail_generator=detail_generator)
+                 detail_generator=detail_generator, uv_layout=uv_layout)
     faces = jnp.asarray(model.faces, jnp.int32)
     uv_size = out["albedo"].shape[1:3]
     uv_mask = uv_face_eye_mask(model, crops.dtype, size=uv_size)
@@ -388,6 +397,20 @@ def _decode(params, model, codes, crops, fixed_displacement, uv_layout, image_hw
     return out
 
 
+_decode = jax.jit(_decode_products, static_argnames=("image_hw", "detail_generator"))
+
+
+@functools.cache
+def _decode_program(backend: str):
+    """The decode program for ``backend``: on CPU compiled with :func:`jface.arrays.fast_compile_options`
+    (its compile is most of a first image's wait; it runs ~0.15 s longer per image, less than
+    writing one image's files takes; BUILD_NOTES: reconstruct's first output)."""
+    options = fast_compile_options()
+    if not options:
+        return _decode
+    return jax.jit(_decode_products, static_argnames=("image_hw", "detail_generator"), compiler_options=options)
+
+
 def _uv_size(model, codes) -> tuple:
     """The UV size of :func:`jface.deca.decode`'s maps: the albedo's, else the face/eye mask's, else 256²."""
     if model.albedo_mean is not None and "tex" in codes:
@@ -408,7 +431,7 @@ def decode_batch(params, model, codes, crops, fixed_displacement=None, detail_ge
         codes.pop("detail", None)
     elif "detail" not in codes:
         codes["detail"] = jnp.zeros((codes["shape"].shape[0], 128), jnp.float32)
-    out = _decode(params, model, codes, jnp.asarray(crops, jnp.float32),
+    out = _decode_program(jax.default_backend())(params, model, codes, jnp.asarray(crops, jnp.float32),
                   None if fixed_displacement is None else jnp.asarray(fixed_displacement, jnp.float32),
                   layout_fragments(np.asarray(model.uv_coords, np.float32), np.asarray(model.uv_faces, np.int32),
                                    _uv_size(model, codes)),
@@ -601,6 +624,8 @@ def run(inputs, out_dir, *, weights=None, fit=False, fit_landmarks=False, fit_co
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch {batch_size}: expected a positive number of images per batch")
     items = collect_inputs(inputs)
+    # fewer images than a batch: one batch of just them (the programs are compiled for that size)
+    batch_size = min(batch_size, max(len(items), 1))
     out_dir = prepare_output_dir(out_dir, "-o")
     if weights is not None:
         check_input_file(weights, "--weights", folder=True)

@@ -39,7 +39,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 import scipy.sparse
 from scipy import ndimage
@@ -796,10 +796,10 @@ def load_flame_files(folder):
         raise ValueError(f"{folder / FILES['obj']}: faces differ from {FILES['model']}")
     mean, basis = load_flame_albedo(folder / FILES["albedo"])
     mask = np.asarray(Image.open(folder / FILES["mask"]), np.float32)[..., 0] / 255.0
-    f32 = lambda x: jnp.asarray(np.asarray(x, np.float32))  # noqa: E731
+    f32 = lambda x: jax.device_put(np.asarray(x, np.float32))  # noqa: E731 (no per-shape conversion program)
     return model.replace(
         uv_coords=f32(obj["uv_coords"]),
-        uv_faces=jnp.asarray(obj["uv_faces"], jnp.int32),
+        uv_faces=jax.device_put(np.asarray(obj["uv_faces"], np.int32)),
         albedo_mean=f32(mean),
         albedo_basis=f32(basis),
         uv_face_eye_mask=f32(mask),
