@@ -5,6 +5,8 @@ jit / vmap against eager, argument errors, and the silhouette-fitting demo."""
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -207,3 +209,15 @@ def test_silhouette_fit_demo_converges(capsys):
     result = silhouette_fit.fit(steps=40, size=32, log_every=0)
     assert result["loss"][0] > 10 * result["loss"][-1], result["loss"][::5]
     assert result["pose_error"][-1] < 0.2 * result["pose_error"][0]
+
+
+def test_edge_corner_permutations_are_the_index_permutations():
+    """The antialias stage reads each edge's corners by slicing (no index gather, whose transpose is
+    a scatter-add on the backward pass); the slices are the permutations _EDGE_A and _EDGE_B."""
+    module = importlib.import_module("jface.render.antialias")  # (jface.render.antialias is the function)
+
+    x = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
+    np.testing.assert_array_equal(module._edge_a(x), x[..., module._EDGE_A])
+    np.testing.assert_array_equal(module._edge_b(x), x[..., module._EDGE_B])
+    hlo = jax.jit(jax.grad(lambda v: jnp.sum(module._edge_a(v) * module._edge_b(v) ** 2))).lower(x).as_text()
+    assert "scatter" not in hlo and "gather" not in hlo

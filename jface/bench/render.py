@@ -424,6 +424,11 @@ def run_table(args: argparse.Namespace) -> dict:
         results["timings_ms"][name] = ms
         results[f"{name}_ms"] = ms
         print(f"{name:>12s}: {ms:9.3f} ms  (compile {results['compile_s'][name]:.1f} s)", flush=True)
+        if args.profile:
+            ops = _profile(fn, fargs)
+            results.setdefault("profile_us", {})[name] = ops
+            for op, us in ops:
+                print(f"{'':>14s}{us:9.1f} us  {op}", flush=True)
     if args.antialias:
         results["aa_ms"] = results["aa_fwd_bwd_ms"] - results["fwd_bwd_ms"]
         print(f"{'antialias':>12s}: {results['aa_ms']:+9.3f} ms over fwd_bwd", flush=True)

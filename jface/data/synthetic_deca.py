@@ -87,6 +87,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jface import flame, geometry
+from jface.arrays import tuned_jit
 from jface.data.synthetic_stn import pose_matrix
 from jface.deca.detail import displacement_to_normals
 from jface.deca.render import render
@@ -426,7 +427,7 @@ def _render_one(model, shape, expression, pose, crop, jitter, albedo_coeffs, lig
     return image, face_mask.astype(jnp.uint8), landmarks68, cam
 
 
-@jax.jit
+@tuned_jit
 def _render_chunk(model, shape, expression, pose, crop, jitter, albedo, light, background, detail_amplitude,
                   patterns, uv_mask):
     return jax.vmap(_render_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, None))(

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jface import geometry
+from jface.arrays import tuned_jit
 from jface.data import appearance, crops
 from jface.data.synthetic_deca import chunked_draws, random_backgrounds, sample_pose, sample_sh_light
 from jface.lighting import sh_shading
@@ -152,7 +153,7 @@ def _render_one(model, theta, albedo_coeffs, light, background, idx21, idx68):
             _labels(points, visible, idx68, size))
 
 
-@jax.jit
+@tuned_jit
 def _render_chunk(model, theta, albedo, light, background, idx21, idx68):
     return jax.vmap(_render_one, in_axes=(None, 0, 0, 0, 0, None, None))(
         model, theta, albedo, light, background, idx21, idx68)
@@ -272,26 +273,26 @@ def _per_item(fn, *batched):
     return jax.lax.map(lambda items: fn(*items), batched)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "shadows"))
+@functools.partial(tuned_jit, static_argnames=("size", "shadows"))
 def _photo_geometry_chunk(model, layout, theta, image_look, idx21, idx68, grid_index, grid_faces_, landmark_faces, *,
                           size, shadows):
     return _per_item(lambda th, il: _photo_geometry(model, layout, th, il, idx21, idx68, grid_index, grid_faces_,
                                                     landmark_faces, size, shadows), theta, image_look)
 
 
-@jax.jit
+@tuned_jit
 def _photo_face_chunk(layout, attrs, depth_map, mask, light, look, image_look):
     return _per_item(functools.partial(_photo_face, layout), attrs, depth_map, mask, light, look, image_look)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "body"))
+@functools.partial(tuned_jit, static_argnames=("size", "body"))
 def _photo_compose_chunk(layout, theta, face, face_depth, mask, face_box, light, background, use_photo, look,
                          image_look, *, size, body):
     one = functools.partial(_photo_compose, layout, size=size, body=body)
     return _per_item(one, theta, face, face_depth, mask, face_box, light, background, use_photo, look, image_look)
 
 
-@jax.jit
+@tuned_jit
 def _camera_chunk(images, image_look):
     keys = jax.vmap(lambda k: jax.random.fold_in(appearance.noise_key(k), 2))(image_look["key"])
     images = appearance.camera_effects(images, keys, image_look)

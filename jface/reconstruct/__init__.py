@@ -59,7 +59,6 @@ The progress bar counts images; the last line gives the throughput after compila
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from functools import partial
@@ -71,7 +70,7 @@ import numpy as np
 import optax
 
 from jface import export, flame, geometry
-from jface.arrays import fast_compile_options
+from jface.arrays import tuned_jit
 from jface.data import detect
 from jface.data.crops import deca_crop
 from jface.deca import decode, decode_geometry_batch, encode, load_fixed_displacement
@@ -397,18 +396,10 @@ def _decode_products(params, model, codes, crops, fixed_displacement, uv_layout,
     return out
 
 
-_decode = jax.jit(_decode_products, static_argnames=("image_hw", "detail_generator"))
-
-
-@functools.cache
-def _decode_program(backend: str):
-    """The decode program for ``backend``: on CPU compiled with :func:`jface.arrays.fast_compile_options`
-    (its compile is most of a first image's wait; it runs ~0.15 s longer per image, less than
-    writing one image's files takes; BUILD_NOTES: reconstruct's first output)."""
-    options = fast_compile_options()
-    if not options:
-        return _decode
-    return jax.jit(_decode_products, static_argnames=("image_hw", "detail_generator"), compiler_options=options)
+# compiled on every start and run a few times: on CPU with LLVM's optimisation off (its compile is
+# most of a first image's wait; it runs ~0.15 s longer per image, less than writing one image's files
+# takes; BUILD_NOTES: reconstruct's first output)
+_decode = tuned_jit(_decode_products, run_once=True, static_argnames=("image_hw", "detail_generator"))
 
 
 def _uv_size(model, codes) -> tuple:
@@ -431,7 +422,7 @@ def decode_batch(params, model, codes, crops, fixed_displacement=None, detail_ge
         codes.pop("detail", None)
     elif "detail" not in codes:
         codes["detail"] = jnp.zeros((codes["shape"].shape[0], 128), jnp.float32)
-    out = _decode_program(jax.default_backend())(params, model, codes, jnp.asarray(crops, jnp.float32),
+    out = _decode(params, model, codes, jnp.asarray(crops, jnp.float32),
                   None if fixed_displacement is None else jnp.asarray(fixed_displacement, jnp.float32),
                   layout_fragments(np.asarray(model.uv_coords, np.float32), np.asarray(model.uv_faces, np.int32),
                                    _uv_size(model, codes)),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jface.arrays import as_float, fast_compile_options
+from jface.arrays import as_float, cpu_compiler_options
 from jface.render.checks import check_faces, is_concrete
 from jface.render.interpolate import face_attributes, interpolate
 from jface.render.rasterize import DEFAULT_CAPACITY, DEFAULT_TILE_SIZE, Fragments, rasterize
@@ -119,7 +119,7 @@ def layout_fragments(uv_coords, uv_faces, hw, *, tile_size: int = DEFAULT_TILE_S
         faces = faces.astype(np.int32)
         lowered = _rasterize_layout.lower(vertices, faces, tuple(hw), tile_size, capacity, impl)
         # run once: compiled for a short compile (on CPU ~2x sooner; the same values)
-        fragments = lowered.compile(fast_compile_options() or None)(vertices, faces)
+        fragments = lowered.compile(cpu_compiler_options(run_once=True) or None)(vertices, faces)
         cached = Fragments(*(np.asarray(x) for x in (fragments.face_index, fragments.bary, fragments.depth,
                                                     fragments.mask)))
         if len(_LAYOUTS) >= _MAX_LAYOUTS:

@@ -38,7 +38,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
-from jface.arrays import floats_to_float32
+from jface.arrays import cpu_compiler_options, floats_to_float32
 from jface.cli import UsageError
 from jface.data import synthetic_deca
 from jface.data.errors import DataSourceError
@@ -465,7 +465,8 @@ def make_train_step(ctx: StepContext, mesh) -> Callable:
     """:func:`train_step` jitted on ``mesh``: ``(state, sharded batch, model) -> (state, metrics)``,
     outputs replicated, the state donated."""
     replicated = jax.sharding.NamedSharding(mesh, PartitionSpec())
-    return jax.jit(functools.partial(train_step, ctx), out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return jax.jit(functools.partial(train_step, ctx), out_shardings=(replicated, replicated), donate_argnums=(0,),
+                   compiler_options=cpu_compiler_options() or None)
 
 
 class _WithModel:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jface.arrays import floats_to_float32
+from jface.arrays import cpu_compiler_options, floats_to_float32
 from jface.cli import UsageError
 from jface.data import synthetic_stn
 from jface.data.appearance import AppearanceConfig
@@ -124,7 +124,7 @@ class Config:
     grad_clip: float = 0.0
     batch_size: int = 32  # global, before the mirror doubling
     mirror: bool = True
-    steps: int = 400
+    steps: int = 320  # the quickstart: 10 minutes on an idle 2-core box with its data (BUILD_NOTES)
     loss_weights: tuple = (0.8998, 0.1, 1e-4, 1e-4)  # landmark, prior, siamese, symmetry
     loss_reduction: str = "mean"  # "mean" over the doubled batch, or "sum" (the original)
     seed: int = 0
@@ -403,7 +403,7 @@ def make_train_step(ctx: StepContext, mesh) -> Callable:
     """:func:`train_step` bound to ``ctx`` and jit-compiled for ``mesh`` (state replicated)."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(functools.partial(train_step, ctx), out_shardings=(replicated, replicated),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=cpu_compiler_options() or None)
 
 
 # --- evaluation ------------------------------------------------------------------------------
