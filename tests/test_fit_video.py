@@ -186,3 +186,31 @@ def test_cli_on_a_frames_folder(tmp_path, sequence):
     assert np.abs(params["global_pose"][:, 1] - truth["pose"][:, 1]).max() < 0.08
     # a missing input is one clear error, exit 2
     assert video.main([str(tmp_path / "missing"), "-o", str(out)]) == 2
+
+
+def test_cli_on_a_video_file(tmp_path, sequence):
+    """An mp4 read through imageio-ffmpeg with a ``--landmarks`` array: the same tracking as the
+    frames folder, and the overlay written as an mp4 of every frame (read back here)."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    _, frames, landmarks = sequence
+    clip = tmp_path / "clip.mp4"
+    writer = ffmpeg.write_frames(str(clip), (SIZE, SIZE), fps=10, codec="libx264", pix_fmt_out="yuv444p",
+                                 output_params=["-crf", "0"], macro_block_size=1)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray((frame * 255 + 0.5).astype(np.uint8)))
+    writer.close()
+    read, names, fps, paths = video.read_frames(clip)
+    assert len(read) == FRAMES and paths is None and fps == pytest.approx(10.0)
+    assert np.abs(read[2].astype(float) - (frames[2] * 255 + 0.5).astype(np.uint8)).mean() < 2.0  # near lossless
+    np.save(tmp_path / "landmarks.npy", ndc_to_crop_pixels(landmarks, SIZE) - 0.5)
+    out = tmp_path / "out"
+    code = video.main([str(clip), "-o", str(out), "--landmarks", str(tmp_path / "landmarks.npy"), "--steps", "150",
+                       "20", "--size", str(SIZE), "--chunk", "3", "--mesh-every", "3"])
+    assert code == 0
+    params = np.load(out / "flame_params.npz")
+    assert params["expression"].shape == (FRAMES, 100) and params["shape"].shape == (300,)
+    assert np.abs(params["global_pose"][:, 1] - _truth()["pose"][:, 1]).max() < 0.08
+    overlay, _, _, _ = video.read_frames(out / "overlay.mp4")
+    assert len(overlay) == FRAMES and overlay[0].shape == (SIZE, SIZE, 3)
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == ["000000.obj", "000003.obj"]
