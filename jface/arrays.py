@@ -26,8 +26,8 @@ def floats_to_float32(tree):
 
 
 # XLA options for the CPU backend. The older fusion emitters (the MLIR ones are the default): on the
-# 2-core CPUs measured here they compile sooner and run jface's programs as fast or faster (the default
-# train.stn step 1.0 -> 0.65 s; jface.reconstruct's decode program compiles in 5.3 s instead of 7.2 s).
+# 2-core CPUs measured here they compile sooner and run jface's programs as fast (jface.reconstruct's
+# decode program compiles in 5.3 s instead of 7.2 s; the default train.stn step within noise).
 # LLVM's optimisation off, for a program compiled on every start and run once or a few times (its
 # compile is the wait): the decode program then compiles in 2.6 s and runs 0.06 -> 0.2 s per image.
 _CPU = {"xla_cpu_use_fusion_emitters": False}
