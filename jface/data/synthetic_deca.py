@@ -99,6 +99,7 @@ from jface.sampling import grid_sample
 
 __all__ = [
     "AFLW21_FROM_IBUG68",
+    "concatenate_chunks",
     "DETAIL_REGIONS",
     "DETAIL_DRIVERS",
     "DETAIL_WIDTHS",
@@ -529,17 +530,29 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
         yield render(merged, n, pad)
 
 
+def concatenate_chunks(chunks, *, keep=None, on_chunk=None) -> dict:
+    """The chunks of :func:`iter_deca` / ``iter_stn`` as one dict of arrays (those named in
+    ``keep``, default all); ``on_chunk(n)`` is called after each chunk of n images (a progress
+    bar's ``update``). ValueError when there is no chunk."""
+    parts = []
+    for chunk in chunks:
+        parts.append({k: v for k, v in chunk.items() if keep is None or k in keep})
+        if on_chunk is not None:
+            on_chunk(len(chunk["images"]) if "images" in chunk else len(next(iter(chunk.values()))))
+    if not parts:
+        raise ValueError("num_identities: expected >= 1 to generate any image, got 0")
+    return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
+
+
 def generate_deca(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-                  *, config: DecaSynthConfig | None = None) -> dict:
+                  *, config: DecaSynthConfig | None = None, on_chunk=None) -> dict:
     """``num_identities * images_per_identity`` rendered DECA training images with exact labels.
 
     ``model``: a :class:`jface.models.FlameModel` with landmarks, UV layout and albedo (e.g.
     :func:`jface.models.default_flame_model`). Returns a dict of numpy arrays (module docstring):
     ``images (M, S, S, 3)`` uint8, ``landmarks68 (M, 68, 3)`` / ``landmarks21 (M, 21, 3)`` in DECA
     NDC with visibility, ``face_mask (M, S, S)`` uint8, and every generating parameter.
-    Deterministic in ``seed``.
+    Deterministic in ``seed``. ``on_chunk``: as in :func:`concatenate_chunks`.
     """
-    chunks = list(iter_deca(model, num_identities, images_per_identity, seed, image_size, config=config))
-    if not chunks:
-        raise ValueError("num_identities: expected >= 1 to generate any image, got 0")
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    return concatenate_chunks(iter_deca(model, num_identities, images_per_identity, seed, image_size, config=config),
+                              on_chunk=on_chunk)

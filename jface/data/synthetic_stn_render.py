@@ -65,7 +65,13 @@ import numpy as np
 from jface import geometry
 from jface.arrays import tuned_jit
 from jface.data import appearance, crops
-from jface.data.synthetic_deca import chunked_draws, random_backgrounds, sample_pose, sample_sh_light
+from jface.data.synthetic_deca import (
+    chunked_draws,
+    concatenate_chunks,
+    random_backgrounds,
+    sample_pose,
+    sample_sh_light,
+)
 from jface.lighting import sh_shading
 from jface.render import interpolate, rasterize
 from jface.stn import grid_faces, visibility
@@ -498,16 +504,15 @@ def iter_stn(model, num_identities: int, images_per_identity: int, seed: int, im
 
 
 def generate_stn(model, num_identities: int, images_per_identity: int, seed: int, image_size: int = 224,
-                 *, config: StnSynthConfig | None = None, render_images: bool = True) -> dict:
+                 *, config: StnSynthConfig | None = None, render_images: bool = True, keep=None,
+                 on_chunk=None) -> dict:
     """``num_identities * images_per_identity`` rendered 3DMM-STN images with exact labels.
 
     ``model``: a UV-grid :class:`jface.models.MorphableModel` (e.g.
     :func:`jface.models.default_stn_model`); the first ``config.n_shape`` / ``n_expression``
     components are used (the 3DMM-STN's 5 + 5). Returns a dict of numpy arrays (module docstring).
-    Deterministic in ``seed``.
+    Deterministic in ``seed``. ``keep`` / ``on_chunk``: as in
+    :func:`jface.data.synthetic_deca.concatenate_chunks`.
     """
-    chunks = list(iter_stn(model, num_identities, images_per_identity, seed, image_size, config=config,
-                           render_images=render_images))
-    if not chunks:
-        raise ValueError("num_identities: expected >= 1 to generate any image, got 0")
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    return concatenate_chunks(iter_stn(model, num_identities, images_per_identity, seed, image_size, config=config,
+                                       render_images=render_images), keep=keep, on_chunk=on_chunk)

@@ -285,16 +285,14 @@ def make_data(config: Config, model: FlameModel, *, split: str) -> dict:
 
 
 def _generate_split(config: Config, model: FlameModel, split: str, ids: int, per_id: int, seed: int) -> dict:
-    # synthetic_deca.generate_deca's chunks, with a progress bar
-    bar = progress(ids * per_id, desc=f"generating {split} faces")
-    chunks = []
-    for chunk in synthetic_deca.iter_deca(model, ids, per_id, seed, config.image_size):
-        chunks.append(chunk)
-        bar.update(len(chunk["images"]))
-    bar.close()
-    if not chunks:
+    # synthetic_deca.generate_deca with a progress bar
+    if ids * per_id < 1:
         raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    bar = progress(ids * per_id, desc=f"generating {split} faces")
+    try:
+        return synthetic_deca.generate_deca(model, ids, per_id, seed, config.image_size, on_chunk=bar.update)
+    finally:
+        bar.close()
 
 
 def _dtype(config: Config):

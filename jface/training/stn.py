@@ -42,7 +42,7 @@ from jface.data.generated_cache import cached_call, data_cache_dir
 from jface.data.loader import BatchLoader
 from jface.data.pipeline import StreamLoader
 from jface.data.sources import load_all, open_source
-from jface.data.synthetic_stn_render import StnSynthConfig, generate_stn, iter_stn
+from jface.data.synthetic_stn_render import StnSynthConfig, generate_stn
 from jface.errors import ModelFileError
 from jface.models import default_stn_model
 from jface.models import load_model as load_model_file
@@ -251,16 +251,14 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
         keep = ("images", "landmarks21", "landmarks68", "theta", "identity", "pose_deg")
         split = "train" if train_split else "held-out"
 
-        def generate():  # generate_stn's chunks, with a progress bar
-            bar = progress(identities * per_identity, desc=f"generating {split} images")
-            chunks = []
-            for chunk in iter_stn(*args, config=syn):
-                chunks.append({k: v for k, v in chunk.items() if k in keep})
-                bar.update(len(chunk["images"]))
-            bar.close()
-            if not chunks:
+        def generate():  # generate_stn with a progress bar
+            if identities * per_identity < 1:
                 raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
-            return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+            bar = progress(identities * per_identity, desc=f"generating {split} images")
+            try:
+                return generate_stn(*args, config=syn, keep=keep, on_chunk=bar.update)
+            finally:
+                bar.close()
 
         data = cached_call(_split_name(config, train_split), generate_stn, args, dict(config=syn),
                            files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [],
