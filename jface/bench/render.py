@@ -32,7 +32,8 @@ each item turned by a random yaw in +-0.5 rad and framed so the faces cover ~50 
 * ``fwd_bwd``: the gradient of a fixed weighted sum of that image w.r.t. the attributes and the
   vertex positions;
 * ``aa_fwd_bwd`` (with ``--antialias``): the same with :func:`~jface.render.antialias` of the image
-  before the sum (``aa_ms`` = its cost over ``fwd_bwd``).
+  before the sum (``aa_ms`` = its cost over ``fwd_bwd``; ``--aa-chunk`` sets its ``chunk=``, 0 = the
+  dense evaluation of every pixel pair).
 """
 
 from __future__ import annotations
@@ -387,7 +388,8 @@ def run_table(args: argparse.Namespace) -> dict:
 
     def loss_aa(a, v):
         fragments = raster(v)
-        image = antialias(interpolate(fragments, a, faces), fragments, v, faces, topology=topology)
+        image = antialias(interpolate(fragments, a, faces), fragments, v, faces, topology=topology,
+                          chunk=args.aa_chunk)
         return jnp.sum(weights * image)
 
     stages = {
@@ -411,6 +413,7 @@ def run_table(args: argparse.Namespace) -> dict:
         "image": size,
         "coverage": coverage,
         "impl": args.impl,
+        "aa_chunk": args.aa_chunk,
         "repeats": repeats,
         "warmup": warmup,
         "timings_ms": {},
@@ -462,10 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mesh", help="issue 24's table: an OBJ file or 'flame' (the default FLAME head template)")
     parser.add_argument("--subdivide", type=int, default=0, help="midpoint subdivisions of --mesh (each: 4x faces)")
     parser.add_argument("--antialias", action="store_true", help="issue 24's table: also time the antialias stage")
+    parser.add_argument("--aa-chunk", type=int, default=None,
+                        help="antialias's chunk= (pairs per round; 0 = every pixel pair densely; default its own)")
     parser.add_argument("--json", help="write the results here")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.aa_chunk is not None and args.aa_chunk < 0:
+        parser.error(f"--aa-chunk: expected >= 0, got {args.aa_chunk}")
     if args.subdivide < 0:
         parser.error(f"--subdivide: expected >= 0, got {args.subdivide}")
     table = args.mesh is not None or args.subdivide or args.antialias
