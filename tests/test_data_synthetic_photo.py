@@ -8,6 +8,8 @@ shared by every test here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -159,3 +161,29 @@ def test_face_stage_paints_only_the_covered_pixels(toy, monkeypatch):
             face = np.asarray(render._photo_face(layout, attrs, None, mask, light, look, image_look))
             np.testing.assert_allclose(face, expected, atol=1e-5)
     assert np.all(face[mask > 0].max(-1) > 0)
+
+
+def test_ablations_leave_ingredients_out_and_keep_the_labels(toy, photos):
+    """``appearance.without`` (train.stn's ``ablate``): the named ingredients are switched off, the
+    same identities, poses and labels are drawn, only the pixels change; unknown names are refused."""
+    look = appearance.without(appearance.AppearanceConfig(), "camera, occluders,body")
+    assert look.occluder_prob == 0 and look.jpeg_prob == 0 and look.noise_max == 0 and not look.body
+    assert look.shadows and look.glasses_prob > 0  # the others stay
+    assert appearance.without(appearance.AppearanceConfig(), "") == appearance.AppearanceConfig()
+    with pytest.raises(ValueError, match="unknown ingredient 'hair'.*accessories, body, shadows"):
+        appearance.without(appearance.AppearanceConfig(), "hair")
+    plain = generate_stn(toy, 1, 2, 5, SIZE, config=dataclasses.replace(
+        CONFIG, look=appearance.without(appearance.AppearanceConfig(), list(appearance.ABLATIONS))))
+    for key in ("theta", "landmarks21", "landmarks68"):
+        np.testing.assert_array_equal(plain[key], photos[key], err_msg=key)
+    # without occluders, hair and body the visible face can only grow
+    assert np.all(plain["face_mask"] >= photos["face_mask"])
+    assert np.abs(plain["images"].astype(int) - photos["images"]).mean() > 1.0
+
+
+def test_train_stn_refuses_an_unknown_or_misplaced_ablation():
+    with pytest.raises(stn_training.UsageError, match="unknown ingredient 'hair'"):
+        stn_training.check_ablation(stn_training.Config(ablate="camera,hair"))
+    with pytest.raises(stn_training.UsageError, match="only the photo generator"):
+        stn_training.check_ablation(stn_training.Config(generator="splat", ablate="camera"))
+    stn_training.check_ablation(stn_training.Config(ablate="camera,body"))

@@ -68,6 +68,8 @@ __all__ = [
     "jpeg",
     "load_backgrounds",
     "background_crops",
+    "ABLATIONS",
+    "without",
 ]
 
 
@@ -100,6 +102,31 @@ class AppearanceConfig:
     noise_max: float = 7.0
     backgrounds: str = ""
     background_photo_prob: float = 0.5
+
+
+# Ingredients of the look that an ablation can leave out (``without``), each as the fields it zeroes.
+ABLATIONS = {
+    "accessories": dict(glasses_prob=0.0, hat_prob=0.0, beard_prob=0.0, makeup_prob=0.0, freckle_prob=0.0),
+    "body": dict(body=False),  # skull / hair, neck, shoulders (and so hats)
+    "shadows": dict(shadows=False),
+    "occluders": dict(occluder_prob=0.0),
+    "camera": dict(greyscale_prob=0.0, jpeg_prob=0.0, motion_blur_prob=0.0, low_res_prob=0.0, blur_max=0.0,
+                   noise_max=0.0),
+}
+
+
+def without(config: AppearanceConfig, names) -> AppearanceConfig:
+    """``config`` with the named :data:`ABLATIONS` left out (a comma-separated string or a sequence;
+    empty: unchanged). An unknown name raises ``ValueError`` listing the known ones."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    changes = {}
+    for name in names:
+        if name not in ABLATIONS:
+            raise ValueError(f"ablate: unknown ingredient {name!r}; expected a comma-separated subset of "
+                             f"{', '.join(ABLATIONS)}")
+        changes.update(ABLATIONS[name])
+    return dataclasses.replace(config, **changes)
 
 
 # --- layout ----------------------------------------------------------------------------------

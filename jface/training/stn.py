@@ -36,7 +36,7 @@ import optax
 from jface.arrays import cpu_compiler_options, floats_to_float32
 from jface.cli import UsageError
 from jface.data import synthetic_stn
-from jface.data.appearance import AppearanceConfig
+from jface.data.appearance import AppearanceConfig, without
 from jface.data.errors import DataSourceError
 from jface.data.generated_cache import cached_call, data_cache_dir
 from jface.data.loader import BatchLoader
@@ -66,7 +66,7 @@ __all__ = [
     "Config", "config_from_dict", "load_model", "model_record", "make_data", "make_localiser",
     "theta_statistics", "make_optimizer", "StepContext", "predict_theta", "loss_and_outputs", "train_step",
     "make_train_step", "landmark_error_px", "nme_per_image", "nme", "held_out_metrics", "format_metrics", "build",
-    "open_data", "theta_prior", "load_eval_data", "landmark_evaluation", "format_landmark_report",
+    "open_data", "check_ablation", "theta_prior", "load_eval_data", "landmark_evaluation", "format_landmark_report",
     "run_metadata", "LoadedRun", "load_run", "train", "finished_step", "report_finished", "export_params", "evaluate",
 ]
 
@@ -98,6 +98,9 @@ class Config:
     generator: str = "photo"
     framing: str = "crop"  # photo / flat: "crop" (a photograph's crop rule, jittered) or "centred"
     backgrounds: str = ""  # photo: a folder of background photographs (else procedural only)
+    # photo: ingredients left out of the training images (comma-separated jface.data.appearance.ABLATIONS:
+    # accessories, body, shadows, occluders, camera); the held-out split keeps them all
+    ablate: str = ""
     images_per_group: int = 1  # >1: identity-grouped batches (B identities x K images)
     # data sources (jface.data.sources.open_source): "generated" (the in-memory generator above), a
     # built TFDS dataset (name or directory) or a folder of photographs (built on first use)
@@ -231,6 +234,19 @@ def make_data(config: Config, model: MorphableModel, *, split: str, render_image
                        dict(seed=seed, render_images=True), log=_log)
 
 
+def check_ablation(config: Config) -> None:
+    """``config.ablate`` names known ingredients of the photographic generator (else UsageError)."""
+    if not config.ablate:
+        return
+    if config.generator != "photo":
+        raise UsageError(f"ablate: only the photo generator has ingredients to leave out (generator is "
+                         f"{config.generator!r})")
+    try:
+        without(AppearanceConfig(), config.ablate)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def _split_name(config: Config, train_split: bool) -> str:
     count = (config.num_identities * config.images_per_identity if train_split
              else config.eval_identities * config.eval_images_per_identity)
@@ -242,6 +258,8 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
         raise ValueError(f"landmark_set: the {config.generator} generator labels 'aflw21' or 'ibug68', "
                          f"got {config.landmark_set!r}")
     look = AppearanceConfig(backgrounds=config.backgrounds) if config.generator == "photo" else None
+    if look is not None and train_split:
+        look = without(look, config.ablate)
     identities = config.num_identities if train_split else config.eval_identities
     per_identity = config.images_per_identity if train_split else config.eval_images_per_identity
     syn = StnSynthConfig(n_shape=model.num_shape, n_expression=model.num_expression, yaw_deg=config.yaw_deg,
@@ -636,6 +654,7 @@ def build(config: Config, *, with_eval: bool = True):
     ``(ctx, state, loader, train_count, eval_data)`` (``eval_data`` None unless ``with_eval``).
     Data sources open first, so a bad one fails before anything is written."""
     t0 = time.time()
+    check_ablation(config)
     model = load_model(config)
     num_coeffs = model.num_shape + model.num_expression
     if data_cache_dir() is None and (config.data == "generated" or (with_eval and config.eval_data == "generated")):
