@@ -2,9 +2,10 @@
 
 Presets (:func:`preset`):
 
-* ``default``: the embedded procedural model (``jface.models.default_stn_model``), generated data
-  (``jface.data.synthetic_stn``), the small localiser (``LocaliserConfig.small``); finishes with the
-  held-out evaluation, data generation included, in a few minutes on 2 CPU cores. Adam, the
+* ``default``: the embedded procedural model (``jface.models.default_stn_model``), generated
+  photographic faces (``jface.data.synthetic_stn_render``) framed by the photographs' crop rule, a
+  small ResNet localiser at 96 px (``jface.stn.resnet``); finishes with the held-out evaluation,
+  data generation included, in a few minutes on 2 CPU cores. Adam, the
   original's loss weights with the batch-mean reduction, theta read through a whitening affine map
   (theta = mean + std * (raw - init bias), mean/std of the training labels, so step 0 predicts the
   mean pose and shape = the evaluation baseline).
