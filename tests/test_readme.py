@@ -75,6 +75,8 @@ RULES = [
          "tests/test_train_stn.py::test_readme_train_stn_commands"),
     Rule(r"^python -m train\.stn --eval runs/stn$", "elsewhere",
          "tests/test_train_stn.py::test_readme_train_stn_commands"),
+    Rule(r"^python -m train\.stn --workdir runs/no_body --ablate body$", "parse",
+         "a default-preset run (minutes); the ablation: tests/test_data_synthetic_photo.py"),
     Rule(r"^python -m train\.deca( --preset default)?$", "elsewhere",
          "tests/test_train_deca.py::test_tiny_run_trains_all_stages_and_prints_metrics"),
     Rule(r"^python -m train\.(stn|deca) +--(data photos/|eval runs/\w+_photos)", "parse",
