@@ -99,7 +99,10 @@ def test_masks():
 
 def test_missing_mediapipe_names_the_extra(monkeypatch):
     detect._face_mesh_class.cache_clear()
-    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    # the package and every submodule an earlier test of this worker imported (those are cached in
+    # sys.modules and would import even with the package blocked)
+    for name in [n for n in sys.modules if n == "mediapipe" or n.startswith("mediapipe.")] + ["mediapipe"]:
+        monkeypatch.setitem(sys.modules, name, None)
     try:
         with pytest.raises(DetectorMissingError, match=r"pip install 'jface\[detect\]'"):
             MediapipeDetector()
