@@ -207,26 +207,33 @@ def _blend(color_a, color_b, pix, first, second, horizontal, face_flat, depth_fl
     return add_a, add_b
 
 
-def _chunk_pairs(ids, round_, chunk, height, width):
-    pairs = lax.dynamic_slice(ids, (round_ * chunk,), (chunk,))
-    return _pair_pixels(pairs, height, width)
+def _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette):
+    """``(first, second, blend)`` for pair ids ``pairs``: their flat pixel indices and
+    ``blend(color_a, color_b, pix) -> (add_a, add_b)`` (:func:`_blend` on those pairs), the one
+    function the forward rounds, the backward rounds (through ``jax.vjp``) and the dense path call."""
+    height, width = face_index.shape
+    first, second, horizontal = _pair_pixels(pairs, height, width)
+    face_flat, depth_flat = face_index.reshape(-1), depth.reshape(-1)
+
+    def blend(color_a, color_b, pix):
+        return _blend(color_a, color_b, pix, first, second, horizontal, face_flat, depth_flat, faces, silhouette,
+                      has_silhouette, width)
+
+    return first, second, blend
 
 
 def _blend_rounds(chunk, color, pix, face_index, depth, faces, silhouette, has_silhouette):
     """``color`` + the blends of every candidate pair, ``chunk`` pairs per ``while_loop`` round
     (rounds = candidates / chunk, usually one); also returns the residuals of the backward pass."""
-    height, width, channels = color.shape
     ids, count = _compact(_candidates(face_index, depth, has_silhouette), chunk)
-    flat = color.reshape(height * width, channels)
-    face_flat, depth_flat = face_index.reshape(-1), depth.reshape(-1)
+    flat = color.reshape(-1, color.shape[-1])
 
     def body(state):
         round_, out = state
-        first, second, horizontal = _chunk_pairs(ids, round_, chunk, height, width)
-        add_a, add_b = _blend(take_rows(flat, first), take_rows(flat, second), pix, first, second, horizontal,
-                              face_flat, depth_flat, faces, silhouette, has_silhouette, width)
-        out = out.at[first].add(add_a, mode="drop").at[second].add(add_b, mode="drop")
-        return round_ + 1, out
+        pairs = lax.dynamic_slice(ids, (round_ * chunk,), (chunk,))
+        first, second, blend = _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette)
+        add_a, add_b = blend(take_rows(flat, first), take_rows(flat, second), pix)
+        return round_ + 1, out.at[first].add(add_a, mode="drop").at[second].add(add_b, mode="drop")
 
     rounds = (count + chunk - 1) // chunk
     _, out = lax.while_loop(lambda s: s[0] < rounds, body, (jnp.int32(0), flat))
@@ -240,21 +247,15 @@ def _antialias_compact(chunk, color, pix, face_index, depth, faces, silhouette, 
 
 
 def _antialias_compact_bwd(chunk, residuals, grad):
-    """The same rounds backwards: per round, ``jax.vjp`` of :func:`_blend` on that round's pairs."""
+    """The same rounds backwards: per round, ``jax.vjp`` of that round's blend."""
     color, pix, face_index, depth, faces, silhouette, has_silhouette, ids, rounds = residuals
-    height, width, channels = color.shape
-    flat = color.reshape(height * width, channels)
-    grad_flat = grad.reshape(height * width, channels)
-    face_flat, depth_flat = face_index.reshape(-1), depth.reshape(-1)
+    flat = color.reshape(-1, color.shape[-1])
+    grad_flat = grad.reshape(flat.shape)
 
     def body(state):
         round_, d_color, d_pix = state
-        first, second, horizontal = _chunk_pairs(ids, round_, chunk, height, width)
-
-        def blend(color_a, color_b, pix_):
-            return _blend(color_a, color_b, pix_, first, second, horizontal, face_flat, depth_flat, faces,
-                          silhouette, has_silhouette, width)
-
+        pairs = lax.dynamic_slice(ids, (round_ * chunk,), (chunk,))
+        first, second, blend = _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette)
         _, vjp = jax.vjp(blend, take_rows(flat, first), take_rows(flat, second), pix)
         d_a, d_b, d_p = vjp((take_rows(grad_flat, first), take_rows(grad_flat, second)))
         d_color = d_color.at[first].add(d_a, mode="drop").at[second].add(d_b, mode="drop")
@@ -351,10 +352,10 @@ def _antialias(color, face_index, depth, vertices, faces, topology, *, chunk):
         return _antialias_compact(chunk, color, pix, face_index, depth, faces, silhouette, has_silhouette)
     # every pixel pair at once (plain autodiff: forward mode and higher orders too)
     num = height * width
-    first, second, horizontal = _pair_pixels(jnp.arange(2 * num, dtype=jnp.int32), height, width)
-    edge = jnp.where(horizontal, first % width == width - 1, first // width == height - 1)
-    first, second = jnp.where(edge, num, first), jnp.where(edge, num, second)
+    pairs = jnp.arange(2 * num, dtype=jnp.int32)
+    last = jnp.where(pairs < num, pairs % width == width - 1, (pairs - num) // width == height - 1)
+    pairs = jnp.where(last, 2 * num, pairs)  # no neighbour right of the last column / below the last row
+    first, second, blend = _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette)
     flat = color.reshape(num, -1)
-    add_a, add_b = _blend(take_rows(flat, first), take_rows(flat, second), pix, first, second, horizontal,
-                          face_index.reshape(-1), depth.reshape(-1), faces, silhouette, has_silhouette, width)
+    add_a, add_b = blend(take_rows(flat, first), take_rows(flat, second), pix)
     return flat.at[first].add(add_a, mode="drop").at[second].add(add_b, mode="drop").reshape(color.shape)
