@@ -122,6 +122,20 @@ def test_bad_config_fields_are_named():
         deca.parse_args(["--detail_generator", "huge"])
 
 
+def test_empty_generated_split_is_a_usage_error_before_any_work(tmp_path, monkeypatch):
+    """Zero images in a generated split: one UsageError naming the fields, before the data cache."""
+    from jface.cli import UsageError
+    from jface.training import deca as deca_training
+
+    monkeypatch.setenv("JFACE_DATA_CACHE", str(tmp_path / "cache"))
+    config = deca.preset("tiny")
+    with pytest.raises(UsageError, match=r"num_identities x images_per_identity: expected >= 1 .* train image, got 0"):
+        deca_training.make_data(dataclasses.replace(config, images_per_identity=0), None, split="train")
+    with pytest.raises(UsageError, match=r"eval_identities x eval_images_per_identity: .* eval image, got 0"):
+        deca_training.make_data(dataclasses.replace(config, eval_identities=0), None, split="eval")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_detail_networks_per_preset(capsys):
     """The paper preset builds DECA's F_d with torch's initialisation and DECA's soft symmetry;
     the default preset the small He-initialised F_d with soft symmetry off, and says so."""

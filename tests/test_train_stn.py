@@ -462,3 +462,24 @@ def test_a_run_shorter_than_its_warm_up_gets_a_shorter_warm_up():
     state = optimizer.init(params)
     updates, _ = optimizer.update(jax.tree_util.tree_map(jnp.ones_like, params), state, params)
     assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree_util.tree_leaves(updates))
+
+
+@pytest.mark.parametrize("generator", ["splat", "photo"])
+def test_empty_generated_split_is_a_usage_error_before_any_work(generator, tmp_path, monkeypatch):
+    """Zero identities (or images per identity) in either split: one UsageError naming the fields,
+    raised before the generator or the data cache is touched (the splat generator used to write an
+    empty cache entry and train on nothing)."""
+    import dataclasses
+
+    from jface.cli import UsageError
+    from jface.training import stn as stn_training
+    from train import stn
+
+    monkeypatch.setenv("JFACE_DATA_CACHE", str(tmp_path / "cache"))
+    config = dataclasses.replace(stn.preset("tiny"), generator=generator)
+    model = stn_training.load_model(config)
+    with pytest.raises(UsageError, match=r"num_identities x images_per_identity: expected >= 1 .* train image, got 0"):
+        stn_training.make_data(dataclasses.replace(config, num_identities=0), model, split="train")
+    with pytest.raises(UsageError, match=r"eval_identities x eval_images_per_identity: .* held-out image, got 0"):
+        stn_training.make_data(dataclasses.replace(config, eval_images_per_identity=0), model, split="eval")
+    assert not (tmp_path / "cache").exists()  # no cache entry was written

@@ -278,6 +278,10 @@ def make_data(config: Config, model: FlameModel, *, split: str) -> dict:
         ids, per_id, seed = config.num_identities, config.images_per_identity, config.data_seed
     else:
         ids, per_id, seed = config.eval_identities, config.eval_images_per_identity, config.eval_seed
+    if ids * per_id < 1:
+        fields = ("num_identities x images_per_identity" if split == "train"
+                  else "eval_identities x eval_images_per_identity")
+        raise UsageError(f"{fields}: expected >= 1 to generate any {split} image, got {ids * per_id}")
     # generated once into the cache (jface.data.generated_cache), keyed by iter_deca's arguments
     name = f"{ids * per_id} {'training' if split == 'train' else 'held-out'} faces ({config.image_size} px)"
     return cached_call(name, synthetic_deca.iter_deca, (model, ids, per_id, seed, config.image_size), log=_log,
@@ -286,13 +290,8 @@ def make_data(config: Config, model: FlameModel, *, split: str) -> dict:
 
 def _generate_split(config: Config, model: FlameModel, split: str, ids: int, per_id: int, seed: int) -> dict:
     # synthetic_deca.generate_deca with a progress bar
-    if ids * per_id < 1:
-        raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
-    bar = progress(ids * per_id, desc=f"generating {split} faces")
-    try:
+    with progress(ids * per_id, desc=f"generating {split} faces") as bar:
         return synthetic_deca.generate_deca(model, ids, per_id, seed, config.image_size, on_chunk=bar.update)
-    finally:
-        bar.close()
 
 
 def _dtype(config: Config):

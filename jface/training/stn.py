@@ -221,6 +221,11 @@ def make_data(config: Config, model: MorphableModel, *, split: str, render_image
     :func:`jface.data.synthetic_stn.generate` for ``"splat"``): ``images``, ``labels (M, L, 3)`` of
     ``config.landmark_set``, ``theta``, ``identity``, ``pose_deg``."""
     train_split = split == "train"
+    count = _split_count(config, train_split)
+    if count < 1:
+        fields = "num_identities x images_per_identity" if train_split else "eval_identities x eval_images_per_identity"
+        raise UsageError(f"{fields}: expected >= 1 to generate any {'train' if train_split else 'held-out'} image, "
+                         f"got {count}")
     if config.generator in ("photo", "flat"):
         return _render_data(config, model, train_split, render_images)
     if config.generator != "splat":
@@ -250,10 +255,14 @@ def check_ablation(config: Config) -> None:
         raise UsageError(str(error)) from None
 
 
+def _split_count(config: Config, train_split: bool) -> int:
+    return (config.num_identities * config.images_per_identity if train_split
+            else config.eval_identities * config.eval_images_per_identity)
+
+
 def _split_name(config: Config, train_split: bool) -> str:
-    count = (config.num_identities * config.images_per_identity if train_split
-             else config.eval_identities * config.eval_images_per_identity)
-    return f"{count} {'training' if train_split else 'held-out'} images ({config.generator}, {config.image_size} px)"
+    return (f"{_split_count(config, train_split)} {'training' if train_split else 'held-out'} images "
+            f"({config.generator}, {config.image_size} px)")
 
 
 def _render_data(config: Config, model: MorphableModel, train_split: bool, render_images: bool) -> dict:
@@ -273,13 +282,8 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
         split = "train" if train_split else "held-out"
 
         def generate():  # generate_stn with a progress bar
-            if identities * per_identity < 1:
-                raise UsageError(f"num_identities: expected >= 1 to generate any {split} image, got 0")
-            bar = progress(identities * per_identity, desc=f"generating {split} images")
-            try:
+            with progress(identities * per_identity, desc=f"generating {split} images") as bar:
                 return generate_stn(*args, config=syn, keep=keep, on_chunk=bar.update)
-            finally:
-                bar.close()
 
         data = cached_call(_split_name(config, train_split), generate_stn, args, dict(config=syn),
                            files=[config.backgrounds] if config.generator == "photo" and config.backgrounds else [],
