@@ -28,9 +28,10 @@ none of whose pairs blend are returned unchanged (bit for bit).
 
 Only a pair whose faces differ and whose front face has a silhouette edge can blend: a few hundred
 of the 2 H W pairs of a 224 x 224 head. Those are compacted first (a cumulative sum and one
-scatter of distinct positions), then blended ``chunk`` at a time in a ``lax.while_loop`` (one
-round in the usual case, more when there are more candidates, so nothing is ever dropped); the
-backward runs the same rounds with ``jax.vjp`` of each round's blend (a custom VJP). ``chunk=0``
+scatter of distinct positions), then blended ``chunk`` at a time: the first round directly, any
+further ones in a ``lax.while_loop`` (usually none; more when there are more candidates, so nothing
+is ever dropped); the backward runs the same rounds with ``jax.vjp`` of each round's blend (a
+custom VJP). ``chunk=0``
 blends every pair densely with plain autodiff (forward mode too): the reference the tests compare
 the rounds against.
 """
@@ -222,21 +223,32 @@ def _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette):
     return first, second, blend
 
 
+def _add_pairs(flat, first, second, add_a, add_b):
+    """``flat (H W, C)`` + ``add_a`` at the pairs' first pixels and ``add_b`` at their second, in one
+    scatter (an index ``H W``, an empty slot, is dropped)."""
+    index = jnp.concatenate([first, second])
+    return flat.at[index].add(jnp.concatenate([add_a, add_b]), mode="drop")
+
+
 def _blend_rounds(chunk, color, pix, face_index, depth, faces, silhouette, has_silhouette):
-    """``color`` + the blends of every candidate pair, ``chunk`` pairs per ``while_loop`` round
-    (rounds = candidates / chunk, usually one); also returns the residuals of the backward pass."""
+    """``color`` + the blends of every candidate pair, ``chunk`` pairs per round (rounds =
+    candidates / chunk, usually one); also returns the residuals of the backward pass.
+
+    The first round runs outside the ``while_loop``, which holds only the further rounds: under
+    ``vmap`` a loop whose trip count differs per item selects its whole carry (here the image) in
+    every iteration, and in the usual case (every item's candidates fit one chunk) it now runs none."""
     ids, count = _compact(_candidates(face_index, depth, has_silhouette), chunk)
     flat = color.reshape(-1, color.shape[-1])
 
-    def body(state):
-        round_, out = state
+    def blend_round(round_, out):
         pairs = lax.dynamic_slice(ids, (round_ * chunk,), (chunk,))
         first, second, blend = _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette)
         add_a, add_b = blend(take_rows(flat, first), take_rows(flat, second), pix)
-        return round_ + 1, out.at[first].add(add_a, mode="drop").at[second].add(add_b, mode="drop")
+        return _add_pairs(out, first, second, add_a, add_b)
 
     rounds = (count + chunk - 1) // chunk
-    _, out = lax.while_loop(lambda s: s[0] < rounds, body, (jnp.int32(0), flat))
+    out = blend_round(0, flat)
+    _, out = lax.while_loop(lambda s: s[0] < rounds, lambda s: (s[0] + 1, blend_round(*s)), (jnp.int32(1), out))
     residuals = (color, pix, face_index, depth, faces, silhouette, has_silhouette, ids, rounds)
     return out.reshape(color.shape), residuals
 
@@ -247,22 +259,22 @@ def _antialias_compact(chunk, color, pix, face_index, depth, faces, silhouette, 
 
 
 def _antialias_compact_bwd(chunk, residuals, grad):
-    """The same rounds backwards: per round, ``jax.vjp`` of that round's blend."""
+    """The same rounds backwards: per round, ``jax.vjp`` of that round's blend (the first round
+    outside the ``while_loop`` again, see :func:`_blend_rounds`)."""
     color, pix, face_index, depth, faces, silhouette, has_silhouette, ids, rounds = residuals
     flat = color.reshape(-1, color.shape[-1])
     grad_flat = grad.reshape(flat.shape)
 
-    def body(state):
-        round_, d_color, d_pix = state
+    def vjp_round(round_, d_color, d_pix):
         pairs = lax.dynamic_slice(ids, (round_ * chunk,), (chunk,))
         first, second, blend = _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette)
         _, vjp = jax.vjp(blend, take_rows(flat, first), take_rows(flat, second), pix)
         d_a, d_b, d_p = vjp((take_rows(grad_flat, first), take_rows(grad_flat, second)))
-        d_color = d_color.at[first].add(d_a, mode="drop").at[second].add(d_b, mode="drop")
-        return round_ + 1, d_color, d_pix + d_p
+        return _add_pairs(d_color, first, second, d_a, d_b), d_pix + d_p
 
-    _, d_color, d_pix = lax.while_loop(lambda s: s[0] < rounds, body,
-                                       (jnp.int32(0), grad_flat, jnp.zeros_like(pix)))
+    d_color, d_pix = vjp_round(0, grad_flat, jnp.zeros_like(pix))
+    _, d_color, d_pix = lax.while_loop(lambda s: s[0] < rounds, lambda s: (s[0] + 1, *vjp_round(*s)),
+                                       (jnp.int32(1), d_color, d_pix))
     return d_color.reshape(color.shape), d_pix, None, None, None, None, None
 
 
@@ -358,4 +370,4 @@ def _antialias(color, face_index, depth, vertices, faces, topology, *, chunk):
     first, second, blend = _pairs_blend(pairs, face_index, depth, faces, silhouette, has_silhouette)
     flat = color.reshape(num, -1)
     add_a, add_b = blend(take_rows(flat, first), take_rows(flat, second), pix)
-    return flat.at[first].add(add_a, mode="drop").at[second].add(add_b, mode="drop").reshape(color.shape)
+    return _add_pairs(flat, first, second, add_a, add_b).reshape(color.shape)
