@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jface import stn
 
@@ -169,3 +170,37 @@ def test_mirror_batch_interleaves_and_mirrors_geometry():
     np.testing.assert_array_equal(out_vis[1], vis[0][np.array(LOOKUP_1BASED) - 1])
     images_only, none_labels, none_vis = stn.mirror_batch(images)
     assert none_labels is None and none_vis is None and images_only.shape[0] == 4
+
+
+# ---------------------------------------------------------------- the 3D shape term (jface's own)
+def test_shape_loss_vs_reference_and_gradient():
+    rng = np.random.default_rng(5)
+    shapes, truth = rng.normal(size=(3, 7, 3)), rng.normal(size=(3, 7, 3))
+    per_item = np.mean(np.sum((shapes - truth) ** 2, axis=-1), axis=-1)
+    np.testing.assert_allclose(stn.shape_loss(shapes[0], truth[0]), per_item[0], rtol=1e-12)
+    np.testing.assert_allclose(stn.shape_loss_batch(shapes, truth), per_item.mean(), rtol=1e-12)
+    weights = np.array([1.0, 0.0, 1.0])  # e.g. the unmirrored images of a batch
+    np.testing.assert_allclose(stn.shape_loss_batch(shapes, truth, weights), (per_item[0] + per_item[2]) / 2,
+                               rtol=1e-12)
+    assert float(stn.shape_loss_batch(shapes, truth, np.zeros(3))) == 0.0
+    # analytic gradient 2 (s - t) / N, and float64 finite differences of the weighted batch loss
+    np.testing.assert_allclose(jax.grad(stn.shape_loss)(shapes[0], truth[0]), 2 * (shapes[0] - truth[0]) / 7,
+                               rtol=1e-12)
+    check_grads(lambda s: stn.shape_loss_batch(s, truth, weights), (shapes,), order=2,
+                              modes=("rev", "fwd"), eps=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.zeros((7, 2)), np.zeros((7, 2))), r"shape: expected \(N, 3\)"),
+    ((np.zeros((7, 3)), np.zeros((6, 3))), r"true_shape: expected shape \(7, 3\)"),
+])
+def test_shape_loss_bad_shapes_name_the_argument(args, message):
+    with pytest.raises(ValueError, match=message):
+        stn.shape_loss(*args)
+
+
+def test_shape_loss_batch_bad_shapes_name_the_argument():
+    with pytest.raises(ValueError, match=r"shapes: expected \(B, N, 3\)"):
+        stn.shape_loss_batch(np.zeros((7, 3)), np.zeros((7, 3)))
+    with pytest.raises(ValueError, match=r"weights: expected shape \(2,\)"):
+        stn.shape_loss_batch(np.zeros((2, 7, 3)), np.zeros((2, 7, 3)), np.ones(3))

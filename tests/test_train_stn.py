@@ -483,3 +483,43 @@ def test_empty_generated_split_is_a_usage_error_before_any_work(generator, tmp_p
     with pytest.raises(UsageError, match=r"eval_identities x eval_images_per_identity: .* held-out image, got 0"):
         stn_training.make_data(dataclasses.replace(config, eval_images_per_identity=0), model, split="eval")
     assert not (tmp_path / "cache").exists()  # no cache entry was written
+
+
+def test_shape_term_on_the_unmirrored_generated_images(tmp_path, monkeypatch):
+    """The loss adds shape_weight x the 3D shape loss of the unmirrored images against their
+    generated theta; batches without theta (real photographs) get none; the paper preset and runs
+    saved before the field existed train without it."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from jface import stn as stn_ops
+    from jface.training import stn as stn_training
+    from train import stn
+
+    monkeypatch.setenv("JFACE_CACHE", str(tmp_path / "cache"))
+    config = stn.preset("tiny").replace(shape_weight=7.0, workdir=str(tmp_path / "run"))
+    ctx, state, loader, _, _ = stn_training.build(config, with_eval=False)
+    batch = {k: jnp.asarray(v) for k, v in loader.local_batch(0).items()}
+    assert batch["theta"].shape[0] == batch["images"].shape[0] and bool(batch["mirrored"][1])
+    loss, (metrics, out) = stn_training.loss_and_outputs(ctx, state.params, batch)
+    shapes = jax.vmap(lambda th: stn_ops.project(ctx.model, th)["shape"])
+    pred, true = np.asarray(shapes(out["theta"])), np.asarray(shapes(batch["theta"]))
+    per_item = np.mean(np.sum((pred - true) ** 2, -1), -1)
+    expect = per_item[~np.asarray(batch["mirrored"])].mean()
+    assert expect > 0
+    np.testing.assert_allclose(metrics["loss_shape"], expect, rtol=1e-5)
+    np.testing.assert_allclose(loss, out["loss"] + 7.0 * expect, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
+    # no theta in the batch (a photo folder) or weight 0: the original's losses alone
+    no_theta = {k: v for k, v in batch.items() if k != "theta"}
+    for cfg, b in ((ctx.config, no_theta), (ctx.config.replace(shape_weight=0.0), batch)):
+        loss0, (metrics0, out0) = stn_training.loss_and_outputs(dataclasses.replace(ctx, config=cfg), state.params, b)
+        assert "loss_shape" not in metrics0
+        np.testing.assert_allclose(loss0, out0["loss"], rtol=0)
+    # a gradient reaches the localiser through the shape term alone
+    grads = jax.grad(lambda p: stn_training.loss_and_outputs(ctx, p, batch)[1][0]["loss_shape"])(state.params)
+    assert float(jax.tree_util.tree_reduce(lambda a, x: a + jnp.sum(jnp.abs(x)), grads, 0.0)) > 0
+    assert stn.preset("default").shape_weight == 30.0 and stn.preset("paper").shape_weight == 0.0
+    assert stn_training.config_from_dict({"steps": 3}).shape_weight == 0.0  # a run saved before the field

@@ -8,7 +8,8 @@ Presets (:func:`preset`):
   data generation included, in a few minutes on 2 CPU cores. Adam, the
   original's loss weights with the batch-mean reduction, theta read through a whitening affine map
   (theta = mean + std * (raw - init bias), mean/std of the training labels, so step 0 predicts the
-  mean pose and shape = the evaluation baseline).
+  mean pose and shape = the evaluation baseline), and a 3D shape term against the generated faces'
+  exact shapes (``shape_weight`` 30; not one of the original's losses).
 * ``paper``: the original (``dagnn_3dmmasstn.m`` with MatConvNet's ``cnn_train_dag``): VGG-Face
   localiser (``--vggface_mat`` to load weights), a user-prepared model (``--model
   path/to/model.npz`` from ``jface.models.save_model``), SGD momentum 0.9, learning rate 1e-10 with
@@ -67,7 +68,7 @@ __all__ = ["Config", "PRESETS", "preset", "parse_args", "main"]
 PRESETS = {
     "default": Config(),
     "paper": Config(
-        model="", localiser="vgg_face", whiten_theta=False, optimizer="sgd",
+        model="", localiser="vgg_face", whiten_theta=False, optimizer="sgd", shape_weight=0.0,
         learning_rate=1e-10, lr_schedule="constant", warmup_steps=0, momentum=0.9,
         weight_decay=5e-4, theta_lr_mult=(4.0, 8.0), theta_bias_decay=False, batch_size=32,
         mirror=True, loss_reduction="sum", steps=100_000, workdir="runs/stn_paper",

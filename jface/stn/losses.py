@@ -1,6 +1,7 @@
 """The four 3DMM-STN losses with the original reductions (``layer/vl_nneuclideanloss.m``,
 ``vl_nnsse.m``, ``vl_nnsiamese.m``, ``vl_nnsymmetry.m``), and the mirror augmentation of the batch
-function (``refineData`` in ``dagnn_3dmmasstn.m``).
+function (``refineData`` in ``dagnn_3dmmasstn.m``). Also :func:`shape_loss`, jface's own: a 3D
+vertex loss against known shapes (generated faces carry theirs exactly), not one of the original's.
 
 All losses are un-normalised sums (pixel^2, 0-255 units) as in the original; gradients are true
 autodiff gradients. Where the original's hand-written backward differs (BUILD_NOTES.md,
@@ -35,6 +36,8 @@ __all__ = [
     "prior_loss_batch",
     "symmetry_loss_batch",
     "siamese_loss_batch",
+    "shape_loss",
+    "shape_loss_batch",
     "mirror_labels",
     "mirror_image",
     "mirror_batch",
@@ -121,6 +124,19 @@ def siamese_loss(tex_a: ArrayLike, tex_b: ArrayLike) -> jax.Array:
     return total / jnp.maximum(count, 1).astype(tex_a.dtype)
 
 
+def shape_loss(shape: ArrayLike, true_shape: ArrayLike) -> jax.Array:
+    """3D shape loss against known geometry (not one of the original's losses; jface's generated
+    faces carry their exact shape): mean over the N vertices of the squared distance,
+    ``shape``, ``true_shape`` ``(N, 3)`` in the model's frame and units (mm for the default model)."""
+    shape = as_float(shape)
+    true_shape = jnp.asarray(true_shape, shape.dtype)
+    if shape.ndim != 2 or shape.shape[-1] != 3:
+        raise ValueError(f"shape: expected (N, 3), got shape {shape.shape}")
+    if true_shape.shape != shape.shape:
+        raise ValueError(f"true_shape: expected shape {shape.shape} like shape, got {true_shape.shape}")
+    return jnp.mean(jnp.sum(jnp.square(shape - true_shape), axis=-1))
+
+
 def landmark_loss_batch(points: ArrayLike, labels: ArrayLike, vis: ArrayLike | None = None,
                         indices: ArrayLike | None = None) -> jax.Array:
     """Batched :func:`landmark_loss`: ``(B, L, 2)`` (or ``(B, N, 2)`` with ``indices``), summed over B."""
@@ -138,6 +154,21 @@ def prior_loss_batch(alpha: ArrayLike) -> jax.Array:
     if alpha.ndim != 2:
         raise ValueError(f"alpha: expected (B, D), got shape {alpha.shape}")
     return jnp.sum(jnp.square(alpha))
+
+
+def shape_loss_batch(shapes: ArrayLike, true_shapes: ArrayLike, weights: ArrayLike | None = None) -> jax.Array:
+    """Batched :func:`shape_loss` ``(B, N, 3)``: the ``weights (B,)``-weighted mean over the batch
+    (default all 1; the sum of weights guarded to >= 1e-12, so all-zero weights give 0)."""
+    shapes = as_float(shapes)
+    if shapes.ndim != 3:
+        raise ValueError(f"shapes: expected (B, N, 3), got shape {shapes.shape}")
+    per_item = jax.vmap(shape_loss)(shapes, jnp.asarray(true_shapes, shapes.dtype))
+    if weights is None:
+        return jnp.mean(per_item)
+    weights = jnp.asarray(weights, shapes.dtype)
+    if weights.shape != per_item.shape:
+        raise ValueError(f"weights: expected shape {per_item.shape}, got {weights.shape}")
+    return jnp.sum(weights * per_item) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
 def symmetry_loss_batch(textures: ArrayLike) -> jax.Array:

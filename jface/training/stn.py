@@ -50,7 +50,16 @@ from jface.models.defaults.stn_default import STN_VERSION
 from jface.models.landmarks import AFLW21_OUTER_EYE_CORNERS
 from jface.models.morphable import MorphableModel
 from jface.models.prepare import require_landmark_set
-from jface.stn import LOSS_TERMS, Localiser, LocaliserConfig, ThetaWhitening, apply_network, load_vggface_mat, project
+from jface.stn import (
+    LOSS_TERMS,
+    Localiser,
+    LocaliserConfig,
+    ThetaWhitening,
+    apply_network,
+    load_vggface_mat,
+    project,
+    shape_loss_batch,
+)
 from jface.stn import predict_theta as stn_predict_theta
 from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig
 from jface.training import runs
@@ -132,6 +141,9 @@ class Config:
     mirror: bool = True
     steps: int = 320  # the quickstart: 10 minutes on an idle 2-core box with its data (BUILD_NOTES)
     loss_weights: tuple = (0.8998, 0.1, 1e-4, 1e-4)  # landmark, prior, siamese, symmetry
+    # 3D shape term on the exact shape generated faces carry (jface.stn.shape_loss, mm^2; not one of
+    # the original's losses): applied where the batch has theta labels, to the unmirrored images
+    shape_weight: float = 30.0
     loss_reduction: str = "mean"  # "mean" over the doubled batch, or "sum" (the original)
     seed: int = 0
     # bookkeeping
@@ -150,8 +162,9 @@ class Config:
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
-    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples)."""
-    return runs.config_from_dict(Config, values, source=source, trainer="train.stn")
+    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). A run
+    saved before ``shape_weight`` existed trained without the shape term: it resumes without it."""
+    return runs.config_from_dict(Config, {"shape_weight": 0.0, **values}, source=source, trainer="train.stn")
 
 
 def _log(msg: str) -> None:
@@ -408,7 +421,16 @@ def loss_and_outputs(ctx: StepContext, params, batch):
                         landmark_set=config.landmark_set, siamese=config.mirror, reduction=config.loss_reduction)
     metrics = {"loss": out["loss"], **{f"loss_{k}": v for k, v in out["losses"].items()},
                "landmark_px": landmark_error_px(out["landmarks"], batch["labels"])}
-    return out["loss"], (metrics, out)
+    loss = out["loss"]
+    if config.shape_weight and "theta" in batch:
+        # the mirror of a face is not the model's shape of its theta: only the unmirrored images
+        shapes = jax.vmap(lambda theta: project(ctx.model, theta)["shape"])
+        unmirrored = ~batch["mirrored"] if "mirrored" in batch else None
+        metrics["loss_shape"] = shape_loss_batch(shapes(out["theta"]), shapes(batch["theta"].astype(jnp.float32)),
+                                                 unmirrored)
+        loss = loss + config.shape_weight * metrics["loss_shape"]
+        metrics["loss"] = loss
+    return loss, (metrics, out)
 
 
 def train_step(ctx: StepContext, state: TrainState, batch):
@@ -579,26 +601,29 @@ def open_data(config: Config, model: MorphableModel):
     if config.data == "generated":
         train_data = make_data(config, model, split="train")
         loader = BatchLoader(
-            {"images": train_data["images"], "labels": train_data["labels"], "identity": train_data["identity"]},
+            {"images": train_data["images"], "labels": train_data["labels"], "identity": train_data["identity"],
+             "theta": train_data["theta"]},
             batch_size=config.batch_size, seed=config.seed, mirror=config.mirror,
             group_key="identity" if config.images_per_group > 1 else None,
             images_per_group=config.images_per_group)
         return (loader, *theta_statistics(train_data), len(train_data["labels"]))
     source = _open(config.data, config, purpose="train")
+    width = 6 + model.num_shape + model.num_expression
+    theta = source.column("theta") if "theta" in getattr(source, "_extras", ()) else None
+    has_theta = theta is not None and theta.ndim == 2 and theta.shape[1] == width
     try:
         loader = StreamLoader(source, batch_size=config.batch_size, seed=config.seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count(),
                               images_per_group=config.images_per_group, mirror=config.mirror,
-                              keys=("images", "labels", "identity"))
+                              keys=("images", "labels", "identity") + (("theta",) if has_theta else ()))
     except ValueError as exc:
         raise DataSourceError(f"{config.data}: {exc}") from exc
-    width = 6 + model.num_shape + model.num_expression
-    theta = source.column("theta") if "theta" in getattr(source, "_extras", ()) else None
-    if theta is not None and theta.ndim == 2 and theta.shape[1] == width:
+    if has_theta:
         mean, std = theta_statistics({"theta": theta})
     else:
         _log(f"data: {config.data} has no theta labels of width {width}: theta whitening from the "
-             f"generated training distribution (theta_prior)")
+             f"generated training distribution (theta_prior)"
+             + (", and no shape term (shape_weight)" if config.shape_weight else ""))
         mean, std = theta_prior(config, model)
     return loader, mean, std, len(source)
 
