@@ -261,6 +261,9 @@ def test_config_overrides_and_errors():
     from train import stn
 
     assert stn.preset("tiny").model == "toy:16" and stn.preset("default") == stn.Config()
+    gpu = stn.preset("gpu")  # the default's recipe at a GPU's budget (BUILD_NOTES' figures)
+    assert (gpu.num_identities * gpu.images_per_identity, gpu.localiser_input, gpu.localiser_width, gpu.batch_size,
+            gpu.steps, gpu.generator, gpu.shape_weight) == (6000, 128, 16, 64, 6000, "photo", 30.0)
     args, config = stn.parse_args(["--preset", "paper", "--set", "batch_size=8", "--steps", "100",
                                    "--loss_weights=1,0,0,0", "--mirror", "false"])
     assert (config.batch_size, config.steps, config.loss_weights, config.mirror) == (8, 100, (1.0, 0, 0, 0), False)
@@ -345,6 +348,19 @@ def test_metric_writer_event_files_parse(tmp_path):
     events = [event_pb2.Event.FromString(r) for r in records]
     scalars = [(e.step, v.tag, v.simple_value) for e in events for v in e.summary.value]
     assert scalars == [(7, "train/loss", 1.5)]
+
+
+def test_metric_writer_without_tensorboardx_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """A machine without tensorboardX (the GPU images lack it) trains on: one line, no event files."""
+    from jface import training
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails as if not installed
+    writer = training.MetricWriter(tmp_path / "tb")
+    writer.scalars(7, {"loss": 1.5}, prefix="train")
+    writer.close()
+    out = capsys.readouterr().out
+    assert "tensorboardX is not installed" in out and str(tmp_path / "tb") in out
+    assert not writer.enabled and not list(tmp_path.rglob("events.out.tfevents.*"))
 
 
 # --- a run directory is self-contained ----------------------------------------------------------

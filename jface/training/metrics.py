@@ -26,7 +26,9 @@ NOISE_STANDARD_ERRORS = 2.0
 
 
 class MetricWriter:
-    """Scalars to TensorBoard event files (process 0 only), through tensorboardX."""
+    """Scalars to TensorBoard event files (process 0 only), through tensorboardX. Without
+    tensorboardX (a bare accelerator image, say) it says so once and writes no event files; the
+    run, its log and its metrics.json are unaffected."""
 
     def __init__(self, logdir):
         self.enabled = is_main_process() and logdir is not None
@@ -34,8 +36,13 @@ class MetricWriter:
         if self.enabled:
             # imported here: tensorboardX imports torch when it is installed (~7 s on 2 cores), which
             # programs that only load runs (reconstruct, flatten) should not pay for
-            from tensorboardX import SummaryWriter
-
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                print(f"metrics: tensorboardX is not installed: no TensorBoard event files in {logdir} "
+                      f"(pip install tensorboardX)", flush=True)
+                self.enabled = False
+                return
             self._writer = SummaryWriter(str(logdir))
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train") -> None:
