@@ -10,6 +10,9 @@ Presets (:func:`preset`):
   (theta = mean + std * (raw - init bias), mean/std of the training labels, so step 0 predicts the
   mean pose and shape = the evaluation baseline), and a 3D shape term against the generated faces'
   exact shapes (``shape_weight`` 30; not one of the original's losses).
+* ``gpu``: the default on a GPU's budget: 6,000 generated faces, the ResNet localiser at 128 px
+  and width 16, batch 64, 6,000 steps (about 6 minutes on one H100, data generation included;
+  BUILD_NOTES.md has its figures).
 * ``paper``: the original (``dagnn_3dmmasstn.m`` with MatConvNet's ``cnn_train_dag``): VGG-Face
   localiser (``--vggface_mat`` to load weights), a user-prepared model (``--model
   path/to/model.npz`` from ``jface.models.save_model``), SGD momentum 0.9, learning rate 1e-10 with
@@ -73,6 +76,10 @@ PRESETS = {
         weight_decay=5e-4, theta_lr_mult=(4.0, 8.0), theta_bias_decay=False, batch_size=32,
         mirror=True, loss_reduction="sum", steps=100_000, workdir="runs/stn_paper",
         checkpoint_every=2000, log_every=50, image_every=2000),
+    "gpu": Config(
+        num_identities=600, images_per_identity=10, localiser_input=128, localiser_width=16,
+        batch_size=64, steps=6000, warmup_steps=100, checkpoint_every=1000, log_every=250,
+        image_every=1000, workdir="runs/stn_gpu"),
     "tiny": Config(
         model="toy:16", generator="splat", image_size=64, num_identities=8, images_per_identity=4,
         eval_identities=4, eval_images_per_identity=2, localiser_input=32,
@@ -85,7 +92,7 @@ PRESETS = {
 def preset(name: str) -> Config:
     """The named preset's :class:`Config` (see the module docstring)."""
     if name not in PRESETS:
-        raise ValueError(f"preset: expected 'default', 'paper' or 'tiny', got {name!r}")
+        raise ValueError(f"preset: expected one of {', '.join(map(repr, PRESETS))}, got {name!r}")
     return PRESETS[name]
 
 
