@@ -536,8 +536,7 @@ def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, nois
     hair = (y > hairline) | ((jnp.abs(x) > side_x) & (y > side_low) & (y > eye_y - 60.0 * unit))
     hair = hair & (look["bald"] < 0.5)
     hair_col = look["hair"] * (0.75 + 0.4 * jnp.clip(0.5 + 0.35 * strands, 0.0, 1.2))[..., None]
-    hair_w = hair.astype(colour.dtype) * _ramp(-(jnp.abs(y - hairline)) + 0.0, 1e3)  # hard edge, softened by noise
-    colour = _mix(colour, hair_col, hair_w)
+    colour = _mix(colour, hair_col, hair.astype(colour.dtype))  # a hard edge, made irregular by the strands
     gloss = jnp.where(hair, look["hair_shine"], gloss)
     # glasses: frames round each eye, bridge, temples; lenses clear or dark
     size = look["glasses_size"] * unit
