@@ -938,7 +938,8 @@ def camera_effects(images, keys, image_look):
     rows, cols = _pixel_grid(height, width)
     radius = ((rows - height / 2) ** 2 + (cols - width / 2) ** 2) / (0.5 * (height ** 2 + width ** 2))
     images = images * (1.0 - look["vignette"] * radius[None, :, :, None])
-    noise = jax.vmap(lambda key: jax.random.normal(key, (height, width, 3)))(keys)
+    # one key at a time: unsafe_rbg's normal under vmap gives other numbers for other batch sizes
+    noise = jax.lax.map(lambda key: jax.random.normal(key, (height, width, 3)), keys)
     return jnp.clip(images + noise * look["noise"] / 255.0, 0.0, 1.0)
 
 
