@@ -1,8 +1,9 @@
 """Photographic appearance for generated faces: what a camera sees besides the face's shape.
 
-The generators (:mod:`jface.data.synthetic_stn_render`; the principle of Wood et al. 2021, "Fake It
-Till You Make It") draw exact geometry from a face model; this module paints everything else, so
-that a photograph is one more sample of the generated distribution:
+The generators (:mod:`jface.data.synthetic_stn_render`, :mod:`jface.data.synthetic_deca`; the
+principle of Wood et al. 2021, "Fake It Till You Make It") draw exact geometry from a face model;
+this module paints everything else, so that a photograph is one more sample of the generated
+distribution:
 
 * **the face's own texture** (:func:`face_texture`), painted on the mesh: skin of a sampled tone
   with blotches, redness, pores, freckles and moles; eyes (sclera, iris with a limbal ring, pupil,
@@ -27,7 +28,10 @@ model-frame position** ``xyz`` (mm, x to the subject's left, y up, z towards the
 are placed relative to the model's ``aflw21`` landmarks on the mean face, :func:`face_layout`) and
 the **UV** ``uv`` in [0, 1]^2 (noise fields are looked up there). Because both are attributes of
 vertices, the painting moves with the mesh: a landmark vertex stays on its painted feature for
-every shape, expression and pose, so the labels stay exact. Per-pixel arrays here are in the y-up
+every shape, expression and pose, so the labels stay exact. A model in another frame is moved into
+this one (:data:`EYE_CORNERS_AT`; FLAME: :func:`jface.data.synthetic_deca.photo_frame`); a mesh
+of the whole head marks its back (``face_texture``'s ``behind``) and keeps the skull ellipsoids
+off its face (``body_layers``' ``no_head``). Per-pixel arrays here are in the y-up
 pixel frame of the 3DMM-STN (x = 1-based column, y = S + 1 - 1-based row; BUILD_NOTES.md, Frames
 and conventions); depths are the rotated model z (mm, larger = nearer the camera).
 
@@ -198,6 +202,9 @@ IRIS_WEIGHTS = np.array([0.45, 0.2, 0.15, 0.1, 0.1])
 
 def _colour(rng, size, lo=0.05, hi=0.95):
     return rng.uniform(lo, hi, size=size + (3,))
+
+
+MOUTH_CAVITY = (0.18, 0.06, 0.06)  # the mouth's dark interior (albedo)
 
 
 def _lip_colour(skin):
@@ -499,7 +506,7 @@ def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, nois
     # lips, mouth gap
     lip = _mix(look["lip_colour"], look["lipstick"], look["lipstick_amount"]) * (1.0 + 0.05 * fine[..., 0:1])
     colour = _mix(skin, lip, lips * (1.0 - 0.8 * full))
-    inside = _mix(jnp.array([0.18, 0.06, 0.06]), jnp.array([0.80, 0.77, 0.68]), teeth)
+    inside = _mix(jnp.array(MOUTH_CAVITY), jnp.array([0.80, 0.77, 0.68]), teeth)
     colour = _mix(colour, inside, gap)
     gloss = gloss + 0.35 * lips
     # nostrils

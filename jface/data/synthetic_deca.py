@@ -549,8 +549,6 @@ def _render_chunk(model, vertices, cam, albedo, light, background, detail_amplit
 BEHIND = (12.0, 32.0)
 SHADOW_EXTENT = 340.0  # the key light's depth map spans this many mm x unit (as the STN generator's)
 FACE_BLOCKS = 8  # the face stage paints the covered pixels in blocks of 1 / FACE_BLOCKS of the image
-# The mouth interior (the back faces seen through an open mouth): appearance.face_texture's cavity colour.
-MOUTH_CAVITY = (0.18, 0.06, 0.06)
 
 
 def photo_frame(model) -> dict:
@@ -633,6 +631,21 @@ def _photo_draws(setup: dict, look_config, seed: int, identity: int, count: int,
     return draws
 
 
+def _posed_frame(anchor, pose, root):
+    """The posed frame Q (module docstring, Frames): ``(rotation (3, 3), origin (3,))``, the global
+    rotation R (as FLAME's lbs turns the head, about the ``root`` joint) and P = R (anchor - root) +
+    root (FLAME world metres); a world point w is at 1000 (w - P) mm in Q."""
+    rotation = geometry.axis_angle_to_matrix(pose[:3], deca=True)
+    return rotation, rotation @ (anchor - root) + root
+
+
+def _ndc_to_posed(ndc_xy, cam, origin):
+    """DECA NDC points ``(..., 2)`` (x right, y down) -> the posed frame's (x, y) (mm) of their
+    rays: the inverse of ``flip_yz(orthographic_camera(w, cam))`` (module docstring, Frames)."""
+    world = jnp.stack([ndc_xy[..., 0] / cam[0] - cam[1], -ndc_xy[..., 1] / cam[0] - cam[2]], -1)
+    return 1000.0 * (world - origin[:2])
+
+
 def _photo_geometry(model, setup, vertices, root, cam, pose, albedo_coeffs, detail_amplitude, light_dir, patterns,
                     uv_mask, *, size, shadows):
     """Stage 1 (per item): DECA's render of the posed ``vertices`` (the albedo map sampled per
@@ -641,10 +654,7 @@ def _photo_geometry(model, setup, vertices, root, cam, pose, albedo_coeffs, deta
     shadows); the face mask; the posed frame's rotation and origin (module docstring, Frames)."""
     rend = _render(model, vertices, cam, albedo_coeffs, size)
     normals = _shading_normals(model, vertices, rend, detail_amplitude, patterns, uv_mask)
-    # the posed frame: the template's frame turned by the global rotation about FLAME's root joint
-    # (lbs), its origin where the anchor goes, in mm
-    rotation = geometry.axis_angle_to_matrix(pose[:3], deca=True)
-    origin = rotation @ (setup["anchor"] - root) + root
+    rotation, origin = _posed_frame(setup["anchor"], pose, root)
     posed = 1000.0 * (vertices - origin)
     faces = jnp.asarray(model.faces, jnp.int32)
     corners = vertices[faces]
@@ -672,7 +682,7 @@ def _photo_face(layout, attrs, depth_map, mask, sh_light, look, image_look):
         skin = look["tone"] * points[:, 13:16]
         albedo, gloss = appearance.face_texture(layout, {**look, "skin": skin}, image_look, points[:, 0:3],
                                                 points[:, 8:10], noise, behind=points[:, 6])
-        albedo = jnp.where(back[:, None], jnp.asarray(MOUTH_CAVITY, albedo.dtype), albedo)
+        albedo = jnp.where(back[:, None], jnp.asarray(appearance.MOUTH_CAVITY, albedo.dtype), albedo)
         normal = points[:, 10:13] / jnp.maximum(jnp.linalg.norm(points[:, 10:13], axis=-1, keepdims=True), 1e-6)
         normal = jnp.where(back[:, None], -normal, normal)  # seen from inside
         shadow = jnp.where(back, 1.0, 0.0)
@@ -696,8 +706,7 @@ def _photo_compose(layout, attrs, face, mask, face_mask, landmarks68, cam, rotat
     face_box = jnp.concatenate([0.5 * (low + high), jnp.max(high - low)[None]])  # where occluders go
     centres = (jnp.arange(size, dtype=jnp.float32) + 0.5) * 2.0 / size - 1.0  # pixel centres in NDC
     ndc_y, ndc_x = jnp.meshgrid(centres, centres, indexing="ij")
-    world = jnp.stack([ndc_x / cam[0] - cam[1], -ndc_y / cam[0] - cam[2]], -1)  # FLAME world (x, y), metres
-    rays = 1000.0 * (world - origin[:2])
+    rays = _ndc_to_posed(jnp.stack([ndc_x, ndc_y], -1), cam, origin)  # each pixel's ray in the posed frame
     covered = mask > 0
     # the skull / hair ellipsoids never cover FLAME's face (in front of the ears); they add volume
     # beyond the head's silhouette and over its back
