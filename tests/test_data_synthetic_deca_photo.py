@@ -194,6 +194,8 @@ def test_background_folder(flame, tmp_path):
         sd.generate_deca(flame, 1, 1, SEED, SIZE, config=_photo(backgrounds=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="look: expected 'photo' or 'plain'"):
         sd.generate_deca(flame, 1, 1, SEED, SIZE, config=dataclasses.replace(CONFIG, look="painted"))
+    with pytest.raises(ValueError, match="the photo look places its features by the 68 full landmarks"):
+        sd.generate_deca(flame.replace(full_lmk_faces_idx=None), 1, 1, SEED, SIZE, config=CONFIG)
 
 
 def test_train_deca_look_flags(monkeypatch, tmp_path):

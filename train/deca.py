@@ -36,7 +36,8 @@ difference), and the end says how the stages after pretraining moved each metric
 one worse says so). JAX's persistent compilation cache is on unless ``--no_compilation_cache`` or
 ``JFACE_COMPILATION_CACHE=0``. A user's mistake is one line on stderr and exit status 2.
 
-Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator; a
+Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator,
+photographic faces unless ``--look plain``, with ``--ablate`` / ``--backgrounds`` as ``train.stn``'s; a
 built TFDS dataset by name or directory; a folder of photographs in identity sub-folders, built
 into ``--data_dir`` on first use, see ``jface.data.sources``). Sources open before the work
 directory is locked or written: one that cannot be used is a one-line error and exit status 2.

@@ -825,6 +825,9 @@ def iter_deca(model, num_identities: int, images_per_identity: int, seed: int, i
     _check(model, num_identities, images_per_identity, image_size)
     if config.look not in ("photo", "plain"):
         raise ValueError(f"look: expected 'photo' or 'plain', got {config.look!r}")
+    if config.look == "photo" and model.full_lmk_faces_idx is None:
+        raise ValueError("model: the photo look places its features by the 68 full landmarks (full_lmk_faces_idx "
+                         "of DECA's landmark_embedding.npy); this model has none (or DecaSynthConfig(look='plain'))")
     model32 = _float32_model(model)
     hw = (int(image_size), int(image_size))
     chunk = int(config.chunk)
