@@ -1,6 +1,9 @@
 """Procedural fine detail of the generated DECA faces (jface.data.synthetic_deca).
 
-One render shape (64 px, chunk 4) compiled twice (detail on / off); everything else is numpy.
+One render shape (64 px, chunk 4) compiled twice (detail on / off); everything else is numpy. The
+plain look (albedo x SH light): the test localises the shading change to the folds, which the
+photo look's camera blur and JPEG would spread (tests/test_data_synthetic_deca_photo.py checks
+that the detail shades the photo look too).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import pytest
 from jface.data import synthetic_deca as sd
 
 SIZE, CHUNK = 64, 4
-NASOLABIAL_ONLY = sd.DecaSynthConfig(chunk=CHUNK, detail_depth_mm=(0.0, 0.0, 0.0, 1.5))
+NASOLABIAL_ONLY = sd.DecaSynthConfig(chunk=CHUNK, detail_depth_mm=(0.0, 0.0, 0.0, 1.5), look="plain")
 NO_DETAIL = dataclasses.replace(NASOLABIAL_ONLY, detail_depth_mm=(0.0, 0.0, 0.0, 0.0))
 
 

@@ -225,7 +225,7 @@ def test_train_deca_make_data_keys_on_what_generates_the_split(cache, monkeypatc
     monkeypatch.setattr(deca_training, "_log", lines.append)
     calls = []
 
-    def generate_split(config, model, split, ids, per_id, seed):
+    def generate_split(config, model, split, ids, per_id, seed, syn):
         calls.append((split, ids, per_id, seed))
         return {"images": np.full((ids * per_id, 4, 4, 3), seed % 256, np.uint8)}
 
@@ -237,10 +237,14 @@ def test_train_deca_make_data_keys_on_what_generates_the_split(cache, monkeypatc
     deca_training.make_data(config, model, split="eval")
     deca_training.make_data(config.replace(data_seed=7), model, split="train")
     deca_training.make_data(config.replace(image_size=128), model, split="train")
-    assert calls == [("train", 6, 2, 0), ("eval", 2, 2, 1_000_003), ("train", 6, 2, 7), ("train", 6, 2, 0)]
-    assert lines[1].startswith("data: reusing generated 12 training faces (224 px) from ")
+    # the look and the ablated ingredients (the generator's config) key it too
+    deca_training.make_data(config.replace(look="photo"), model, split="train")
+    deca_training.make_data(config.replace(look="photo", ablate="camera"), model, split="train")
+    assert calls == [("train", 6, 2, 0), ("eval", 2, 2, 1_000_003), ("train", 6, 2, 7), ("train", 6, 2, 0),
+                     ("train", 6, 2, 0), ("train", 6, 2, 0)]
+    assert lines[1].startswith("data: reusing generated 12 training faces (plain, 224 px) from ")
     assert isinstance(first["images"], np.memmap) and first["images"].shape == (12, 4, 4, 3)
-    assert len([p for p in root.iterdir() if not p.name.startswith(".")]) == 4
+    assert len([p for p in root.iterdir() if not p.name.startswith(".")]) == 6
 
 
 def test_a_second_process_waits_for_the_first_then_reuses(cache):

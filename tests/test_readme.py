@@ -79,6 +79,8 @@ RULES = [
          "a default-preset run (minutes); the ablation: tests/test_data_synthetic_photo.py"),
     Rule(r"^python -m train\.deca( --preset default)?$", "elsewhere",
          "tests/test_train_deca.py::test_tiny_run_trains_all_stages_and_prints_metrics"),
+    Rule(r"^python -m train\.deca --workdir runs/deca_plain --look plain$", "parse",
+         "a default-preset run (minutes); the looks and ablations: tests/test_data_synthetic_deca_photo.py"),
     Rule(r"^python -m train\.(stn|deca) +--(data photos/|eval runs/\w+_photos)", "parse",
          "the user's photo folder and runs on it; tests/test_train_data.py trains and evaluates on a real "
          "photo folder the same way"),

@@ -36,7 +36,8 @@ difference), and the end says how the stages after pretraining moved each metric
 one worse says so). JAX's persistent compilation cache is on unless ``--no_compilation_cache`` or
 ``JFACE_COMPILATION_CACHE=0``. A user's mistake is one line on stderr and exit status 2.
 
-Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator; a
+Data: ``--data SRC`` / ``--eval_data SRC`` (``generated``, the default: the in-memory generator,
+photographic faces unless ``--look plain``, with ``--ablate`` / ``--backgrounds`` as ``train.stn``'s; a
 built TFDS dataset by name or directory; a folder of photographs in identity sub-folders, built
 into ``--data_dir`` on first use, see ``jface.data.sources``). Sources open before the work
 directory is locked or written: one that cannot be used is a one-line error and exit status 2.
@@ -101,7 +102,8 @@ def preset(name: str) -> Config:
             encoder_width=4, encoder_hidden=32, encoder_input_size=64, learning_rate=1e-3, pretrain_steps=3,
             coarse_steps=2, detail_steps=2, pretrain_batch=(4, 1), coarse_batch=(2, 2), detail_batch=(2, 2),
             render_size=32, checkpoint_every=2, log_every=1, image_every=0, eval_batch=4,
-            workdir="runs/deca_tiny")
+            # the plain look: the tests' runs compile its one small program, not the photo look's four
+            look="plain", workdir="runs/deca_tiny")
     raise ValueError(f"preset: expected 'default', 'paper' or 'tiny', got {name!r}")
 
 

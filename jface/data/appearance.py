@@ -1,8 +1,9 @@
 """Photographic appearance for generated faces: what a camera sees besides the face's shape.
 
-The generators (:mod:`jface.data.synthetic_stn_render`; the principle of Wood et al. 2021, "Fake It
-Till You Make It") draw exact geometry from a face model; this module paints everything else, so
-that a photograph is one more sample of the generated distribution:
+The generators (:mod:`jface.data.synthetic_stn_render`, :mod:`jface.data.synthetic_deca`; the
+principle of Wood et al. 2021, "Fake It Till You Make It") draw exact geometry from a face model;
+this module paints everything else, so that a photograph is one more sample of the generated
+distribution:
 
 * **the face's own texture** (:func:`face_texture`), painted on the mesh: skin of a sampled tone
   with blotches, redness, pores, freckles and moles; eyes (sclera, iris with a limbal ring, pupil,
@@ -27,7 +28,10 @@ model-frame position** ``xyz`` (mm, x to the subject's left, y up, z towards the
 are placed relative to the model's ``aflw21`` landmarks on the mean face, :func:`face_layout`) and
 the **UV** ``uv`` in [0, 1]^2 (noise fields are looked up there). Because both are attributes of
 vertices, the painting moves with the mesh: a landmark vertex stays on its painted feature for
-every shape, expression and pose, so the labels stay exact. Per-pixel arrays here are in the y-up
+every shape, expression and pose, so the labels stay exact. A model in another frame is moved into
+this one (:data:`EYE_CORNERS_AT`; FLAME: :func:`jface.data.synthetic_deca.photo_frame`); a mesh
+of the whole head marks its back (``face_texture``'s ``behind``) and keeps the skull ellipsoids
+off its face (``body_layers``' ``no_head``). Per-pixel arrays here are in the y-up
 pixel frame of the 3DMM-STN (x = 1-based column, y = S + 1 - 1-based row; BUILD_NOTES.md, Frames
 and conventions); depths are the rotated model z (mm, larger = nearer the camera).
 
@@ -62,6 +66,9 @@ __all__ = [
     "shadow_map",
     "in_shadow",
     "shade",
+    "paint_pixels",
+    "compose",
+    "with_skin",
     "background",
     "occluders",
     "camera_effects",
@@ -131,6 +138,11 @@ def without(config: AppearanceConfig, names) -> AppearanceConfig:
 
 # --- layout ----------------------------------------------------------------------------------
 
+# The model frame the placements here assume (the default 3DMM-STN mean face's): x = 0 on the
+# face's midline and the outer eye corners' midpoint at y = 30, z = 59 (mm x FaceLayout.unit);
+# a model in another frame is moved into it (jface.data.synthetic_deca.photo_frame).
+EYE_CORNERS_AT = (30.0, 59.0)
+
 @flax.struct.dataclass
 class FaceLayout:
     """Where the features are on the mean face, model-frame mm (from its ``aflw21`` landmarks).
@@ -151,11 +163,19 @@ class FaceLayout:
 
 
 def face_layout(model) -> FaceLayout:
-    """The :class:`FaceLayout` of a model with ``aflw21`` landmarks (:data:`jface.models.landmarks.AFLW21_NAMES`)."""
-    if "aflw21" not in model.landmarks:
-        raise ValueError(f"model: appearance needs the 'aflw21' landmarks to place the features; has "
-                         f"{sorted(model.landmarks)}")
-    points = np.asarray(model.mean, np.float64)[np.asarray(model.landmarks["aflw21"])][:, :2]
+    """The :class:`FaceLayout` of a model with ``aflw21`` landmarks (:data:`jface.models.landmarks.AFLW21_NAMES`),
+    or of the mean face's 21 AFLW points themselves, ``(21, 2 or 3)`` model-frame mm (a model whose
+    landmarks are not vertices, e.g. FLAME's barycentric embedding: :mod:`jface.data.synthetic_deca`)."""
+    if hasattr(model, "landmarks"):
+        if "aflw21" not in model.landmarks:
+            raise ValueError(f"model: appearance needs the 'aflw21' landmarks to place the features; has "
+                             f"{sorted(model.landmarks)}")
+        points = np.asarray(model.mean, np.float64)[np.asarray(model.landmarks["aflw21"])][:, :2]
+    else:
+        points = np.asarray(model, np.float64)
+        if points.ndim != 2 or points.shape[0] != 21 or points.shape[1] not in (2, 3):
+            raise ValueError(f"points: expected the 21 AFLW points (21, 2 or 3), got shape {points.shape}")
+        points = points[:, :2]
     eyes = np.stack([points[[6, 8]], points[[11, 9]]])
     unit = np.linalg.norm(points[6] - points[11]) / 94.0
     if not unit > 0:
@@ -182,6 +202,20 @@ IRIS_WEIGHTS = np.array([0.45, 0.2, 0.15, 0.1, 0.1])
 
 def _colour(rng, size, lo=0.05, hi=0.95):
     return rng.uniform(lo, hi, size=size + (3,))
+
+
+MOUTH_CAVITY = (0.18, 0.06, 0.06)  # the mouth's dark interior (albedo)
+
+
+def _lip_colour(skin):
+    return skin * np.array([0.80, 0.55, 0.55]) + np.array([0.08, 0.0, 0.02])
+
+
+def with_skin(look: dict, skin) -> dict:
+    """``look`` (a :func:`sample_identity` dict) with another skin colour ``(3,)`` and the colours
+    drawn from it (the lips) made from the new one; the other draws unchanged."""
+    skin = np.asarray(skin, np.float32)
+    return {**look, "skin": skin, "lip_colour": np.asarray(_lip_colour(skin), np.float32)}
 
 
 def sample_identity(rng: np.random.Generator, config: AppearanceConfig = AppearanceConfig()) -> dict:
@@ -217,7 +251,7 @@ def sample_identity(rng: np.random.Generator, config: AppearanceConfig = Appeara
         "brow_colour": hair * u(0.5, 1.0) if u() < 0.8 else HAIR_COLOURS[1] * u(0.7, 1.4),
         "brow_thick": u(0.6, 1.5),
         "brow_density": u(0.55, 1.0),
-        "lip_colour": skin * np.array([0.80, 0.55, 0.55]) + np.array([0.08, 0.0, 0.02]),
+        "lip_colour": _lip_colour(skin),
         "lip_full": u(0.75, 1.3),
         "lipstick": lipstick,
         "lipstick_amount": makeup * float(u() < 0.7) * u(0.4, 0.95),
@@ -418,13 +452,17 @@ def _lips(layout, look, xy):
     return lips, gap, teeth, top, rel
 
 
-def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, noise: dict):
+def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, noise: dict, behind=None):
     """The face's albedo and gloss at points of the mesh, per item.
 
     ``xyz (..., 3)``: the mean face's model-frame position of each point (mm); ``uv (..., 2)``;
-    ``look``: one identity's :func:`sample_identity` draws (as arrays); ``image_look``: the image's
-    :func:`sample_images` row (gaze); ``noise``: :func:`face_noise` of the identity. Returns
-    ``(albedo (..., 3) in [0, 1], gloss (...,) in [0, 1])``.
+    ``look``: one identity's :func:`sample_identity` draws (as arrays; ``look["skin"]`` may also
+    be per point, ``(..., 3)``: a skin colour map the painting modulates); ``image_look``: the
+    image's :func:`sample_images` row (gaze); ``noise``: :func:`face_noise` of the identity;
+    ``behind (...,)`` in [0, 1] (None: 0): how far a point lies on the back of a whole head (a
+    mesh that has one, FLAME), where the painting keys on (x, y) alone would repeat the face: there
+    it is hair above the nape (the ears' height less 10 mm, less 45 mm x ``long_hair`` for long
+    hair; skin when bald) and skin below. Returns ``(albedo (..., 3) in [0, 1], gloss (...,) in [0, 1])``.
     """
     unit = layout.unit
     xy = xyz[..., :2]
@@ -451,6 +489,7 @@ def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, nois
     has = jnp.any(look["moles"] != 0, axis=-1).reshape((-1,) + (1,) * (xy.ndim - 1))
     moles = jnp.max(_ramp(spot - 1.2 * unit, 0.6 * unit) * has, axis=0)
     skin = _mix(skin, skin * jnp.array([0.45, 0.32, 0.28]), moles)
+    bare = skin  # before the beard: the back of a head's skin
     gloss = jnp.full(x.shape, 0.35)
     # beard / stubble (under the eyes' line, off the lips)
     lips, gap, teeth, lip_top, rel = _lips(layout, look, xy)
@@ -467,7 +506,7 @@ def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, nois
     # lips, mouth gap
     lip = _mix(look["lip_colour"], look["lipstick"], look["lipstick_amount"]) * (1.0 + 0.05 * fine[..., 0:1])
     colour = _mix(skin, lip, lips * (1.0 - 0.8 * full))
-    inside = _mix(jnp.array([0.18, 0.06, 0.06]), jnp.array([0.80, 0.77, 0.68]), teeth)
+    inside = _mix(jnp.array(MOUTH_CAVITY), jnp.array([0.80, 0.77, 0.68]), teeth)
     colour = _mix(colour, inside, gap)
     gloss = gloss + 0.35 * lips
     # nostrils
@@ -504,8 +543,7 @@ def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, nois
     hair = (y > hairline) | ((jnp.abs(x) > side_x) & (y > side_low) & (y > eye_y - 60.0 * unit))
     hair = hair & (look["bald"] < 0.5)
     hair_col = look["hair"] * (0.75 + 0.4 * jnp.clip(0.5 + 0.35 * strands, 0.0, 1.2))[..., None]
-    hair_w = hair.astype(colour.dtype) * _ramp(-(jnp.abs(y - hairline)) + 0.0, 1e3)  # hard edge, softened by noise
-    colour = _mix(colour, hair_col, hair_w)
+    colour = _mix(colour, hair_col, hair.astype(colour.dtype))  # a hard edge, made irregular by the strands
     gloss = jnp.where(hair, look["hair_shine"], gloss)
     # glasses: frames round each eye, bridge, temples; lenses clear or dark
     size = look["glasses_size"] * unit
@@ -528,7 +566,34 @@ def face_texture(layout: FaceLayout, look: dict, image_look: dict, xyz, uv, nois
     colour = _mix(colour, look["glasses_colour"] * 0.3, lens * look["glasses"] * tint)
     colour = _mix(colour, look["glasses_colour"], rims)
     gloss = jnp.maximum(gloss, 0.8 * lens * look["glasses"])
+    if behind is not None:  # the back of a whole head: hair down to the nape, skin below
+        nape = ear_y - (10.0 + 45.0 * look["long_hair"]) * unit + 3.0 * unit * strands
+        back_hair = (y > nape) & (look["bald"] < 0.5)
+        back = jnp.where(back_hair[..., None], hair_col, bare)
+        colour = _mix(colour, back, behind)
+        gloss = gloss + behind * (jnp.where(back_hair, look["hair_shine"], 0.35) - gloss)
     return jnp.clip(colour, 0.0, 1.0), jnp.clip(gloss, 0.0, 1.0)
+
+
+def paint_pixels(paint, attrs, covered, blocks: int):
+    """``paint (N, C) -> (N, 3)`` applied to the ``covered (H, W)`` pixels of ``attrs (H, W, C)``; 0
+    elsewhere. The painting is per pixel, so it runs on the covered pixels gathered into a list,
+    in blocks of 1 / ``blocks`` of the image, as many blocks as they need: work in proportion to
+    the covered area, one compiled copy of ``paint``."""
+    height, width = covered.shape
+    pixels = height * width
+    attrs, covered = attrs.reshape(pixels, -1), covered.reshape(pixels)
+    block = -(-pixels // blocks)
+    # the covered pixels first, then `pixels` (no pixel: dropped when written back)
+    index = jnp.nonzero(covered, size=block * blocks, fill_value=pixels)[0]
+
+    def paint_block(i, out):
+        rows = jax.lax.dynamic_slice(index, (i * block,), (block,))
+        return out.at[rows].set(paint(attrs[jnp.minimum(rows, pixels - 1)]).astype(out.dtype), mode="drop")
+
+    count = (jnp.sum(covered) + block - 1) // block
+    out = jax.lax.fori_loop(0, count, paint_block, jnp.zeros((pixels, 3), attrs.dtype))
+    return out.reshape(height, width, 3)
 
 
 # --- body: skull and hair, neck, shoulders, hat ----------------------------------------------
@@ -561,7 +626,7 @@ def _rot_y(deg):
     return jnp.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
-def body_layers(layout: FaceLayout, look: dict, image_look: dict, rotation, pixel, noise: dict):
+def body_layers(layout: FaceLayout, look: dict, image_look: dict, rotation, pixel, noise: dict, no_head=None):
     """The head's surroundings at pixels: ``(depth (...,), albedo (..., 3), normal (..., 3), gloss
     (...,), is_skin (...,))``; depth is ``-inf`` where nothing is hit.
 
@@ -572,6 +637,8 @@ def body_layers(layout: FaceLayout, look: dict, image_look: dict, rotation, pixe
     (0, -45, -50), radii (95, 120 ``long_hair``, 52); the neck (0, -180, -18), radii (52, 105, 46);
     the shoulders under the neck's base in a frame turned by ``body_turn`` degrees about y, radii
     (``shoulders``, 190, 90), clothing with a neckline; a hat (the skull x 1.09 above ``hat_cut``).
+    ``no_head (...,)`` bool (None: none): pixels where the head's layers (skull, long hair) are
+    not drawn (where a mesh of the whole head shows its face: the ellipsoid must not cover it).
     """
     unit = layout.unit
     base_y = 0.25 * jnp.sum(layout.eyes[..., 1]) - 30.0 * unit  # the default face's eyes are at y = 30 mm
@@ -617,6 +684,8 @@ def body_layers(layout: FaceLayout, look: dict, image_look: dict, rotation, pixe
     present = jnp.stack([True, look["long_hair"] > 0, True, True, look["hat"] > 0])
     present = present.reshape((5,) + (1,) * (depth.ndim - 1))
     hit = hit & present
+    if no_head is not None:
+        hit = hit.at[:2].set(hit[:2] & ~no_head)
     hit = hit.at[4].set(hit[4] & (local[4, ..., 1] > look["hat_cut"]))
     depth = jnp.where(hit, depth, -jnp.inf)
     best = jnp.argmax(depth, axis=0)
@@ -790,6 +859,28 @@ def occluders(image, image_look, face_box, sh_light):
     return image, cover.astype(image.dtype)
 
 
+def compose(layout: FaceLayout, look: dict, image_look: dict, rotation, rays, face, face_depth, face_covered,
+            face_box, sh_light, photo=None, use_photo=None, *, body: bool = True, no_head=None):
+    """The scene around a lit ``face (H, W, 3)`` (0 where not ``face_covered (H, W)``), per item:
+    the :func:`background` (``photo`` where ``use_photo``), the :func:`body_layers` lit by
+    :func:`shade` and depth-tested against ``face_depth (H, W)`` (rotated model z, mm, larger =
+    nearer; ``rotation``, ``rays (H, W, 2)``, ``no_head``: as :func:`body_layers` takes them;
+    ``body`` False: no body), then the :func:`occluders` (``face_box``). Returns (image (H, W, 3) in [0, 1] before the
+    camera, the face's visible pixels (H, W) bool: covered, nearest and not occluded)."""
+    image_key = noise_key(image_look["key"])
+    image = background(jax.random.fold_in(image_key, 1), image_look, face.shape[:2], photo, use_photo)
+    visible = face_covered
+    if body:
+        noise = face_noise(look["key"])
+        depth, b_albedo, b_normal, b_gloss, _ = body_layers(layout, look, image_look, rotation, rays, noise, no_head)
+        image = jnp.where((depth > -jnp.inf)[..., None],
+                          shade(b_albedo, b_normal, b_gloss, image_look, sh_light, 0.0), image)
+        visible = visible & (face_depth >= depth)
+    image = jnp.where(visible[..., None], face, image)
+    image, cover = occluders(image, image_look, face_box, sh_light)
+    return jnp.clip(image, 0.0, 1.0), visible & (cover < 0.5)
+
+
 BLUR_TAPS = 9
 
 
@@ -854,7 +945,8 @@ def camera_effects(images, keys, image_look):
     rows, cols = _pixel_grid(height, width)
     radius = ((rows - height / 2) ** 2 + (cols - width / 2) ** 2) / (0.5 * (height ** 2 + width ** 2))
     images = images * (1.0 - look["vignette"] * radius[None, :, :, None])
-    noise = jax.vmap(lambda key: jax.random.normal(key, (height, width, 3)))(keys)
+    # one key at a time: unsafe_rbg's normal under vmap gives other numbers for other batch sizes
+    noise = jax.lax.map(lambda key: jax.random.normal(key, (height, width, 3)), keys)
     return jnp.clip(images + noise * look["noise"] / 255.0, 0.0, 1.0)
 
 

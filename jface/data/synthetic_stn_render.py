@@ -221,11 +221,8 @@ FACE_BLOCKS = 8
 def _photo_face(layout, attrs, depth_map, mask, sh_light, look, image_look):
     """Stage 2 (per item): the face's painted texture, lit (with the key light's shadow from
     ``depth_map``, None for none): ``(S, S, 3)``, painted where ``mask`` (0 elsewhere: composition
-    uses the face only there). The painting is per pixel, so it runs on the face's pixels gathered
-    into a list, block by block (:data:`FACE_BLOCKS`), rather than on the whole image."""
-    size = attrs.shape[0]
-    pixels = size * size
-    attrs, covered = attrs.reshape(pixels, -1), mask.reshape(pixels) > 0
+    uses the face only there), on the face's pixels only (:func:`jface.data.appearance.paint_pixels`,
+    :data:`FACE_BLOCKS`)."""
     noise = appearance.face_noise(look["key"])
 
     def paint(points):
@@ -237,40 +234,21 @@ def _photo_face(layout, attrs, depth_map, mask, sh_light, look, image_look):
         normal = points[:, 5:8] / jnp.maximum(jnp.linalg.norm(points[:, 5:8], axis=-1, keepdims=True), 1e-6)
         return appearance.shade(albedo, normal, gloss, image_look, sh_light, shadow)
 
-    block = -(-pixels // FACE_BLOCKS)
-    # the covered pixels first, then `pixels` (no pixel: dropped when written back)
-    index = jnp.nonzero(covered, size=block * FACE_BLOCKS, fill_value=pixels)[0]
-
-    def paint_block(i, face):
-        rows = jax.lax.dynamic_slice(index, (i * block,), (block,))
-        return face.at[rows].set(paint(attrs[jnp.minimum(rows, pixels - 1)]).astype(face.dtype), mode="drop")
-
-    blocks = (jnp.sum(covered) + block - 1) // block
-    face = jax.lax.fori_loop(0, blocks, paint_block, jnp.zeros((pixels, 3), attrs.dtype))
-    return face.reshape(size, size, 3)
+    return appearance.paint_pixels(paint, attrs, mask > 0, FACE_BLOCKS)
 
 
 def _photo_compose(layout, theta, face, face_depth, mask, face_box, sh_light, background, use_photo, look, image_look,
                    *, size, body):
-    """Stage 3 (per item): the body, background and occluders around the lit ``face``. Returns
-    (image (S, S, 3) in [0, 1] before the camera, face mask (S, S) uint8)."""
-    image_key = appearance.noise_key(image_look["key"])
-    image = appearance.background(jax.random.fold_in(image_key, 1), image_look, (size, size), background, use_photo)
-    face_visible = mask > 0
-    if body:
-        t, scale = theta[3:5], geometry.stn_scale(theta[5])
-        rotation = geometry.axis_angle_to_matrix(theta[0:3])
-        rows, cols = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
-                                  indexing="ij")
-        pixel = (jnp.stack([cols + 1.0, size - rows], -1) - t) / scale  # model-frame (x, y) of each pixel's ray
-        noise = appearance.face_noise(look["key"])
-        depth, b_albedo, b_normal, b_gloss, _ = appearance.body_layers(layout, look, image_look, rotation, pixel, noise)
-        image = jnp.where((depth > -jnp.inf)[..., None],
-                          appearance.shade(b_albedo, b_normal, b_gloss, image_look, sh_light, 0.0), image)
-        face_visible = face_visible & (face_depth >= depth)
-    image = jnp.where(face_visible[..., None], face, image)
-    image, cover = appearance.occluders(image, image_look, face_box, sh_light)
-    return jnp.clip(image, 0.0, 1.0), (face_visible & (cover < 0.5)).astype(jnp.uint8)
+    """Stage 3 (per item): the body, background and occluders around the lit ``face``
+    (:func:`jface.data.appearance.compose`; each pixel's ray in the model frame is (p - t) / s in
+    the y-up pixel frame). Returns (image (S, S, 3) in [0, 1] before the camera, face mask (S, S) uint8)."""
+    t, scale = theta[3:5], geometry.stn_scale(theta[5])
+    rotation = geometry.axis_angle_to_matrix(theta[0:3])
+    rows, cols = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32), indexing="ij")
+    rays = (jnp.stack([cols + 1.0, size - rows], -1) - t) / scale  # model-frame (x, y) of each pixel's ray
+    image, visible = appearance.compose(layout, look, image_look, rotation, rays, face, face_depth, mask > 0, face_box,
+                                        sh_light, background, use_photo, body=body)
+    return image, visible.astype(jnp.uint8)
 
 
 def _per_item(fn, *batched):

@@ -22,7 +22,7 @@ Configurations (``kind`` selects the generator):
   ``landmarks68`` ((x, y, vis); missing = 0, 0, 0), ``face_mask``, ``theta (16,)``, ``albedo``,
   ``light (9, 3)``, ``pose_deg``, ``identity``.
 * ``deca``: :mod:`jface.data.synthetic_deca` on :func:`jface.models.default_flame_model` (224 px,
-  DECA NDC): ``image``, ``landmarks68``, ``landmarks21``, ``face_mask``, ``shape (100,)``,
+  DECA NDC, the photographic look): ``image``, ``landmarks68``, ``landmarks21``, ``face_mask``, ``shape (100,)``,
   ``expression (50,)``, ``pose (6,)``, ``cam (3,)``, ``albedo``, ``light (9, 3)``, ``pose_deg``,
   ``identity``.
 * ``stn_small`` / ``deca_small``: 64 px, 2 images per identity, 2 / 1 / 1 identities in
@@ -57,7 +57,9 @@ __all__ = [
 SPLIT_IDENTITY_OFFSET = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
 # Albedo components of the default models (features need static shapes; checked at build time).
 N_ALBEDO = {"stn": 12, "deca": 20}
-VERSION = "1.0.0"
+# 1.1.0: the deca configs' faces photographic (synthetic_deca's look="photo"); the stn configs' hair
+# on the mesh opaque and their camera noise independent of the chunk size (jface.data.appearance)
+VERSION = "1.1.0"
 
 
 class SyntheticFacesConfig(tfds.core.BuilderConfig):

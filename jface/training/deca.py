@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec
 from jface.arrays import cpu_compiler_options, floats_to_float32
 from jface.cli import UsageError
 from jface.data import synthetic_deca
+from jface.data.appearance import AppearanceConfig, without
 from jface.data.errors import DataSourceError
 from jface.data.generated_cache import cached_call
 from jface.data.loader import BatchLoader
@@ -81,7 +82,7 @@ __all__ = [
     "run_metadata",
     "LoadedRun", "load_run", "announce", "run_stage", "train", "finished_steps", "report_finished",
     "format_saved_metrics", "RunData", "prepare_data", "code_prior",
-    "load_eval_data", "landmark_evaluation", "evaluate",
+    "load_eval_data", "landmark_evaluation", "evaluate", "synth_config",
 ]
 
 LABEL_FIELDS = ("shape", "albedo", "expression", "pose", "cam", "light")  # codes_from_labels' inputs
@@ -105,6 +106,15 @@ class Config:
     data_seed: int = 0
     eval_seed: int = 1_000_003
     image_size: int = 224  # generated images' square size (DECA's crops: 224)
+    # generated faces' look (jface.data.synthetic_deca.DecaSynthConfig.look): "photo" (painted skin,
+    # eyes, brows, lips, hair, beards, glasses; body, key light and cast shadows, procedural or
+    # photographic backgrounds, occluders, camera effects) or "plain" (UV albedo x SH light over a
+    # smooth random background)
+    look: str = "photo"
+    backgrounds: str = ""  # photo: a folder of background photographs (else procedural only)
+    # photo: ingredients left out of the training images (comma-separated jface.data.appearance.ABLATIONS:
+    # accessories, body, shadows, occluders, camera); the held-out split keeps them all
+    ablate: str = ""
     # data sources (jface.data.sources.open_source): "generated" (the in-memory generator above), a
     # built TFDS dataset (name or directory) or a folder of photographs (built on first use)
     data: str = "generated"
@@ -213,12 +223,19 @@ def validate_config(config: Config) -> Config:
         raise ValueError(f"bn_stats: expected 'per_device' or 'global', got {config.bn_stats!r}")
     if config.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {config.lr_schedule!r}")
+    if config.look not in ("photo", "plain"):
+        raise ValueError(f"look: expected 'photo' or 'plain', got {config.look!r}")
+    if config.ablate:
+        if config.look != "photo":
+            raise ValueError(f"ablate: only the photo look has ingredients to leave out (look is {config.look!r})")
+        without(AppearanceConfig(), config.ablate)  # raises naming the known ingredients
     return config
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
-    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples)."""
-    return runs.config_from_dict(Config, values, source=source, trainer="train.deca")
+    """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). A run
+    saved before the generated faces had a ``look`` was trained on the plain look, and keeps it."""
+    return runs.config_from_dict(Config, {"look": "plain", **values}, source=source, trainer="train.deca")
 
 
 def _log(msg: str) -> None:
@@ -283,15 +300,29 @@ def make_data(config: Config, model: FlameModel, *, split: str) -> dict:
                   else "eval_identities x eval_images_per_identity")
         raise UsageError(f"{fields}: expected >= 1 to generate any {split} image, got {ids * per_id}")
     # generated once into the cache (jface.data.generated_cache), keyed by iter_deca's arguments
-    name = f"{ids * per_id} {'training' if split == 'train' else 'held-out'} faces ({config.image_size} px)"
-    return cached_call(name, synthetic_deca.iter_deca, (model, ids, per_id, seed, config.image_size), log=_log,
-                       generate=lambda: _generate_split(config, model, split, ids, per_id, seed))
+    syn = synth_config(config, split)
+    name = (f"{ids * per_id} {'training' if split == 'train' else 'held-out'} faces ({config.look}, "
+            f"{config.image_size} px)")
+    files = [config.backgrounds] if config.look == "photo" and config.backgrounds else []
+    return cached_call(name, synthetic_deca.iter_deca, (model, ids, per_id, seed, config.image_size),
+                       dict(config=syn), files=files, log=_log,
+                       generate=lambda: _generate_split(config, model, split, ids, per_id, seed, syn))
 
 
-def _generate_split(config: Config, model: FlameModel, split: str, ids: int, per_id: int, seed: int) -> dict:
+def synth_config(config: Config, split: str) -> synthetic_deca.DecaSynthConfig:
+    """The generator's config of a split: ``config.look``, its backgrounds, and for ``"train"`` the
+    ingredients ``config.ablate`` leaves out (the held-out split keeps them all)."""
+    photo = AppearanceConfig(backgrounds=config.backgrounds)
+    if split == "train":
+        photo = without(photo, config.ablate)
+    return synthetic_deca.DecaSynthConfig(look=config.look, photo=photo)
+
+
+def _generate_split(config: Config, model: FlameModel, split: str, ids: int, per_id: int, seed: int, syn) -> dict:
     # synthetic_deca.generate_deca with a progress bar
     with progress(ids * per_id, desc=f"generating {split} faces") as bar:
-        return synthetic_deca.generate_deca(model, ids, per_id, seed, config.image_size, on_chunk=bar.update)
+        return synthetic_deca.generate_deca(model, ids, per_id, seed, config.image_size, config=syn,
+                                            on_chunk=bar.update)
 
 
 def _dtype(config: Config):
@@ -519,7 +550,9 @@ def code_prior(config: Config, model: FlameModel) -> tuple:
     small generated sample (16 identities x 4 images of the run's FLAME model, seed ``data_seed``;
     the codes do not depend on the rendered size, so it renders at 32 px): the generator's mean
     face, pose and camera, and its spread."""
-    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32)
+    # the plain look: the same labels as the photo look's, for less work
+    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32,
+                                          config=synthetic_deca.DecaSynthConfig(look="plain"))
     return code_statistics(labels)
 
 
