@@ -539,3 +539,6 @@ def test_shape_term_on_the_unmirrored_generated_images(tmp_path, monkeypatch):
     assert float(jax.tree_util.tree_reduce(lambda a, x: a + jnp.sum(jnp.abs(x)), grads, 0.0)) > 0
     assert stn.preset("default").shape_weight == 30.0 and stn.preset("paper").shape_weight == 0.0
     assert stn_training.config_from_dict({"steps": 3}).shape_weight == 0.0  # a run saved before the field
+    for bad in (-1.0, float("nan"), float("inf")):  # refused before any data is made
+        with pytest.raises(stn_training.UsageError, match="shape_weight: expected a finite number >= 0"):
+            stn_training.build(config.replace(shape_weight=bad), with_eval=False)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -266,6 +267,13 @@ def check_ablation(config: Config) -> None:
         without(AppearanceConfig(), config.ablate)
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def check_shape_weight(config: Config) -> None:
+    """``config.shape_weight`` is a finite number >= 0 (else UsageError)."""
+    weight = config.shape_weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise UsageError(f"shape_weight: expected a finite number >= 0 (0 = the original's losses), got {weight!r}")
 
 
 def _split_count(config: Config, train_split: bool) -> int:
@@ -687,6 +695,7 @@ def build(config: Config, *, with_eval: bool = True):
     Data sources open first, so a bad one fails before anything is written."""
     t0 = time.time()
     check_ablation(config)
+    check_shape_weight(config)
     model = load_model(config)
     num_coeffs = model.num_shape + model.num_expression
     if data_cache_dir() is None and (config.data == "generated" or (with_eval and config.eval_data == "generated")):
