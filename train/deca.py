@@ -82,10 +82,10 @@ def preset(name: str) -> Config:
         return Config(
             # 768 identities x 4 generated at 112 px (the render size; half the cost of 224), a
             # 128-image held-out split; the encoders see 64 px (5x cheaper per step than 224),
-            # which buys a wider encoder and 3000 pretraining steps of 32 in the CPU budget
+            # which buys a wider encoder and 6000 pretraining steps of 32 in the CPU budget
             num_identities=768, eval_identities=32, image_size=112, render_size=112,
             encoder_input_size=64, encoder_width=16, encoder_hidden=256,
-            learning_rate=3e-3, lr_schedule="cosine", pretrain_steps=3000, coarse_steps=40, detail_steps=120,
+            learning_rate=3e-3, lr_schedule="cosine", pretrain_steps=6000, coarse_steps=40, detail_steps=120,
             # the coarse stage fine-tunes the pretrained encoder: at 3e-3 its fresh Adam state
             # undoes part of the pretraining (held-out NME ratio 0.46 -> 0.48-0.50); ~1e-3 keeps it
             stage_lr_scale=(1.0, 0.33, 1.0),
