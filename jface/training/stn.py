@@ -58,8 +58,10 @@ from jface.stn import (
     ThetaWhitening,
     apply_network,
     load_vggface_mat,
+    morphable_shape,
     project,
     shape_loss_batch,
+    split_theta,
 )
 from jface.stn import predict_theta as stn_predict_theta
 from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig
@@ -432,7 +434,8 @@ def loss_and_outputs(ctx: StepContext, params, batch):
     loss = out["loss"]
     if config.shape_weight and "theta" in batch:
         # the mirror of a face is not the model's shape of its theta: only the unmirrored images
-        shapes = jax.vmap(lambda theta: project(ctx.model, theta)["shape"])
+        # the model-frame shape alone (project would also rotate and project every vertex)
+        shapes = jax.vmap(lambda theta: morphable_shape(ctx.model, split_theta(theta)[3]))
         unmirrored = ~batch["mirrored"] if "mirrored" in batch else None
         metrics["loss_shape"] = shape_loss_batch(shapes(out["theta"]), shapes(batch["theta"].astype(jnp.float32)),
                                                  unmirrored)
