@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -234,3 +235,51 @@ def test_encoder_input_size_resizes_before_the_encoders_only():
     assert codes["shape"].shape == (2, 100) and np.all(np.isfinite(np.asarray(codes["cam"])))
     with pytest.raises(ValueError, match="images"):  # the encoder itself takes only its input size
         networks.coarse.apply(variables["E_flame"], images, train=False)
+
+
+def test_flat_adam_is_the_same_update_and_an_old_layout_resumes(tmp_path, capsys):
+    """``flat_adam`` (optax.flatten: one Adam over the parameters as one vector) gives the per-array
+    update to float32 rounding; a run saved with per-array state (before the field existed) resumes
+    with it instead of being taken for a damaged checkpoint."""
+    import jax
+
+    from jface.training.runs import newest_step
+
+    base = deca.preset("tiny").replace(workdir=str(tmp_path / "run"), stage="pretrain", pretrain_steps=2,
+                                       checkpoint_every=1, eval_at_end=False, flat_adam=False)
+    data = training_deca.prepare_data(base)
+    networks = training_deca.make_networks(base)
+    variables = training_deca.init_variables(base, networks, jax.random.PRNGKey(0))
+    batch = {k: np.asarray(v)[:4] for k, v in data.train.items()
+             if k in ("images", "landmarks68", "face_mask")}
+    model = data.model
+    after = {}
+    for flat in (False, True):
+        ctx = training_deca.make_context(base.replace(flat_adam=flat), "pretrain", networks, *data.code_stats)
+        state = training_deca._template(ctx, variables, np.asarray(jax.random.PRNGKey(1)))
+        step = jax.jit(functools.partial(training_deca.train_step, ctx))
+        for _ in range(3):
+            state, metrics = step(state, batch, model)
+        after[flat] = jax.tree_util.tree_leaves(state.params["E_flame"]["params"])
+        assert np.isfinite(float(metrics["loss"]))
+    moved = max(float(np.abs(np.asarray(a) - np.asarray(v)).max())
+                for a, v in zip(after[False], jax.tree_util.tree_leaves(variables["E_flame"]["params"])))
+    assert moved > 1e-4  # the steps changed the encoder
+    for a, b in zip(after[False], after[True]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    # a config read from an older run (no flat_adam field) keeps the per-array layout
+    saved = dataclasses.asdict(base)
+    del saved["flat_adam"]
+    assert training_deca.config_from_dict(saved).flat_adam is False
+    # train 2 steps with per-array state, then resume with today's default (flat) to step 3
+    training_deca.train(base, data=data)
+    checkpoints = tmp_path / "run" / "pretrain" / "checkpoints"
+    assert newest_step(checkpoints) == 2
+    capsys.readouterr()
+    training_deca.train(base.replace(flat_adam=True, pretrain_steps=3), data=data)
+    out = capsys.readouterr().out
+    assert "resuming with the Adam state as it was saved (per parameter array; flat_adam=False)" in out, out
+    assert "pretrain: resumed from step 2" in out, out
+    assert newest_step(checkpoints) == 3
+    assert not (tmp_path / "run" / "pretrain" / "checkpoints.damaged").exists()
+    assert training_deca.resume_layout(base.replace(flat_adam=True), tmp_path / "nothing").flat_adam is True
