@@ -56,6 +56,9 @@ def test_deca_bench_small(tmp_path):
     result = json.loads(out.read_text())
     assert _positive(result["deca_img_per_s"]) and _positive(result["resnet_img_per_s"])
     assert result["ratio"] == pytest.approx(result["deca_img_per_s"] / result["resnet_img_per_s"])
+    assert result["ratio_pipelined"] == pytest.approx(result["resnet_pipelined_step_s"]
+                                                      / result["deca_pipelined_step_s"])
+    assert _positive(result["deca_pipelined_step_s"]) and _positive(result["resnet_pipelined_step_s"])
     assert result["batch"] == 4 and math.isfinite(result["deca_loss"])
     assert {"loss_landmark", "loss_photometric"} <= set(result["deca_losses"])
 
