@@ -165,6 +165,19 @@ def test_resize_and_identity_preprocess_vs_torch():
     uv = RNG.random((1, 256, 256, 2))
     ref = F.interpolate(torch.tensor(uv).permute(0, 3, 1, 2)[:, :, 50:206, 50:206], [256, 256], mode="bilinear")
     np.testing.assert_allclose(L.crop_uv_face(uv), ref.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
+    # the gradient (a product with the interpolation matrices' transposes) equals torch's autograd
+    weights = RNG.normal(size=(2, 224, 224, 3))
+    src = RNG.random((2, 204, 204, 3))
+    ours = jax.grad(lambda x: jnp.sum(L.resize_bilinear(x, (224, 224)) * weights))(src)
+    x = torch.tensor(src).permute(0, 3, 1, 2).requires_grad_(True)
+    out = F.interpolate(x, [224, 224], mode="bilinear", align_corners=False)
+    (out * torch.tensor(weights).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_allclose(np.asarray(ours), x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-10)
+    # downsampling too (every input row reached by at most two output rows, some by none)
+    small = jax.grad(lambda x: jnp.sum(L.resize_bilinear(x, (7, 5)) ** 2))(src[:1, :20, :20])
+    x = torch.tensor(src[:1, :20, :20]).permute(0, 3, 1, 2).requires_grad_(True)
+    (F.interpolate(x, [7, 5], mode="bilinear", align_corners=False) ** 2).sum().backward()
+    np.testing.assert_allclose(np.asarray(small), x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_identity_loss():
