@@ -111,6 +111,19 @@ def test_json_rows_for_every_photo_and_the_baseline(evaluated):
                for line in evaluated["lines"])
 
 
+@needs_mediapipe
+def test_fit_floor_is_the_model_fitted_to_the_same_labels(evaluated):
+    stn = json.loads((evaluated["root"] / "out.json").read_text())["stn"]
+    floor = stn["fit_floor"]
+    assert len(floor["per_image"]) == len(stn["per_image"]) and floor["steps"] > 0
+    assert all(math.isfinite(v) for v in floor["per_image"])
+    assert floor["nme"] == pytest.approx(np.mean(floor["per_image"]))
+    # theta fitted to each photo's own points beats always predicting the mean pose on every photo
+    assert all(f < r["baseline_nme"] for f, r in zip(floor["per_image"], stn["per_image"]))
+    assert floor["ratio"] == pytest.approx(floor["nme"] / stn["baseline_nme"]) and floor["ratio"] < 1
+    assert any("fitted to the same labels" in line for line in evaluated["lines"])
+
+
 @needs_demodata
 @needs_mediapipe
 def test_json_human_labelled_subset(evaluated):

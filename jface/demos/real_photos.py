@@ -24,7 +24,8 @@ detector). For the STN, the demodata photos are also scored against their human 
 (:func:`jface.training.stn.landmark_evaluation` on the same crops, the labels mapped through each
 photo's crop); for DECA (68 points, which the human labels are not) the demodata rows of the
 detector-labelled report are averaged. One line per run: mean NME, baseline NME, their ratio and
-whether issue 22's target (ratio <= 0.5) is met, then the demodata subset.
+whether issue 22's target (ratio <= 0.5) is met, then the demodata subset; for the STN also the
+model's own floor on the same labels (:func:`stn_fit_floor`: theta fitted to each photo's points).
 
 ``--json OUT``: both runs' reports, ratios and subsets. ``--sheet OUT.png``: one row per photo,
 each panel captioned with its NME: the STN crop with the predicted AFLW-21 points (red), the
@@ -42,6 +43,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 from jface import cli, export
@@ -53,13 +55,16 @@ from jface.deca.model import decode_geometry_batch
 from jface.demos.astronaut import ASTRONAUT_LANDMARKS68
 from jface.demos.fit_photos import DEFAULT_DEMODATA, load_photos
 from jface.errors import ModelFileError
+from jface.fit import StnFitConfig, fit_stn
 from jface.flatten import flatten_batch
 from jface.reconstruct import draw
 from jface.stn.demo import load_demodata
+from jface.stn.layers import project
 from jface.training import deca as deca_training
 from jface.training import stn as stn_training
 from jface.training.checkpoint import CheckpointError, RunFormatError
 from jface.training.distributed import enable_compilation_cache
+from jface.training.landmark_eval import nme_per_image
 
 __all__ = ["PROG", "TARGET_RATIO", "TILE", "assemble_folder", "evaluate_stn", "evaluate_deca", "subset_means",
            "contact_sheet", "run", "main"]
@@ -207,6 +212,7 @@ def evaluate_stn(loaded, run_dir, folder, version_dir, data_dir) -> tuple[dict, 
         report["demodata_human"] = _with_ratio(
             stn_training.landmark_evaluation(loaded.ctx, loaded.params, subset, config.eval_batch))
     images = np.asarray(data["images"], np.float32)
+    report["fit_floor"] = stn_fit_floor(model, images, data["labels"], config.landmark_set, report)
     flat = flatten_batch(model, loaded.predict(images), images)
     points = flat["points"][:, np.asarray(model.landmarks[config.landmark_set])]
     panels = {}
@@ -222,6 +228,29 @@ def evaluate_stn(loaded, run_dir, folder, version_dir, data_dir) -> tuple[dict, 
         texture = _resize(export.to_uint8(flat["texture"][i], (0.0, 255.0)), TILE, nearest=True)
         panels[stem] = [draw.caption(tile, text), draw.caption(texture, f"{stem} flattened UV (STN)")]
     return report, panels
+
+
+def stn_fit_floor(model, images, labels, landmark_set: str, report: dict | None = None) -> dict:
+    """What the model itself reaches on these labels: theta fitted to each photo's visible points
+    (:func:`jface.fit.fit_stn`, its default 300 steps and prior, from the similarity start), scored
+    like the network (:func:`jface.training.landmark_eval.nme_per_image`). Its ratio to the
+    mean-pose baseline (``report``'s, when given) is the lowest a localiser of this model can reach
+    on these photos, so it says how much of issue 22's target is within reach."""
+    labels = np.asarray(labels, np.float64)
+    indices = np.asarray(model.landmarks[landmark_set])
+    config = StnFitConfig(landmark_set=landmark_set)
+    predicted = []
+    for image, label in zip(images, labels):  # one photo at a time: each has its own missing points
+        points = np.where(label[:, 2:3] > 0, label[:, :2], np.nan)[None]
+        theta, _, _ = fit_stn(model, image[None], points, config=config)
+        predicted.append(np.asarray(project(model, jnp.asarray(theta[0]))["points"])[indices])
+    per = nme_per_image(np.stack(predicted), labels)
+    scored = ~np.isnan(per)
+    floor = {"nme": float(per[scored].mean()) if scored.any() else None, "per_image": [
+        None if np.isnan(v) else float(v) for v in per], "steps": config.steps}
+    if report is not None and floor["nme"] is not None and report.get("baseline_nme"):
+        floor["ratio"] = floor["nme"] / report["baseline_nme"]
+    return floor
 
 
 def evaluate_deca(loaded, run_dir, version_dir, data_dir) -> tuple[dict, dict]:
@@ -318,6 +347,11 @@ def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=Non
             lines.append(_line(f"STN {run_dir}", report, "mean-pose"))
             lines.append(_line("  human-labelled demodata (AFLW-21 by hand)", report["demodata_human"], "mean-pose"))
             lines.append(_line("  demodata, detector labels", report["demodata_detector"], "mean-pose"))
+            floor = report["fit_floor"]
+            if floor["nme"] is not None:
+                lines.append(f"  the model fitted to the same labels (jface.fit.fit_stn, {floor['steps']} steps): "
+                             f"NME {floor['nme']:.3f} (ratio {floor.get('ratio', float('nan')):.2f}): the lowest a "
+                             f"localiser of this model reaches here")
         else:
             report, method_panels = evaluate_deca(loaded, run_dir, version_dir, data_dir)
             lines.append(_line(f"DECA {run_dir}", report, "mean-face"))
