@@ -187,3 +187,44 @@ def test_train_stn_refuses_an_unknown_or_misplaced_ablation():
     with pytest.raises(stn_training.UsageError, match="only the photo generator"):
         stn_training.check_ablation(stn_training.Config(generator="splat", ablate="camera"))
     stn_training.check_ablation(stn_training.Config(ablate="camera,body"))
+
+
+def test_default_model_faces_are_framed_like_a_detectors_crop():
+    """Generated faces of the default model sit in their crops as a photograph's face sits in the
+    crop the photo pipeline makes from the detector's 68 points: the face's own 68-point box is
+    1 / (1.6 x DETECTOR_BOX) of the image, up to the detector-like jitter; and mediapipe (the photo
+    pipeline's detector, where installed) finds that box on the generated faces, as DETECTOR_BOX says."""
+    from jface.data.synthetic_stn_render import CROP_SCALE, DETECTOR_BOX, _projected, _sub_model
+    from jface.models import default_stn_model
+
+    model = default_stn_model()
+    size, config = 224, StnSynthConfig(chunk=4, yaw_deg=30.0)
+    data = generate_stn(model, 6, 2, 11, size, config=config)
+    sub = _sub_model(model, config)  # the components the generator draws (theta's D)
+    points68 = _projected(sub, np.asarray(data["theta"], np.float64), np.asarray(sub.landmarks["ibug68"]))
+    ratios, found = [], []
+    for image, points in zip(data["images"], points68):
+        pixels = crops.from_stn_frame(points, size)
+        _, box = crops.landmark_box(pixels)
+        ratios.append(box * CROP_SCALE * DETECTOR_BOX / size)
+        found.append((image, box))
+    ratios = np.asarray(ratios)
+    assert np.all((ratios > np.exp(-0.12) * 0.97) & (ratios < np.exp(0.12) * 1.03)), ratios
+    assert abs(np.log(ratios).mean()) < 0.06  # the jitter is centred on the crop rule
+    try:
+        from jface.data.detect import DetectorMissingError, MediapipeDetector
+
+        detector = MediapipeDetector(max_faces=1)
+    except (ImportError, DetectorMissingError):
+        pytest.skip("mediapipe (the [detect] extra) is not installed: the detector half is skipped")
+    measured = []
+    try:
+        for image, box in found:
+            faces = detector(np.asarray(image, np.uint8))
+            if faces:
+                _, detected = crops.landmark_box(np.asarray(faces[0].landmarks68, np.float64)[:, :2])
+                measured.append(detected / box)
+    finally:
+        detector.close()
+    assert len(measured) >= 6, f"mediapipe found {len(measured)} of {len(found)} generated faces"
+    assert abs(np.mean(measured) - DETECTOR_BOX) < 0.06, measured
