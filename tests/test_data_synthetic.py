@@ -169,7 +169,9 @@ def test_stn_labels_frame_and_visibility(stn_batch, env):
     fractions = [
         _on_face(d["face_mask"][i], *_pixels(d["landmarks68"][i], frame)) for i in range(len(d["images"]))
     ]
-    assert np.mean(fractions) > 0.97, fractions
+    # occluders and glasses cover some visible labels (the mask leaves them out: ~0.9 on such images);
+    # a frame error puts most points off the face
+    assert np.mean(fractions) > 0.93 and np.median(fractions) > 0.97, fractions
     for key in ("landmarks21", "landmarks68"):
         lab = d[key]
         missing = lab[..., 2] == 0
