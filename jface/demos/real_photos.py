@@ -66,8 +66,8 @@ from jface.training.checkpoint import CheckpointError, RunFormatError
 from jface.training.distributed import enable_compilation_cache
 from jface.training.landmark_eval import nme_per_image
 
-__all__ = ["PROG", "TARGET_RATIO", "TILE", "assemble_folder", "evaluate_stn", "evaluate_deca", "subset_means",
-           "contact_sheet", "run", "main"]
+__all__ = ["PROG", "TARGET_RATIO", "TILE", "assemble_folder", "evaluate_stn", "stn_fit_floor", "evaluate_deca",
+           "subset_means", "contact_sheet", "run", "main"]
 
 PROG = "python -m jface.demos.real_photos"
 TARGET_RATIO = 0.5  # issue 22: mean NME at most half the mean-pose baseline's
@@ -233,9 +233,10 @@ def evaluate_stn(loaded, run_dir, folder, version_dir, data_dir) -> tuple[dict, 
 def stn_fit_floor(model, images, labels, landmark_set: str, report: dict | None = None) -> dict:
     """What the model itself reaches on these labels: theta fitted to each photo's visible points
     (:func:`jface.fit.fit_stn`, its default 300 steps and prior, from the similarity start), scored
-    like the network (:func:`jface.training.landmark_eval.nme_per_image`). Its ratio to the
-    mean-pose baseline (``report``'s, when given) is the lowest a localiser of this model can reach
-    on these photos, so it says how much of issue 22's target is within reach."""
+    like the network (:func:`jface.training.landmark_eval.nme_per_image`). A localiser of this model
+    predicts a theta, so it can hardly do better than a fit to the labels themselves: the ratio to
+    the mean-pose baseline (``report``'s, when given) says how much of issue 22's target is within
+    reach on these photos."""
     labels = np.asarray(labels, np.float64)
     indices = np.asarray(model.landmarks[landmark_set])
     config = StnFitConfig(landmark_set=landmark_set)
@@ -350,8 +351,8 @@ def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=Non
             floor = report["fit_floor"]
             if floor["nme"] is not None:
                 lines.append(f"  the model fitted to the same labels (jface.fit.fit_stn, {floor['steps']} steps): "
-                             f"NME {floor['nme']:.3f} (ratio {floor.get('ratio', float('nan')):.2f}): the lowest a "
-                             f"localiser of this model reaches here")
+                             f"NME {floor['nme']:.3f} (ratio {floor.get('ratio', float('nan')):.2f}): about the floor "
+                             f"of a localiser of this model here")
         else:
             report, method_panels = evaluate_deca(loaded, run_dir, version_dir, data_dir)
             lines.append(_line(f"DECA {run_dir}", report, "mean-face"))
