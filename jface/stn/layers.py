@@ -234,8 +234,8 @@ def flatten(model: MorphableModel, theta: ArrayLike, image: ArrayLike, *, image_
     ``"matconvnet_cpu"``), ``mode`` to :func:`visibility`.
 
     Returns a dict: ``texture`` (H', W', C) = sampled image * mask; ``sampled`` (H', W', C) before
-    masking; ``mask`` (H', W') float 0/1; ``points`` (N, 2) (x42); ``rotated`` (N, 3);
-    ``grid`` (H', W', 2).
+    masking; ``mask`` (H', W') float 0/1; ``points`` (N, 2) (x42); ``rotated`` (N, 3); ``shape``
+    (N, 3) in the model frame; ``grid`` (H', W', 2).
     """
     image = as_float(image)
     if image.ndim != 3:
@@ -253,6 +253,7 @@ def flatten(model: MorphableModel, theta: ArrayLike, image: ArrayLike, *, image_
         "mask": mask,
         "points": projected["points"],
         "rotated": projected["rotated"],
+        "shape": projected["shape"],
         "grid": grid,
     }
 

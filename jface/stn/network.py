@@ -98,7 +98,8 @@ def apply_theta(model, theta, images, labels=None, vis=None, *, loss_weights: Ma
     divides every term and the total by B.
 
     Returns a dict: ``theta``; ``points (B, N, 2)`` (x42); ``landmarks (B, L, 2)``;
-    ``rotated (B, N, 3)``; ``sampled``/``texture (B, H', W', C)``; ``mask (B, H', W')``;
+    ``rotated (B, N, 3)``; ``shape (B, N, 3)`` (model frame); ``sampled``/``texture (B, H', W', C)``;
+    ``mask (B, H', W')``;
     ``losses`` (dict of the unweighted terms ``landmark``, ``prior``, ``siamese``, ``symmetry``);
     ``loss`` = their weighted sum (default weights: ``dagnn_3dmmasstn.m``'s ``derOutputs``).
     """
@@ -141,6 +142,7 @@ def apply_theta(model, theta, images, labels=None, vis=None, *, loss_weights: Ma
         "points": flat["points"],
         "landmarks": landmarks,
         "rotated": flat["rotated"],
+        "shape": flat["shape"],
         "sampled": flat["sampled"],
         "texture": flat["texture"],
         "mask": flat["mask"],

@@ -434,10 +434,11 @@ def loss_and_outputs(ctx: StepContext, params, batch):
     loss = out["loss"]
     if config.shape_weight and "theta" in batch:
         # the mirror of a face is not the model's shape of its theta: only the unmirrored images
-        # the model-frame shape alone (project would also rotate and project every vertex)
-        shapes = jax.vmap(lambda theta: morphable_shape(ctx.model, split_theta(theta)[3]))
+        # the prediction's model-frame shape comes with the forward; the truth's alone (project
+        # would also rotate and project every vertex)
+        true_shapes = jax.vmap(lambda theta: morphable_shape(ctx.model, split_theta(theta)[3]))
         unmirrored = ~batch["mirrored"] if "mirrored" in batch else None
-        metrics["loss_shape"] = shape_loss_batch(shapes(out["theta"]), shapes(batch["theta"].astype(jnp.float32)),
+        metrics["loss_shape"] = shape_loss_batch(out["shape"], true_shapes(batch["theta"].astype(jnp.float32)),
                                                  unmirrored)
         loss = loss + config.shape_weight * metrics["loss_shape"]
         metrics["loss"] = loss
