@@ -43,7 +43,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from jface import cli, export
@@ -59,7 +58,6 @@ from jface.fit import StnFitConfig, fit_stn
 from jface.flatten import flatten_batch
 from jface.reconstruct import draw
 from jface.stn.demo import load_demodata
-from jface.stn.layers import project
 from jface.training import deca as deca_training
 from jface.training import stn as stn_training
 from jface.training.checkpoint import CheckpointError, RunFormatError
@@ -243,8 +241,8 @@ def stn_fit_floor(model, images, labels, landmark_set: str, report: dict | None 
     predicted = []
     for image, label in zip(images, labels):  # one photo at a time: each has its own missing points
         points = np.where(label[:, 2:3] > 0, label[:, :2], np.nan)[None]
-        theta, _, _ = fit_stn(model, image[None], points, config=config)
-        predicted.append(np.asarray(project(model, jnp.asarray(theta[0]))["points"])[indices])
+        _, fitted, _ = fit_stn(model, image[None], points, config=config)
+        predicted.append(fitted["points"][0, indices])  # the fitted theta's projected vertices
     per = nme_per_image(np.stack(predicted), labels)
     scored = ~np.isnan(per)
     floor = {"nme": float(per[scored].mean()) if scored.any() else None, "per_image": [
