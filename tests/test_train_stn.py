@@ -210,6 +210,24 @@ def test_kill9_sigterm_and_resume_match_uninterrupted(reference, tmp_path, jax_c
     _assert_params(_params(tmp_path / "params.npz"), reference[2], exact=True)
 
 
+def test_resuming_with_another_localiser_names_it_and_keeps_the_run(reference, tmp_path, jax_cache):
+    """A run resumed with settings that change the state's layout: one line naming the arrays and
+    the setting, exit 2, and the run's checkpoints and config.json left as they were."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    saved = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    config = (workdir / "config.json").read_text()
+    out = _run(jax_cache, workdir, "--steps", str(STEPS + 2), "--localiser_width", "3", "--eval_at_end", "false",
+               expect=2)
+    assert "is intact but holds a train state of another layout" in out
+    assert "localiser_width: saved 2, now 3" in out and "saved arrays have other shapes" in out
+    assert "damaged" not in out and not (workdir / "checkpoints.damaged").exists()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == saved
+    assert (workdir / "config.json").read_text() == config
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, jax_cache):
     # Adam's first step at lr 1e30 moves every weight by ~1e30: step 2's loss overflows.
     out = _run(jax_cache, tmp_path, "--eval_at_end", "false", "--learning_rate", "1e30",

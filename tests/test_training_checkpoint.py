@@ -15,6 +15,7 @@ import pytest
 from jface import training
 from jface.training.checkpoint import (
     CheckpointError,
+    CheckpointLayoutError,
     RunFormatError,
     WorkdirBusyError,
     WorkdirLock,
@@ -98,6 +99,48 @@ def test_every_step_damaged_is_an_error(tmp_path):
             path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="every checkpoint step is damaged"):
         _restore(tmp_path / "ckpt")
+
+
+def test_a_state_of_another_layout_is_named_and_left_in_place(tmp_path, capsys):
+    """An intact step saved with other networks or optimiser state is not damage: the error names
+    the arrays and the config fields that differ, and no step is moved aside."""
+    _write(tmp_path / "ckpt", [3, 6])
+    other = training.TrainState(
+        step=np.asarray(0, np.int32),
+        params={"dense": {"kernel": np.zeros((4, 2), np.float32), "bias": np.zeros(2, np.float32)}},
+        opt_state={"mu": np.zeros(2, np.float32)}, rng=np.zeros(2, np.uint32))
+    ckpt = training.Checkpointer(tmp_path / "ckpt", max_to_keep=5)
+    try:
+        with pytest.raises(CheckpointLayoutError) as info:
+            ckpt.restore(other, config={"lr": 0.5, "workdir": "elsewhere"})
+    finally:
+        ckpt.close()
+    message = str(info.value)
+    assert str(tmp_path / "ckpt") in message and "step 6" in message
+    assert "params/dense/bias" in message and "params/dense/kernel (3, 2) (run: (4, 2))" in message
+    assert "differs in lr: saved 0.1, now 0.5. It" in message  # workdir and steps are not settings
+    assert "damaged" not in capsys.readouterr().err
+    assert not (tmp_path / "ckpt.damaged").exists()
+    assert sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == [3, 6]
+    state, _, step = _restore(tmp_path / "ckpt")  # the run's own layout still resumes
+    assert step == 6
+    # a damaged step of the same layout is still damage: truncated, it is moved aside as before
+    for path in (tmp_path / "ckpt" / "6" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:5])
+    assert _restore(tmp_path / "ckpt")[2] == 3
+    assert len(list((tmp_path / "ckpt.damaged").iterdir())) == 1
+
+
+def test_write_config_keeps_a_differing_previous_file(tmp_path):
+    from jface.training.runs import write_config
+
+    write_config(tmp_path, {"lr": 0.1})
+    write_config(tmp_path, {"lr": 0.1})  # the same settings: nothing kept aside
+    assert not (tmp_path / "config.previous.json").exists()
+    write_config(tmp_path, {"lr": 0.2})
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 0.2}
+    assert json.loads((tmp_path / "config.previous.json").read_text()) == {"lr": 0.1}
 
 
 def test_workdir_lock_refuses_a_second_run_and_recognises_a_stale_lock(tmp_path, capsys):

@@ -56,7 +56,13 @@ from jface import training as common
 from jface.data.detect import DetectorMissingError
 from jface.data.errors import DataSourceError
 from jface.errors import ModelFileError
-from jface.training.checkpoint import CheckpointError, RunFormatError, WorkdirBusyError, WorkdirLock
+from jface.training.checkpoint import (
+    CheckpointError,
+    CheckpointLayoutError,
+    RunFormatError,
+    WorkdirBusyError,
+    WorkdirLock,
+)
 from jface.training.deca import (
     STAGES,
     Config,
@@ -125,8 +131,8 @@ def parse_args(argv) -> tuple:
 
 
 #: Mistakes of the user or the machine that end ``main`` with one line and exit status 2.
-USER_ERRORS = (DataSourceError, DetectorMissingError, RunFormatError, CheckpointError, CheckpointWriteError,
-               ModelFileError, FileNotFoundError, WorkdirBusyError, NotADirectoryError)
+USER_ERRORS = (DataSourceError, DetectorMissingError, RunFormatError, CheckpointError, CheckpointLayoutError,
+               CheckpointWriteError, ModelFileError, FileNotFoundError, WorkdirBusyError, NotADirectoryError)
 
 
 def main(argv=None) -> int:

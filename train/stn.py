@@ -61,7 +61,7 @@ from jface import training as common
 from jface.data.detect import DetectorMissingError
 from jface.data.errors import DataSourceError
 from jface.errors import ModelFileError
-from jface.training.checkpoint import CheckpointError, RunFormatError, WorkdirBusyError
+from jface.training.checkpoint import CheckpointError, CheckpointLayoutError, RunFormatError, WorkdirBusyError
 from jface.training.loop import CheckpointWriteError
 from jface.training.runs import refuse_busy_workdir
 from jface.training.stn import Config, evaluate, finished_step, report_finished, train
@@ -119,7 +119,7 @@ def parse_args(argv):
 
 #: Mistakes of the user or the machine that end ``main`` with one line and exit status 2.
 USER_ERRORS = (DataSourceError, DetectorMissingError, WorkdirBusyError, RunFormatError, CheckpointError,
-               CheckpointWriteError, ModelFileError, FileNotFoundError, NotADirectoryError)
+               CheckpointLayoutError, CheckpointWriteError, ModelFileError, FileNotFoundError, NotADirectoryError)
 
 
 def main(argv=None) -> int:

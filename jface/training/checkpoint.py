@@ -7,7 +7,10 @@ face model it was trained on, whitening statistics). A run directory is therefor
 :func:`read_run` and :func:`restore_params` load a trained run from it alone.
 
 Restoring verifies the checkpoint it reads and falls back to the newest intact one, saying so; a
-damaged step is moved aside into ``<directory>.damaged/`` (kept, not deleted).
+damaged step is moved aside into ``<directory>.damaged/`` (kept, not deleted). An intact step whose
+train state has another layout than the run resuming it (other networks, sizes or optimiser state)
+is not damage: :class:`CheckpointLayoutError` names the arrays and config fields that differ, and
+the step stays where it is.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import orbax.checkpoint as ocp
 from jface.training.state import TrainState
 
 __all__ = ["Checkpointer", "restore_state_only", "read_run", "restore_params", "RunFormatError",
-           "CheckpointError", "WorkdirLock", "WorkdirBusyError"]
+           "CheckpointError", "CheckpointLayoutError", "WorkdirLock", "WorkdirBusyError"]
 
 
 class CheckpointError(RuntimeError):
@@ -40,6 +43,19 @@ class CheckpointError(RuntimeError):
 class RunFormatError(ValueError):
     """A run directory that lacks what loading it needs (e.g. saved before runs carried their
     metadata); the message names the directory and what is missing."""
+
+
+class CheckpointLayoutError(ValueError):
+    """An intact checkpoint whose train state does not fit the run resuming it (saved with other
+    networks, sizes or optimiser layout); the message names the directory, the step, the arrays and
+    the config fields that differ. The step is left in place."""
+
+
+def _array_leaves(tree) -> dict:
+    """``{path tuple: leaf}`` of a tree as orbax names its arrays, empty nodes (optax's EmptyState,
+    None) left out."""
+    flat = ocp.tree.to_flat_dict(tree)
+    return {k: v for k, v in flat.items() if v is not None and not (isinstance(v, (dict, list, tuple)) and not v)}
 
 
 def _warn(message: str) -> None:
@@ -87,6 +103,8 @@ class Checkpointer:
         for index, candidate in enumerate(reversed(steps)):
             try:
                 value = read(candidate)
+            except CheckpointLayoutError:
+                raise
             except Exception as err:  # noqa: BLE001 - orbax / TensorStore raise many types for damage
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
                 older = steps[len(steps) - index - 2] if index + 1 < len(steps) else None
@@ -115,14 +133,24 @@ class Checkpointer:
         shutil.move(str(source), str(target))
         self.manager.reload()
 
-    def restore(self, target: TrainState, step: int | None = None):
+    def restore(self, target: TrainState, step: int | None = None, *, config: Mapping | None = None):
         """``(state, data_state, step)`` from ``step`` (default: the newest intact one), placed like
-        ``target`` (same shardings), or None when there is no checkpoint."""
+        ``target`` (same shardings), or None when there is no checkpoint.
+
+        Raises :class:`CheckpointLayoutError` (and moves nothing) when a step is intact but its state
+        has another layout than ``target``; ``config`` (the resuming run's, as a dict) lets the message
+        name the fields that differ from the config saved with the step."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
 
         def read(candidate):
-            restored = self.manager.restore(candidate, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            try:
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            except Exception:
+                difference = self._layout_difference(candidate, abstract)
+                if difference is None:
+                    raise  # damage (or an unreadable layout): the caller falls back past it
+                raise CheckpointLayoutError(self._layout_message(candidate, difference, config)) from None
             return restored["state"], dict(restored["data"])
 
         found = self._newest_intact(read, step)
@@ -130,6 +158,50 @@ class Checkpointer:
             return None
         (state, data_state), step = found
         return state, data_state, step
+
+    def _layout_difference(self, step: int, abstract) -> str | None:
+        """What differs between the state layout saved at ``step`` (its metadata: paths and shapes) and
+        ``abstract``'s, or None when they agree or the metadata does not read (then it is damage)."""
+        try:
+            # the handler's own reader: a manager opened on an existing run has no handler for the
+            # item until it restores it, and its item_metadata is then None
+            saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+            saved = _array_leaves(getattr(saved, "tree", saved))
+            wanted = _array_leaves(ocp.tree.serialize_tree(abstract, keep_empty_nodes=True))
+        except Exception:  # noqa: BLE001 - unreadable metadata is damage, judged by the read itself
+            return None
+        name = "/".join
+        missing = sorted(name(k) for k in wanted.keys() - saved.keys())
+        extra = sorted(name(k) for k in saved.keys() - wanted.keys())
+        shapes = sorted(f"{name(k)} {tuple(getattr(saved[k], 'shape', ()))} (run: {tuple(wanted[k].shape)})"
+                        for k in wanted.keys() & saved.keys()
+                        if tuple(getattr(saved[k], "shape", ())) != tuple(wanted[k].shape))
+        if not (missing or extra or shapes):
+            return None
+
+        def few(items):
+            return ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+        parts = [f"{len(missing)} arrays of this run are not in it ({few(missing)})" if missing else "",
+                 f"{len(extra)} saved arrays are not in this run ({few(extra)})" if extra else "",
+                 f"{len(shapes)} saved arrays have other shapes ({few(shapes)})" if shapes else ""]
+        return "; ".join(p for p in parts if p)
+
+    def _layout_message(self, step: int, difference: str, config: Mapping | None) -> str:
+        try:
+            saved = self.read_run(step).get("config")
+        except Exception:  # noqa: BLE001 - the run item is optional here: the layout is the news
+            saved = None
+        if isinstance(saved, Mapping) and config is not None:
+            config = json.loads(json.dumps(dict(config), default=str))  # tuples as the saved JSON has them
+            fields = [f"{k}: saved {saved[k]!r}, now {config[k]!r}" for k in sorted(saved.keys() & config.keys())
+                      if k not in ("workdir", "steps") and saved[k] != config[k]]
+            why = ("the config saved with it differs in " + "; ".join(fields[:8]) if fields else
+                   "the config saved with it is the same, so the code that builds the state changed")
+        else:
+            why = "no saved config to compare"
+        return (f"{self.directory}: step {step} is intact but holds a train state of another layout than "
+                f"this run's: {difference}; {why}. It is left in place: resume with the settings it was "
+                f"saved with, or train in a new --workdir")
 
     def read_run(self, step: int | None = None) -> dict:
         """The ``run`` item of ``step`` (default: the newest step that has one)."""

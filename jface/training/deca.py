@@ -915,7 +915,7 @@ def run_stage(config: Config, stage_name: str, mesh, networks: Networks, model: 
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep)
     last_saved = None
     try:
-        restored = ckpt.restore(state)
+        restored = ckpt.restore(state, config=dataclasses.asdict(config))
         if restored is not None:
             state, data_state, last_saved = restored
             loader.set_state(data_state)
@@ -952,7 +952,7 @@ def train(config: Config, *, identity=None, vgg19=None, data: RunData | None = N
     workdir = Path(config.workdir)
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        runs.write_config(workdir, dataclasses.asdict(config))
     stages = STAGES if config.stage == "all" else (config.stage,)
     if config.stage not in ("all", "pretrain"):
         previous = STAGES[STAGES.index(config.stage) - 1]

@@ -70,6 +70,23 @@ def write_metrics(workdir, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
+def write_config(workdir, config: Mapping[str, Any]) -> Path:
+    """Write ``workdir/config.json`` (atomically). A differing file already there (a run resumed
+    with other settings) is kept as ``config.previous.json``, not overwritten."""
+    path = Path(workdir) / "config.json"
+    text = json.dumps(dict(config), indent=1)
+    try:
+        old = path.read_text()
+    except OSError:
+        old = None
+    if old is not None and old != text:
+        path.replace(path.with_name("config.previous.json"))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+    return path
+
+
 def require_run_keys(run: Mapping[str, Any], keys, directory, trainer: str) -> None:
     """Raise :class:`RunFormatError` naming the keys of ``keys`` that the run metadata lacks."""
     missing = [k for k in keys if k not in run]

@@ -822,9 +822,6 @@ def train(config: Config) -> dict:
     mesh = make_mesh()
     ctx, host_state, loader, _, eval_data = build(config, with_eval=config.eval_at_end)
     with WorkdirLock(workdir):  # after the data opened: a bad source leaves the workdir untouched
-        if is_main_process():
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
         local_batch = config.batch_size // jax.process_count() * (2 if config.mirror else 1)
         if local_batch % len(mesh.local_devices):
             raise UsageError(f"batch_size: per-process batch {local_batch} (after mirroring) is not divisible "
@@ -832,7 +829,10 @@ def train(config: Config) -> dict:
         state = replicate(host_state, mesh)
         barrier("data_ready")
         ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep)
-        restored = ckpt.restore(state)
+        # before config.json is written: a run saved with other settings keeps its own file
+        restored = ckpt.restore(state, config=dataclasses.asdict(config))
+        if is_main_process():
+            runs.write_config(workdir, dataclasses.asdict(config))
         last_saved = None
         if restored is not None:
             state, data_state, last_saved = restored
