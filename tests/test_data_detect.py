@@ -15,8 +15,10 @@ from jface.data.detect import (
     FACE_OVAL,
     MESH478_TO_IBUG68,
     DetectorMissingError,
+    Face,
     MediapipeDetector,
     aflw21_from_ibug68,
+    find_faces,
     landmark_mask,
     mesh_to_ibug68,
     polygon_mask,
@@ -163,6 +165,64 @@ def test_mapping_follows_left_and_right(detector, astronaut):
     eye_distance = np.linalg.norm(points[36] - points[45])
     error = np.linalg.norm(mirrored - expected, axis=1) / eye_distance
     assert error.mean() < 0.05 and error.max() < 0.15
+
+
+def _square_detector(calls):
+    """A stand-in detector: every white square of the image is a face (its corners as points)."""
+    def detect(image):
+        calls.append(image.shape)
+        white = np.all(image == 255, axis=-1)
+        faces = []
+        for rows in np.split(np.arange(image.shape[0]), np.flatnonzero(np.diff(white.any(1))) + 1):
+            cols = np.flatnonzero(white[rows].any(0)) if white[rows].any() else []
+            if len(cols):  # one square per band of rows is enough for this test
+                top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
+                points = np.array([[left, top], [right, top], [left, bottom], [right, bottom]] * 17, float)
+                faces.append(Face(mesh=None, landmarks68=points))
+        return faces
+    return detect
+
+
+def test_find_faces_merges_windows_and_keeps_uncut_faces():
+    image = np.zeros((300, 600, 3), np.uint8)
+    image[40:80, 20:60] = 255  # near the photo's corner: a photo's own border cuts nothing
+    image[200:240, 280:320] = 255  # in the middle: seen whole by the photo and by several windows
+    calls = []
+    faces = find_faces(_square_detector(calls), image, grid=3)
+    # the photo, then 3 x 3 windows of 300 px: the 3 rows coincide (the photo is 300 high), so 3
+    assert calls == [(300, 600, 3)] + [(300, 300, 3)] * 3
+    boxes = sorted(tuple(round(v) for v in face.box) for face in faces)
+    assert boxes == [(20, 40, 59, 79), (280, 200, 319, 239)]  # each face once, in photo pixels
+    # a window edge through a face gives a cut (smaller) face: the whole one is kept instead
+    image[:] = 0
+    image[100:160, 140:200] = 255  # the windows start at x = 0, 150, 300: x = 150 cuts it
+    faces = find_faces(_square_detector([]), image, grid=3)
+    assert [tuple(round(v) for v in f.box) for f in faces] == [(140, 100, 199, 159)]
+    assert len(find_faces(_square_detector(calls := []), image, grid=1)) == 1 and len(calls) == 1
+
+
+@needs_mediapipe
+def test_find_faces_finds_the_small_faces_of_a_group_photo(detector, astronaut):
+    """Three copies of the astronaut (her face ~105 px) on a 1280 x 880 canvas: mediapipe on the
+    whole photo finds none (it sees a downscaled image); find_faces finds each once, with the points
+    the detector gives on that copy alone."""
+    from PIL import Image
+
+    size = 400
+    copy = np.asarray(Image.fromarray(astronaut[0:350, 60:410]).resize((size, size), Image.BILINEAR))
+    alone = detector(copy)[0].landmarks68
+    canvas = np.full((880, 1280, 3), 90, np.uint8)
+    corners = [(0, 0), (880 - size, 420), (0, 1280 - size)]
+    for top, left in corners:
+        canvas[top:top + size, left:left + size] = copy
+    assert detector(canvas) == []
+    found = find_faces(detector, canvas)
+    assert len(found) == len(corners)
+    eye = np.linalg.norm(alone[36] - alone[45])
+    for top, left in corners:
+        expected = alone + [left, top]
+        errors = [np.linalg.norm(f.landmarks68 - expected, axis=1).mean() / eye for f in found]
+        assert min(errors) < 0.05  # this copy's face, where the detector puts it on the copy alone
 
 
 @needs_mediapipe

@@ -62,6 +62,7 @@ __all__ = [
     "DlibDetector",
     "DETECTORS",
     "make_detector",
+    "find_faces",
     "DetectorMissingError",
     "side_file",
     "read_side_landmarks",
@@ -121,6 +122,54 @@ class Face:
     def area(self) -> float:
         left, top, right, bottom = self.box
         return (right - left) * (bottom - top)
+
+
+def _shifted(face: Face, dx: float, dy: float) -> Face:
+    offset = np.asarray([dx, dy])
+    mesh = None if face.mesh is None else np.concatenate([face.mesh[:, :2] + offset, face.mesh[:, 2:]], axis=1)
+    return Face(mesh=mesh, landmarks68=np.asarray(face.landmarks68)[:, :2] + offset)
+
+
+def _iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def find_faces(detector, image, *, grid: int = 3, overlap: float = 0.3, min_window: int = 256) -> list[Face]:
+    """Every face of a photograph, the small faces of a large group photo too: ``detector`` (a
+    callable ``image -> [Face]``, e.g. :class:`MediapipeDetector`) on the whole image, then on a
+    ``grid`` x ``grid`` of overlapping windows, each 1.5 / ``grid`` of the longer side (mediapipe's
+    detector sees a downscaled image, so a face of a tenth of a 1280-px photo is found only in a
+    window). A face seen more than once (boxes overlapping by IoU > ``overlap``) is kept from the
+    window where it is farthest from an edge the window cuts through the photo, so no window edge
+    cuts it. Largest first. ``grid`` <= 1, or windows under ``min_window`` px (a small photo, which
+    the detector already sees at about its own resolution), is the detector alone."""
+    image = np.ascontiguousarray(image)
+    height, width = image.shape[:2]
+    windows = [(0, 0, width, height)]
+    size = int(np.ceil(1.5 * max(height, width) / max(grid, 1)))
+    if grid > 1 and min_window <= size < max(height, width):
+        win_w, win_h = min(size, width), min(size, height)
+        for top in np.linspace(0, height - win_h, grid).round().astype(int):
+            for left in np.linspace(0, width - win_w, grid).round().astype(int):
+                windows.append((int(left), int(top), int(left) + win_w, int(top) + win_h))
+    seen = []
+    for left, top, right, bottom in dict.fromkeys(windows):
+        for face in detector(image[top:bottom, left:right]):
+            face = _shifted(face, left, top) if (left or top) else face
+            box = face.box
+            # distance to the window's edges inside the photo (a photo's own border cuts nothing)
+            margins = [box[0] - left if left > 0 else np.inf, box[1] - top if top > 0 else np.inf,
+                       right - box[2] if right < width else np.inf, bottom - box[3] if bottom < height else np.inf]
+            seen.append((min(margins), face))
+    kept = []
+    for _, face in sorted(seen, key=lambda item: (-item[0], -item[1].area)):
+        if all(_iou(face.box, other.box) <= overlap for other in kept):
+            kept.append(face)
+    return sorted(kept, key=lambda face: -face.area)
 
 
 def mesh_to_ibug68(mesh) -> np.ndarray:

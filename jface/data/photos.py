@@ -6,7 +6,9 @@ each: a flat folder is one image per identity). Hidden files and folders are ign
 
 Every photo is labelled (:mod:`jface.data.detect`: a landmark side file wins, else the detector;
 a photo without a face is skipped and counted; with several faces the largest is kept, or every
-face with ``all_faces`` (faces other than the largest become identities of their own)), then cropped
+face with ``all_faces`` (faces other than the largest become identities of their own; the detector
+then also looks in overlapping windows, :func:`jface.data.detect.find_faces`, so the small faces of
+a group photo are found)), then cropped
 by the task's crop rule (:func:`crop_for_task`), which is the crop the programs use at inference:
 
 * ``deca``: :func:`jface.data.crops.deca_crop` with ``test=True`` (DECA's ``TestData`` crop, the
@@ -52,6 +54,9 @@ from jface.data.detect import (
     make_detector,
     read_side_landmarks,
     side_file,
+)
+from jface.data.detect import (
+    find_faces as find_every_face,
 )
 from jface.data.errors import DataSourceError
 from jface.data.real import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -209,7 +214,8 @@ def photo_config_name(root, groups, *, task: str, detector: str, all_faces: bool
     """``<task>-<folder name>-<12 hex>``: the fingerprint of the listing, side files and options;
     with ``fit``, ``-fit<8 hex>`` (:meth:`PhotoFit.fingerprint`) appended."""
     root = Path(root)
-    digest = hashlib.sha256(f"{task}|{detector}|{all_faces}|{CROP_SIZE}|{STN_CROP_SCALE}".encode())
+    faces = "windows" if all_faces else False  # every face, also in overlapping windows (find_faces)
+    digest = hashlib.sha256(f"{task}|{detector}|{faces}|{CROP_SIZE}|{STN_CROP_SCALE}".encode())
     for identity, paths in groups:
         digest.update(f"\n{identity}".encode())
         for path in paths:
@@ -415,7 +421,7 @@ def build_photo_folder(root, *, task: str, data_dir=None, detector="mediapipe", 
             if detector is None:
                 raise ImageReadError(f"{path}: no landmark side file and detection is off")
             state["detector"] = state["created"] = make_detector(detector)
-        faces = list(state["detector"](image))
+        faces = find_every_face(state["detector"], image) if all_faces else list(state["detector"](image))
         if not faces:
             raise ImageReadError(f"{path}: no face found ({detector_name(detector)})")
         return faces if all_faces else faces[:1]
