@@ -165,6 +165,54 @@ def test_subset_means():
     assert real_photos.subset_means(report, "grace") is None
 
 
+@needs_mediapipe
+def test_photos_folder_adds_every_face_of_each_photo(tmp_path):
+    """``--photos``: a group photo gives one photo (and side file) per face, the small ones too; an
+    unreadable file and a face under MIN_FACE px are left out and said."""
+    astronaut = pytest.importorskip("skimage.data").astronaut()
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    copy = np.asarray(Image.fromarray(astronaut[0:350, 60:410]).resize((400, 400), Image.BILINEAR))
+    group = np.full((880, 1280, 3), 90, np.uint8)
+    corners = [(0, 0), (480, 420), (0, 880)]
+    for top, left in corners:
+        group[top:top + 400, left:left + 400] = copy
+    Image.fromarray(group).save(folder / "group photo.png")
+    Image.fromarray(np.asarray(Image.fromarray(astronaut).resize((160, 160)))).save(folder / "small.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    lines = []
+    extra = real_photos.load_folder_photos(folder, log=lines.append)
+    assert sorted(extra) == ["photos_group_photo", "photos_small"]
+    assert any("broken.jpg" in line and "left out" in line for line in lines)
+    labels = real_photos.assemble_folder(tmp_path / "work", None, extra=extra, log=lines.append)
+    faces = sorted(name for name in labels if name.startswith("photos_"))
+    assert faces == ["photos_group_photo_0", "photos_group_photo_1", "photos_group_photo_2"]
+    assert any(line.startswith("photos_small: 1 face(s) under 64 px") for line in lines)
+    lefts = []
+    for name in faces:
+        points = np.loadtxt(tmp_path / "work" / f"{name}.txt")
+        with Image.open(tmp_path / "work" / f"{name}.png") as image:
+            assert image.size == (1280, 880)
+        lefts.append(points[:, 0].min())
+    # one face per copy: each copy's face starts ~135 px right of the copy's left edge
+    assert sorted(round((x - 135) / 10) * 10 for x in lefts) == pytest.approx([0, 420, 880], abs=30)
+
+
+def test_photo_subsets_and_lines():
+    report = {"per_image": [{"name": "/x/photos_t1_0.png", "nme": 0.2, "baseline_nme": 0.4},
+                            {"name": "/x/photos_t1_1.png", "nme": 0.1, "baseline_nme": 0.4},
+                            {"name": "/x/astronaut.png", "nme": 0.9, "baseline_nme": 0.1}]}
+    real_photos._photo_subsets(report)
+    assert report["folder_photos"] == pytest.approx({"nme": 0.15, "baseline_nme": 0.4, "ratio": 0.375, "images": 2})
+    assert report["offline_photos"]["nme"] == pytest.approx(0.9) and report["offline_photos"]["images"] == 1
+    lines = real_photos._photo_lines(report, "mean-pose", "mine")
+    assert lines[1].startswith("  --photos mine (detector labels): mean NME 0.150 vs mean-pose baseline 0.400 "
+                               "(ratio 0.38) on 2 photos; target ratio <= 0.5: met")
+    without = {"per_image": report["per_image"][2:]}
+    real_photos._photo_subsets(without)
+    assert without["folder_photos"] is None and real_photos._photo_lines(without, "mean-pose", None) == []
+
+
 def test_deca_wiring(tmp_path, monkeypatch):
     """``--deca`` builds the DECA crop of the folder and hands its dataset to evaluate_deca; the
     report lands in the JSON with its ratio line (the tiny DECA run itself takes minutes)."""
@@ -211,6 +259,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         (["--deca", str(deca_like), "--workdir", str(tmp_path / "work")], ["coarse"]),
         (["--stn", str(stn_like), "--workdir", str(tmp_path / "work")], [str(stn_like)]),
         (["--stn", str(stn_like), "--shet", "x.png"], ["did you mean --sheet"]),
+        (["--stn", str(stn_like), "--photos", str(tmp_path / "nope")], ["--photos", "nope", "no such folder"]),
     ]
     for argv, names in cases:
         assert _status(argv) == 2, argv

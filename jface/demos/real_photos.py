@@ -39,6 +39,7 @@ Bad input (a missing run, a run of the other method, an output inside the reposi
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -47,8 +48,9 @@ import numpy as np
 
 from jface import cli, export
 from jface.data import crops, photos
-from jface.data.detect import DetectorMissingError, MediapipeDetector, read_side_landmarks
+from jface.data.detect import DetectorMissingError, MediapipeDetector, find_faces, read_side_landmarks
 from jface.data.errors import DataSourceError
+from jface.data.real import IMAGE_SUFFIXES, ImageReadError, read_image
 from jface.data.sources import STN, convert_landmarks
 from jface.deca.model import decode_geometry_batch
 from jface.demos.astronaut import ASTRONAUT_LANDMARKS68
@@ -64,13 +66,15 @@ from jface.training.checkpoint import CheckpointError, RunFormatError
 from jface.training.distributed import enable_compilation_cache
 from jface.training.landmark_eval import nme_per_image
 
-__all__ = ["PROG", "TARGET_RATIO", "TILE", "assemble_folder", "evaluate_stn", "stn_fit_floor", "evaluate_deca",
-           "subset_means", "contact_sheet", "run", "main"]
+__all__ = ["PROG", "TARGET_RATIO", "TILE", "assemble_folder", "load_folder_photos", "evaluate_stn", "stn_fit_floor",
+           "evaluate_deca", "subset_means", "contact_sheet", "run", "main"]
 
 PROG = "python -m jface.demos.real_photos"
 TARGET_RATIO = 0.5  # issue 22: mean NME at most half the mean-pose baseline's
 TILE = 160  # sheet panel size in pixels
 HUMAN_SUFFIX = ".aflw21.txt"
+PHOTOS_PREFIX = "photos_"  # the names of --photos FOLDER's faces
+MIN_FACE = 64  # px: a smaller face of --photos is left out (its crop would be a blur at 224 px)
 REPO = Path(__file__).resolve().parents[2]
 LOADERS = {"stn": stn_training.load_run, "deca": deca_training.load_run}
 USER_ERRORS = (DataSourceError, DetectorMissingError, RunFormatError, CheckpointError, ModelFileError,
@@ -100,9 +104,57 @@ def _detect(images: dict, log) -> tuple[dict, str]:
     return found, "mediapipe"
 
 
-def assemble_folder(folder, demodata=None, *, log=print) -> dict:
+def load_folder_photos(folder, *, log=print) -> dict:
+    """``{name: uint8 (H, W, 3)}`` of every image in ``folder`` (``--photos``; the layout of
+    :func:`jface.data.photos.scan_photo_folder`), named ``photos_<file stem>``; an unreadable image
+    is left out and said so. Raises :class:`DataSourceError` for a missing folder or one without a
+    readable image."""
+    images = {}
+    for _, paths in photos.scan_photo_folder(folder):
+        for path in paths:
+            try:
+                image = read_image(path)
+            except ImageReadError as err:
+                log(f"{err}; left out")
+                continue
+            stem = re.sub(r"[^A-Za-z0-9]+", "_", path.stem).strip("_") or "photo"
+            name, k = f"{PHOTOS_PREFIX}{stem}", 1
+            while name in images:
+                name, k = f"{PHOTOS_PREFIX}{stem}_{k}", k + 1
+            images[name] = image
+    if not images:
+        raise DataSourceError(f"{folder}: no readable photograph (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    return images
+
+
+def _detect_every_face(images: dict, log) -> dict:
+    """``{name or name_<k>: (68, 2) pixels}``: every face mediapipe finds in each photo, the small
+    faces of group photos too (:func:`jface.data.detect.find_faces`), at least :data:`MIN_FACE`
+    pixels wide."""
+    detector = MediapipeDetector(max_faces=8)
+    found = {}
+    try:
+        for name, image in images.items():
+            faces = find_faces(detector, image)
+            small = [f for f in faces if f.box[2] - f.box[0] < MIN_FACE]
+            faces = [f for f in faces if f.box[2] - f.box[0] >= MIN_FACE]
+            if small:
+                log(f"{name}: {len(small)} face(s) under {MIN_FACE} px wide left out")
+            if not faces:
+                log(f"{name}: no face found by mediapipe, left out")
+            for k, face in enumerate(faces):
+                key = name if len(faces) == 1 else f"{name}_{k}"
+                found[key] = (name, np.asarray(face.landmarks68, np.float64)[:, :2])
+    finally:
+        detector.close()
+    return found
+
+
+def assemble_folder(folder, demodata=None, *, extra=None, log=print) -> dict:
     """Write the photo folder (module docstring) into ``folder``; returns ``{name: labels}`` with
-    ``labels`` "mediapipe", "hand-placed" or "mediapipe + human AFLW-21" (demodata)."""
+    ``labels`` "mediapipe", "hand-placed" or "mediapipe + human AFLW-21" (demodata). ``extra``:
+    ``{name: image}`` of more photos (:func:`load_folder_photos`), every face of each (a photo of
+    several faces is written once per face, ``<name>_<k>``, each with its own side file)."""
     from PIL import Image
 
     folder = Path(folder)
@@ -113,6 +165,10 @@ def assemble_folder(folder, demodata=None, *, log=print) -> dict:
         _, labels = load_demodata(demodata)  # (B, 21, 2) y-up 224 frame
         human = {f"demodata_{k}": lab for k, lab in enumerate(labels)}
     points, source = _detect(images, log)
+    if extra:
+        for name, (photo, landmarks) in _detect_every_face(extra, log).items():
+            images[name] = extra[photo]
+            points[name] = landmarks
     written = {}
     for name, landmarks in points.items():
         Image.fromarray(images[name]).save(folder / f"{name}.png")
@@ -147,15 +203,23 @@ def _human_labels(folder: Path, stem: str, size: int) -> np.ndarray | None:
     return convert_landmarks(labels, STN, STN, photos.CROP_SIZE, size)
 
 
-def subset_means(report: dict, prefix: str = "demodata_") -> dict | None:
+def subset_means(report: dict, prefix: str = "demodata_", *, exclude: bool = False) -> dict | None:
     """Mean ``nme`` / ``baseline_nme`` of a report's scored ``per_image`` rows whose photo name
-    starts with ``prefix``; None when there is none."""
-    rows = [r for r in report["per_image"] if _stem(r.get("name", "")).startswith(prefix) and r["nme"] is not None]
+    starts with ``prefix`` (with ``exclude``: does not); None when there is none."""
+    rows = [r for r in report["per_image"]
+            if _stem(r.get("name", "")).startswith(prefix) != exclude and r["nme"] is not None]
     if not rows:
         return None
     nme = float(np.mean([r["nme"] for r in rows]))
     base = float(np.mean([r["baseline_nme"] for r in rows]))
     return {"nme": nme, "baseline_nme": base, "ratio": nme / max(base, 1e-12), "images": len(rows)}
+
+
+def _photo_subsets(report: dict) -> None:
+    """With ``--photos`` faces in the report: the means of the offline photos and of those faces."""
+    own = subset_means(report, PHOTOS_PREFIX)
+    report["offline_photos"] = subset_means(report, PHOTOS_PREFIX, exclude=True) if own else None
+    report["folder_photos"] = own
 
 
 def _with_ratio(report: dict) -> dict:
@@ -203,6 +267,7 @@ def evaluate_stn(loaded, run_dir, folder, version_dir, data_dir) -> tuple[dict, 
     human = {s: _human_labels(Path(folder), s, size) for s in stems}
     rows = [i for i, s in enumerate(stems) if human[s] is not None]
     report["demodata_detector"] = subset_means(report)
+    _photo_subsets(report)
     report["demodata_human"] = None
     if rows:
         subset = {"images": np.asarray(data["images"])[rows], "labels": np.stack([human[stems[i]] for i in rows]),
@@ -257,6 +322,7 @@ def evaluate_deca(loaded, run_dir, version_dir, data_dir) -> tuple[dict, dict]:
     :func:`jface.training.deca.load_run`) on the built DECA photo dataset."""
     report = _with_ratio(deca_training.evaluate(run_dir, eval_data=str(version_dir), data_dir=str(data_dir)))
     report["demodata_detector"] = subset_means(report)
+    _photo_subsets(report)
     config = loaded.config.replace(data_dir=str(data_dir))
     data = deca_training.load_eval_data(config, loaded.model, spec=str(version_dir))
     images = np.asarray(data["images"])
@@ -321,17 +387,19 @@ def _outside_repo(path, flag: str):
 
 
 def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=None, json_path=None, sheet_path=None,
-        log=print) -> dict:
+        photos_dir=None, log=print) -> dict:
     """The program's work in ``workdir`` (module docstring); returns the JSON's dict. The runs are
-    loaded first, so a run that cannot be used fails before anything is written."""
+    loaded first, so a run that cannot be used fails before anything is written; ``photos_dir``
+    (``--photos``) is read before anything is written too."""
     runs = {method: (path, LOADERS[method](path)) for method, path in (("stn", stn), ("deca", deca)) if path}
+    extra = load_folder_photos(photos_dir, log=log) if photos_dir else None
     workdir = Path(workdir)
     folder = workdir / "photos"
     data_dir = Path(data_dir) if data_dir else workdir / "tensorflow_datasets"
     if demodata is not None and not Path(demodata).is_file():
         log(f"demodata: {demodata} not found; its six human-labelled photos are left out")
         demodata = None
-    labels = assemble_folder(folder, demodata, log=log)
+    labels = assemble_folder(folder, demodata, extra=extra, log=log)
     log(f"{len(labels)} photos in {folder}: {', '.join(labels)}")
     results = {"folder": str(folder), "data_dir": str(data_dir), "target_ratio": TARGET_RATIO,
                "photos": [{"name": n, "labels": v} for n, v in labels.items()],
@@ -346,6 +414,7 @@ def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=Non
             lines.append(_line(f"STN {run_dir}", report, "mean-pose"))
             lines.append(_line("  human-labelled demodata (AFLW-21 by hand)", report["demodata_human"], "mean-pose"))
             lines.append(_line("  demodata, detector labels", report["demodata_detector"], "mean-pose"))
+            lines += _photo_lines(report, "mean-pose", photos_dir)
             floor = report["fit_floor"]
             if floor["nme"] is not None:
                 lines.append(f"  the model fitted to the same labels (jface.fit.fit_stn, {floor['steps']} steps): "
@@ -355,6 +424,7 @@ def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=Non
             report, method_panels = evaluate_deca(loaded, run_dir, version_dir, data_dir)
             lines.append(_line(f"DECA {run_dir}", report, "mean-face"))
             lines.append(_line("  demodata, detector labels", report["demodata_detector"], "mean-face"))
+            lines += _photo_lines(report, "mean-face", photos_dir)
         report["build"] = build.to_json()
         results[method] = report
         for name, items in method_panels.items():
@@ -371,11 +441,20 @@ def run(*, stn=None, deca=None, demodata=DEFAULT_DEMODATA, workdir, data_dir=Non
     return results
 
 
+def _photo_lines(report: dict, baseline: str, photos_dir) -> list:
+    if not report.get("folder_photos"):
+        return []
+    return [_line("  the offline photos", report["offline_photos"], baseline),
+            _line(f"  --photos {photos_dir} (detector labels)", report["folder_photos"], baseline)]
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--stn", metavar="RUN", help="a train.stn run folder")
     parser.add_argument("--deca", metavar="RUN", help="a train.deca run folder")
     parser.add_argument("--demodata", default=str(DEFAULT_DEMODATA), help="3DMM-STN's demodata.mat (optional)")
+    parser.add_argument("--photos", metavar="FOLDER",
+                        help="more photographs: every face mediapipe finds in them, scored with detector labels")
     parser.add_argument("--workdir", help="the photo folder and built data go here (default: a temporary folder)")
     parser.add_argument("--data_dir", help="TFDS data dir of the builds (default: WORKDIR/tensorflow_datasets)")
     parser.add_argument("--json", metavar="OUT", help="write both runs' reports here")
@@ -395,8 +474,10 @@ def main(argv=None) -> int:
         if args.sheet:
             cli.check_output_file(args.sheet, "--sheet")
         enable_compilation_cache()
+        if args.photos and not Path(args.photos).is_dir():
+            raise cli.UsageError(f"--photos {args.photos}: no such folder (expected a folder of photographs)")
         options = dict(stn=stn, deca=deca, demodata=args.demodata, data_dir=args.data_dir, json_path=args.json,
-                       sheet_path=args.sheet)
+                       sheet_path=args.sheet, photos_dir=args.photos)
         if args.workdir:
             run(workdir=cli.check_output_dir(args.workdir, "--workdir", create=False), **options)
         else:
