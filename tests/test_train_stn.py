@@ -275,6 +275,20 @@ def test_failed_checkpoint_write_leaves_previous(tmp_path, monkeypatch):
     assert fresh.latest_step() == 2
 
 
+def test_pitch_and_roll_ranges_reach_the_generator():
+    from jface.training import stn
+
+    config = stn.Config(model="toy:16", num_identities=20, images_per_identity=10, image_size=64)
+    model = stn.load_model(config)
+    ranges = {}
+    for roll in (0.0, 35.0):
+        data = stn.make_data(config.replace(pitch_deg=5.0, roll_deg=roll), model, split="train", render_images=False)
+        ranges[roll] = np.abs(np.asarray(data["pose_deg"])).max(0)
+    assert ranges[0.0][2] < 1e-3 and 10 < ranges[35.0][2] <= 35.0 + 1e-3  # roll
+    assert ranges[0.0][1] <= 5.0 + 1e-3 and ranges[35.0][1] <= 5.0 + 1e-3  # pitch
+    assert abs(ranges[0.0][0] - ranges[35.0][0]) < 1e-3  # yaw: the same draws
+
+
 def test_config_overrides_and_errors():
     from train import stn
 

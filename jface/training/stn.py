@@ -103,6 +103,8 @@ class Config:
     data_seed: int = 0
     eval_seed: int = 1_000_003
     yaw_deg: float = 60.0
+    pitch_deg: float = 20.0  # photo / flat: pitch U(+-), roll U(+-) of the generated heads
+    roll_deg: float = 15.0
     # the generator: "photo" (jface.data.synthetic_stn_render with jface.data.appearance: textured,
     # lit faces with hair, body, background, occluders and camera effects), "flat" (the same
     # renderer, SH-shaded model albedo over colour noise) or "splat" (jface.data.synthetic_stn:
@@ -298,7 +300,8 @@ def _render_data(config: Config, model: MorphableModel, train_split: bool, rende
     identities = config.num_identities if train_split else config.eval_identities
     per_identity = config.images_per_identity if train_split else config.eval_images_per_identity
     syn = StnSynthConfig(n_shape=model.num_shape, n_expression=model.num_expression, yaw_deg=config.yaw_deg,
-                         framing=config.framing, look=look, chunk=max(1, min(16, identities * per_identity)))
+                         pitch_deg=config.pitch_deg, roll_deg=config.roll_deg, framing=config.framing, look=look,
+                         chunk=max(1, min(16, identities * per_identity)))
     args = (model, identities, per_identity, config.data_seed if train_split else config.eval_seed, config.image_size)
     if render_images:  # generated once into the cache (jface.data.generated_cache); labels only are cheap
         keep = ("images", "landmarks21", "landmarks68", "theta", "identity", "pose_deg")
