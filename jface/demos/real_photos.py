@@ -1,11 +1,16 @@
 """Trained runs on the real photographs available offline: ``python -m jface.demos.real_photos
---stn RUN [--deca RUN] [--demodata PATH] [--workdir DIR] [--data_dir DIR] [--json OUT] [--sheet OUT.png]``.
+--stn RUN [--deca RUN] [--demodata PATH] [--photos FOLDER] [--workdir DIR] [--data_dir DIR] [--json OUT]
+[--sheet OUT.png]``.
 
 The photographs (:func:`jface.demos.fit_photos.load_photos`; nothing is downloaded): scikit-image's
 ``astronaut.png``, matplotlib's ``grace_hopper.jpg`` and the six photos of 3DMM-STN's
 ``demodata.mat`` (``--demodata``, default ``../shared/realdata/3dmmasstn/demodata.mat``; left out,
 and said so, when absent). No other package installed here ships a photograph with a face the
-detector finds (scikit-image's ``camera``, ``coffee`` and ``chelsea`` give none).
+detector finds (scikit-image's ``camera``, ``coffee`` and ``chelsea`` give none). ``--photos
+FOLDER`` adds photographs of your own (for instance the sample images in insightface's source
+distribution, ``pip download insightface --no-deps --no-binary :all:``): every face mediapipe finds
+in each, the small faces of a group photo too (:func:`jface.data.detect.find_faces`), scored with
+the detector's labels and reported beside the offline photos as a subset of its own.
 
 They are written as a photo folder (``--workdir DIR/photos``, default a temporary folder removed at
 the end), one identity per photo, in the layout ``python -m jface.data build photos`` reads
