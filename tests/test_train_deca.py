@@ -122,6 +122,30 @@ def test_bad_config_fields_are_named():
         deca.parse_args(["--detail_generator", "huge"])
 
 
+def test_pitch_and_roll_ranges_reach_the_generator_and_the_code_prior(monkeypatch):
+    _, config = deca.parse_args(["--pitch_deg", "5", "--roll_deg", "35"])
+    for split in ("train", "eval"):
+        syn = training_deca.synth_config(config, split)
+        assert (syn.pitch_deg, syn.roll_deg) == (5.0, 35.0)
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def generate_deca(*args, config):
+        seen.append(config)
+        raise Seen
+
+    monkeypatch.setattr(synthetic_deca, "generate_deca", generate_deca)
+    with pytest.raises(Seen):
+        training_deca.code_prior(config, None)
+    assert (seen[0].pitch_deg, seen[0].roll_deg) == (5.0, 35.0)
+    # a run saved before the fields existed keeps the ranges it was trained with
+    saved = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("pitch_deg", "roll_deg")}
+    old = training_deca.config_from_dict(saved)
+    assert (old.pitch_deg, old.roll_deg) == (20.0, 15.0)
+
+
 def test_empty_generated_split_is_a_usage_error_before_any_work(tmp_path, monkeypatch):
     """Zero images in a generated split: one UsageError naming the fields, before the data cache."""
     from jface.cli import UsageError

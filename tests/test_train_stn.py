@@ -287,6 +287,12 @@ def test_pitch_and_roll_ranges_reach_the_generator():
     assert ranges[0.0][2] < 1e-3 and 10 < ranges[35.0][2] <= 35.0 + 1e-3  # roll
     assert ranges[0.0][1] <= 5.0 + 1e-3 and ranges[35.0][1] <= 5.0 + 1e-3  # pitch
     assert abs(ranges[0.0][0] - ranges[35.0][0]) < 1e-3  # yaw: the same draws
+    # a run saved before the fields existed keeps the ranges it was trained with
+    import dataclasses
+
+    saved = {k: v for k, v in dataclasses.asdict(config.replace(roll_deg=35.0)).items()
+             if k not in ("pitch_deg", "roll_deg")}
+    assert (stn.config_from_dict(saved).pitch_deg, stn.config_from_dict(saved).roll_deg) == (20.0, 15.0)
 
 
 def test_config_overrides_and_errors():

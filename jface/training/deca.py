@@ -111,6 +111,8 @@ class Config:
     # photographic backgrounds, occluders, camera effects) or "plain" (UV albedo x SH light over a
     # smooth random background)
     look: str = "photo"
+    pitch_deg: float = 20.0  # generated heads: pitch U(+-), roll U(+-) (yaw U(+-90))
+    roll_deg: float = 15.0
     backgrounds: str = ""  # photo: a folder of background photographs (else procedural only)
     # photo: ingredients left out of the training images (comma-separated jface.data.appearance.ABLATIONS:
     # accessories, body, shadows, occluders, camera); the held-out split keeps them all
@@ -239,9 +241,10 @@ def validate_config(config: Config) -> Config:
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
     """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). A run
     saved before the generated faces had a ``look`` was trained on the plain look, and keeps it; one
-    saved before ``flat_adam`` has per-array Adam state, and keeps it."""
-    return runs.config_from_dict(Config, {"look": "plain", "flat_adam": False, **values}, source=source,
-                                 trainer="train.deca")
+    saved before ``flat_adam`` has per-array Adam state, and keeps it; one saved before ``pitch_deg``
+    / ``roll_deg`` saw heads within +-20 / +-15 degrees."""
+    return runs.config_from_dict(Config, {"look": "plain", "flat_adam": False, "pitch_deg": 20.0, "roll_deg": 15.0,
+                                          **values}, source=source, trainer="train.deca")
 
 
 def _log(msg: str) -> None:
@@ -321,7 +324,8 @@ def synth_config(config: Config, split: str) -> synthetic_deca.DecaSynthConfig:
     photo = AppearanceConfig(backgrounds=config.backgrounds)
     if split == "train":
         photo = without(photo, config.ablate)
-    return synthetic_deca.DecaSynthConfig(look=config.look, photo=photo)
+    return synthetic_deca.DecaSynthConfig(look=config.look, photo=photo, pitch_deg=config.pitch_deg,
+                                          roll_deg=config.roll_deg)
 
 
 def _generate_split(config: Config, model: FlameModel, split: str, ids: int, per_id: int, seed: int, syn) -> dict:
@@ -560,8 +564,8 @@ def code_prior(config: Config, model: FlameModel) -> tuple:
     the codes do not depend on the rendered size, so it renders at 32 px): the generator's mean
     face, pose and camera, and its spread."""
     # the plain look: the same labels as the photo look's, for less work
-    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32,
-                                          config=synthetic_deca.DecaSynthConfig(look="plain"))
+    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32, config=synthetic_deca.DecaSynthConfig(
+        look="plain", pitch_deg=config.pitch_deg, roll_deg=config.roll_deg))
     return code_statistics(labels)
 
 

@@ -168,8 +168,10 @@ class Config:
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
     """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). A run
-    saved before ``shape_weight`` existed trained without the shape term: it resumes without it."""
-    return runs.config_from_dict(Config, {"shape_weight": 0.0, **values}, source=source, trainer="train.stn")
+    saved before ``shape_weight`` existed trained without the shape term: it resumes without it; one
+    saved before ``pitch_deg`` / ``roll_deg`` saw heads within +-20 / +-15 degrees."""
+    return runs.config_from_dict(Config, {"shape_weight": 0.0, "pitch_deg": 20.0, "roll_deg": 15.0, **values},
+                                 source=source, trainer="train.stn")
 
 
 def _log(msg: str) -> None:
