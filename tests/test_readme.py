@@ -94,6 +94,8 @@ RULES = [
     Rule(r"^python -m jface\.demos\.astronaut", "run", extra=("--steps", "20", "--no-detector")),
     Rule(r"^python -m jface\.demos\.real_photos --stn runs/stn", "parse",
          "a trained run and mediapipe; tests/test_demos_real_photos.py runs it on a tiny run"),
+    Rule(r"^python -m jface\.demos\.real_photos --deca runs/deca --photos", "parse",
+         "a trained DECA run and the user's photos; tests/test_demos_real_photos.py runs --photos' faces"),
     # DECA
     Rule(r"^python -m jface\.reconstruct photos/ --weights deca\.npz", "parse",
          "DECA's released weights (a user download); tests/test_tools_reconstruct.py runs reconstruct"),
