@@ -180,14 +180,17 @@ def test_photos_folder_adds_every_face_of_each_photo(tmp_path):
     Image.fromarray(group).save(folder / "group photo.png")
     Image.fromarray(np.asarray(Image.fromarray(astronaut).resize((160, 160)))).save(folder / "small.png")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(copy).save(folder / "cut.jpg")
+    (folder / "cut.jpg").write_bytes((folder / "cut.jpg").read_bytes()[:3000])  # a header, half the pixels
     lines = []
-    extra = real_photos.load_folder_photos(folder, log=lines.append)
-    assert sorted(extra) == ["photos_group_photo", "photos_small"]
+    extra = real_photos.load_folder_photos(folder, log=lines.append)  # headers only
+    assert sorted(extra) == ["photos_cut", "photos_group_photo", "photos_small"]
     assert any("broken.jpg" in line and "left out" in line for line in lines)
     labels = real_photos.assemble_folder(tmp_path / "work", None, extra=extra, log=lines.append)
     faces = sorted(name for name in labels if name.startswith("photos_"))
     assert faces == ["photos_group_photo_0", "photos_group_photo_1", "photos_group_photo_2"]
     assert any(line.startswith("photos_small: 1 face(s) under 64 px") for line in lines)
+    assert any("cut.jpg" in line and "left out" in line for line in lines)  # failed to decode
     lefts = []
     for name in faces:
         points = np.loadtxt(tmp_path / "work" / f"{name}.txt")

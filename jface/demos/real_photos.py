@@ -110,56 +110,53 @@ def _detect(images: dict, log) -> tuple[dict, str]:
 
 
 def load_folder_photos(folder, *, log=print) -> dict:
-    """``{name: uint8 (H, W, 3)}`` of every image in ``folder`` (``--photos``; the layout of
-    :func:`jface.data.photos.scan_photo_folder`), named ``photos_<file stem>``; an unreadable image
-    is left out and said so. Raises :class:`DataSourceError` for a missing folder or one without a
-    readable image."""
-    images = {}
+    """``{name: path}`` of every image in ``folder`` (``--photos``; the layout of
+    :func:`jface.data.photos.scan_photo_folder`), named ``photos_<file stem>``; only their headers
+    are read here (the pixels one photo at a time by :func:`assemble_folder`), and a file that is
+    not an image is left out and said so. Raises :class:`DataSourceError` for a missing folder or
+    one without a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    found = {}
     for _, paths in photos.scan_photo_folder(folder):
         for path in paths:
             try:
-                image = read_image(path)
-            except ImageReadError as err:
-                log(f"{err}; left out")
+                with Image.open(path) as image:
+                    image.verify()
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+                log(f"{path}: not a readable image ({type(err).__name__}); left out")
                 continue
             stem = re.sub(r"[^A-Za-z0-9]+", "_", path.stem).strip("_") or "photo"
             name, k = f"{PHOTOS_PREFIX}{stem}", 1
-            while name in images:
+            while name in found:
                 name, k = f"{PHOTOS_PREFIX}{stem}_{k}", k + 1
-            images[name] = image
-    if not images:
+            found[name] = path
+    if not found:
         raise DataSourceError(f"{folder}: no readable photograph (expected {', '.join(IMAGE_SUFFIXES)} files)")
-    return images
-
-
-def _detect_every_face(images: dict, log) -> dict:
-    """``{name or name_<k>: (68, 2) pixels}``: every face mediapipe finds in each photo, the small
-    faces of group photos too (:func:`jface.data.detect.find_faces`), at least :data:`MIN_FACE`
-    pixels wide."""
-    detector = MediapipeDetector(max_faces=8)
-    found = {}
-    try:
-        for name, image in images.items():
-            faces = find_faces(detector, image)
-            small = [f for f in faces if f.box[2] - f.box[0] < MIN_FACE]
-            faces = [f for f in faces if f.box[2] - f.box[0] >= MIN_FACE]
-            if small:
-                log(f"{name}: {len(small)} face(s) under {MIN_FACE} px wide left out")
-            if not faces:
-                log(f"{name}: no face found by mediapipe, left out")
-            for k, face in enumerate(faces):
-                key = name if len(faces) == 1 else f"{name}_{k}"
-                found[key] = (name, np.asarray(face.landmarks68, np.float64)[:, :2])
-    finally:
-        detector.close()
     return found
+
+
+def _every_face(detector, name: str, image, log) -> list:
+    """``[(name or name_<k>, (68, 2) pixels)]``: every face mediapipe finds in ``image``, the small
+    faces of a group photo too (:func:`jface.data.detect.find_faces`), at least :data:`MIN_FACE`
+    pixels wide."""
+    faces = find_faces(detector, image)
+    small = [f for f in faces if f.box[2] - f.box[0] < MIN_FACE]
+    faces = [f for f in faces if f.box[2] - f.box[0] >= MIN_FACE]
+    if small:
+        log(f"{name}: {len(small)} face(s) under {MIN_FACE} px wide left out")
+    if not faces:
+        log(f"{name}: no face found by mediapipe, left out")
+    return [(name if len(faces) == 1 else f"{name}_{k}", np.asarray(face.landmarks68, np.float64)[:, :2])
+            for k, face in enumerate(faces)]
 
 
 def assemble_folder(folder, demodata=None, *, extra=None, log=print) -> dict:
     """Write the photo folder (module docstring) into ``folder``; returns ``{name: labels}`` with
     ``labels`` "mediapipe", "hand-placed" or "mediapipe + human AFLW-21" (demodata). ``extra``:
-    ``{name: image}`` of more photos (:func:`load_folder_photos`), every face of each (a photo of
-    several faces is written once per face, ``<name>_<k>``, each with its own side file)."""
+    ``{name: path}`` of more photos (:func:`load_folder_photos`), read one at a time, every face of
+    each (a photo of several faces is written once per face, ``<name>_<k>``, each with its own side
+    file; a photo that fails to decode is left out and said so)."""
     from PIL import Image
 
     folder = Path(folder)
@@ -170,10 +167,6 @@ def assemble_folder(folder, demodata=None, *, extra=None, log=print) -> dict:
         _, labels = load_demodata(demodata)  # (B, 21, 2) y-up 224 frame
         human = {f"demodata_{k}": lab for k, lab in enumerate(labels)}
     points, source = _detect(images, log)
-    if extra:
-        for name, (photo, landmarks) in _detect_every_face(extra, log).items():
-            images[name] = extra[photo]
-            points[name] = landmarks
     written = {}
     for name, landmarks in points.items():
         Image.fromarray(images[name]).save(folder / f"{name}.png")
@@ -186,6 +179,23 @@ def assemble_folder(folder, demodata=None, *, extra=None, log=print) -> dict:
             pixels = crops.from_stn_frame(labels, size)
             np.savetxt(folder / f"{name}{HUMAN_SUFFIX}", np.concatenate([pixels, visible[:, None]], 1), fmt="%.4f")
             written[name] = f"{source} + human AFLW-21"
+    if extra:
+        detector = MediapipeDetector(max_faces=8)
+        try:
+            for name, path in extra.items():
+                try:
+                    image = read_image(path)
+                except ImageReadError as err:
+                    log(f"{err}; left out")
+                    continue
+                for key, landmarks in _every_face(detector, name, image, log):
+                    while key in points or key in written:  # a file already named like a face of this one
+                        key += "_"
+                    Image.fromarray(image).save(folder / f"{key}.png")
+                    np.savetxt(folder / f"{key}.txt", landmarks, fmt="%.4f")
+                    written[key] = "mediapipe"
+        finally:
+            detector.close()
     if not written:
         raise DataSourceError(f"{folder}: no photograph with a face to evaluate on")
     return written
