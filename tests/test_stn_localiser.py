@@ -274,3 +274,35 @@ def test_resnet_localiser_shapes_init_and_predict_theta():
         ResNetLocaliserConfig.small(input_hw=(30, 32))
     with pytest.raises(ValueError, match="images"):
         module.apply({"params": params}, jnp.zeros((1, 16, 16, 3)))
+
+
+def test_resnet_input_normalisations():
+    """normalise_input against float64 numpy: "fixed" the original scaling; "image" per-image,
+    per-channel standardisation, blind to exposure and contrast; "grey" the standardised luminance,
+    blind to colour as well; an unknown mode is named; the localiser applies the configured one."""
+    from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig, normalise_input
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, (2, 16, 16, 3))
+    np.testing.assert_allclose(normalise_input(jnp.asarray(x), "fixed"), x / 127.5 - 1, rtol=1e-6, atol=1e-6)
+    mean, std = x.mean((1, 2), keepdims=True), x.std((1, 2), keepdims=True)
+    np.testing.assert_allclose(normalise_input(jnp.asarray(x), "image"), (x - mean) / (std + 1), rtol=1e-5, atol=1e-5)
+    grey = x @ [0.299, 0.587, 0.114]
+    g = (grey - grey.mean((1, 2), keepdims=True)) / (grey.std((1, 2), keepdims=True) + 1)
+    np.testing.assert_allclose(normalise_input(jnp.asarray(x), "grey"), np.repeat(g[..., None], 3, -1),
+                               rtol=1e-5, atol=1e-5)
+    darker = 0.6 * x + 10  # another exposure and contrast: nearly the same input (up to the + 1)
+    assert np.abs(normalise_input(jnp.asarray(darker), "image") - normalise_input(jnp.asarray(x), "image")).max() < 0.05
+    tinted = x * [1.2, 1.0, 0.8]  # a colour cast: standardised away per channel
+    assert np.abs(normalise_input(jnp.asarray(tinted), "image") - normalise_input(jnp.asarray(x), "image")).max() < 0.05
+    assert np.isfinite(np.asarray(normalise_input(jnp.full((1, 4, 4, 3), 7.0), "image"))).all()  # a flat image
+    with pytest.raises(ValueError, match="input_norm"):
+        ResNetLocaliserConfig.small(input_hw=(32, 32), input_norm="clahe")
+    cfg = ResNetLocaliserConfig.small(num_coeffs=2, input_hw=(32, 32), width=2, input_norm="grey")
+    module = ResNetLocaliser(cfg)
+    params = jax.jit(module.init)(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, 32, 32, 3)))["params"]
+    images = jnp.asarray(rng.uniform(0, 255, (1, 32, 32, 3)), jnp.float32)
+    luminance = images @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+    grey_image = jnp.broadcast_to(luminance[..., None], images.shape)  # no colour, the same luminance
+    same = [module.apply({"params": params}, im) for im in (images, grey_image)]
+    np.testing.assert_allclose(same[0], same[1], rtol=1e-5, atol=1e-5)

@@ -290,9 +290,11 @@ def test_pitch_and_roll_ranges_reach_the_generator():
     # a run saved before the fields existed keeps the ranges it was trained with
     import dataclasses
 
-    saved = {k: v for k, v in dataclasses.asdict(config.replace(roll_deg=35.0)).items()
-             if k not in ("pitch_deg", "roll_deg")}
-    assert (stn.config_from_dict(saved).pitch_deg, stn.config_from_dict(saved).roll_deg) == (20.0, 15.0)
+    saved = {k: v for k, v in dataclasses.asdict(config.replace(roll_deg=35.0, localiser_norm="grey")).items()
+             if k not in ("pitch_deg", "roll_deg", "localiser_norm")}
+    old = stn.config_from_dict(saved)
+    assert (old.pitch_deg, old.roll_deg, old.localiser_norm) == (20.0, 15.0, "fixed")
+    assert stn.make_localiser(config.replace(localiser_norm="grey"), 10).config.input_norm == "grey"
 
 
 def test_config_overrides_and_errors():

@@ -42,7 +42,8 @@ class ResNetLocaliserConfig:
     ``widths`` / ``blocks``: channels and basic blocks of the four stages; ``fc_dim``: the hidden
     dense layer; ``num_coeffs``: D; ``input_hw``: input size (a multiple of 16);
     ``translation_init``: the theta layer's t bias (the input's centre); ``theta_init_scale``: 1e-3
-    as the original's theta layer; ``groups``: GroupNorm groups (fewer where a stage is narrower).
+    as the original's theta layer; ``groups``: GroupNorm groups (fewer where a stage is narrower);
+    ``input_norm``: how pixels enter (:func:`normalise_input`).
     """
 
     widths: Sequence[int] = (16, 32, 64, 128)
@@ -53,23 +54,48 @@ class ResNetLocaliserConfig:
     translation_init: tuple = (64.0, 64.0)
     theta_init_scale: float = 1e-3
     groups: int = 8
+    input_norm: str = "fixed"
 
     @classmethod
-    def small(cls, num_coeffs: int = 10, input_hw=(128, 128), width: int = 16) -> ResNetLocaliserConfig:
+    def small(cls, num_coeffs: int = 10, input_hw=(128, 128), width: int = 16,
+              input_norm: str = "fixed") -> ResNetLocaliserConfig:
         """Stages of ``width`` x (1, 2, 4, 8) channels, one block each, hidden layer 8 ``width``."""
         input_hw = tuple(int(v) for v in input_hw)
         if len(input_hw) != 2 or input_hw[0] % 16 or input_hw[1] % 16 or min(input_hw) < 16:
             raise ValueError(f"input_hw: expected two multiples of 16 (>= 16), got {input_hw}")
         if int(width) < 1:
             raise ValueError(f"width: expected >= 1, got {width}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
         width = int(width)
         return cls(widths=(width, 2 * width, 4 * width, 8 * width), blocks=(1, 1, 1, 1), fc_dim=8 * width,
                    num_coeffs=num_coeffs, input_hw=input_hw,
-                   translation_init=(input_hw[1] / 2.0, input_hw[0] / 2.0))
+                   translation_init=(input_hw[1] / 2.0, input_hw[0] / 2.0), input_norm=input_norm)
 
     @property
     def num_outputs(self) -> int:
         return 6 + self.num_coeffs
+
+
+INPUT_NORMS = ("fixed", "image", "grey")
+
+
+def normalise_input(images, mode: str = "fixed"):
+    """``images (B, H, W, 3)`` raw 0-255 -> the network's input, float32: ``"fixed"`` x / 127.5 - 1;
+    ``"image"`` each image's channels standardised over its pixels (blind to a photo's exposure,
+    contrast and colour cast); ``"grey"`` each image's luminance (ITU-R 601 weights) standardised
+    and repeated in the 3 channels (blind to colour as well)."""
+    x = images.astype(jnp.float32)
+    if mode == "fixed":
+        return x / 127.5 - 1.0
+    if mode == "grey":
+        grey = x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+        x = jnp.broadcast_to(grey[..., None], x.shape)
+    elif mode != "image":
+        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {mode!r}")
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True))
+    return (x - mean) / (std + 1.0)  # + 1 (of 255): a flat image stays finite
 
 
 def _norm(channels: int, groups: int, dtype, name: str, zero: bool = False):
@@ -111,7 +137,7 @@ class ResNetLocaliser(nn.Module):
     def __call__(self, images, *, return_features: bool = False):
         cfg = self.config
         images = check_images(images, cfg.input_hw, "ResNetLocaliserConfig")
-        x = (images.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
+        x = normalise_input(images, cfg.input_norm).astype(self.dtype)
         x = nn.Conv(cfg.widths[0], (3, 3), strides=(2, 2), padding="SAME", use_bias=False, dtype=self.dtype,
                     param_dtype=jnp.float32, name="stem")(x)
         x = nn.relu(_norm(cfg.widths[0], cfg.groups, self.dtype, "stem_norm")(x))

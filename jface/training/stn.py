@@ -128,6 +128,7 @@ class Config:
     # the ResNet's 0.51, BUILD_NOTES) or "vgg_face" (the paper's, at image_size)
     localiser: str = "resnet"
     localiser_input: int = 96  # small / resnet localiser input size (images are resized to it)
+    localiser_norm: str = "fixed"  # resnet: its input normalisation (jface.stn.resnet.normalise_input)
     localiser_width: int = 8  # small: first block's channels; resnet: first stage's
     vggface_mat: str = ""
     compute_dtype: str = "float32"  # or "bfloat16" for the backbone
@@ -170,8 +171,8 @@ def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Co
     """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). A run
     saved before ``shape_weight`` existed trained without the shape term: it resumes without it; one
     saved before ``pitch_deg`` / ``roll_deg`` saw heads within +-20 / +-15 degrees."""
-    return runs.config_from_dict(Config, {"shape_weight": 0.0, "pitch_deg": 20.0, "roll_deg": 15.0, **values},
-                                 source=source, trainer="train.stn")
+    return runs.config_from_dict(Config, {"shape_weight": 0.0, "pitch_deg": 20.0, "roll_deg": 15.0,
+                                          "localiser_norm": "fixed", **values}, source=source, trainer="train.stn")
 
 
 def _log(msg: str) -> None:
@@ -335,7 +336,8 @@ def make_localiser(config: Config, num_coeffs: int) -> Localiser:
                                   translation_init=(config.image_size / 2, config.image_size / 2))
     elif config.localiser == "resnet":
         cfg = ResNetLocaliserConfig.small(num_coeffs=num_coeffs, width=config.localiser_width,
-                                          input_hw=(config.localiser_input, config.localiser_input))
+                                          input_hw=(config.localiser_input, config.localiser_input),
+                                          input_norm=config.localiser_norm)
         return ResNetLocaliser(config=cfg, dtype=dtype)
     else:
         raise ValueError(f"localiser: expected 'small', 'resnet' or 'vgg_face', got {config.localiser!r}")
