@@ -128,7 +128,7 @@ class Config:
     # the ResNet's 0.51, BUILD_NOTES) or "vgg_face" (the paper's, at image_size)
     localiser: str = "resnet"
     localiser_input: int = 96  # small / resnet localiser input size (images are resized to it)
-    localiser_norm: str = "fixed"  # resnet: its input normalisation (jface.stn.resnet.normalise_input)
+    localiser_norm: str = "grey"  # resnet: its input normalisation (jface.stn.resnet.normalise_input)
     localiser_width: int = 8  # small: first block's channels; resnet: first stage's
     vggface_mat: str = ""
     compute_dtype: str = "float32"  # or "bfloat16" for the backbone
