@@ -315,6 +315,11 @@ def test_config_overrides_and_errors():
         stn.parse_args(["--mirror", "maybe"])
     with pytest.raises(ValueError, match="preset"):
         stn.parse_args(["--preset", "huge"])
+    for flag, value in (("--localiser_norm", "clahe"), ("--localiser", "vgg"), ("--generator", "real"),
+                        ("--framing", "middle")):  # named before any data is made
+        with pytest.raises(ValueError, match=f"{flag[2:]}: expected one of .* got '{value}'"):
+            stn.parse_args([flag, value])
+    assert stn.parse_args(["--localiser_norm", "fixed"])[1].localiser_norm == "fixed"
 
 
 def test_local_device_ids_flag():

@@ -170,7 +170,8 @@ class Config:
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Config:
     """A :class:`Config` from its ``dataclasses.asdict`` / JSON form (lists back to tuples). A run
     saved before ``shape_weight`` existed trained without the shape term: it resumes without it; one
-    saved before ``pitch_deg`` / ``roll_deg`` saw heads within +-20 / +-15 degrees."""
+    saved before ``pitch_deg`` / ``roll_deg`` saw heads within +-20 / +-15 degrees, and one saved
+    before ``localiser_norm`` fed its localiser x / 127.5 - 1 ("fixed")."""
     return runs.config_from_dict(Config, {"shape_weight": 0.0, "pitch_deg": 20.0, "roll_deg": 15.0,
                                           "localiser_norm": "fixed", **values}, source=source, trainer="train.stn")
 
