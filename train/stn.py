@@ -61,11 +61,10 @@ from jface import training as common
 from jface.data.detect import DetectorMissingError
 from jface.data.errors import DataSourceError
 from jface.errors import ModelFileError
-from jface.stn.resnet import INPUT_NORMS
 from jface.training.checkpoint import CheckpointError, CheckpointLayoutError, RunFormatError, WorkdirBusyError
 from jface.training.loop import CheckpointWriteError
 from jface.training.runs import refuse_busy_workdir
-from jface.training.stn import Config, evaluate, finished_step, report_finished, train
+from jface.training.stn import Config, check_choices, evaluate, finished_step, report_finished, train
 
 __all__ = ["Config", "PRESETS", "preset", "parse_args", "main"]
 
@@ -115,21 +114,8 @@ def parse_args(argv):
     args.local_device_ids = common.parse_device_ids(args.local_device_ids)
     pairs = common.override_pairs(args.set, rest)
     config = common.apply_overrides(preset(args.preset), pairs, flags=list(parser._option_string_actions))
-    return args, validate_choices(config)
-
-
-#: Config fields that take one of a few names; a misspelt one is a flag error before any work.
-CHOICES = {"localiser": ("small", "resnet", "vgg_face"), "localiser_norm": INPUT_NORMS,
-           "generator": ("photo", "flat", "splat"), "framing": ("crop", "centred")}
-
-
-def validate_choices(config: Config) -> Config:
-    """``config``, or a ValueError naming the field whose value is none of :data:`CHOICES`'."""
-    for name, allowed in CHOICES.items():
-        value = getattr(config, name)
-        if value not in allowed:
-            raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return config
+    check_choices(config)  # a misspelt name is a flag error before any work
+    return args, config
 
 
 #: Mistakes of the user or the machine that end ``main`` with one line and exit status 2.

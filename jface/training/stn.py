@@ -64,7 +64,7 @@ from jface.stn import (
     split_theta,
 )
 from jface.stn import predict_theta as stn_predict_theta
-from jface.stn.resnet import ResNetLocaliser, ResNetLocaliserConfig
+from jface.stn.resnet import INPUT_NORMS, ResNetLocaliser, ResNetLocaliserConfig
 from jface.training import runs
 from jface.training.checkpoint import Checkpointer, WorkdirLock, read_run, restore_params
 from jface.training.distributed import barrier, is_main_process, make_mesh, replicate
@@ -78,7 +78,8 @@ __all__ = [
     "Config", "config_from_dict", "load_model", "model_record", "make_data", "make_localiser",
     "theta_statistics", "make_optimizer", "StepContext", "predict_theta", "loss_and_outputs", "train_step",
     "make_train_step", "landmark_error_px", "nme_per_image", "nme", "held_out_metrics", "format_metrics", "build",
-    "open_data", "check_ablation", "theta_prior", "load_eval_data", "landmark_evaluation", "format_landmark_report",
+    "open_data", "check_ablation", "check_choices", "theta_prior", "load_eval_data", "landmark_evaluation",
+    "format_landmark_report",
     "run_metadata", "LoadedRun", "load_run", "train", "finished_step", "report_finished", "export_params", "evaluate",
 ]
 
@@ -275,6 +276,19 @@ def check_ablation(config: Config) -> None:
         without(AppearanceConfig(), config.ablate)
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+#: Config fields that take one of a few names.
+CHOICES = {"localiser": ("small", "resnet", "vgg_face"), "localiser_norm": INPUT_NORMS,
+           "generator": ("photo", "flat", "splat"), "framing": ("crop", "centred")}
+
+
+def check_choices(config: Config) -> None:
+    """Each field of :data:`CHOICES` holds one of its names (else UsageError naming the field)."""
+    for name, allowed in CHOICES.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise UsageError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def check_shape_weight(config: Config) -> None:
@@ -706,6 +720,7 @@ def build(config: Config, *, with_eval: bool = True):
     ``(ctx, state, loader, train_count, eval_data)`` (``eval_data`` None unless ``with_eval``).
     Data sources open first, so a bad one fails before anything is written."""
     t0 = time.time()
+    check_choices(config)
     check_ablation(config)
     check_shape_weight(config)
     model = load_model(config)
