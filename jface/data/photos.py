@@ -50,13 +50,11 @@ from jface.data.detect import (
     DETECTORS,
     aflw21_from_ibug68,
     face_oval_mask,
+    find_faces,
     landmark_mask,
     make_detector,
     read_side_landmarks,
     side_file,
-)
-from jface.data.detect import (
-    find_faces as find_every_face,
 )
 from jface.data.errors import DataSourceError
 from jface.data.real import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -416,12 +414,12 @@ def build_photo_folder(root, *, task: str, data_dir=None, detector="mediapipe", 
     state = {"detector": detector if callable(detector) else None, "created": None}
     fit_model = fit.load_model() if fit is not None else None
 
-    def find_faces(image, path):
+    def faces_of(image, path):
         if state["detector"] is None:
             if detector is None:
                 raise ImageReadError(f"{path}: no landmark side file and detection is off")
             state["detector"] = state["created"] = make_detector(detector)
-        faces = find_every_face(state["detector"], image) if all_faces else list(state["detector"](image))
+        faces = find_faces(state["detector"], image) if all_faces else list(state["detector"](image))
         if not faces:
             raise ImageReadError(f"{path}: no face found ({detector_name(detector)})")
         return faces if all_faces else faces[:1]
@@ -440,7 +438,7 @@ def build_photo_folder(root, *, task: str, data_dir=None, detector="mediapipe", 
                         labels_from = f"side file {side.name}"
                     else:
                         labelled = [(face.landmarks68, _face_mask(face, image.shape[:2]))
-                                    for face in find_faces(image, path)]
+                                    for face in faces_of(image, path)]
                         labels_from = detector_name(detector)
                 except ImageReadError as exc:
                     report.skipped.append([str(path), str(exc).removeprefix(f"{path}: ")])

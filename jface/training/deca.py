@@ -564,8 +564,8 @@ def code_prior(config: Config, model: FlameModel) -> tuple:
     the codes do not depend on the rendered size, so it renders at 32 px): the generator's mean
     face, pose and camera, and its spread."""
     # the plain look: the same labels as the photo look's, for less work
-    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32, config=synthetic_deca.DecaSynthConfig(
-        look="plain", pitch_deg=config.pitch_deg, roll_deg=config.roll_deg))
+    labels = synthetic_deca.generate_deca(model, 16, 4, config.data_seed, 32,
+                                          config=dataclasses.replace(synth_config(config, "eval"), look="plain"))
     return code_statistics(labels)
 
 
@@ -889,8 +889,10 @@ def _template(ctx: StepContext, variables, rng) -> TrainState:
 
 def resume_layout(config: Config, checkpoints, stage_name: str = "") -> Config:
     """``config`` with the Adam state layout (``flat_adam``) of the stage saved in ``checkpoints``,
-    so a run saved with the other layout resumes instead of failing to restore (and being taken for
-    a damaged checkpoint). Unchanged when there is no checkpoint or it has no run metadata."""
+    so a run saved with the other layout resumes instead of stopping on the checkpointer's
+    :class:`~jface.training.checkpoint.CheckpointLayoutError` (the layout is an implementation
+    choice, not a setting the user changed). Unchanged when there is no checkpoint or it has no run
+    metadata."""
     if runs.newest_step(checkpoints) is None:
         return config
     try:
