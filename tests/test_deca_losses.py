@@ -180,6 +180,53 @@ def test_resize_and_identity_preprocess_vs_torch():
     np.testing.assert_allclose(np.asarray(small), x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
 
 
+def _resize_by_gathers(images, out_hw):
+    # the plain two-tap gathers, differentiated by autodiff (its transpose is a scatter-add)
+    r0, r1, fr = L._linear_weights(images.shape[-3], out_hw[0])
+    c0, c1, fc = L._linear_weights(images.shape[-2], out_hw[1])
+    fr, fc = jnp.asarray(fr)[:, None, None], jnp.asarray(fc)[:, None]
+    rows = images[..., r0, :, :] * (1 - fr) + images[..., r1, :, :] * fr
+    return rows[..., c0, :] * (1 - fc) + rows[..., c1, :] * fc
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((204, 204), (224, 224)), ((20, 20), (7, 5)), ((5, 9), (13, 2)),
+                                          ((1, 3), (4, 4))])
+def test_resize_gradient_is_the_transpose_without_scatter(in_hw, out_hw):
+    """resize_bilinear's hand-written gradient (the transposed interpolation as gathers) equals
+    autodiff of the plain gathers in float64, under jit and vmap and differentiated again, and its
+    compiled gradient has no scatter."""
+    # float64 throughout (tests/conftest.py enables x64)
+    x = jnp.asarray(RNG.random((2,) + in_hw + (3,)))
+    w = jnp.asarray(RNG.normal(size=(2,) + out_hw + (3,)))
+
+    def f(x):
+        return jnp.sum(jnp.sin(L.resize_bilinear(x, out_hw)) * w)
+
+    def g(x):
+        return jnp.sum(jnp.sin(_resize_by_gathers(x, out_hw)) * w)
+
+    np.testing.assert_allclose(L.resize_bilinear(x, out_hw), _resize_by_gathers(x, out_hw), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(x), jax.grad(g)(x), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(jax.vmap(jax.grad(f))(jnp.stack([x, x + 1]))[1], jax.grad(g)(x + 1),
+                               rtol=1e-10, atol=1e-13)
+
+    def second(fn):
+        return jax.grad(lambda x: jnp.sum(jax.grad(fn)(x) ** 2))(x)
+
+    np.testing.assert_allclose(second(f), second(g), rtol=1e-9, atol=1e-12)
+    hlo = jax.jit(jax.grad(f)).lower(x).as_text()
+    assert "scatter" not in hlo
+    assert "scatter" in jax.jit(jax.grad(g)).lower(x).as_text()  # what autodiff of the gathers gives
+
+
+def test_resize_keeps_a_nan_in_its_neighbourhood():
+    x = RNG.random((1, 204, 204, 3))
+    x[0, 0, 0, 0] = np.nan
+    bad = np.isnan(np.asarray(L.resize_bilinear(x, (224, 224))))
+    assert bad[0, :2, :2, 0].all()  # the output pixels whose taps reach input (0, 0)
+    assert bad.sum() == 4  # and no other
+
+
 def test_identity_loss():
     img, ren = RNG.random((2, 224, 224, 3)), RNG.random((2, 224, 224, 3))
     proj = RNG.standard_normal((3, 4))

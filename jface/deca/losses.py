@@ -16,6 +16,7 @@ The per-stage sums :func:`coarse_losses` and :func:`detail_losses` name their te
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -194,19 +195,61 @@ def _linear_weights(size_in, size_out):
     return i0, i1, frac
 
 
+@functools.cache
+def _linear_taps(size_in: int, size_out: int, transpose: bool) -> tuple:
+    """The 1-D interpolation matrix ``M (size_out, size_in)`` (or its transpose) as taps: row r of
+    the result is ``sum_k weight[r, k] * x[index[r, k]]``; rows reached by fewer taps are padded with
+    weight 0 on one of the row's own taps (so a NaN elsewhere does not leak in). The transpose's taps
+    are a gather too, so the gradient needs no scatter-add."""
+    i0, i1, frac = _linear_weights(size_in, size_out)
+    matrix = np.zeros((size_out, size_in))
+    np.add.at(matrix, (np.arange(size_out), i0), 1.0 - frac)
+    np.add.at(matrix, (np.arange(size_out), i1), frac)
+    if transpose:
+        matrix = matrix.T
+    count = max(1, int((matrix != 0).sum(axis=1).max()))
+    index = np.zeros((matrix.shape[0], count), np.int64)
+    weight = np.zeros((matrix.shape[0], count))
+    for r, row in enumerate(matrix):
+        cols = np.flatnonzero(row)
+        index[r] = cols[0] if len(cols) else 0
+        index[r, :len(cols)], weight[r, :len(cols)] = cols, row[cols]
+    return index, weight
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _resample(x, axis: int, size_out: int, transpose: bool):
+    # along ``axis`` (negative): M x with M the (size_out, n) interpolation from n = x.shape[axis];
+    # with ``transpose``, M^T x with M the (n, size_out) interpolation from size_out
+    n = x.shape[axis]
+    index, weight = _linear_taps(size_out, n, True) if transpose else _linear_taps(n, size_out, False)
+    shape = (-1,) + (1,) * (-axis - 1)
+    taps = [jnp.take(x, index[:, k], axis=axis) * jnp.asarray(weight[:, k], x.dtype).reshape(shape)
+            for k in range(index.shape[1])]
+    return functools.reduce(jnp.add, taps)
+
+
+def _resample_fwd(x, axis, size_out, transpose):
+    return _resample(x, axis, size_out, transpose), x.shape[axis]
+
+
+def _resample_bwd(axis, size_out, transpose, size_in, g):
+    return (_resample(g, axis, size_in, not transpose),)
+
+
+_resample.defvjp(_resample_fwd, _resample_bwd)
+
+
 def resize_bilinear(images, out_hw):
     """torch ``F.interpolate(..., mode='bilinear', align_corners=False)`` (no antialias).
 
-    ``images (..., H, W, C) -> (..., H', W', C)``.
+    ``images (..., H, W, C) -> (..., H', W', C)``. Each axis is a gather of two taps; its gradient
+    is the transposed interpolation as a gather too (no scatter-add, which took ~0.3 ms per axis of
+    DECA's identity crop backward on an H100).
     """
     images = as_float(images)
-    h_in, w_in = images.shape[-3], images.shape[-2]
-    r0, r1, fr = _linear_weights(h_in, out_hw[0])
-    c0, c1, fc = _linear_weights(w_in, out_hw[1])
-    fr = jnp.asarray(fr, images.dtype)[:, None, None]
-    fc = jnp.asarray(fc, images.dtype)[:, None]
-    rows = images[..., r0, :, :] * (1 - fr) + images[..., r1, :, :] * fr
-    return rows[..., c0, :] * (1 - fc) + rows[..., c1, :] * fc
+    rows = _resample(images, -3, int(out_hw[0]), False)
+    return _resample(rows, -2, int(out_hw[1]), False)
 
 
 VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
