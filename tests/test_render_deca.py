@@ -141,19 +141,3 @@ def test_demo_head_is_flame_sized():
     assert head["faces"].shape[1] == 3 and head["albedo"].shape[-1] == 3
     if head["name"] == "procedural":
         assert head["vertices"].shape == (5023, 3) and head["faces"].shape == (9976, 3)
-
-
-def test_background_fill_backward_matches_autodiff_under_vmap():
-    """The hand-written backward of the background fill (render's albedo images) equals the autodiff
-    of ``where ⊗ colour``, per item of a vmapped batch, in float64."""
-    from jface.deca.render import _fill
-
-    rng = np.random.default_rng(0)
-    where = (rng.uniform(size=(3, 5, 7)) > 0.4).astype(np.float64)
-    colour = rng.normal(size=(3, 4))
-    weights = rng.normal(size=(3, 5, 7, 4))
-    ours = jax.grad(lambda c: jnp.sum(jax.vmap(_fill)(where, c) * weights))(colour)
-    ref = jax.grad(lambda c: jnp.sum(where[..., None] * c[:, None, None, :] * weights))(colour)
-    assert ours.dtype == jnp.float64
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(np.asarray(jax.vmap(_fill)(where, colour)), where[..., None] * colour[:, None, None])

@@ -65,34 +65,11 @@ def _sample_albedo(albedo, grid, covered):
     outside = jnp.asarray(-3.0, grid.dtype)  # all four neighbours outside: the backward drops them
     sampled = grid_sample(albedo, jnp.where(covered[..., None], grid, outside))
     centre = grid_sample(albedo, jnp.zeros((1, 1, 2), grid.dtype))[0, 0]
-    background = _fill(jnp.logical_not(covered).astype(sampled.dtype), centre.astype(sampled.dtype))
+    # background x centre as an outer product: its transpose is one GEMV over the pixels (a
+    # reduction to 3 values with the channels minor ran at ~35 GB/s on an H200: 0.56 ms)
+    background = jnp.einsum("hw,c->hwc", (~covered).astype(sampled.dtype), centre.astype(sampled.dtype),
+                            precision=lax.Precision.HIGHEST)
     return jnp.where(covered[..., None], sampled, 0.0) + background
-
-
-@jax.custom_vjp
-def _fill(where, colour):
-    """``where[..., None] * colour``: ``(H, W)`` x ``(C,)`` -> ``(H, W, C)``.
-
-    Its backward sums the cotangent over the pixels for ``colour``. Written by hand: XLA turns the
-    autodiff transpose (a dot with C = 3 outputs) into one fused reduction over (pixels, C) with
-    the 3 channels minor, which took 1.2 ms of DECA's coarse step on an H100 (32 x 2 images,
-    224²); here the pixel rows (W·C contiguous values) are summed first, a reduction over the
-    major axis, then the W columns of each channel.
-    """
-    return where[..., None] * colour
-
-
-def _fill_fwd(where, colour):
-    return _fill(where, colour), where
-
-
-def _fill_bwd(where, cotangent):
-    h, w, c = cotangent.shape
-    rows = jnp.sum((where[..., None] * cotangent).reshape(h, w * c), axis=0)
-    return jnp.zeros_like(where), jnp.sum(rows.reshape(w, c), axis=0)
-
-
-_fill.defvjp(_fill_fwd, _fill_bwd)
 
 
 def render(
