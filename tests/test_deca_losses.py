@@ -227,6 +227,13 @@ def test_resize_keeps_a_nan_in_its_neighbourhood():
     assert bad.sum() == 4  # and no other
 
 
+def test_resize_names_a_bad_shape():
+    cases = ((np.zeros((4, 4)), (2, 2)), (np.zeros((1, 0, 4, 3)), (2, 2)), (np.zeros((1, 4, 4, 3)), (0, 2)))
+    for images, out_hw in cases:
+        with pytest.raises(ValueError, match="resize_bilinear: expected images"):
+            L.resize_bilinear(images, out_hw)
+
+
 def test_identity_loss():
     img, ren = RNG.random((2, 224, 224, 3)), RNG.random((2, 224, 224, 3))
     proj = RNG.standard_normal((3, 4))

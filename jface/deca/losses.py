@@ -248,8 +248,12 @@ def resize_bilinear(images, out_hw):
     DECA's identity crop backward on an H100).
     """
     images = as_float(images)
-    rows = _resample(images, -3, int(out_hw[0]), False)
-    return _resample(rows, -2, int(out_hw[1]), False)
+    out_h, out_w = (int(v) for v in out_hw)
+    if images.ndim < 3 or min(images.shape[-3:-1]) < 1 or min(out_h, out_w) < 1:
+        raise ValueError(f"resize_bilinear: expected images (..., H, W, C) with H, W >= 1 and an output size "
+                         f">= 1, got images of shape {images.shape} and out_hw {tuple(out_hw)}")
+    rows = _resample(images, -3, out_h, False)
+    return _resample(rows, -2, out_w, False)
 
 
 VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
