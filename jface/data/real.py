@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "ScanReport",
+    "check_image",
     "read_image",
     "read_landmarks",
     "scan_identity_folders",
@@ -63,9 +64,31 @@ class ScanReport:
         return text
 
 
+def _pil_errors() -> tuple:
+    # what Pillow raises for a file that is not an image, is truncated or too large to decode
+    from PIL import Image, UnidentifiedImageError
+
+    return UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError
+
+
+def check_image(path) -> None:
+    """Read only ``path``'s header (Pillow's ``verify``): raise :class:`ImageReadError` as
+    :func:`read_image` would for a file that is missing or not an image; the pixels are not decoded."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"{path}: no such file") from exc
+    except _pil_errors() as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+
+
 def read_image(path) -> np.ndarray:
     """Read any Pillow-readable image as RGB uint8 ``(H, W, 3)``; raise :class:`ImageReadError`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     try:
@@ -80,7 +103,7 @@ def read_image(path) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: no such file") from exc
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except _pil_errors() as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{path}: empty image of shape {arr.shape}")

@@ -55,7 +55,7 @@ from jface import cli, export
 from jface.data import crops, photos
 from jface.data.detect import DetectorMissingError, MediapipeDetector, find_faces, read_side_landmarks
 from jface.data.errors import DataSourceError
-from jface.data.real import IMAGE_SUFFIXES, ImageReadError, read_image
+from jface.data.real import IMAGE_SUFFIXES, ImageReadError, check_image, read_image
 from jface.data.sources import STN, convert_landmarks
 from jface.deca.model import decode_geometry_batch
 from jface.demos.astronaut import ASTRONAUT_LANDMARKS68
@@ -115,16 +115,13 @@ def load_folder_photos(folder, *, log=print) -> dict:
     are read here (the pixels one photo at a time by :func:`assemble_folder`), and a file that is
     not an image is left out and said so. Raises :class:`DataSourceError` for a missing folder or
     one without a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
     found = {}
     for _, paths in photos.scan_photo_folder(folder):
         for path in paths:
             try:
-                with Image.open(path) as image:
-                    image.verify()
-            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
-                log(f"{path}: not a readable image ({type(err).__name__}); left out")
+                check_image(path)
+            except ImageReadError as err:
+                log(f"{err}; left out")
                 continue
             stem = re.sub(r"[^A-Za-z0-9]+", "_", path.stem).strip("_") or "photo"
             name, k = f"{PHOTOS_PREFIX}{stem}", 1

@@ -65,8 +65,7 @@ class ResNetLocaliserConfig:
             raise ValueError(f"input_hw: expected two multiples of 16 (>= 16), got {input_hw}")
         if int(width) < 1:
             raise ValueError(f"width: expected >= 1, got {width}")
-        if input_norm not in INPUT_NORMS:
-            raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+        _check_norm(input_norm)
         width = int(width)
         return cls(widths=(width, 2 * width, 4 * width, 8 * width), blocks=(1, 1, 1, 1), fc_dim=8 * width,
                    num_coeffs=num_coeffs, input_hw=input_hw,
@@ -80,22 +79,26 @@ class ResNetLocaliserConfig:
 INPUT_NORMS = ("fixed", "image", "grey")
 
 
+def _check_norm(mode: str) -> None:
+    if mode not in INPUT_NORMS:
+        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {mode!r}")
+
+
 def normalise_input(images, mode: str = "fixed"):
     """``images (B, H, W, 3)`` raw 0-255 -> the network's input, float32: ``"fixed"`` x / 127.5 - 1;
     ``"image"`` each image's channels standardised over its pixels (blind to a photo's exposure,
     contrast and colour cast); ``"grey"`` each image's luminance (ITU-R 601 weights) standardised
     and repeated in the 3 channels (blind to colour as well)."""
+    _check_norm(mode)
     x = images.astype(jnp.float32)
     if mode == "fixed":
         return x / 127.5 - 1.0
-    if mode == "grey":
-        grey = x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
-        x = jnp.broadcast_to(grey[..., None], x.shape)
-    elif mode != "image":
-        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {mode!r}")
+    if mode == "grey":  # one channel standardised, then repeated
+        x = x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)[:, None]
     mean = x.mean(axis=(1, 2), keepdims=True)
     std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True))
-    return (x - mean) / (std + 1.0)  # + 1 (of 255): a flat image stays finite
+    out = (x - mean) / (std + 1.0)  # + 1 (of 255): a flat image stays finite
+    return jnp.broadcast_to(out, images.shape) if mode == "grey" else out
 
 
 def _norm(channels: int, groups: int, dtype, name: str, zero: bool = False):

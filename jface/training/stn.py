@@ -355,7 +355,8 @@ def make_localiser(config: Config, num_coeffs: int) -> Localiser:
                                           input_norm=config.localiser_norm)
         return ResNetLocaliser(config=cfg, dtype=dtype)
     else:
-        raise ValueError(f"localiser: expected 'small', 'resnet' or 'vgg_face', got {config.localiser!r}")
+        raise ValueError(f"localiser: expected one of {', '.join(map(repr, CHOICES['localiser']))}, "
+                         f"got {config.localiser!r}")
     return Localiser(config=cfg, dtype=dtype)
 
 
