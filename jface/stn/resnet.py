@@ -94,7 +94,7 @@ def normalise_input(images, mode: str = "fixed"):
     if mode == "fixed":
         return x / 127.5 - 1.0
     if mode == "grey":  # one channel standardised, then repeated
-        x = x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)[:, None]
+        x = (x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32))[..., None]
     mean = x.mean(axis=(1, 2), keepdims=True)
     std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True))
     out = (x - mean) / (std + 1.0)  # + 1 (of 255): a flat image stays finite
