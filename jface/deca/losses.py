@@ -245,8 +245,7 @@ def resize_bilinear(images, out_hw):
 
     ``images (..., H, W, C) -> (..., H', W', C)``. Each axis is a gather of two taps; its gradient
     is the transposed interpolation as a gather too, where autodiff of the gathers gives a
-    scatter-add (atomic adds on a GPU; on 2 CPU cores the gradient of DECA's 204 -> 224 identity
-    crop resize took 1.5x as long that way).
+    scatter-add (atomic adds on a GPU).
     """
     images = as_float(images)
     out_h, out_w = (int(v) for v in out_hw)
